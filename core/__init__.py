@@ -1,0 +1,64 @@
+"""ponderkit: compose recursive, routed and adaptive-depth reasoning models from YAML.
+
+Everything a plugin needs is exported here; names are imported lazily so that importing
+``ponderkit`` (and running ``ponderkit list``) does not import torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from .hookspec import hookimpl
+
+__all__ = [
+    "hookimpl",
+    # registry and configuration
+    "Registry", "Component", "Origin", "KINDS", "Plugins",
+    "Spec", "component", "components", "structure", "unstructure",
+    "ConfigError", "Issue", "PluginError", "PonderkitError", "UnknownComponentError",
+    "ExperimentConfig", "ModelConfig", "load_experiment", "CheckEnv",
+    # interfaces
+    "Block", "Mixer", "Ffn", "Router", "Routing", "Recursion", "Halting", "Schedule", "Task",
+    "Callback", "ForwardContext", "BuildContext", "Batch", "Carry", "IGNORE_LABEL",
+    # layers and losses
+    "Linear", "rms_norm", "apply_rope", "trunc_normal_", "swiglu_width", "parameter_count",
+    "sequence_loss", "token_losses", "stablemax_log_probs", "accuracy",
+    # model and training
+    "ReasoningModel", "Trainer", "datacache",
+]
+
+_WHERE = {
+    "Registry": "registry", "Component": "registry", "Origin": "registry", "KINDS": "registry",
+    "Plugins": "loading",
+    "Spec": "config", "component": "config", "components": "config", "structure": "config",
+    "unstructure": "config",
+    "ConfigError": "errors", "Issue": "errors", "PluginError": "errors",
+    "PonderkitError": "errors", "UnknownComponentError": "errors",
+    "ExperimentConfig": "experiment", "ModelConfig": "experiment",
+    "load_experiment": "experiment", "CheckEnv": "experiment",
+    "Block": "interfaces", "Mixer": "interfaces", "Ffn": "interfaces", "Router": "interfaces",
+    "Routing": "interfaces", "Recursion": "interfaces", "Halting": "interfaces",
+    "Schedule": "interfaces", "Task": "interfaces", "Callback": "interfaces",
+    "ForwardContext": "interfaces", "BuildContext": "interfaces", "Batch": "interfaces",
+    "Carry": "interfaces", "IGNORE_LABEL": "interfaces",
+    "Linear": "nn", "rms_norm": "nn", "apply_rope": "nn", "trunc_normal_": "nn",
+    "swiglu_width": "nn", "parameter_count": "nn",
+    "sequence_loss": "losses", "token_losses": "losses", "stablemax_log_probs": "losses",
+    "accuracy": "losses",
+    "ReasoningModel": "model", "Trainer": "train",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name == "datacache":
+        return importlib.import_module(".datacache", __name__)
+    if name in _WHERE:
+        value = getattr(importlib.import_module(f".{_WHERE[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'ponderkit' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -1,0 +1,180 @@
+"""The ``ponderkit`` command line: list, show, validate, run.
+
+Heavy imports (torch, plugin bodies) happen inside the commands that need them, so
+``ponderkit list`` starts fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from .errors import ConfigError, PonderkitError, UnknownComponentError, suggestion
+from .loading import Plugins
+from .registry import KINDS, split_key
+
+EXIT_CONFIG = 2
+
+
+def _plugin_options() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--plugin", action="append", metavar="MODULE", default=argparse.SUPPRESS,
+                        help="import MODULE as a plugin (repeatable; also PONDERKIT_PLUGINS)")
+    common.add_argument("--strict-plugins", action="store_true", default=argparse.SUPPRESS,
+                        help="fail when a plugin cannot be loaded instead of skipping it")
+    return common
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = _plugin_options()
+    parser = argparse.ArgumentParser(
+        prog="ponderkit", parents=[common],
+        description="Compose recursive, routed and adaptive-depth reasoning models from YAML.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("list", parents=[common], help="list registered components")
+    p.add_argument("kind", nargs="?", help=f"only this kind ({', '.join(KINDS)})")
+
+    p = sub.add_parser("show", parents=[common], help="describe one component: KIND/NAME")
+    p.add_argument("key", metavar="KIND/NAME")
+
+    p = sub.add_parser("validate", parents=[common],
+                       help="check an experiment and count the built model's parameters")
+    p.add_argument("file", type=Path)
+    p.add_argument("overrides", nargs="*", metavar="key.path=value")
+
+    p = sub.add_parser("run", parents=[common], help="train an experiment into a run directory")
+    p.add_argument("file", type=Path)
+    p.add_argument("overrides", nargs="*", metavar="key.path=value")
+    p.add_argument("--out", type=Path, help="run directory (default runs/<name>-<time>)")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        plugins = Plugins(getattr(args, "plugin", None) or (),
+                          strict=getattr(args, "strict_plugins", False))
+        return COMMANDS[args.command](args, plugins)
+    except ConfigError as exc:
+        for issue in exc.issues:
+            print(f"error: {issue}", file=sys.stderr)
+        return EXIT_CONFIG
+    except PonderkitError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def cmd_list(args: argparse.Namespace, plugins: Plugins) -> int:
+    reg = plugins.registry
+    if args.kind and args.kind not in KINDS:
+        hint = suggestion(args.kind, KINDS)
+        raise PonderkitError(f"unknown kind {args.kind!r}" + (f"; {hint}" if hint else "")
+                             + f" (kinds: {', '.join(KINDS)})")
+    kinds = [args.kind] if args.kind else list(KINDS)
+    for kind in kinds:
+        names = reg.names(kind)
+        print(f"{kind}:")
+        if not names:
+            print("  (none)")
+        width = max((len(n) for n in names), default=0)
+        for name in names:
+            print(f"  {name:<{width}}  {reg.summary(kind, name)}  [{reg.origin(kind, name)}]")
+    return 0
+
+
+def cmd_show(args: argparse.Namespace, plugins: Plugins) -> int:
+    import attrs
+
+    from .config import DEFAULT_KEY, KIND_KEY, fields_of, type_name
+
+    try:
+        kind, name = split_key(args.key)
+    except ValueError as exc:
+        raise PonderkitError(str(exc)) from None
+    try:
+        comp = plugins.registry.get(kind, name)
+    except UnknownComponentError as exc:
+        raise PonderkitError(str(exc)) from None
+    print(f"{comp.key}  (from {comp.origin.plugin} {comp.origin.version})")
+    print()
+    for line in (comp.doc or "(no docstring)").strip().splitlines():
+        print(f"  {line.strip()}")
+    print()
+    fields = fields_of(comp.config_cls)
+    print("fields:" if fields else "fields: none")
+    for f in fields:
+        if f.metadata.get(KIND_KEY):
+            tp = f"{f.metadata[KIND_KEY]} component"
+            default = f.metadata.get(DEFAULT_KEY)
+        else:
+            tp = type_name(f.type)
+            default = f.default
+        if isinstance(default, attrs.Factory):  # type: ignore[arg-type]
+            default = default.factory()
+        shown = "(required)" if default is attrs.NOTHING else f"= {default!r}"
+        help_text = f.metadata.get("help", "")
+        print(f"  {f.name}: {tp} {shown}" + (f"  # {help_text}" if help_text else ""))
+    if comp.requires:
+        print(f"requires: {', '.join(sorted(comp.requires))}")
+    if comp.provides:
+        print(f"provides: {', '.join(sorted(comp.provides))}")
+    return 0
+
+
+def cmd_validate(args: argparse.Namespace, plugins: Plugins) -> int:
+    from .experiment import load_experiment
+
+    exp = load_experiment(args.file, args.overrides, registry=plugins.registry)
+    count = count_parameters(exp.config, plugins.registry)
+    print(f"ok: {count} parameters")
+    return 0
+
+
+def count_parameters(config: object, registry: object) -> int:
+    """Build the model on the meta device (no memory, no init cost) and count parameters."""
+    import torch
+
+    from .interfaces import BuildContext
+    from .model import ReasoningModel
+    from .nn import parameter_count
+
+    task = BuildContext(registry, seed=config.seed).build(config.task)  # type: ignore[attr-defined]
+    try:
+        with torch.device("meta"):
+            model = ReasoningModel(config.model, task, registry)  # type: ignore[attr-defined]
+    except PonderkitError:
+        raise
+    except Exception as exc:
+        raise PonderkitError(f"building the model failed: {type(exc).__name__}: {exc}") from exc
+    return parameter_count(model)
+
+
+def cmd_run(args: argparse.Namespace, plugins: Plugins) -> int:
+    from .experiment import load_experiment
+    from .runs import create_run_dir, default_run_dir
+    from .train import Trainer
+
+    exp = load_experiment(args.file, args.overrides, registry=plugins.registry)
+    out = args.out or default_run_dir(exp.config.name or args.file.stem)
+    run_dir = create_run_dir(out)
+    trainer = Trainer(exp.config, plugins.registry, run_dir, quiet=args.quiet)
+    print(f"run directory: {run_dir}  ({sum(p.numel() for p in trainer.model.parameters())} "
+          f"parameters, device {trainer.device})", flush=True)
+    result = trainer.fit()
+    summary = " ".join(f"{k}={v:.4f}" for k, v in result.items())
+    print(f"done: {summary}")
+    return 0
+
+
+COMMANDS = {"list": cmd_list, "show": cmd_show, "validate": cmd_validate, "run": cmd_run}
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,73 @@
+"""Errors that carry a location and a fix, collected before anything is built."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable, Sequence
+
+import attrs
+
+
+def did_you_mean(word: str, choices: Iterable[str], n: int = 3) -> list[str]:
+    """Close matches of ``word`` among ``choices`` (case-insensitive), best first."""
+    choices = sorted(set(choices))
+    lowered = {c.lower(): c for c in choices}
+    hits = difflib.get_close_matches(word.lower(), list(lowered), n=n, cutoff=0.6)
+    return [lowered[h] for h in hits]
+
+
+def suggestion(word: str, choices: Iterable[str]) -> str:
+    """A ``did you mean ...?`` clause, or '' when nothing is close."""
+    hits = did_you_mean(word, choices)
+    if not hits:
+        return ""
+    return "did you mean " + " or ".join(repr(h) for h in hits) + "?"
+
+
+def dotted(path: Sequence[str | int]) -> str:
+    """``('model', 'block', 0)`` -> ``model.block.0``; the root is ``<root>``."""
+    return ".".join(str(p) for p in path) if path else "<root>"
+
+
+@attrs.frozen
+class Issue:
+    """One problem with a configuration: where it is and what to do about it."""
+
+    path: tuple[str | int, ...]
+    message: str
+    hint: str = ""
+    file: str | None = None
+    line: int | None = None
+
+    def located(self, file: str | None, line: int | None) -> Issue:
+        return attrs.evolve(self, file=file, line=line)
+
+    def __str__(self) -> str:
+        where = f"{self.file}:{self.line}: " if self.file and self.line else (
+            f"{self.file}: " if self.file else ""
+        )
+        text = f"{where}{dotted(self.path)}: {self.message}"
+        return f"{text} ({self.hint})" if self.hint else text
+
+
+class PonderkitError(Exception):
+    """Base class of every error ponderkit reports to a user."""
+
+
+class ConfigError(PonderkitError):
+    """One or more configuration problems, all collected before anything was built."""
+
+    def __init__(self, issues: Sequence[Issue]):
+        self.issues = list(issues)
+        super().__init__("\n".join(str(i) for i in self.issues))
+
+
+class PluginError(PonderkitError):
+    """A plugin could not be loaded or registered something invalid."""
+
+
+class UnknownComponentError(PonderkitError, KeyError):
+    """A ``kind/name`` that no plugin registered."""
+
+    def __str__(self) -> str:  # KeyError would repr() the message
+        return str(self.args[0])

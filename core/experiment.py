@@ -1,0 +1,145 @@
+"""The experiment schema and its loading: YAML file -> validated :class:`Experiment`."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import attrs
+from attrs import validators as v
+
+from .config import Spec, Structurer, component, components, iter_specs
+from .errors import ConfigError, Issue
+from .registry import Registry
+from .yamlio import Document, load_document
+
+positive = v.gt(0)
+non_negative = v.ge(0)
+
+
+@attrs.frozen
+class ModelConfig:
+    """The model: embedding, recursion over blocks, output head and halting policy."""
+
+    recursion: Spec = component("recursion", help="how blocks are applied in depth")
+    d_model: int = attrs.field(default=128, validator=positive)
+    halting: Spec = component("halting", default="fixed", help="when recursion stops")
+    positions: Literal["rope", "learned", "none"] = "rope"
+    rope_theta: float = attrs.field(default=10000.0, validator=positive)
+    puzzle_emb_len: int = attrs.field(default=0, validator=non_negative)
+    loss: Literal["softmax", "stablemax"] = "softmax"
+
+
+@attrs.frozen
+class OptimizerConfig:
+    """AdamW with linear warmup, then constant or cosine decay, and gradient clipping."""
+
+    lr: float = attrs.field(default=1e-3, validator=positive)
+    betas: tuple[float, float] = (0.9, 0.95)
+    weight_decay: float = attrs.field(default=0.1, validator=non_negative)
+    warmup_steps: int = attrs.field(default=0, validator=non_negative)
+    decay: Literal["constant", "cosine"] = "constant"
+    min_lr_ratio: float = attrs.field(default=0.1, validator=[non_negative, v.le(1.0)])
+    grad_clip: float | None = 1.0
+
+
+@attrs.frozen
+class TrainConfig:
+    """Length of training, batch size, logging, evaluation and hardware settings."""
+
+    steps: int = attrs.field(default=1000, validator=positive)
+    batch_size: int = attrs.field(default=64, validator=positive)
+    log_every: int = attrs.field(default=10, validator=positive)
+    eval_every: int = attrs.field(default=0, validator=non_negative)
+    eval_batch_size: int = attrs.field(default=256, validator=positive)
+    checkpoint_every: int = attrs.field(default=0, validator=non_negative)
+    device: str = "auto"
+    precision: Literal["fp32", "bf16"] = "fp32"
+    compile: bool = False
+    threads: int | None = None
+
+
+@attrs.frozen
+class ExperimentConfig:
+    """One training run: a task, a model, how to train it, and callbacks."""
+
+    task: Spec = component("task", help="data, vocabulary, augmentation and metrics")
+    model: ModelConfig = attrs.field(factory=ModelConfig)
+    schedule: Spec = component("schedule", default="supervised")
+    optimizer: OptimizerConfig = attrs.field(factory=OptimizerConfig)
+    train: TrainConfig = attrs.field(factory=TrainConfig)
+    callbacks: tuple[Spec, ...] = components("callback")
+    seed: int = 0
+    name: str = ""
+    description: str = ""
+
+
+@attrs.frozen
+class CheckEnv:
+    """What a component's ``check`` sees: the whole experiment and the live registry."""
+
+    experiment: ExperimentConfig
+    registry: Registry
+    capabilities: frozenset[str]
+
+    def component_of(self, spec: Spec) -> Any:
+        return self.registry.get(spec.kind, spec.name)
+
+
+def check_experiment(exp: ExperimentConfig, registry: Registry) -> list[Issue]:
+    """Cross-component checks: capability requirements and each component's ``check``."""
+    found = [(path, spec, registry.get(spec.kind, spec.name)) for path, spec in iter_specs(exp)]
+    capabilities = frozenset(c for _, _, comp in found for c in comp.provides)
+    env = CheckEnv(exp, registry, capabilities)
+    issues: list[Issue] = []
+    for path, spec, comp in found:
+        for need in sorted(comp.requires - capabilities):
+            providers = registry.providers(need)
+            have = ", ".join(s.key for _, s, _ in found if s.kind != spec.kind) or "none"
+            issues.append(Issue(path, f"{comp.key} needs a component that provides {need!r}, "
+                                f"and none here does (this experiment uses {have})",
+                                "use one of: " + (", ".join(providers) or "none loaded")))
+        if comp.check is not None:
+            issues.extend(_check_issues(comp.check(spec.config, env), path))
+    return issues
+
+
+def _check_issues(results: Iterable[Any] | None, path: tuple) -> list[Issue]:
+    out = []
+    for r in results or ():
+        if isinstance(r, Issue):
+            out.append(attrs.evolve(r, path=(*path, *r.path)))
+        elif isinstance(r, tuple):
+            sub, message = r
+            out.append(Issue((*path, *((sub,) if isinstance(sub, str) else sub)), message))
+        else:
+            out.append(Issue(path, str(r)))
+    return out
+
+
+@attrs.frozen
+class Experiment:
+    """A validated experiment and the document it came from."""
+
+    config: ExperimentConfig
+    document: Document
+
+
+def load_experiment(
+    path: str | Path, overrides: Sequence[str] = (), *, registry: Registry
+) -> Experiment:
+    """Load, structure and cross-check an experiment, raising one :class:`ConfigError`."""
+    doc = load_document(path, list(overrides))
+    return experiment_from_document(doc, registry)
+
+
+def experiment_from_document(doc: Document, registry: Registry) -> Experiment:
+    structurer = Structurer(registry)
+    config = structurer.structure_class(ExperimentConfig, doc.data, ())
+    issues = list(structurer.issues)
+    if config is not None:
+        issues += check_experiment(config, registry)
+    if issues:
+        raise ConfigError([doc.locate(i) for i in issues])
+    return Experiment(config, doc)

@@ -1,0 +1,109 @@
+"""Model assembly: embedding, a recursion over blocks, the output head and a halting policy.
+
+The model is generic: what happens in depth is the recursion plugin's business, when to stop
+is the halting plugin's, and how steps become optimizer updates is the schedule's.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from .experiment import ModelConfig
+from .interfaces import Batch, BuildContext, Carry, ForwardContext, Task
+from .losses import accuracy
+from .nn import Linear, trunc_normal_
+
+
+class ReasoningModel(nn.Module):
+    """Token (+ optional puzzle prefix) embedding -> recursion steps -> head, with halting."""
+
+    def __init__(self, cfg: ModelConfig, task: Task, registry: object, seed: int = 0):
+        super().__init__()
+        self.cfg = cfg
+        d = cfg.d_model
+        self.prefix_len = cfg.puzzle_emb_len
+        self.seq_len = task.seq_len
+        total_len = task.seq_len + self.prefix_len
+        self.embed_scale = math.sqrt(d)
+        self.token_emb = nn.Embedding(task.vocab_size, d)
+        trunc_normal_(self.token_emb.weight, 1.0 / math.sqrt(d))
+        self.puzzle_emb: nn.Embedding | None = None
+        if self.prefix_len:
+            # zero-initialised per-puzzle prefix (one shared row when the task has no ids)
+            self.puzzle_emb = nn.Embedding(max(task.num_puzzle_ids, 1), self.prefix_len * d)
+            nn.init.zeros_(self.puzzle_emb.weight)
+        self.pos_emb: nn.Embedding | None = None
+        if cfg.positions == "learned":
+            self.pos_emb = nn.Embedding(total_len, d)
+            trunc_normal_(self.pos_emb.weight, 1.0 / math.sqrt(d))
+        ctx = BuildContext(registry, d_model=d, vocab_size=task.vocab_size,
+                           seq_len=total_len, seed=seed)
+        self.recursion = ctx.build(cfg.recursion)
+        self.head = Linear(d, task.vocab_size)
+        self.halting = ctx.build(cfg.halting)
+
+    @property
+    def loss_kind(self) -> str:
+        return self.cfg.loss
+
+    def context(self) -> ForwardContext:
+        return ForwardContext(positions=self.cfg.positions, rope_theta=self.cfg.rope_theta)
+
+    def embed(self, batch: Batch) -> Tensor:
+        """Inputs (B,T) -> x (B, prefix+T, D)."""
+        x = self.token_emb(batch["inputs"])
+        if self.puzzle_emb is not None:
+            ids = batch.get("puzzle_ids")
+            if ids is None:
+                ids = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
+            prefix = self.puzzle_emb(ids).view(x.shape[0], self.prefix_len, -1)  # (B,P,D)
+            x = torch.cat([prefix, x], dim=1)
+        if self.pos_emb is not None:
+            x = (x + self.pos_emb.weight) / math.sqrt(2.0)
+        return x * self.embed_scale
+
+    def output(self, y: Tensor) -> Tensor:
+        """States (B, prefix+T, D) -> logits (B, T, V) for the task positions."""
+        return self.head(y[:, self.prefix_len:])
+
+    def initial_carry(self, x: Tensor) -> Carry:
+        return self.recursion.initial_carry(x)
+
+    def step(
+        self, carry: Carry, x: Tensor, ctx: ForwardContext
+    ) -> tuple[Carry, Tensor, dict[str, Tensor]]:
+        """One recursion step: (carry, logits (B,T,V), halting signals)."""
+        carry, y = self.recursion(carry, x, ctx)
+        return carry, self.output(y), self.halting(y, ctx)
+
+    @torch.no_grad()
+    def infer(self, batch: Batch, early_exit: bool = False) -> tuple[Tensor, Tensor]:
+        """Predict logits (B,T,V) and the steps each sample used (B,).
+
+        Without ``early_exit`` every sample runs ``halting.max_steps`` steps (as TRM evaluates);
+        with it each sample keeps the prediction of the step where its policy halted, and the
+        loop ends once all have halted.
+        """
+        ctx = self.context()
+        x = self.embed(batch)
+        carry = self.initial_carry(x)
+        b = x.shape[0]
+        steps = torch.zeros(b, dtype=torch.long, device=x.device)
+        halted = torch.zeros(b, dtype=torch.bool, device=x.device)
+        final: Tensor | None = None
+        for _ in range(self.halting.max_steps):
+            carry, logits, signals = self.step(carry, x, ctx)
+            steps = torch.where(halted, steps, steps + 1)
+            final = logits if final is None else torch.where(halted[:, None, None], final, logits)
+            if early_exit:
+                halted = halted | self.halting.should_halt(signals, steps, False)
+                if bool(halted.all()):
+                    break
+        assert final is not None
+        return final, steps
+
+    def correct(self, logits: Tensor, labels: Tensor) -> Tensor:
+        return accuracy(logits, labels)[1]

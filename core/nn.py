@@ -1,0 +1,61 @@
+"""Building blocks shared by plugins: initialisation, RMSNorm, RoPE, SwiGLU width."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+
+def trunc_normal_(tensor: Tensor, std: float) -> Tensor:
+    """Truncated normal at +-2 std, rescaled so the *actual* std equals ``std``."""
+    # The std of a standard normal truncated to [-2, 2] is about 0.8796.
+    with torch.no_grad():
+        nn.init.trunc_normal_(tensor, mean=0.0, std=1.0, a=-2.0, b=2.0)
+        tensor.mul_(std / 0.87962566103423978)
+    return tensor
+
+
+class Linear(nn.Linear):
+    """A linear layer (no bias by default) with LeCun truncated-normal init (std 1/sqrt(in))."""
+
+    def __init__(self, d_in: int, d_out: int, bias: bool = False):
+        super().__init__(d_in, d_out, bias=bias)
+        trunc_normal_(self.weight, 1.0 / math.sqrt(d_in))
+        if self.bias is not None:
+            nn.init.zeros_(self.bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        bias = None if self.bias is None else self.bias.to(x.dtype)
+        return nn.functional.linear(x, self.weight.to(x.dtype), bias)
+
+
+def rms_norm(x: Tensor, eps: float = 1e-5) -> Tensor:
+    """RMSNorm without gain, computed in float32 and cast back."""
+    dtype = x.dtype
+    x = x.float()
+    x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)
+    return x.to(dtype)
+
+
+def rotate_half(x: Tensor) -> Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Rotary embedding for x (B,H,T,Dh) with tables (T,Dh) from ``ForwardContext.rope``."""
+    dtype = x.dtype
+    x = x.float()
+    return (x * cos + rotate_half(x) * sin).to(dtype)
+
+
+def swiglu_width(expansion: float, d_model: int, multiple: int = 256) -> int:
+    """Hidden width round(expansion * D * 2/3), rounded up to a multiple of ``multiple``."""
+    width = round(expansion * d_model * 2 / 3)
+    return -(-width // multiple) * multiple
+
+
+def parameter_count(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())

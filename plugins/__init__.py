@@ -1,0 +1,1 @@
+"""Built-in ponderkit plugins. ``registry.yaml`` lists which module registers what."""

@@ -1,0 +1,57 @@
+"""``supervised``: one batch, all recursion steps with gradients, one optimizer step."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import attrs
+import torch
+
+from ponderkit import Batch, BuildContext, accuracy, hookimpl, sequence_loss
+
+
+@attrs.frozen
+class SupervisedConfig:
+    """Plain supervised training: all recursion steps with gradients, one optimizer step a batch.
+
+    Runs the halting policy's ``max_steps`` steps, takes the loss on the final output (plus
+    auxiliary losses) and makes one optimizer step."""
+
+
+class Supervised:
+    def train_step(self, model: Any, batches: Iterator[Batch], trainer: Any) -> dict[str, Any]:
+        batch = next(batches)
+        with trainer.autocast():
+            ctx = model.context()
+            x = model.embed(batch)
+            carry = model.initial_carry(x)
+            for _ in range(model.halting.max_steps):
+                carry, logits, _ = model.step(carry, x, ctx)
+            lm_loss = sequence_loss(logits, batch["labels"], model.loss_kind).mean()
+            aux = sum(ctx.losses.values(), torch.zeros((), device=lm_loss.device))
+            loss = lm_loss + aux
+        grad_norm = trainer.optimize(loss)
+        correct, exact, valid = accuracy(logits.detach(), batch["labels"])
+        return {
+            "loss": loss.detach(),
+            "lm_loss": lm_loss.detach(),
+            "token_acc": correct.sum() / valid.sum().clamp(min=1),
+            "exact_acc": exact.float().mean(),
+            "grad_norm": grad_norm,
+        }
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
+
+def build_supervised(cfg: SupervisedConfig, ctx: BuildContext) -> Supervised:
+    return Supervised()
+
+
+@hookimpl
+def ponderkit_register(registry) -> None:
+    registry.add("schedule", "supervised", SupervisedConfig, build_supervised)
