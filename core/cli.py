@@ -20,18 +20,29 @@ EXIT_CONFIG = 2
 
 def _plugin_options() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--plugin", action="append", metavar="MODULE", default=argparse.SUPPRESS,
-                        help="import MODULE as a plugin (repeatable; also PONDERKIT_PLUGINS)")
-    common.add_argument("--strict-plugins", action="store_true", default=argparse.SUPPRESS,
-                        help="fail when a plugin cannot be loaded instead of skipping it")
+    common.add_argument(
+        "--plugin",
+        action="append",
+        metavar="MODULE",
+        default=argparse.SUPPRESS,
+        help="import MODULE as a plugin (repeatable; also PONDERKIT_PLUGINS)",
+    )
+    common.add_argument(
+        "--strict-plugins",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="fail when a plugin cannot be loaded instead of skipping it",
+    )
     return common
 
 
 def build_parser() -> argparse.ArgumentParser:
     common = _plugin_options()
     parser = argparse.ArgumentParser(
-        prog="ponderkit", parents=[common],
-        description="Compose recursive, routed and adaptive-depth reasoning models from YAML.")
+        prog="ponderkit",
+        parents=[common],
+        description="Compose recursive, routed and adaptive-depth reasoning models from YAML.",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     p = sub.add_parser("list", parents=[common], help="list registered components")
@@ -40,8 +51,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("show", parents=[common], help="describe one component: KIND/NAME")
     p.add_argument("key", metavar="KIND/NAME")
 
-    p = sub.add_parser("validate", parents=[common],
-                       help="check an experiment and count the built model's parameters")
+    p = sub.add_parser(
+        "validate",
+        parents=[common],
+        help="check an experiment and count the built model's parameters",
+    )
     p.add_argument("file", type=Path)
     p.add_argument("overrides", nargs="*", metavar="key.path=value")
 
@@ -54,10 +68,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    # overrides may come after options (`run X --out D a.b=1`): collect them from the leftovers
+    args, extra = parser.parse_known_args(argv)
+    stray = [e for e in extra if e.startswith("-") or "=" not in e]
+    if stray or (extra and not hasattr(args, "overrides")):
+        parser.error(f"unrecognized arguments: {' '.join(stray or extra)}")
+    if extra:
+        args.overrides = [*args.overrides, *extra]
     try:
-        plugins = Plugins(getattr(args, "plugin", None) or (),
-                          strict=getattr(args, "strict_plugins", False))
+        plugins = Plugins(
+            getattr(args, "plugin", None) or (), strict=getattr(args, "strict_plugins", False)
+        )
         return COMMANDS[args.command](args, plugins)
     except ConfigError as exc:
         for issue in exc.issues:
@@ -75,8 +97,11 @@ def cmd_list(args: argparse.Namespace, plugins: Plugins) -> int:
     reg = plugins.registry
     if args.kind and args.kind not in KINDS:
         hint = suggestion(args.kind, KINDS)
-        raise PonderkitError(f"unknown kind {args.kind!r}" + (f"; {hint}" if hint else "")
-                             + f" (kinds: {', '.join(KINDS)})")
+        raise PonderkitError(
+            f"unknown kind {args.kind!r}"
+            + (f"; {hint}" if hint else "")
+            + f" (kinds: {', '.join(KINDS)})"
+        )
     kinds = [args.kind] if args.kind else list(KINDS)
     for kind in kinds:
         names = reg.names(kind)
@@ -165,8 +190,11 @@ def cmd_run(args: argparse.Namespace, plugins: Plugins) -> int:
     out = args.out or default_run_dir(exp.config.name or args.file.stem)
     run_dir = create_run_dir(out)
     trainer = Trainer(exp.config, plugins.registry, run_dir, quiet=args.quiet)
-    print(f"run directory: {run_dir}  ({sum(p.numel() for p in trainer.model.parameters())} "
-          f"parameters, device {trainer.device})", flush=True)
+    print(
+        f"run directory: {run_dir}  ({sum(p.numel() for p in trainer.model.parameters())} "
+        f"parameters, device {trainer.device})",
+        flush=True,
+    )
     result = trainer.fit()
     summary = " ".join(f"{k}={v:.4f}" for k, v in result.items())
     print(f"done: {summary}")

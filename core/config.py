@@ -165,15 +165,19 @@ class Structurer:
         names = [f.name for f in fields]
         for key in data:
             if key not in names and key not in allow:
-                self.fail((*path, key), "unknown key", suggestion(str(key), names) or
-                          f"valid keys: {', '.join(names) or 'none'}")
+                self.fail(
+                    (*path, key),
+                    "unknown key",
+                    suggestion(str(key), names) or f"valid keys: {', '.join(names) or 'none'}",
+                )
         values: dict[str, Any] = {}
         for field in fields:
             if field.name in data:
                 value = self.structure_field(field, data[field.name], (*path, field.name))
             elif field.metadata.get(KIND_KEY) and field.default is not attrs.NOTHING:
-                value = self.structure_field(field, field.metadata[DEFAULT_KEY],
-                                             (*path, field.name))
+                value = self.structure_field(
+                    field, field.metadata[DEFAULT_KEY], (*path, field.name)
+                )
             elif field.default is attrs.NOTHING:
                 self.fail((*path, field.name), f"missing required field ({type_name(field.type)})")
                 continue
@@ -221,16 +225,20 @@ class Structurer:
             name, fields = value, {}
         elif isinstance(value, dict):
             if "name" not in value:
-                self.fail(path, f"a {kind} needs a name",
-                          f"{kind}s: {', '.join(self.registry.names(kind))}")
+                self.fail(
+                    path,
+                    f"a {kind} needs a name",
+                    f"{kind}s: {', '.join(self.registry.names(kind))}",
+                )
                 return None
             name, fields = value["name"], {k: v for k, v in value.items() if k != "name"}
             if not isinstance(name, str):
                 self.fail((*path, "name"), f"expected a {kind} name, got {_given(name)}")
                 return None
         else:
-            self.fail(path, f"expected a {kind} name or a mapping with `name:`, got "
-                      f"{_given(value)}")
+            self.fail(
+                path, f"expected a {kind} name or a mapping with `name:`, got {_given(value)}"
+            )
             return None
         try:
             comp = self.registry.get(kind, name)

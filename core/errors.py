@@ -43,8 +43,10 @@ class Issue:
         return attrs.evolve(self, file=file, line=line)
 
     def __str__(self) -> str:
-        where = f"{self.file}:{self.line}: " if self.file and self.line else (
-            f"{self.file}: " if self.file else ""
+        where = (
+            f"{self.file}:{self.line}: "
+            if self.file and self.line
+            else (f"{self.file}: " if self.file else "")
         )
         text = f"{where}{dotted(self.path)}: {self.message}"
         return f"{text} ({self.hint})" if self.hint else text

@@ -97,9 +97,14 @@ def check_experiment(exp: ExperimentConfig, registry: Registry) -> list[Issue]:
         for need in sorted(comp.requires - capabilities):
             providers = registry.providers(need)
             have = ", ".join(s.key for _, s, _ in found if s.kind != spec.kind) or "none"
-            issues.append(Issue(path, f"{comp.key} needs a component that provides {need!r}, "
-                                f"and none here does (this experiment uses {have})",
-                                "use one of: " + (", ".join(providers) or "none loaded")))
+            issues.append(
+                Issue(
+                    path,
+                    f"{comp.key} needs a component that provides {need!r}, "
+                    f"and none here does (this experiment uses {have})",
+                    "use one of: " + (", ".join(providers) or "none loaded"),
+                )
+            )
         if comp.check is not None:
             issues.extend(_check_issues(comp.check(spec.config, env), path))
     return issues

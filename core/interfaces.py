@@ -51,8 +51,10 @@ class ForwardContext:
         """cos, sin tables of shape (T, head_dim) for rotary embeddings (half-split layout)."""
         key = (seq_len, head_dim, device)
         if key not in self._rope_cache:
-            inv = 1.0 / (self.rope_theta ** (torch.arange(0, head_dim, 2, device=device,
-                                                          dtype=torch.float32) / head_dim))
+            inv = 1.0 / (
+                self.rope_theta
+                ** (torch.arange(0, head_dim, 2, device=device, dtype=torch.float32) / head_dim)
+            )
             angles = torch.outer(torch.arange(seq_len, device=device, dtype=torch.float32), inv)
             emb = torch.cat([angles, angles], dim=-1)
             self._rope_cache[key] = (emb.cos(), emb.sin())
@@ -150,8 +152,9 @@ class Halting(Protocol):
 
     def should_halt(self, signals: dict[str, Tensor], steps: Tensor, training: bool) -> Tensor: ...
 
-    def loss(self, signals: dict[str, Tensor], correct: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
-        ...
+    def loss(
+        self, signals: dict[str, Tensor], correct: Tensor
+    ) -> tuple[Tensor, dict[str, Tensor]]: ...
 
 
 @runtime_checkable
@@ -184,8 +187,9 @@ class Schedule(Protocol):
     ``exact_acc``, ``steps`` ...). A schedule owns any state that spans optimizer steps (the
     deep-supervision carry) and saves it with ``state_dict``/``load_state_dict``."""
 
-    def train_step(self, model: Any, batches: Iterator[Batch], trainer: Any) -> dict[str, float]:
-        ...
+    def train_step(
+        self, model: Any, batches: Iterator[Batch], trainer: Any
+    ) -> dict[str, float]: ...
 
     def state_dict(self) -> dict[str, Any]: ...
 

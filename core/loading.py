@@ -94,9 +94,12 @@ class Plugins:
             dist = ep.dist
             label = f"{dist.name if dist else '?'}:{ep.name}"
             version = dist.version if dist else "unknown"
-            self._guarded(label, lambda ep=ep, label=label, version=version: self.register(
-                ep.load(), Origin(label, version)
-            ))
+            self._guarded(
+                label,
+                lambda ep=ep, label=label, version=version: self.register(
+                    ep.load(), Origin(label, version)
+                ),
+            )
 
     def _import_and_register(self, module_name: str) -> None:
         module = importlib.import_module(module_name)
@@ -134,7 +137,8 @@ class Plugins:
             ]
             hints = [suggestion(b, ["ponderkit_register"]) for b in bad]
             detail = "; ".join(
-                f"unknown hook {b!r}" + (f", {h}" if h else "") for b, h in zip(bad, hints)
+                f"unknown hook {b!r}" + (f", {h}" if h else "")
+                for b, h in zip(bad, hints, strict=True)
             )
             raise PluginError(f"plugin {origin.plugin}: {detail or exc}") from exc
         if not self.pm.get_hookcallers(plugin):

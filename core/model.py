@@ -39,8 +39,9 @@ class ReasoningModel(nn.Module):
         if cfg.positions == "learned":
             self.pos_emb = nn.Embedding(total_len, d)
             trunc_normal_(self.pos_emb.weight, 1.0 / math.sqrt(d))
-        ctx = BuildContext(registry, d_model=d, vocab_size=task.vocab_size,
-                           seq_len=total_len, seed=seed)
+        ctx = BuildContext(
+            registry, d_model=d, vocab_size=task.vocab_size, seq_len=total_len, seed=seed
+        )
         self.recursion = ctx.build(cfg.recursion)
         self.head = Linear(d, task.vocab_size)
         self.halting = ctx.build(cfg.halting)
@@ -67,7 +68,7 @@ class ReasoningModel(nn.Module):
 
     def output(self, y: Tensor) -> Tensor:
         """States (B, prefix+T, D) -> logits (B, T, V) for the task positions."""
-        return self.head(y[:, self.prefix_len:])
+        return self.head(y[:, self.prefix_len :])
 
     def initial_carry(self, x: Tensor) -> Carry:
         return self.recursion.initial_carry(x)

@@ -30,8 +30,10 @@ def create_run_dir(path: str | Path) -> Path:
     """Create ``path``; refuse one that already exists and holds anything."""
     path = Path(path)
     if path.exists() and (not path.is_dir() or any(path.iterdir())):
-        raise RunDirExists(f"run directory {path} already exists and is not empty; "
-                           "a run directory is never overwritten (choose another --out)")
+        raise RunDirExists(
+            f"run directory {path} already exists and is not empty; "
+            "a run directory is never overwritten (choose another --out)"
+        )
     path.mkdir(parents=True, exist_ok=True)
     return path
 
@@ -40,19 +42,31 @@ def git_state(cwd: Path | None = None) -> dict[str, Any]:
     """The commit and dirty flag of the source checkout, when it is a git repository."""
     cwd = cwd or Path(__file__).resolve().parent
     try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True,
-                                text=True, timeout=5)
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=5
+        )
         if commit.returncode != 0:
             return {"commit": None, "dirty": None}
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
-                               cwd=cwd, capture_output=True, text=True, timeout=5)
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
         return {"commit": commit.stdout.strip(), "dirty": bool(dirty.stdout.strip())}
     except (OSError, subprocess.SubprocessError):
         return {"commit": None, "dirty": None}
 
 
-def write_meta(run_dir: Path, *, seed: int, device: str, plugins: Iterable[tuple[str, str]],
-               extra: dict[str, Any] | None = None) -> None:
+def write_meta(
+    run_dir: Path,
+    *,
+    seed: int,
+    device: str,
+    plugins: Iterable[tuple[str, str]],
+    extra: dict[str, Any] | None = None,
+) -> None:
     import torch
 
     from .loading import ponderkit_version
@@ -100,7 +114,9 @@ class MetricsLog:
         return [json.loads(line) for line in self.path.read_text("utf-8").splitlines() if line]
 
 
-def save_checkpoint(run_dir: Path, name: str, tensors: dict[str, Any], state: dict[str, Any]) -> Path:
+def save_checkpoint(
+    run_dir: Path, name: str, tensors: dict[str, Any], state: dict[str, Any]
+) -> Path:
     """Write ``checkpoints/<name>/`` atomically: weights as safetensors, the rest with torch."""
     import torch
     from safetensors.torch import save_file
@@ -109,8 +125,10 @@ def save_checkpoint(run_dir: Path, name: str, tensors: dict[str, Any], state: di
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{name}."))
     try:
-        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()},
-                  str(tmp / "model.safetensors"))
+        save_file(
+            {k: v.detach().contiguous().cpu() for k, v in tensors.items()},
+            str(tmp / "model.safetensors"),
+        )
         torch.save(state, tmp / "trainer.pt")
         if final.exists():
             old = final.with_name(f".{name}.old")
@@ -130,4 +148,5 @@ def load_checkpoint(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     from safetensors.torch import load_file
 
     return load_file(str(path / "model.safetensors")), torch.load(
-        path / "trainer.pt", weights_only=False)
+        path / "trainer.pt", weights_only=False
+    )

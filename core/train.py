@@ -44,10 +44,11 @@ def build_optimizer(model: nn.Module, cfg: OptimizerConfig) -> torch.optim.Optim
     """AdamW; matrices decay, vectors (norm gains, biases) do not."""
     decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
     no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay},
-              {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr,
-                             betas=tuple(cfg.betas))
+    groups = [
+        {"params": decay, "weight_decay": cfg.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr, betas=tuple(cfg.betas))
 
 
 def lr_factor(step: int, total: int, cfg: OptimizerConfig) -> float:
@@ -62,14 +63,22 @@ def lr_factor(step: int, total: int, cfg: OptimizerConfig) -> float:
 
 def batch_metrics(logits: Tensor, labels: Tensor) -> dict[str, Tensor]:
     correct, exact, valid = accuracy(logits, labels)
-    return {"token_acc": correct.sum() / valid.sum().clamp(min=1), "exact_acc": exact.float().mean()}
+    return {
+        "token_acc": correct.sum() / valid.sum().clamp(min=1),
+        "exact_acc": exact.float().mean(),
+    }
 
 
 class Trainer:
     """Owns device, model, optimizer, LR schedule, callbacks and the run directory."""
 
-    def __init__(self, config: ExperimentConfig, registry: Any, run_dir: Path | None = None,
-                 quiet: bool = False):
+    def __init__(
+        self,
+        config: ExperimentConfig,
+        registry: Any,
+        run_dir: Path | None = None,
+        quiet: bool = False,
+    ):
         self.config = config
         self.registry = registry
         self.run_dir = run_dir
@@ -140,10 +149,13 @@ class Trainer:
             self._set_lr()
             if self.step % cfg.log_every == 0 or self.step == cfg.steps:
                 now = time.perf_counter()
-                record = {"step": self.step, **_floats(metrics),
-                          "lr": self.optimizer.param_groups[0]["lr"],
-                          "samples_per_s": window_samples / max(now - window_t, 1e-9),
-                          "elapsed_s": now - t0}
+                record = {
+                    "step": self.step,
+                    **_floats(metrics),
+                    "lr": self.optimizer.param_groups[0]["lr"],
+                    "samples_per_s": window_samples / max(now - window_t, 1e-9),
+                    "elapsed_s": now - t0,
+                }
                 window_t, window_samples = now, 0
                 if cfg.eval_every and self.step % cfg.eval_every == 0 or self.step == cfg.steps:
                     last_eval = self.evaluate()
@@ -202,8 +214,13 @@ class Trainer:
         for _, spec in iter_specs(self.config):
             origin = self.registry.get(spec.kind, spec.name).origin
             plugins.append((origin.plugin, origin.version))
-        write_meta(self.run_dir, seed=self.config.seed, device=str(self.device),
-                   plugins=plugins, extra={"parameters": parameter_count(self.model)})
+        write_meta(
+            self.run_dir,
+            seed=self.config.seed,
+            device=str(self.device),
+            plugins=plugins,
+            extra={"parameters": parameter_count(self.model)},
+        )
 
     def _log(self, record: dict[str, Any]) -> None:
         if self.metrics_log:
@@ -219,8 +236,11 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "schedule": self.schedule.state_dict(),
             "callbacks": [_call(cb, "state_dict") for cb in self.callbacks],
-            "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
-                    "python": random.getstate()},
+            "rng": {
+                "torch": torch.get_rng_state(),
+                "numpy": np.random.get_state(),
+                "python": random.getstate(),
+            },
         }
         if not any(p for p in state["callbacks"]):
             state["callbacks"] = []
@@ -251,8 +271,11 @@ class _Progress:
     def update(self, step: int, record: dict[str, Any]) -> None:
         if not self.enabled:
             return
-        shown = {k: record[k] for k in ("loss", "token_acc", "exact_acc", "eval/exact_acc",
-                                         "eval/token_acc") if k in record}
+        shown = {
+            k: record[k]
+            for k in ("loss", "token_acc", "exact_acc", "eval/exact_acc", "eval/token_acc")
+            if k in record
+        }
         text = " ".join(f"{k}={v:.4f}" for k, v in shown.items())
         if self.bar is not None:
             self.bar.update(step - self.last)
@@ -260,8 +283,10 @@ class _Progress:
             if "eval/exact_acc" in record:
                 self.bar.write(f"step {step}: {text}")
         else:
-            print(f"step {step:>6}: {text} ({record.get('samples_per_s', 0):.0f} samples/s)",
-                  flush=True)
+            print(
+                f"step {step:>6}: {text} ({record.get('samples_per_s', 0):.0f} samples/s)",
+                flush=True,
+            )
         self.last = step
 
     def close(self) -> None:

@@ -57,6 +57,13 @@ def _parse(text: str, source: str) -> tuple[Any, Positions]:
 
 
 def _construct(node: yaml.Node, path: Path_, source: str, positions: Positions) -> Any:
+    if isinstance(node, yaml.MappingNode | yaml.SequenceNode) and node.tag not in _PLAIN_TAGS:
+        raise yaml.constructor.ConstructorError(
+            None,
+            None,
+            f"could not determine a constructor for the tag {node.tag!r}",
+            node.start_mark,
+        )
     if isinstance(node, yaml.MappingNode):
         out: dict[str, Any] = {}
         loader = yaml.SafeLoader("")
@@ -75,6 +82,9 @@ def _construct(node: yaml.Node, path: Path_, source: str, positions: Positions) 
             items.append(_construct(item, (*path, i), source, positions))
         return items
     return yaml.SafeLoader("").construct_object(node, deep=True)
+
+
+_PLAIN_TAGS = {"tag:yaml.org,2002:map", "tag:yaml.org,2002:seq"}
 
 
 def _yaml_issue(exc: yaml.YAMLError, source: str) -> Issue:
@@ -114,8 +124,16 @@ def _load_with_extends(path: Path, chain: tuple[Path, ...]) -> tuple[dict[str, A
     if parent_ref is None:
         return data, positions
     if not isinstance(parent_ref, str):
-        raise ConfigError([Issue(("extends",), "extends must be a file name", file=str(path),
-                                 line=positions.get(("extends",), (None, None))[1])])
+        raise ConfigError(
+            [
+                Issue(
+                    ("extends",),
+                    "extends must be a file name",
+                    file=str(path),
+                    line=positions.get(("extends",), (None, None))[1],
+                )
+            ]
+        )
     parent_data, parent_pos = _load_with_extends(path.parent / parent_ref, (*chain, resolved))
     merged = deep_merge(parent_data, data)
     return merged, {**parent_pos, **positions}
@@ -148,14 +166,20 @@ def apply_overrides(doc: Document, overrides: list[str] | tuple[str, ...]) -> No
         key, sep, raw = text.partition("=")
         path: Path_ = tuple(int(p) if p.isdigit() else p for p in key.strip().split("."))
         if not sep or not key.strip() or any(p == "" for p in path):
-            issues.append(Issue((), f"override {text!r} is not of the form key.path=value",
-                                file=OVERRIDE_ORIGIN))
+            issues.append(
+                Issue(
+                    (), f"override {text!r} is not of the form key.path=value", file=OVERRIDE_ORIGIN
+                )
+            )
             continue
         try:
             value = yaml.safe_load(raw) if raw.strip() else ""
         except yaml.YAMLError as exc:
-            issues.append(Issue(path, f"override value {raw!r} is not valid YAML: {exc}",
-                                file=OVERRIDE_ORIGIN))
+            issues.append(
+                Issue(
+                    path, f"override value {raw!r} is not valid YAML: {exc}", file=OVERRIDE_ORIGIN
+                )
+            )
             continue
         problem = _set_path(doc.data, path, value)
         if problem:

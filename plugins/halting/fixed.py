@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import attrs
 import torch
-from torch import Tensor, nn
-
 from ponderkit import BuildContext, ForwardContext, hookimpl
+from torch import Tensor, nn
 
 
 @attrs.frozen
@@ -38,9 +37,14 @@ def build_fixed(cfg: FixedConfig, ctx: BuildContext) -> FixedHalting:
 def check_fixed(cfg: FixedConfig, env) -> list:
     if cfg.steps > 1 and "carry" not in env.capabilities:
         recursion = env.experiment.model.recursion
-        return [("steps", f"steps={cfg.steps} repeats recursion/{recursion.name}, which keeps "
-                          "no state between steps, so every step would compute the same output; "
-                          "use steps=1 or a recursion that provides 'carry'")]
+        return [
+            (
+                "steps",
+                f"steps={cfg.steps} repeats recursion/{recursion.name}, which keeps "
+                "no state between steps, so every step would compute the same output; "
+                "use steps=1 or a recursion that provides 'carry'",
+            )
+        ]
     return []
 
 

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import attrs
+from ponderkit import BuildContext, ForwardContext, Linear, apply_rope, hookimpl
 from torch import Tensor, nn
 from torch.nn import functional as F
-
-from ponderkit import BuildContext, ForwardContext, Linear, apply_rope, hookimpl
 
 
 @attrs.frozen
@@ -47,8 +46,12 @@ def check_attention(cfg: AttentionConfig, env) -> list:
     d = env.experiment.model.d_model
     problems = []
     if cfg.head_dim is None and d % cfg.heads:
-        problems.append(("heads", f"d_model={d} is not divisible by heads={cfg.heads}; "
-                                  "change heads or set head_dim"))
+        problems.append(
+            (
+                "heads",
+                f"d_model={d} is not divisible by heads={cfg.heads}; change heads or set head_dim",
+            )
+        )
     head_dim = cfg.head_dim or d // cfg.heads
     if env.experiment.model.positions == "rope" and head_dim % 2:
         problems.append(("head_dim", f"RoPE needs an even head dimension, got {head_dim}"))

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import attrs
-from torch import Tensor, nn
-
 from ponderkit import BuildContext, ForwardContext, Spec, component, hookimpl, rms_norm
+from torch import Tensor, nn
 
 
 @attrs.frozen

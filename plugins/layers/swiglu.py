@@ -4,10 +4,9 @@
 from __future__ import annotations
 
 import attrs
+from ponderkit import BuildContext, ForwardContext, Linear, hookimpl, swiglu_width
 from torch import Tensor, nn
 from torch.nn import functional as F
-
-from ponderkit import BuildContext, ForwardContext, Linear, hookimpl, swiglu_width
 
 
 @attrs.frozen

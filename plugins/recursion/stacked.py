@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import attrs
-from torch import Tensor, nn
-
 from ponderkit import BuildContext, Carry, ForwardContext, Spec, component, hookimpl
+from torch import Tensor, nn
 
 
 @attrs.frozen

@@ -7,7 +7,6 @@ from typing import Any
 
 import attrs
 import torch
-
 from ponderkit import Batch, BuildContext, accuracy, hookimpl, sequence_loss
 
 

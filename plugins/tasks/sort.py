@@ -6,9 +6,8 @@ from collections.abc import Iterator
 
 import attrs
 import torch
-from torch import Tensor
-
 from ponderkit import Batch, BuildContext, hookimpl
+from torch import Tensor
 
 
 @attrs.frozen

@@ -1,0 +1,64 @@
+"""Shared fixtures: a plugin set with the built-ins and helpers to write YAML files."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+from ponderkit.loading import Plugins
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(autouse=True)
+def _isolate_env(monkeypatch, tmp_path):
+    monkeypatch.delenv("PONDERKIT_PLUGINS", raising=False)
+    monkeypatch.setenv("PONDERKIT_CACHE", str(tmp_path / "cache"))
+
+
+@pytest.fixture
+def plugins() -> Plugins:
+    return Plugins(autoload=False)
+
+
+@pytest.fixture
+def registry(plugins):
+    return plugins.registry
+
+
+@pytest.fixture
+def write(tmp_path):
+    """write('name.yaml', text) -> Path, dedenting the text."""
+
+    def _write(name: str, text: str) -> Path:
+        path = tmp_path / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(textwrap.dedent(text).lstrip("\n"))
+        return path
+
+    return _write
+
+
+SORT_EXPERIMENT = """
+name: tiny_sort
+seed: 0
+task: {name: sort, length: 6, values: 8, eval_size: 256}
+model:
+  d_model: 32
+  recursion:
+    name: stacked
+    layers: 2
+    block:
+      name: post_norm
+      mixer: {name: attention, heads: 4}
+      ffn: {name: swiglu, expansion: 2}
+  halting: fixed
+optimizer: {lr: 3.0e-3, weight_decay: 0.01, warmup_steps: 20}
+train: {steps: 40, batch_size: 64, log_every: 10, eval_every: 20, threads: 2}
+"""
+
+
+@pytest.fixture
+def sort_yaml(write) -> Path:
+    return write("sort.yaml", SORT_EXPERIMENT)
