@@ -64,6 +64,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", metavar="key.path=value")
     p.add_argument("--out", type=Path, help="run directory (default runs/<name>-<time>)")
     p.add_argument("--quiet", action="store_true", help="no progress output")
+
+    p = sub.add_parser(
+        "eval",
+        parents=[common],
+        help="evaluate a run's final checkpoint on its task's held-out set",
+    )
+    p.add_argument("run_dir", type=Path)
+    p.add_argument(
+        "--early-exit",
+        action="store_true",
+        help="stop each sample when its halting policy says so, and compare with "
+        "running every step",
+    )
+    p.add_argument("--checkpoint", default="final", help="checkpoint name (default final)")
     return parser
 
 
@@ -157,12 +171,13 @@ def cmd_validate(args: argparse.Namespace, plugins: Plugins) -> int:
     from .experiment import load_experiment
 
     exp = load_experiment(args.file, args.overrides, registry=plugins.registry)
-    count = count_parameters(exp.config, plugins.registry)
-    print(f"ok: {count} parameters")
+    count, table = count_parameters(exp.config, plugins.registry, with_prefix_table=True)
+    extra = f" ({count - table} without the puzzle-embedding table)" if table else ""
+    print(f"ok: {count} parameters{extra}")
     return 0
 
 
-def count_parameters(config: object, registry: object) -> int:
+def count_parameters(config: object, registry: object, with_prefix_table: bool = False):
     """Build the model on the meta device (no memory, no init cost) and count parameters."""
     import torch
 
@@ -178,7 +193,11 @@ def count_parameters(config: object, registry: object) -> int:
         raise
     except Exception as exc:
         raise PonderkitError(f"building the model failed: {type(exc).__name__}: {exc}") from exc
-    return parameter_count(model)
+    total = parameter_count(model)
+    if with_prefix_table:
+        table = model.puzzle_emb.weight.numel() if model.puzzle_emb is not None else 0
+        return total, table
+    return total
 
 
 def cmd_run(args: argparse.Namespace, plugins: Plugins) -> int:
@@ -201,7 +220,40 @@ def cmd_run(args: argparse.Namespace, plugins: Plugins) -> int:
     return 0
 
 
-COMMANDS = {"list": cmd_list, "show": cmd_show, "validate": cmd_validate, "run": cmd_run}
+def cmd_eval(args: argparse.Namespace, plugins: Plugins) -> int:
+    from .runs import write_json_atomic
+    from .train import load_trainer
+
+    trainer = load_trainer(args.run_dir, plugins.registry, args.checkpoint)
+    full = trainer.evaluate(early_exit=False)
+    result = {"checkpoint": args.checkpoint, "full": full}
+    print(_eval_line("all steps", full))
+    if args.early_exit:
+        early = trainer.evaluate(early_exit=True)
+        saved = 1.0 - early["steps"] / max(full["steps"], 1e-9)
+        delta = early["exact_acc"] - full["exact_acc"]
+        result.update(early_exit=early, steps_saved=saved, exact_acc_change=delta)
+        print(_eval_line("early exit", early))
+        print(
+            f"early exit saves {saved:.1%} of the steps; exact accuracy changes by "
+            f"{delta * 100:+.2f} points"
+        )
+    write_json_atomic(args.run_dir / f"eval-{args.checkpoint}.json", result)
+    return 0
+
+
+def _eval_line(label: str, metrics: dict[str, float]) -> str:
+    shown = " ".join(f"{k}={v:.4f}" for k, v in metrics.items())
+    return f"{label:>10}: {shown}"
+
+
+COMMANDS = {
+    "list": cmd_list,
+    "show": cmd_show,
+    "validate": cmd_validate,
+    "run": cmd_run,
+    "eval": cmd_eval,
+}
 
 
 if __name__ == "__main__":

@@ -176,7 +176,7 @@ def generate_distinct(
                 break
             got = _run_jobs(make, seed, [(i, attempt) for i in todo], pool, workers)
             retry = []
-            for i, sample in zip(todo, got):
+            for i, sample in zip(todo, got, strict=True):
                 key = np.ascontiguousarray(sample[0]).tobytes()
                 if key in seen:
                     retry.append(i)

@@ -49,6 +49,7 @@ class TrainConfig:
     """Length of training, batch size, logging, evaluation and hardware settings."""
 
     steps: int = attrs.field(default=1000, validator=positive)
+    max_time_s: float | None = None  # stop early (and checkpoint) after this wall-clock time
     batch_size: int = attrs.field(default=64, validator=positive)
     log_every: int = attrs.field(default=10, validator=positive)
     eval_every: int = attrs.field(default=0, validator=non_negative)

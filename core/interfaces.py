@@ -142,8 +142,10 @@ class Halting(Protocol):
       (B,)); ``{}`` for a policy without parameters.
     - ``should_halt(signals, steps (B,) long, training) -> (B,) bool``: whether each sample
       stops after this step; must be True wherever ``steps >= max_steps``.
-    - ``loss(signals, correct (B,) bool) -> (loss scalar, metrics dict)``: the halting loss
-      for this step given whether each sample's current prediction is exactly right.
+    - ``loss(signals, correct (B,) bool, next_signals=None, steps=None) -> (loss, metrics)``:
+      the weighted halting loss for this step given whether each sample's current prediction
+      is exactly right. A policy with ``needs_next_step = True`` (HRM's bootstrapped
+      q_continue) also gets the next step's signals, computed under no_grad.
     """
 
     max_steps: int
@@ -153,7 +155,7 @@ class Halting(Protocol):
     def should_halt(self, signals: dict[str, Tensor], steps: Tensor, training: bool) -> Tensor: ...
 
     def loss(
-        self, signals: dict[str, Tensor], correct: Tensor
+        self, signals: dict[str, Tensor], correct: Tensor, **kwargs: Any
     ) -> tuple[Tensor, dict[str, Tensor]]: ...
 
 

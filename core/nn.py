@@ -8,11 +8,11 @@ import torch
 from torch import Tensor, nn
 
 
-def trunc_normal_(tensor: Tensor, std: float) -> Tensor:
+def trunc_normal_(tensor: Tensor, std: float, generator: torch.Generator | None = None) -> Tensor:
     """Truncated normal at +-2 std, rescaled so the *actual* std equals ``std``."""
     # The std of a standard normal truncated to [-2, 2] is about 0.8796.
     with torch.no_grad():
-        nn.init.trunc_normal_(tensor, mean=0.0, std=1.0, a=-2.0, b=2.0)
+        nn.init.trunc_normal_(tensor, mean=0.0, std=1.0, a=-2.0, b=2.0, generator=generator)
         tensor.mul_(std / 0.87962566103423978)
     return tensor
 

@@ -95,6 +95,8 @@ class Trainer:
         self.task = ctx.build(config.task)
         self.model = ReasoningModel(config.model, self.task, registry, config.seed).to(self.device)
         self.optimizer = build_optimizer(self.model, config.optimizer)
+        if train.compile:
+            self.model.recursion.compile()  # in place: parameter names stay the same
         self.schedule = ctx.build(config.schedule)
         self.callbacks = [ctx.build(spec) for spec in config.callbacks]
         self.step = 0
@@ -139,7 +141,20 @@ class Trainer:
         progress = _Progress(cfg.steps, enabled=not self.quiet)
         t0 = time.perf_counter()
         window_t, window_samples = t0, 0
+        deadline = t0 + cfg.max_time_s if cfg.max_time_s else float("inf")
         while self.step < cfg.steps:
+            if time.perf_counter() > deadline:
+                if not self.quiet:
+                    print(f"time limit of {cfg.max_time_s:.0f} s reached at step {self.step}")
+                last_eval = self.evaluate()
+                self._log(
+                    {
+                        "step": self.step,
+                        "stopped": "time limit",
+                        **{f"eval/{k}": v for k, v in last_eval.items()},
+                    }
+                )
+                break
             self.model.train()
             metrics = self.schedule.train_step(self.model, batches, self)
             self.step += 1
@@ -229,10 +244,11 @@ class Trainer:
     def checkpoint(self, name: str) -> Path | None:
         if not self.run_dir:
             return None
-        with self._eval_weights():
-            weights = dict(self.model.state_dict())
+        with self._eval_weights():  # clone: the swapped-in tensors are restored in place
+            weights = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
         state = {
             "step": self.step,
+            "train_weights": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
             "optimizer": self.optimizer.state_dict(),
             "schedule": self.schedule.state_dict(),
             "callbacks": [_call(cb, "state_dict") for cb in self.callbacks],
@@ -245,6 +261,33 @@ class Trainer:
         if not any(p for p in state["callbacks"]):
             state["callbacks"] = []
         return save_checkpoint(self.run_dir, name, weights, state)
+
+
+def load_trainer(run_dir: Path, registry: Any, checkpoint: str = "final") -> Trainer:
+    """A trainer for ``run_dir``'s resolved config with a checkpoint's evaluation weights."""
+    from .errors import PonderkitError
+    from .experiment import load_experiment
+    from .runs import load_checkpoint
+
+    run_dir = Path(run_dir)
+    ckpt = run_dir / "checkpoints" / checkpoint
+    if not (run_dir / "config.yaml").exists():
+        raise PonderkitError(f"{run_dir} is not a run directory (no config.yaml)")
+    if not (ckpt / "model.safetensors").exists():
+        found = (
+            sorted(p.name for p in (run_dir / "checkpoints").glob("*"))
+            if (run_dir / "checkpoints").exists()
+            else []
+        )
+        raise PonderkitError(
+            f"no checkpoint {checkpoint!r} in {run_dir} (found: {', '.join(found) or 'none'})"
+        )
+    config = load_experiment(run_dir / "config.yaml", registry=registry).config
+    trainer = Trainer(config, registry, run_dir=None, quiet=True)
+    weights, _ = load_checkpoint(ckpt)
+    trainer.model.load_state_dict(weights)
+    trainer.callbacks = [cb for cb in trainer.callbacks if not hasattr(cb, "eval_weights")]
+    return trainer
 
 
 def _call(obj: Any, name: str, *args: Any) -> Any:

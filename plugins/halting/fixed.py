@@ -26,7 +26,7 @@ class FixedHalting(nn.Module):
     def should_halt(self, signals: dict[str, Tensor], steps: Tensor, training: bool) -> Tensor:
         return steps >= self.max_steps
 
-    def loss(self, signals: dict[str, Tensor], correct: Tensor) -> tuple[Tensor, dict]:
+    def loss(self, signals: dict[str, Tensor], correct: Tensor, **_: object) -> tuple[Tensor, dict]:
         return correct.new_zeros((), dtype=torch.float32), {}
 
 

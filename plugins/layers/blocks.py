@@ -36,7 +36,11 @@ class ResidualBlock(nn.Module):
         for layer in (self.mixer, self.ffn):
             if layer is None:
                 continue
-            if self.post_norm:
+            if self.post_norm and getattr(layer, "mixes_positions", False):
+                # TRM's mlp_t: residual and norm in the transposed (B, D, T) frame
+                ht = h.transpose(1, 2)
+                h = rms_norm(ht + layer.forward_transposed(ht), self.eps).transpose(1, 2)
+            elif self.post_norm:
                 h = rms_norm(h + layer(h, ctx), self.eps)
             else:
                 h = h + layer(rms_norm(h, self.eps), ctx)

@@ -43,12 +43,18 @@ class MlpTConfig:
 
 
 class MlpT(nn.Module):
+    #: a post-norm block applies the residual and norm in the transposed frame (as TRM)
+    mixes_positions = True
+
     def __init__(self, seq_len: int, expansion: float):
         super().__init__()
         self.mlp = SwiGLU(seq_len, swiglu_width(expansion, seq_len))
 
+    def forward_transposed(self, ht: Tensor) -> Tensor:
+        return self.mlp(ht)  # (B, D, T) mixed over T
+
     def forward(self, h: Tensor, ctx: ForwardContext) -> Tensor:
-        return self.mlp(h.transpose(1, 2)).transpose(1, 2)  # mix (B, D, T) over T
+        return self.forward_transposed(h.transpose(1, 2)).transpose(1, 2)
 
 
 def build_mlp_t(cfg: MlpTConfig, ctx: BuildContext) -> MlpT:

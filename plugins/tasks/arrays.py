@@ -1,0 +1,64 @@
+"""A task backed by fixed train and eval arrays, with per-sample augmentation."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import numpy as np
+import torch
+from ponderkit import Batch
+
+Augment = Callable[[np.ndarray, np.ndarray, np.random.Generator], tuple[np.ndarray, np.ndarray]]
+
+
+class ArrayTask:
+    """Train batches are drawn epoch by epoch in a seeded shuffled order and augmented;
+    evaluation runs over the held-out arrays in order, unaugmented."""
+
+    num_puzzle_ids = 0
+
+    def __init__(
+        self,
+        vocab_size: int,
+        seq_len: int,
+        load: Callable[[], dict[str, np.ndarray]],
+        augment: Augment | None,
+    ):
+        self.vocab_size, self.seq_len = vocab_size, seq_len
+        self._load, self._augment = load, augment
+        self._data: dict[str, np.ndarray] | None = None
+
+    @property
+    def data(self) -> dict[str, np.ndarray]:
+        """``train_inputs``, ``train_labels``, ``eval_inputs``, ``eval_labels`` (made lazily,
+        so that building the task for `validate` generates nothing)."""
+        if self._data is None:
+            self._data = self._load()
+        return self._data
+
+    def train_batches(self, batch_size: int, seed: int) -> Iterator[Batch]:
+        x, y = self.data["train_inputs"], self.data["train_labels"]
+        rng = np.random.default_rng(seed)
+        order = np.empty(0, dtype=np.int64)
+        while True:
+            while order.size < batch_size:
+                order = np.concatenate([order, rng.permutation(len(x))])
+            idx, order = order[:batch_size], order[batch_size:]
+            bx, by = x[idx], y[idx]
+            if self._augment is not None:
+                bx, by = self._augment(bx, by, rng)
+            yield {
+                "inputs": torch.from_numpy(bx.astype(np.int64)),
+                "labels": torch.from_numpy(by.astype(np.int64)),
+            }
+
+    def eval_batches(self, batch_size: int) -> Iterator[Batch]:
+        x, y = self.data["eval_inputs"], self.data["eval_labels"]
+        for i in range(0, len(x), batch_size):
+            yield {
+                "inputs": torch.from_numpy(x[i : i + batch_size].astype(np.int64)),
+                "labels": torch.from_numpy(y[i : i + batch_size].astype(np.int64)),
+            }
+
+    def score(self, predictions: torch.Tensor, batch: Batch) -> dict[str, torch.Tensor]:
+        return {}

@@ -1,0 +1,89 @@
+"""``maze``: find the shortest path through a generated maze."""
+
+from __future__ import annotations
+
+import attrs
+import numpy as np
+import torch
+from ponderkit import Batch, BuildContext, datacache, hookimpl
+
+from . import maze_gen
+from .arrays import ArrayTask
+
+
+@attrs.frozen
+class MazeConfig:
+    """NxN mazes: mark the unique shortest start-to-goal path.
+
+    Tokens: 1 wall, 2 space, 3 start, 4 goal, 5 path (0 is padding, unused).
+    Every maze's shortest path is longer than ``min_path_len`` moves ("hard" 30x30: > 110).
+    Training augments with the 8 dihedral transforms; evaluation also reports ``valid_path``,
+    the share of predictions that are a valid start-to-goal path."""
+
+    size: int = attrs.field(default=30, validator=attrs.validators.ge(4))
+    min_path_len: int = attrs.field(default=110, validator=attrs.validators.ge(1))
+    train_size: int = attrs.field(default=1000, validator=attrs.validators.gt(0))
+    eval_size: int = attrs.field(default=1000, validator=attrs.validators.gt(0))
+    augment: bool = True
+    data_seed: int = 0
+    workers: int | None = None
+
+
+def load_maze(cfg: MazeConfig) -> dict[str, np.ndarray]:
+    n = cfg.train_size + cfg.eval_size
+    params = {
+        "size": cfg.size,
+        "min_path_len": cfg.min_path_len,
+        "n": n,
+        "seed": cfg.data_seed,
+        "version": 1,
+    }
+
+    def build() -> dict[str, np.ndarray]:
+        print(
+            f"generating {n} {cfg.size}x{cfg.size} mazes (path > {cfg.min_path_len}; "
+            "cached for next time) ...",
+            flush=True,
+        )
+        inputs, targets = maze_gen.generate(
+            n, cfg.size, cfg.min_path_len, cfg.data_seed, cfg.workers
+        )
+        return {"inputs": inputs, "targets": targets}
+
+    arrays = datacache.cached_arrays("maze", params, build)
+    t = cfg.train_size
+    return {
+        "train_inputs": arrays["inputs"][:t],
+        "train_labels": arrays["targets"][:t],
+        "eval_inputs": arrays["inputs"][t:],
+        "eval_labels": arrays["targets"][t:],
+    }
+
+
+class MazeTask(ArrayTask):
+    def __init__(self, cfg: MazeConfig):
+        def augment(x: np.ndarray, y: np.ndarray, rng: np.random.Generator):
+            ax, ay, _ = maze_gen.augment(x, y, cfg.size, rng)
+            return ax, ay
+
+        super().__init__(
+            6, cfg.size * cfg.size, lambda: load_maze(cfg), augment if cfg.augment else None
+        )
+        self.size = cfg.size
+
+    def score(self, predictions: torch.Tensor, batch: Batch) -> dict[str, torch.Tensor]:
+        preds = predictions.cpu().numpy()
+        inputs = batch["inputs"].cpu().numpy()
+        valid = [
+            maze_gen.is_valid_path(i, p, self.size) for i, p in zip(inputs, preds, strict=True)
+        ]
+        return {"valid_path": torch.tensor(valid, dtype=torch.float32)}
+
+
+def build_maze(cfg: MazeConfig, ctx: BuildContext) -> MazeTask:
+    return MazeTask(cfg)
+
+
+@hookimpl
+def ponderkit_register(registry) -> None:
+    registry.add("task", "maze", MazeConfig, build_maze)
