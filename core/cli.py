@@ -64,6 +64,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", metavar="key.path=value")
     p.add_argument("--out", type=Path, help="run directory (default runs/<name>-<time>)")
     p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in --out from its latest checkpoint (same config)",
+    )
 
     p = sub.add_parser(
         "eval",
@@ -206,9 +211,18 @@ def cmd_run(args: argparse.Namespace, plugins: Plugins) -> int:
     from .train import Trainer
 
     exp = load_experiment(args.file, args.overrides, registry=plugins.registry)
-    out = args.out or default_run_dir(exp.config.name or args.file.stem)
-    run_dir = create_run_dir(out)
-    trainer = Trainer(exp.config, plugins.registry, run_dir, quiet=args.quiet)
+    if args.resume:
+        if not args.out:
+            raise PonderkitError("--resume needs --out DIR, the run directory to continue")
+        trainer = resume_trainer(exp.config, args.out, plugins.registry, quiet=args.quiet)
+        if trainer is None:
+            print(f"{args.out} already finished; nothing to do")
+            return 0
+        run_dir = args.out
+    else:
+        out = args.out or default_run_dir(exp.config.name or args.file.stem)
+        run_dir = create_run_dir(out)
+        trainer = Trainer(exp.config, plugins.registry, run_dir, quiet=args.quiet)
     print(
         f"run directory: {run_dir}  ({sum(p.numel() for p in trainer.model.parameters())} "
         f"parameters, device {trainer.device})",
@@ -240,6 +254,35 @@ def cmd_eval(args: argparse.Namespace, plugins: Plugins) -> int:
         )
     write_json_atomic(args.run_dir / f"eval-{args.checkpoint}.json", result)
     return 0
+
+
+def resume_trainer(config: object, run_dir: Path, registry: object, quiet: bool = False):
+    """A trainer continuing ``run_dir`` (None when it already finished).
+
+    A directory that does not exist or is empty starts a new run; one holding a different
+    config is refused, so a resumed run never mixes two experiments."""
+    from .experiment import load_experiment
+    from .runs import create_run_dir
+    from .train import Trainer, latest_checkpoint
+
+    run_dir = Path(run_dir)
+    if not run_dir.exists() or not any(run_dir.iterdir()):
+        return Trainer(config, registry, create_run_dir(run_dir), quiet=quiet)
+    saved = run_dir / "config.yaml"
+    if not saved.exists():
+        raise PonderkitError(f"{run_dir} is not a run directory (no config.yaml); cannot resume")
+    if load_experiment(saved, registry=registry).config != config:
+        raise PonderkitError(
+            f"{run_dir} holds a run of a different config; resume it with the "
+            f"same file and overrides, or choose another --out"
+        )
+    trainer = Trainer(config, registry, run_dir, quiet=quiet)
+    checkpoint = latest_checkpoint(run_dir)
+    if checkpoint is not None:
+        trainer.restore(checkpoint)
+    if trainer.step >= config.train.steps:  # type: ignore[attr-defined]
+        return None
+    return trainer
 
 
 def _eval_line(label: str, metrics: dict[str, float]) -> str:

@@ -108,6 +108,11 @@ class MetricsLog:
         with self.path.open("a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
 
+    def truncate_after(self, step: int) -> None:
+        """Drop records logged after ``step`` (a resumed run re-logs them)."""
+        kept = [r for r in self.read() if r.get("step", 0) <= step]
+        write_text_atomic(self.path, "".join(json.dumps(r) + "\n" for r in kept))
+
     def read(self) -> list[dict[str, Any]]:
         if not self.path.exists():
             return []

@@ -133,10 +133,13 @@ class Trainer:
     # -- the loop --------------------------------------------------------------------------
     def fit(self) -> dict[str, float]:
         cfg = self.config.train
-        self._start_run()
+        if self.step == 0:
+            self._start_run()
         for cb in self.callbacks:
             _call(cb, "on_train_start", self)
         batches = self._batches()
+        for _ in range(self.step):  # resumed: replay the data stream to where it stopped
+            next(batches)
         last_eval: dict[str, float] = {}
         progress = _Progress(cfg.steps, enabled=not self.quiet)
         t0 = time.perf_counter()
@@ -183,6 +186,27 @@ class Trainer:
         if self.run_dir:
             self.checkpoint("final")
         return last_eval
+
+    def restore(self, checkpoint: Path) -> None:
+        """Continue from ``checkpoint``: weights, optimizer, schedule and callback state, RNG,
+        step; metrics logged after that step are dropped so none is written twice."""
+        from .runs import load_checkpoint
+
+        _, state = load_checkpoint(checkpoint)
+        self.model.load_state_dict(state["train_weights"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.schedule.load_state_dict(_to_device(state["schedule"], self.device))
+        for cb, cb_state in zip(self.callbacks, state["callbacks"], strict=False):
+            if cb_state:
+                cb.load_state_dict(_to_device(cb_state, self.device))
+        rng = state["rng"]
+        torch.set_rng_state(rng["torch"])
+        np.random.set_state(rng["numpy"])
+        random.setstate(rng["python"])
+        self.step = state["step"]
+        self._set_lr()
+        if self.metrics_log:
+            self.metrics_log.truncate_after(self.step)
 
     def _batches(self) -> Iterator[Batch]:
         for batch in self.task.train_batches(self.config.train.batch_size, self.config.seed):
@@ -258,8 +282,6 @@ class Trainer:
                 "python": random.getstate(),
             },
         }
-        if not any(p for p in state["callbacks"]):
-            state["callbacks"] = []
         return save_checkpoint(self.run_dir, name, weights, state)
 
 
@@ -288,6 +310,25 @@ def load_trainer(run_dir: Path, registry: Any, checkpoint: str = "final") -> Tra
     trainer.model.load_state_dict(weights)
     trainer.callbacks = [cb for cb in trainer.callbacks if not hasattr(cb, "eval_weights")]
     return trainer
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    """The checkpoint of ``run_dir`` with the highest step, or None."""
+    found = []
+    for path in (Path(run_dir) / "checkpoints").glob("*/trainer.pt"):
+        step = torch.load(path, weights_only=False, map_location="cpu")["step"]
+        found.append((step, path.parent.name != "final", path.parent))
+    return max(found)[2] if found else None
+
+
+def _to_device(obj: Any, device: torch.device) -> Any:
+    if isinstance(obj, Tensor):
+        return obj.to(device)
+    if isinstance(obj, dict):
+        return {k: _to_device(v, device) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return type(obj)(_to_device(v, device) for v in obj)
+    return obj
 
 
 def _call(obj: Any, name: str, *args: Any) -> Any:

@@ -95,3 +95,53 @@ def test_lr_schedule_warmup_then_decay(sort_yaml, registry, decay):
         assert lr_factor(10, 100, opt) == pytest.approx(1.0)
         assert lr_factor(55, 100, opt) == pytest.approx(0.55)
         assert lr_factor(100, 100, opt) == pytest.approx(0.1)
+
+
+def test_interrupted_run_resumes_to_the_same_result(sort_yaml, tmp_path, registry, monkeypatch):
+    overrides = [
+        "train.steps=30",
+        "train.log_every=5",
+        "train.eval_every=0",
+        "train.checkpoint_every=10",
+    ]
+    straight = tmp_path / "straight"
+    assert main(["run", str(sort_yaml), "--out", str(straight), "--quiet", *overrides]) == 0
+
+    # the same run, killed during step 25 (after the step-20 checkpoint)
+    broken = tmp_path / "broken"
+    from ponderkit.plugins.schedules.supervised import Supervised
+
+    real = Supervised.train_step
+    calls = {"n": 0}
+
+    def dying(self, *args):
+        calls["n"] += 1
+        if calls["n"] == 25:
+            raise KeyboardInterrupt
+        return real(self, *args)
+
+    monkeypatch.setattr(Supervised, "train_step", dying)
+    assert main(["run", str(sort_yaml), "--out", str(broken), "--quiet", *overrides]) == 130
+    monkeypatch.setattr(Supervised, "train_step", real)
+    steps = [
+        json.loads(line)["step"] for line in (broken / "metrics.jsonl").read_text().splitlines()
+    ]
+    assert steps == [5, 10, 15, 20]
+
+    assert (
+        main(["run", str(sort_yaml), "--out", str(broken), "--quiet", "--resume", *overrides]) == 0
+    )
+    records = [json.loads(line) for line in (broken / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [5, 10, 15, 20, 25, 30]  # nothing lost or doubled
+    want = [json.loads(line) for line in (straight / "metrics.jsonl").read_text().splitlines()]
+    assert [r["loss"] for r in records] == pytest.approx([r["loss"] for r in want], rel=1e-5)
+    a = load_file(str(straight / "checkpoints/final/model.safetensors"))
+    b = load_file(str(broken / "checkpoints/final/model.safetensors"))
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6)
+
+    assert (
+        main(["run", str(sort_yaml), "--out", str(broken), "--quiet", "--resume", *overrides]) == 0
+    )  # finished: nothing to do
+    other = main(["run", str(sort_yaml), "--out", str(broken), "--resume", "train.steps=40"])
+    assert other == 1  # a different config is refused
