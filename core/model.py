@@ -86,11 +86,24 @@ class ReasoningModel(nn.Module):
 
         Without ``early_exit`` every sample runs ``halting.max_steps`` steps (as TRM evaluates);
         with it each sample keeps the prediction of the step where its policy halted, and the
-        loop ends once all have halted.
+        loop ends once all have halted. A policy that weighs steps (ACT, PonderNet) defines
+        ``combine(logits_steps, signals_steps) -> (logits, steps)`` and
+        ``halted_after(signals_steps) -> (B,) bool``; its output does not depend on early exit,
+        only the compute does.
         """
         ctx = self.context()
         x = self.embed(batch)
         carry = self.initial_carry(x)
+        combine = getattr(self.halting, "combine", None)
+        if combine is not None:
+            logits_steps, history = [], []
+            for _ in range(self.halting.max_steps):
+                carry, logits, signals = self.step(carry, x, ctx)
+                logits_steps.append(logits)
+                history.append(signals)
+                if early_exit and bool(self.halting.halted_after(history).all()):
+                    break
+            return combine(logits_steps, history)
         b = x.shape[0]
         steps = torch.zeros(b, dtype=torch.long, device=x.device)
         halted = torch.zeros(b, dtype=torch.bool, device=x.device)

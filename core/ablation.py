@@ -1,0 +1,334 @@
+"""Ablation files: a base experiment, named variants (override sets), seeds and a matched budget.
+
+```yaml
+name: quickstart              # optional; default: the file name
+base: sort_demo.yaml          # an experiment file, relative to this file
+overrides: {train.threads: 1} # optional, applied to every variant (the base included)
+baseline: base                # optional; the variant the others are compared with
+variants:                     # name -> overrides (a mapping of dotted keys, or a list of
+  one_layer: {model.recursion.layers: 1}       #   "key=value" strings as on the command line)
+  narrow: ["model.d_model=32"]
+seeds: [0, 1]                 # a list, or N for 0..N-1
+budget: {steps: 300}          # or {time_s: 60} or {flops: 1.0e12}; the same for every variant
+```
+
+Without ``baseline:`` an implicit variant ``base`` (no overrides) is the reference. Every
+variant's config is validated before anything runs, and every error of every variant is
+reported at once with the variant's name, the dotted path, and the file and line.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from .config import Structurer
+from .errors import ConfigError, Issue, dotted, suggestion
+from .experiment import ExperimentConfig, experiment_from_document
+from .registry import Registry
+from .yamlio import Document, apply_overrides, load_document
+
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+RESERVED = {"plots", "logs"}  # subdirectories of an ablation directory
+BUDGET_KEYS = {"steps": ("train", "steps"), "time_s": ("train", "max_time_s"), "flops": None}
+Where = tuple[str | None, int | None]
+
+
+def _optional_positive(kind: type) -> Any:
+    return attrs.field(
+        default=None,
+        validator=attrs.validators.optional(
+            [attrs.validators.instance_of(kind), attrs.validators.gt(0)]
+        ),
+    )
+
+
+@attrs.frozen
+class Budget:
+    """A compute budget applied identically to every variant; at most one field is set.
+
+    ``steps`` sets ``train.steps``; ``time_s`` sets ``train.max_time_s``; ``flops`` sets each
+    variant's ``train.steps`` to ``flops // (FLOPs of one optimizer step)``, measured once."""
+
+    steps: int | None = _optional_positive(int)
+    time_s: float | None = _optional_positive(float)
+    flops: float | None = _optional_positive(float)
+
+    def describe(self) -> str:
+        if self.steps:
+            return f"{self.steps} optimizer steps per run"
+        if self.time_s:
+            return f"{self.time_s:g} s of training per run (train.max_time_s)"
+        if self.flops:
+            return f"{self.flops:.3g} training FLOPs per run (steps = FLOPs // FLOPs per step)"
+        return "none (each variant trains as its config says)"
+
+
+@attrs.frozen
+class AblationFile:
+    """The schema of an ablation file (see the module docstring)."""
+
+    base: str
+    variants: dict[str, Any] = attrs.field(factory=dict)
+    seeds: Any = (0,)
+    budget: Budget = attrs.field(factory=Budget)
+    baseline: str | None = None
+    overrides: Any = None
+    name: str = ""
+    description: str = ""
+
+
+@attrs.frozen
+class Override:
+    """One ``key=value`` override and where it was written."""
+
+    text: str
+    where: Where = (None, None)
+    inner: dict[tuple, Where] = attrs.field(factory=dict, eq=False)  # lines inside the value
+
+    @property
+    def path(self) -> tuple[str | int, ...]:
+        key = self.text.partition("=")[0].strip()
+        return tuple(int(p) if p.isdigit() else p for p in key.split("."))
+
+
+@attrs.frozen
+class Variant:
+    name: str
+    overrides: tuple[Override, ...]
+    config: ExperimentConfig  # for the first seed; others differ only in ``seed``
+
+
+@attrs.frozen
+class Ablation:
+    """A validated ablation: every variant's config, ready to expand into runs."""
+
+    name: str
+    description: str
+    path: Path
+    base: Path
+    baseline: str
+    variants: tuple[Variant, ...]
+    seeds: tuple[int, ...]
+    budget: Budget
+    common: tuple[Override, ...]
+
+    def variant(self, name: str) -> Variant:
+        return next(v for v in self.variants if v.name == name)
+
+    def runs(self, steps: Mapping[str, int] | None = None) -> list[Run]:
+        """Every variant x seed; ``steps`` (variant -> steps) applies a FLOPs budget."""
+        out = []
+        for v in self.variants:
+            config = v.config
+            if steps is not None:
+                config = attrs.evolve(config, train=attrs.evolve(config.train, steps=steps[v.name]))
+            out.extend(Run(v.name, s, attrs.evolve(config, seed=s)) for s in self.seeds)
+        return out
+
+    def plan(self) -> dict[str, Any]:
+        """The JSON-able description written to ``ablation.json`` (read by reports)."""
+        return {
+            "name": self.name,
+            "description": self.description,
+            "file": str(self.path),
+            "base": str(self.base),
+            "baseline": self.baseline,
+            "seeds": list(self.seeds),
+            "budget": attrs.asdict(self.budget),
+            "budget_text": self.budget.describe(),
+            "common_overrides": [o.text for o in self.common],
+            "variants": {v.name: [o.text for o in v.overrides] for v in self.variants},
+        }
+
+
+@attrs.frozen
+class Run:
+    variant: str
+    seed: int
+    config: ExperimentConfig
+
+    @property
+    def key(self) -> str:
+        return f"{self.variant}/seed{self.seed}"
+
+    def directory(self, out: Path) -> Path:
+        return Path(out) / self.variant / f"seed{self.seed}"
+
+
+def load_ablation(path: str | Path, *, registry: Registry) -> Ablation:
+    """Load and validate an ablation file and every variant's experiment; one ConfigError."""
+    path = Path(path)
+    doc = load_document(path)
+    structurer = Structurer(registry)
+    spec = structurer.structure_class(AblationFile, doc.data, ())
+    issues = [doc.locate(i) for i in structurer.issues]
+    if spec is None:  # go on past unknown top-level keys to report the variants' errors too
+        unknown = tuple(k for k in doc.data if k not in attrs.fields_dict(AblationFile))
+        spec = Structurer(registry).structure_class(AblationFile, doc.data, (), allow=unknown)
+        if spec is None:
+            raise ConfigError(issues)
+    seeds = _seeds(spec.seeds, doc, issues)
+    budget_keys = [k for k in BUDGET_KEYS if getattr(spec.budget, k) is not None]
+    if len(budget_keys) > 1:
+        issues.append(_at(doc, ("budget",), f"set one of steps, time_s, flops, not {budget_keys}"))
+    common = _overrides(spec.overrides, ("overrides",), doc, issues)
+    named = {}
+    for name, value in spec.variants.items():
+        if not NAME_RE.match(str(name)) or name in RESERVED:
+            issues.append(
+                _at(
+                    doc,
+                    ("variants", name),
+                    "a variant name is a directory name: letters, "
+                    f"digits, '_', '.', '-', and not {sorted(RESERVED)}",
+                )
+            )
+        named[str(name)] = _overrides(value, ("variants", name), doc, issues)
+    baseline = spec.baseline or "base"
+    if spec.baseline is None and "base" not in named:
+        named = {"base": [], **named}
+    if baseline not in named:
+        hint = suggestion(baseline, named) or f"variants: {', '.join(named)}"
+        issues.append(_at(doc, ("baseline",), f"no variant named {baseline!r} ({hint})"))
+    fixed = [] if not budget_keys else _budget_paths(budget_keys[0])
+    for name, overrides in named.items():
+        for o in overrides:
+            if o.path[:2] in fixed or o.path == ("seed",):
+                what = "the seeds" if o.path == ("seed",) else f"the budget ({budget_keys[0]})"
+                issues.append(
+                    Issue(
+                        ("variants", name),
+                        f"{o.text!r} sets what {what} fixes for every variant",
+                        file=o.where[0],
+                        line=o.where[1],
+                    )
+                )
+    base_path = (path.parent / spec.base) if not Path(spec.base).is_absolute() else Path(spec.base)
+    base_doc = load_document(base_path)
+    budget = _budget_overrides(spec.budget, doc)
+    first = (Override(f"seed={seeds[0]}", doc.where(("seeds",))),)
+    variants, per_variant = [], {}
+    for name, overrides in named.items():
+        all_overrides = (*common, *overrides, *budget, *first)
+        try:
+            config = variant_config(base_doc, all_overrides, registry)
+        except ConfigError as exc:
+            per_variant[name] = exc.issues
+            continue
+        variants.append(Variant(name, tuple(overrides), config))
+    if issues or per_variant:
+        raise ConfigError(issues + _name_variants(per_variant))
+    order = sorted(variants, key=lambda v: v.name != baseline)  # baseline first
+    return Ablation(
+        name=spec.name or path.stem,
+        description=spec.description,
+        path=path,
+        base=base_path,
+        baseline=baseline,
+        variants=tuple(order),
+        seeds=tuple(seeds),
+        budget=spec.budget,
+        common=tuple(common),
+    )
+
+
+def variant_config(
+    base_doc: Document, overrides: Sequence[Override], registry: Registry
+) -> ExperimentConfig:
+    """The base experiment with ``overrides`` applied, each error located where it was written."""
+    doc = Document(copy.deepcopy(base_doc.data), dict(base_doc.positions), base_doc.source)
+    for o in overrides:
+        try:
+            apply_overrides(doc, [o.text])
+        except ConfigError as exc:
+            raise ConfigError([i.located(*o.where) for i in exc.issues]) from None
+        # errors inside the value point at the line where the override wrote them
+        n = len(o.path)
+        for sub in [k for k in doc.positions if k[:n] == o.path]:
+            doc.positions[sub] = o.where
+        doc.positions.update({(*o.path, *rel): w for rel, w in o.inner.items()})
+    return experiment_from_document(doc, registry).config
+
+
+def _name_variants(per_variant: dict[str, list[Issue]]) -> list[Issue]:
+    """Issues every variant shares (e.g. in the base file) once; the rest named by variant."""
+    key = lambda i: (i.path, i.message, i.file, i.line)  # noqa: E731
+    shared = set.intersection(*(set(map(key, v)) for v in per_variant.values()))
+    shared = shared if len(per_variant) > 1 else set()
+    out, seen = [], set()
+    for name, issues in per_variant.items():
+        for i in issues:
+            if key(i) in shared:
+                if key(i) not in seen:
+                    seen.add(key(i))
+                    out.append(i)
+                continue
+            out.append(
+                attrs.evolve(i, path=("variants", name), message=f"{dotted(i.path)}: {i.message}")
+            )
+    return out
+
+
+def _at(doc: Document, path: tuple, message: str, hint: str = "") -> Issue:
+    return doc.locate(Issue(path, message, hint))
+
+
+def _seeds(value: Any, doc: Document, issues: list[Issue]) -> list[int]:
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return list(range(value))
+    if (
+        isinstance(value, list | tuple)
+        and value
+        and all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in value)
+    ):
+        if len(set(value)) == len(value):
+            return list(value)
+        issues.append(_at(doc, ("seeds",), f"seeds repeat: {list(value)}"))
+        return list(dict.fromkeys(value))
+    issues.append(
+        _at(doc, ("seeds",), f"expected a list of seeds (ints >= 0) or a count, got {value!r}")
+    )
+    return [0]
+
+
+def _overrides(value: Any, at: tuple, doc: Document, issues: list[Issue]) -> list[Override]:
+    """A variant's overrides: a mapping {dotted.key: value}, a list of "key=value", or null."""
+    if value is None:
+        return []
+    if isinstance(value, dict):
+        out = []
+        for k, v in value.items():
+            n = len(at) + 1
+            inner = {p[n:]: w for p, w in doc.positions.items() if p[:n] == (*at, k) and p[n:]}
+            out.append(Override(f"{k}={json.dumps(v)}", doc.where((*at, k)), inner))
+        return out
+    if isinstance(value, list) and all(isinstance(v, str) and "=" in v for v in value):
+        return [Override(v, doc.where((*at, i))) for i, v in enumerate(value)]
+    issues.append(
+        _at(
+            doc,
+            at,
+            "overrides are a mapping {dotted.key: value} or a list of 'key=value' "
+            f"strings, got {value!r}",
+        )
+    )
+    return []
+
+
+def _budget_paths(key: str) -> list[tuple[str, str]]:
+    return [("train", "steps")] if key == "flops" else [BUDGET_KEYS[key]]
+
+
+def _budget_overrides(budget: Budget, doc: Document) -> list[Override]:
+    if budget.steps:
+        return [Override(f"train.steps={budget.steps}", doc.where(("budget", "steps")))]
+    if budget.time_s:
+        return [Override(f"train.max_time_s={budget.time_s}", doc.where(("budget", "time_s")))]
+    return []

@@ -1,0 +1,252 @@
+"""Running an ablation grid: every variant x seed into ``<out>/<variant>/seed<k>/``.
+
+Each run directory is an ordinary run directory. Re-running skips finished runs (those with a
+``final`` checkpoint and their ``halting.json``), resumes interrupted ones from their latest
+checkpoint (metrics after it are dropped, so no step is logged twice) and starts the rest.
+With ``jobs > 1`` each run is a subprocess ``python -m ponderkit ablate FILE --worker --only
+VARIANT/seedK``: on CPU with ``OMP_NUM_THREADS = cpus // jobs`` (unless the config sets
+``train.threads``), on CUDA one per GPU through ``CUDA_VISIBLE_DEVICES``.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from .ablation import Ablation, Run
+from .errors import PonderkitError
+from .run_analysis import analyse_run, read_json, read_metrics, training_seconds
+from .runs import write_json_atomic, write_text_atomic
+
+Say = Callable[[str], None]
+
+
+def prepare(ablation: Ablation, out: Path, registry: Any, write_plan: bool = True) -> list[Run]:
+    """The runs of ``ablation``, with a FLOPs budget resolved (measured once, cached in
+    ``budget.json`` so that a resumed grid gets the same step counts)."""
+    out.mkdir(parents=True, exist_ok=True)
+    steps = None
+    if ablation.budget.flops:
+        cache = out / "budget.json"
+        saved = read_json(cache)
+        if saved.get("flops") != ablation.budget.flops or set(saved.get("variants", {})) != {
+            v.name for v in ablation.variants
+        }:
+            if not write_plan:
+                raise PonderkitError(f"{cache} is missing or stale; run the grid without --worker")
+            saved = {"flops": ablation.budget.flops, "variants": {}}
+            for v in ablation.variants:
+                per_step = measure_step_flops(v.config, registry)
+                saved["variants"][v.name] = {
+                    "flops_per_step": per_step,
+                    "steps": max(1, int(ablation.budget.flops // max(per_step, 1.0))),
+                }
+            write_json_atomic(cache, saved)
+        steps = {name: entry["steps"] for name, entry in saved["variants"].items()}
+    if write_plan:
+        write_text_atomic(out / "ablation.yaml", ablation.path.read_text("utf-8"))
+        plan = ablation.plan()
+        if steps:
+            plan["steps_per_variant"] = steps
+        write_json_atomic(out / "ablation.json", plan)
+    return ablation.runs(steps)
+
+
+def measure_step_flops(config: Any, registry: Any) -> float:
+    """FLOPs of one optimizer step (forward + backward) as counted by torch's FlopCounterMode."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from .train import Trainer
+
+    trainer = Trainer(config, registry, run_dir=None, quiet=True)
+    batches = (
+        trainer.to_device(b)
+        for b in trainer.task.train_batches(config.train.batch_size, config.seed)
+    )
+    trainer.model.train()
+    with FlopCounterMode(display=False) as counter:
+        trainer.schedule.train_step(trainer.model, batches, trainer)
+    flops = float(counter.get_total_flops())
+    del trainer
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    return flops
+
+
+def run_state(run: Run, run_dir: Path, registry: Any) -> str:
+    """``new``, ``resume``, ``analyse`` (trained, halting.json missing) or ``done``.
+
+    Raises when the directory holds a run of another config (the ablation file changed)."""
+    from .experiment import load_experiment
+
+    if not run_dir.exists() or not any(run_dir.iterdir()):
+        return "new"
+    saved = run_dir / "config.yaml"
+    if not saved.exists():
+        raise PonderkitError(f"{run.key}: {run_dir} is not empty and not a run directory")
+    if load_experiment(saved, registry=registry).config != run.config:
+        raise PonderkitError(
+            f"{run.key}: {run_dir} holds a run of a different config (the ablation or base "
+            "file changed since it ran); move it away or choose another --out"
+        )
+    if not (run_dir / "checkpoints" / "final" / "model.safetensors").exists():
+        return "resume"
+    return "done" if (run_dir / "halting.json").exists() else "analyse"
+
+
+def train_run(run: Run, run_dir: Path, registry: Any, time_budget: float | None = None) -> None:
+    """Train ``run`` into ``run_dir`` from scratch or from its latest checkpoint, then analyse."""
+    from .runs import create_run_dir
+    from .train import Trainer, latest_checkpoint
+
+    if run_state(run, run_dir, registry) in ("new", "resume"):
+        fresh = not run_dir.exists() or not any(run_dir.iterdir())
+        trainer = Trainer(
+            run.config, registry, create_run_dir(run_dir) if fresh else run_dir, quiet=True
+        )
+        checkpoint = None if fresh else latest_checkpoint(run_dir)
+        if checkpoint is not None:
+            trainer.restore(checkpoint)
+        elif trainer.metrics_log is not None:
+            trainer.metrics_log.truncate_after(0)  # restarted from scratch: drop the old log
+        if time_budget and checkpoint is not None:  # the time already spent counts
+            left = max(time_budget - training_seconds(read_metrics(run_dir)), 1e-3)
+            train = attrs.evolve(run.config.train, max_time_s=left)
+            trainer.config = attrs.evolve(run.config, train=train)
+        trainer.fit()
+        del trainer
+    analyse_run(run_dir, registry)
+
+
+def run_grid(
+    ablation: Ablation,
+    runs: Sequence[Run],
+    out: Path,
+    registry: Any,
+    *,
+    jobs: int = 1,
+    child_argv: Sequence[str] = (),
+    say: Say = print,
+) -> list[str]:
+    """Run every run of ``runs`` not finished yet; returns the keys of runs that failed."""
+    t0 = time.perf_counter()
+
+    def log(text: str) -> None:
+        say(f"[{time.perf_counter() - t0:7.1f} s] {text}")
+
+    todo, problems = [], []
+    for run in runs:
+        try:
+            state = run_state(run, run.directory(out), registry)
+        except PonderkitError as exc:
+            problems.append(str(exc))
+            continue
+        if state == "done":
+            log(f"skip     {run.key} (finished)")
+        else:
+            todo.append((run, state))
+    if problems:
+        raise PonderkitError("\n".join(problems))
+    time_budget = ablation.budget.time_s
+    if jobs <= 1 or len(todo) <= 1:
+        return _in_process(todo, out, registry, time_budget, log)
+    return _subprocesses(todo, out, jobs, child_argv, log)
+
+
+def _in_process(todo: list, out: Path, registry: Any, time_budget: float | None, log) -> list:
+    failed = []
+    for run, state in todo:
+        run_dir = run.directory(out)
+        log(_started(state, run, run_dir))
+        started = time.perf_counter()
+        try:
+            train_run(run, run_dir, registry, time_budget)
+        except KeyboardInterrupt:
+            log(f"interrupted {run.key}; run the same command again to resume it")
+            raise
+        except Exception as exc:  # one broken run must not stop the grid
+            log(f"FAILED   {run.key}: {type(exc).__name__}: {exc}")
+            failed.append(run.key)
+            continue
+        log(f"finished {run.key} in {time.perf_counter() - started:.1f} s{_result(run_dir)}")
+    return failed
+
+
+def _subprocesses(todo: list, out: Path, jobs: int, child_argv: Sequence[str], log) -> list:
+    slots = _device_slots(jobs)
+    (out / "logs").mkdir(exist_ok=True)
+    pending, running, failed = list(todo), {}, []
+    try:
+        while pending or running:
+            while pending and len(running) < len(slots):
+                slot = next(s for s in slots if s not in {r[1] for r in running.values()})
+                run, state = pending.pop(0)
+                logfile = out / "logs" / f"{run.variant}-seed{run.seed}.log"
+                env = {**os.environ, **slot[1]}
+                with logfile.open("a") as f:
+                    cmd = [*child_argv, "--only", run.key]
+                    proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env)
+                running[proc] = (run, slot, time.perf_counter(), logfile)
+                where = " ".join(f"{k}={v}" for k, v in slot[1].items())
+                log(f"{_started(state, run, run.directory(out))} ({where}; log {logfile})")
+            time.sleep(0.2)
+            for proc in [p for p in running if p.poll() is not None]:
+                run, _, started, logfile = running.pop(proc)
+                took = time.perf_counter() - started
+                if proc.returncode == 0:
+                    log(f"finished {run.key} in {took:.1f} s{_result(run.directory(out))}")
+                else:
+                    tail = logfile.read_text("utf-8", errors="replace").strip().splitlines()[-3:]
+                    detail = " | ".join(tail)
+                    log(f"FAILED   {run.key} (exit {proc.returncode}; {logfile}): {detail}")
+                    failed.append(run.key)
+    except KeyboardInterrupt:
+        for proc in running:
+            proc.terminate()
+        for proc in running:
+            proc.wait()
+        log("interrupted; run the same command again to resume")
+        raise
+    return failed
+
+
+def _device_slots(jobs: int) -> list[tuple[int, dict[str, str]]]:
+    """One environment per concurrent job: a GPU each when CUDA has several, else CPU threads."""
+    import torch
+
+    if torch.cuda.is_available():
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        ids = visible.split(",") if visible else [str(i) for i in range(torch.cuda.device_count())]
+        return [(i, {"CUDA_VISIBLE_DEVICES": d}) for i, d in enumerate(ids[: max(jobs, 1)])]
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    return [(i, {"OMP_NUM_THREADS": str(threads)}) for i in range(jobs)]
+
+
+def _started(state: str, run: Run, run_dir: Path) -> str:
+    """The progress line of a run about to start: ``start``, ``resume`` or ``analyse``."""
+    if state == "resume":
+        saved = sorted((run_dir / "checkpoints").glob("step_*"))
+        step = int(saved[-1].name[5:]) if saved else 0
+        return f"resume   {run.key} (from step {step})"
+    return f"{'start' if state == 'new' else 'analyse':<8} {run.key}"
+
+
+def _result(run_dir: Path) -> str:
+    halting = read_json(run_dir / "halting.json")
+    if "exact_acc" not in halting:
+        return ""
+    return f": exact acc {halting['exact_acc']:.4f}, mean steps {halting['mean_steps']:.2f}"
+
+
+def worker_command(file: Path, out: Path, plugin_args: Sequence[str]) -> list[str]:
+    """The command a subprocess job runs (``--only RUN`` is appended per run)."""
+    return [sys.executable, "-m", "ponderkit", *plugin_args, "ablate", str(file), "--out",
+            str(out), "--worker"]  # fmt: skip

@@ -1,0 +1,232 @@
+"""What a finished run is: halting depth per sample, active parameters, and a summary of its
+metrics, read back from the run directory (the source of truth for reports).
+
+``analyse_run`` loads the final checkpoint and evaluates the held-out set twice, once with
+early exit (each sample stops when its halting policy says so) and once with every step, and
+writes ``active_params.json`` then ``halting.json`` into the run directory.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from .runs import write_json_atomic
+
+DENSE = "dense: every parameter is used by every token"
+ROUTED = (
+    "routed: the stacked expert weights of each routed layer scaled by (mean experts per "
+    "token / experts), measured on the held-out set"
+)
+BY_MODULE = "reported by the modules' active_parameters()"
+
+
+def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text("utf-8").splitlines() if line.strip()]
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(Path(path).read_text("utf-8"))
+    except (OSError, ValueError):
+        return {}
+
+
+def training_seconds(records: list[dict[str, Any]]) -> float:
+    """Training wall time summed over resumed segments (``elapsed_s`` restarts at a resume)."""
+    total, last = 0.0, 0.0
+    for r in records:
+        if "elapsed_s" not in r:
+            continue
+        if r["elapsed_s"] < last:
+            total += last
+        last = r["elapsed_s"]
+    return total + last
+
+
+def analyse_run(run_dir: Path, registry: Any) -> dict[str, Any]:
+    """Per-sample halting steps and active parameters of ``run_dir``'s final checkpoint."""
+    import torch
+
+    from .losses import accuracy
+    from .train import load_trainer
+
+    trainer = load_trainer(run_dir, registry)
+    model = trainer.model.eval()
+    counter = _RoutingCounter(model)
+    adaptive = model.halting.max_steps > 1
+    steps, exact, token, exact_all, token_all = [], [], [], [], []
+    with torch.no_grad(), trainer.autocast():
+        for batch in trainer.task.eval_batches(trainer.config.train.eval_batch_size):
+            batch = trainer.to_device(batch)
+            counter.enabled = not adaptive  # count routing in the all-steps pass
+            logits, used = model.infer(batch, early_exit=True)
+            correct, ok, valid = accuracy(logits, batch["labels"])
+            steps += used.tolist()
+            exact += ok.float().tolist()
+            token += (correct.sum(-1) / valid.sum(-1).clamp(min=1)).tolist()
+            if adaptive:
+                counter.enabled = True
+                logits, _ = model.infer(batch, early_exit=False)
+                correct, ok, valid = accuracy(logits, batch["labels"])
+            exact_all += ok.float().tolist()
+            token_all += (correct.sum(-1) / valid.sum(-1).clamp(min=1)).tolist()
+    counter.close()
+    routing = counter.totals
+    routers = {
+        name: {
+            "num_experts": len(counts),
+            "experts_per_token": sum(counts) / max(tokens, 1),
+            "utilisation": [c / max(tokens, 1) for c in counts],
+        }
+        for name, (counts, tokens) in routing.items()
+    }
+    from .nn import parameter_count
+
+    active, method = active_parameters(model, routers)
+    params = {
+        "parameters": parameter_count(model),
+        "active_parameters": active,
+        "method": method,
+        "routing": routers,
+    }
+    write_json_atomic(Path(run_dir) / "active_params.json", params)
+    n = max(len(steps), 1)
+    halting = {
+        "checkpoint": "final",
+        "max_steps": model.halting.max_steps,
+        "steps": steps,
+        "mean_steps": sum(steps) / n,
+        "exact_acc": sum(exact) / n,
+        "token_acc": sum(token) / n,
+        "exact_acc_all_steps": sum(exact_all) / n,
+        "token_acc_all_steps": sum(token_all) / n,
+    }
+    write_json_atomic(Path(run_dir) / "halting.json", halting)
+    return halting
+
+
+class _RoutingCounter:
+    """Forward hooks on every router (a module with ``activation_counts``) that add up how
+    many tokens each expert received: name -> [per-expert counts, tokens]."""
+
+    def __init__(self, model: Any):
+        import torch
+
+        self.enabled = True
+        self.totals: dict[str, list] = {}
+        self.hooks = [
+            module.register_forward_hook(self._hook(name))
+            for name, module in model.named_modules()
+            if isinstance(getattr(module, "activation_counts", None), torch.Tensor)
+        ]
+
+    def _hook(self, name: str):
+        def hook(module: Any, args: Any, output: Any) -> None:
+            mask = getattr(output, "mask", None)
+            if not self.enabled or mask is None:
+                return
+            mask = mask.reshape(-1, mask.shape[-1])  # (N, E)
+            counts, tokens = self.totals.get(name, [[0.0] * mask.shape[-1], 0])
+            per_expert = mask.sum(0).tolist()
+            summed = [a + b for a, b in zip(counts, per_expert, strict=True)]
+            self.totals[name] = [summed, tokens + mask.shape[0]]
+
+        return hook
+
+    def close(self) -> None:
+        for hook in self.hooks:
+            hook.remove()
+
+
+def active_parameters(model: Any, routers: dict[str, dict]) -> tuple[float, str]:
+    """Parameters a token uses on average: all, minus the experts it does not use.
+
+    A module with an ``active_parameters()`` method reports its own count; a module with a
+    ``router`` over E experts whose mean experts per token k was measured contributes its
+    parameters with leading dimension E (the stacked expert weights) scaled by k/E."""
+    from .nn import parameter_count
+
+    total = float(parameter_count(model))
+    inactive, methods, handled = 0.0, set(), []
+    for name, module in model.named_modules():
+        if module is model or any(name.startswith(h + ".") for h in handled):
+            continue
+        own = getattr(module, "active_parameters", None)
+        router = getattr(module, "router", None)
+        if callable(own):
+            inactive += parameter_count(module) - float(own())
+            methods.add(BY_MODULE)
+        elif f"{name}.router" in routers and getattr(router, "num_experts", 0):
+            e = router.num_experts
+            k = routers[f"{name}.router"]["experts_per_token"]
+            stacked = sum(
+                p.numel()
+                for pn, p in module.named_parameters()
+                if not pn.startswith("router.") and p.ndim >= 2 and p.shape[0] == e
+            )
+            inactive += stacked * (1.0 - min(k, e) / e)
+            methods.add(ROUTED)
+        else:
+            continue
+        handled.append(name)
+    return total - inactive, "; ".join(sorted(methods)) or DENSE
+
+
+@attrs.frozen
+class RunSummary:
+    """One run directory read back: its final numbers and curves."""
+
+    path: Path
+    status: str  # finished | time limit | incomplete
+    step: int
+    values: dict[str, float]  # exact_acc, token_acc, loss, ... (see summarize_run)
+    records: list[dict[str, Any]]
+    halting: dict[str, Any]
+    params: dict[str, Any]
+    meta: dict[str, Any]
+
+    @property
+    def complete(self) -> bool:
+        return self.status != "incomplete"
+
+
+def summarize_run(run_dir: Path) -> RunSummary:
+    run_dir = Path(run_dir)
+    records = read_metrics(run_dir)
+    meta, halting = read_json(run_dir / "meta.json"), read_json(run_dir / "halting.json")
+    params = read_json(run_dir / "active_params.json")
+    evals = [r for r in records if "eval/exact_acc" in r]
+    losses = [r["loss"] for r in records if "loss" in r]
+    speeds = [r["samples_per_s"] for r in records if "samples_per_s" in r]
+    values: dict[str, float] = {}
+    if evals:
+        values["exact_acc"] = evals[-1]["eval/exact_acc"]
+        values["token_acc"] = evals[-1]["eval/token_acc"]
+    if losses:
+        values.update(loss=losses[-1], initial_loss=losses[0], min_loss=min(losses))
+        values["loss_improvement"] = (losses[0] - losses[-1]) / losses[0] if losses[0] else 0.0
+    if halting:
+        values["halting_steps"] = halting["mean_steps"]
+        values["exact_acc_early_exit"] = halting["exact_acc"]
+    elif evals and "eval/steps" in evals[-1]:
+        values["halting_steps"] = evals[-1]["eval/steps"]
+    if "parameters" in meta:
+        values["parameters"] = float(meta["parameters"])
+        values["active_parameters"] = float(params.get("active_parameters", meta["parameters"]))
+    if records:
+        values["wall_s"] = training_seconds(records)
+    if speeds:
+        values["samples_per_s"] = statistics.median(speeds)
+    stopped = bool(records and records[-1].get("stopped"))
+    final = (run_dir / "checkpoints" / "final" / "model.safetensors").exists()
+    status = "time limit" if stopped and final else "finished" if final else "incomplete"
+    step = max((r.get("step", 0) for r in records), default=0)
+    return RunSummary(run_dir, status, step, values, records, halting, params, meta)

@@ -1,0 +1,81 @@
+"""``full_unroll`` (ADR-0005): unroll every step with gradients, one optimizer step a batch."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import attrs
+import torch
+from ponderkit import Batch, BuildContext, accuracy, hookimpl, sequence_loss
+from torch.utils.checkpoint import checkpoint
+
+
+@attrs.frozen
+class FullUnrollConfig:
+    """Fixed-step unroll to max_steps with gradients through every step (ADR-0005 training).
+
+    The halting policy weighs the steps (ACT: weighted output and ponder cost; PonderNet:
+    expected loss and KL to its prior; fixed: the last step). ``checkpoint: true`` recomputes
+    each step in the backward pass to bound activation memory (stats are then recorded twice)."""
+
+    checkpoint: bool = False
+
+
+class FullUnroll:
+    def __init__(self, cfg: FullUnrollConfig):
+        self.checkpoint = cfg.checkpoint
+
+    def train_step(self, model: Any, batches: Iterator[Batch], trainer: Any) -> dict[str, Any]:
+        batch = next(batches)
+        labels = batch["labels"]
+        halting = model.halting
+        with trainer.autocast():
+            ctx = model.context()
+            x = model.embed(batch)
+            carry = model.initial_carry(x)
+            logits_steps, signals_steps = [], []
+            for _ in range(halting.max_steps):
+                if self.checkpoint:
+                    carry, logits, signals = checkpoint(
+                        model.step, carry, x, ctx, use_reentrant=False
+                    )
+                else:
+                    carry, logits, signals = model.step(carry, x, ctx)
+                logits_steps.append(logits)
+                signals_steps.append(signals)
+            if hasattr(halting, "unrolled_loss"):
+                task, halt_loss, metrics, logits = halting.unrolled_loss(
+                    logits_steps, signals_steps, labels, model.loss_kind
+                )
+            else:
+                logits = logits_steps[-1]
+                task = sequence_loss(logits, labels, model.loss_kind).mean()
+                halt_loss, metrics = torch.zeros((), device=task.device), {}
+            aux = sum(ctx.losses.values(), torch.zeros((), device=task.device))
+            loss = task + halt_loss + aux
+        grad_norm = trainer.optimize(loss)
+        correct, exact, valid = accuracy(logits.detach(), labels)
+        return {
+            "loss": loss.detach(),
+            "lm_loss": task.detach(),
+            "token_acc": correct.sum() / valid.sum().clamp(min=1),
+            "exact_acc": exact.float().mean(),
+            "grad_norm": grad_norm,
+            **metrics,
+        }
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
+
+def build_full_unroll(cfg: FullUnrollConfig, ctx: BuildContext) -> FullUnroll:
+    return FullUnroll(cfg)
+
+
+@hookimpl
+def ponderkit_register(registry) -> None:
+    registry.add("schedule", "full_unroll", FullUnrollConfig, build_full_unroll)
