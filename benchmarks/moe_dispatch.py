@@ -11,10 +11,14 @@ the tokens (mean k about 2). Timed, forward + backward of the layer on (1, N, D)
 - (b) ``dense_masked``: the research code's way: the same router, every expert on every token
   (batched matmul), outputs weighted by the masked routing weights and summed.
 
+``--compile`` runs all three through torch.compile (dynmoe breaks the graph at its one host
+sync) and writes ``moe_dispatch_compiled.json``.
+
 Targets: dynmoe <= 1.3x the time of (a), and >= 3x faster than (b). A correctness check first
 compares the grouped GEMM against the loop fallback (outputs and gradients).
 
     python benchmarks/moe_dispatch.py                # GPU: N=32768, D=512, E=8,16,32
+    python benchmarks/moe_dispatch.py --compile      # the same, every layer torch.compiled
     python benchmarks/moe_dispatch.py --smoke        # tiny CPU run of the same code
 
 Prints a table and writes benchmarks/results/moe_dispatch.json (``--out`` to change).
@@ -132,16 +136,20 @@ def measure(args: argparse.Namespace, experts: int, x: Tensor) -> dict:
     dense_hidden = max(8, round(mean_k * args.hidden / 8) * 8)
     dense = SwiGLU(args.d_model, dense_hidden).to(device=x.device, dtype=x.dtype)
     h = x.unsqueeze(0).detach().requires_grad_()
+    layers = {"dynmoe": moe, "dense_ffn": dense, "dense_masked": DenseMasked(moe)}
+    if args.compile:  # each layer through torch.compile (dynmoe graph-breaks at its one sync)
+        layers = {name: torch.compile(layer) for name, layer in layers.items()}
     row = {
         "experts": experts,
         "mean_k": mean_k,
         "tokens_without_expert_before_fallback": float((~mask.any(-1)).float().mean()),
         "dense_ffn_hidden": dense_hidden,
-        "dynmoe_ms": 1e3 * time_fwd_bwd(moe, h, args.reps, args.warmup),
-        "dense_ffn_ms": 1e3 * time_fwd_bwd(dense, h, args.reps, args.warmup),
-        "dense_masked_ms": 1e3 * time_fwd_bwd(DenseMasked(moe), h, args.reps, args.warmup),
+        **{
+            f"{name}_ms": 1e3 * time_fwd_bwd(layer, h, args.reps, args.warmup)
+            for name, layer in layers.items()
+        },
     }
-    if x.is_cuda and args.with_loop:
+    if x.is_cuda and args.with_loop and not args.compile:
         loop = build_dynmoe(args, experts, x, "loop")
         row["dynmoe_loop_ms"] = 1e3 * time_fwd_bwd(loop, h, args.reps, args.warmup)
     row["vs_dense_ffn"] = row["dynmoe_ms"] / row["dense_ffn_ms"]
@@ -166,6 +174,7 @@ def main() -> None:
         action="store_false",
         help="skip timing the loop fallback on CUDA",
     )
+    parser.add_argument("--compile", action="store_true", help="torch.compile every layer")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, CPU, a few reps")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
@@ -176,7 +185,8 @@ def main() -> None:
     cuda = torch.cuda.is_available() and args.device != "cpu"
     device = torch.device("cuda" if cuda else "cpu")
     dtype = torch.bfloat16 if cuda else torch.float32
-    default_out = "moe_dispatch_smoke.json" if args.smoke else "moe_dispatch.json"
+    suffix = ("_smoke" if args.smoke else "") + ("_compiled" if args.compile else "")
+    default_out = f"moe_dispatch{suffix}.json"
     out_path = args.out or REPO / "benchmarks" / "results" / default_out
 
     x = torch.randn(args.tokens, args.d_model, generator=torch.Generator().manual_seed(0))
@@ -192,6 +202,7 @@ def main() -> None:
         "d_model": args.d_model,
         "expert_hidden": args.hidden,
         "target_k": args.k,
+        "compiled": args.compile,
         "check_grouped_vs_loop": check,
         "rows": rows,
     }
@@ -200,7 +211,8 @@ def main() -> None:
 
     print(
         f"\nDynMoE dispatch, fwd+bwd, N={args.tokens}, D={args.d_model}, expert hidden "
-        f"{args.hidden}, {dtype}, {name}, torch {torch.__version__}"
+        f"{args.hidden}, {dtype}, {'torch.compile' if args.compile else 'eager'}, {name}, "
+        f"torch {torch.__version__}"
     )
     print(
         "grouped vs loop: "

@@ -1,0 +1,65 @@
+"""``dynmoe``: a dropless mixture of SwiGLU experts with a variable number per token."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import attrs
+from ponderkit import BuildContext, ForwardContext, Spec, component, hookimpl
+from ponderkit.plugins.dynmoe.experts import SwiGLUExperts
+from ponderkit.plugins.routing.dispatch import combine, gather, plan_dispatch
+from torch import Tensor, nn
+
+
+@attrs.frozen
+class DynMoEConfig:
+    """Dropless mixture of E SwiGLU experts, k per token chosen by a router, sparse dispatch.
+
+    Tokens are gathered by expert, each expert runs only on its own tokens (one grouped GEMM
+    on CUDA bf16, a loop over busy experts elsewhere) and outputs are scatter-added back
+    weighted by the router; a token with no active expert gets 0. Expert hidden width
+    ``hidden``, or round(expansion * D * 2/3) up to a multiple of 16 when unset."""
+
+    experts: int = attrs.field(default=8, validator=attrs.validators.gt(0))
+    router: Spec = component("router", default="cosine_threshold")
+    hidden: int | None = attrs.field(
+        default=None, validator=attrs.validators.optional(attrs.validators.gt(0))
+    )
+    expansion: float = attrs.field(default=1.0, validator=attrs.validators.gt(0))
+    grouped_gemm: Literal["auto", "loop"] = "auto"
+
+
+def expert_hidden(cfg_hidden: int | None, expansion: float, d_model: int) -> int:
+    if cfg_hidden is not None:
+        return cfg_hidden
+    return -(-round(expansion * d_model * 2 / 3) // 16) * 16
+
+
+class DynMoE(nn.Module):
+    def __init__(self, router: nn.Module, experts: SwiGLUExperts):
+        super().__init__()
+        self.router, self.experts = router, experts
+
+    def forward(self, h: Tensor, ctx: ForwardContext | None = None) -> Tensor:
+        shape = h.shape
+        x = h.reshape(-1, shape[-1])  # (N, D)
+        routing = self.router(x, ctx)
+        plan = plan_dispatch(routing.weights, routing.mask)
+        y = combine(self.experts(gather(x, plan), plan), plan)  # (N, D)
+        return y.view(shape)
+
+    def reset_experts(self, experts: Tensor, weights: bool) -> list[tuple[nn.Parameter, int]]:
+        """Fresh router slots for ``experts``, and fresh expert weights when ``weights``."""
+        touched = self.router.reset_experts(experts)
+        return touched + (self.experts.reset_experts(experts) if weights else [])
+
+
+def build_dynmoe(cfg: DynMoEConfig, ctx: BuildContext) -> DynMoE:
+    hidden = expert_hidden(cfg.hidden, cfg.expansion, ctx.d_model)
+    router = ctx.build(cfg.router, num_experts=cfg.experts)
+    return DynMoE(router, SwiGLUExperts(cfg.experts, ctx.d_model, hidden, cfg.grouped_gemm))
+
+
+@hookimpl
+def ponderkit_register(registry) -> None:
+    registry.add("ffn", "dynmoe", DynMoEConfig, build_dynmoe)

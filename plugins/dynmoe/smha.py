@@ -1,0 +1,92 @@
+"""``dynsmha``: dynamic sparse multi-head attention over a routed library of expert heads."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import attrs
+from ponderkit import BuildContext, ForwardContext, Spec, apply_rope, component, hookimpl
+from ponderkit.plugins.dynmoe.experts import expert_weight, reinit_experts
+from ponderkit.plugins.routing.dispatch import combine, gather, grouped_linear, plan_dispatch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+
+@attrs.frozen
+class DynSMHAConfig:
+    """Dynamic sparse multi-head attention: E expert head sets routed per token, then SDPA.
+
+    Each expert owns q/k/v projections D -> heads * head_dim and an output projection back;
+    a token's q, k, v and output projections are the router-weighted sums of its active
+    experts' (sparse dispatch: only active experts are computed). Attention then runs per head
+    (non-causal unless ``causal``; RoPE when the model uses it). ``head_dim`` defaults to
+    d_model / heads. A token with no active expert gets q = k = v = 0 and output 0."""
+
+    experts: int = attrs.field(default=8, validator=attrs.validators.gt(0))
+    heads: int = attrs.field(default=4, validator=attrs.validators.gt(0))
+    head_dim: int | None = None
+    router: Spec = component("router", default="cosine_threshold")
+    causal: bool = False
+    grouped_gemm: Literal["auto", "loop"] = "auto"
+
+
+class DynSMHA(nn.Module):
+    def __init__(self, router: nn.Module, cfg: DynSMHAConfig, d_model: int, head_dim: int):
+        super().__init__()
+        self.router = router
+        self.heads, self.head_dim, self.causal = cfg.heads, head_dim, cfg.causal
+        self.mode = cfg.grouped_gemm
+        width = cfg.heads * head_dim
+        self.qkv = expert_weight(cfg.experts, d_model, 3 * width)  # (E, D, 3*H*Dh)
+        self.out = expert_weight(cfg.experts, width, d_model)  # (E, H*Dh, D)
+
+    def forward(self, h: Tensor, ctx: ForwardContext) -> Tensor:
+        b, t, d = h.shape
+        x = h.reshape(b * t, d)
+        routing = self.router(x, ctx)
+        plan = plan_dispatch(routing.weights, routing.mask)  # shared by qkv and out
+        qkv = combine(grouped_linear(gather(x, plan), self.qkv, plan, self.mode), plan)
+        q, k, v = qkv.view(b, t, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        if ctx is not None and ctx.positions == "rope":
+            cos, sin = ctx.rope(t, self.head_dim, h.device)
+            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        o = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal)  # (B, H, T, Dh)
+        o = o.transpose(1, 2).reshape(b * t, self.heads * self.head_dim)
+        y = combine(grouped_linear(gather(o, plan), self.out, plan, self.mode), plan)
+        return y.view(b, t, d)
+
+    def reset_experts(self, experts: Tensor, weights: bool) -> list[tuple[nn.Parameter, int]]:
+        """Fresh router slots for ``experts``, and fresh head projections when ``weights``."""
+        touched = self.router.reset_experts(experts)
+        if weights:
+            for weight in (self.qkv, self.out):
+                reinit_experts(weight, experts)
+            touched += [(self.qkv, 0), (self.out, 0)]
+        return touched
+
+
+def build_dynsmha(cfg: DynSMHAConfig, ctx: BuildContext) -> DynSMHA:
+    head_dim = cfg.head_dim or ctx.d_model // cfg.heads
+    router = ctx.build(cfg.router, num_experts=cfg.experts)
+    return DynSMHA(router, cfg, ctx.d_model, head_dim)
+
+
+def check_dynsmha(cfg: DynSMHAConfig, env) -> list:
+    d = env.experiment.model.d_model
+    problems = []
+    if cfg.head_dim is None and d % cfg.heads:
+        problems.append(
+            (
+                "heads",
+                f"d_model={d} is not divisible by heads={cfg.heads}; change heads or set head_dim",
+            )
+        )
+    head_dim = cfg.head_dim or d // cfg.heads
+    if env.experiment.model.positions == "rope" and head_dim % 2:
+        problems.append(("head_dim", f"RoPE needs an even head dimension, got {head_dim}"))
+    return problems
+
+
+@hookimpl
+def ponderkit_register(registry) -> None:
+    registry.add("mixer", "dynsmha", DynSMHAConfig, build_dynsmha, check=check_dynsmha)

@@ -1,0 +1,118 @@
+"""What every router shares: removed experts, activation counting, stats and reporting.
+
+Not a plugin module: routers subclass :class:`RouterBase` and call :meth:`RouterBase.finish`.
+"""
+
+from __future__ import annotations
+
+import torch
+from ponderkit import ForwardContext, Routing
+from torch import Tensor, nn
+
+RouteResult = tuple[Tensor, Tensor, Tensor, dict[str, Tensor], dict[str, Tensor]]
+
+
+class RouterBase(nn.Module):
+    """Bookkeeping for a router over ``num_experts`` experts.
+
+    Buffers: ``enabled`` (E,) bool, experts that may be selected at all (a removed expert is
+    never active); ``activation_counts`` (E,) and ``tokens_seen`` (), accumulated in training
+    mode and read (then cleared) by the ``expert_reset`` callback.
+    """
+
+    def __init__(self, num_experts: int):
+        super().__init__()
+        self.num_experts = num_experts
+        self.register_buffer("enabled", torch.ones(num_experts, dtype=torch.bool))
+        self.register_buffer("activation_counts", torch.zeros(num_experts), persistent=False)
+        self.register_buffer("tokens_seen", torch.zeros(()), persistent=False)
+
+    def forward(self, x: Tensor, ctx: ForwardContext | None = None) -> Routing:
+        """Route tokens ``x`` (N, D): :meth:`route` in float32 at least (float64 stays float64,
+        for exact tests), outside autocast, then bookkeeping and reporting."""
+        dtype = torch.promote_types(x.dtype, torch.float32)
+        with torch.autocast(x.device.type, enabled=False):
+            weights, mask, logits, aux, extra = self.route(x.to(dtype))
+        return self.finish(weights, mask, logits, aux, ctx, extra)
+
+    def route(self, x: Tensor) -> RouteResult:
+        """(weights (N,E), mask (N,E) bool, logits (N,E), weighted aux losses, extra stats)."""
+        raise NotImplementedError
+
+    def reset_experts(self, experts: Tensor) -> list[tuple[nn.Parameter, int]]:
+        """Re-initialise the routing parameters of ``experts`` (1-D long); returns the
+        (parameter, dim) slices it touched so a caller can clear their optimizer state."""
+        raise NotImplementedError
+
+    def clear_counts(self) -> None:
+        self.activation_counts.zero_()
+        self.tokens_seen.zero_()
+
+    def finish(
+        self,
+        weights: Tensor,
+        mask: Tensor,
+        logits: Tensor,
+        aux: dict[str, Tensor],
+        ctx: ForwardContext | None,
+        extra_stats: dict[str, Tensor] | None = None,
+    ) -> Routing:
+        """Count activations, report aux losses and stats to ``ctx``, return the Routing."""
+        counts = mask.sum(0)
+        if self.training:
+            with torch.no_grad():
+                self.activation_counts += counts
+                self.tokens_seen += mask.shape[0]
+        stats = {**routing_stats(counts, mask.shape[0], self.enabled), **(extra_stats or {})}
+        if ctx is not None:
+            for name, value in aux.items():
+                ctx.add_loss(f"router/{name}", value)
+            for name, value in stats.items():
+                ctx.add_stat(f"router/{name}", value)
+        return Routing(weights=weights, mask=mask, logits=logits, aux=aux, stats=stats)
+
+
+def routing_stats(counts: Tensor, num_tokens: int, enabled: Tensor) -> dict[str, Tensor]:
+    """From per-expert token ``counts`` (E,): ``expert_counts``, ``experts_per_token`` and
+    ``dead_experts`` (enabled experts no token of this batch uses); no host sync."""
+    return {
+        "expert_counts": counts,
+        "experts_per_token": counts.sum() / max(num_tokens, 1),
+        "dead_experts": ((counts == 0) & enabled).sum(),
+    }
+
+
+def masked_softmax(logits: Tensor, mask: Tensor) -> Tensor:
+    """Softmax of ``logits`` over the entries where ``mask`` is True, 0 elsewhere; a row
+    with no True entry is all 0 (never NaN, also in the gradient)."""
+    z = logits.masked_fill(~mask, float("-inf"))
+    top = z.amax(-1, keepdim=True).detach()
+    top = torch.where(torch.isfinite(top), top, torch.zeros_like(top))
+    e = torch.exp(z - top)
+    return e / e.sum(-1, keepdim=True).clamp(min=torch.finfo(e.dtype).tiny)
+
+
+def topk_fallback(active: Tensor, scores: Tensor, enabled: Tensor, k: int) -> Tensor:
+    """Where a token activated nothing, activate its ``k`` best enabled experts by score."""
+    none = ~active.any(-1, keepdim=True)
+    k = min(k, scores.shape[-1])
+    best_idx = scores.masked_fill(~enabled, float("-inf")).topk(k, dim=-1).indices
+    best = torch.zeros_like(active).scatter_(-1, best_idx, True) & enabled
+    return torch.where(none, best, active)
+
+
+def orthogonal_columns(
+    existing: Tensor, count: int, generator: torch.Generator | None = None
+) -> Tensor:
+    """``count`` random unit columns (D, count), orthogonal to the columns of ``existing``
+    (D, M) and to each other as far as D allows (the init distribution of a cosine router)."""
+    d = existing.shape[0]
+    fresh = torch.randn(d, count, generator=generator, dtype=torch.float64)
+    basis = existing.detach().double().cpu()
+    if basis.shape[1] and basis.shape[1] + count <= d:
+        q, _ = torch.linalg.qr(basis)
+        fresh = fresh - q @ (q.T @ fresh)
+    if count <= d:
+        fresh, _ = torch.linalg.qr(fresh)
+    fresh = fresh / fresh.norm(dim=0, keepdim=True).clamp(min=1e-12)
+    return fresh.to(device=existing.device, dtype=existing.dtype)
