@@ -47,6 +47,14 @@ class ForwardContext:
         """Record a statistic (detached); values of one name are averaged when logged."""
         self.stats.setdefault(name, []).append(value.detach())
 
+    def stat_means(self) -> dict[str, Tensor]:
+        """Each recorded statistic averaged over its records (for a schedule's metrics)."""
+        return {
+            k: torch.stack([v.float().mean() for v in vs]).mean()
+            for k, vs in self.stats.items()
+            if vs
+        }
+
     def rope(self, seq_len: int, head_dim: int, device: torch.device) -> tuple[Tensor, Tensor]:
         """cos, sin tables of shape (T, head_dim) for rotary embeddings (half-split layout)."""
         key = (seq_len, head_dim, device)

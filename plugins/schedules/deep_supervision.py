@@ -84,6 +84,7 @@ class DeepSupervision:
             # mean supervision steps of the samples that finished at this step
             "sup_steps": (self.steps.float() * done).sum() / done.sum().clamp(min=1),
             "grad_norm": grad_norm,
+            **ctx.stat_means(),
             **halt_metrics,
         }
         self.batch, self.halted = batch, halted

@@ -62,6 +62,7 @@ class FullUnroll:
             "token_acc": correct.sum() / valid.sum().clamp(min=1),
             "exact_acc": exact.float().mean(),
             "grad_norm": grad_norm,
+            **ctx.stat_means(),
             **metrics,
         }
 

@@ -38,6 +38,7 @@ class Supervised:
             "token_acc": correct.sum() / valid.sum().clamp(min=1),
             "exact_acc": exact.float().mean(),
             "grad_norm": grad_norm,
+            **ctx.stat_means(),
         }
 
     def state_dict(self) -> dict[str, Any]:
