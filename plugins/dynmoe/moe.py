@@ -27,6 +27,9 @@ class DynMoEConfig:
     )
     expansion: float = attrs.field(default=1.0, validator=attrs.validators.gt(0))
     grouped_gemm: Literal["auto", "loop"] = "auto"
+    #: ``global``: every dynmoe of the model with the same shape shares one expert library
+    #: (ADR-0005); each keeps its own router
+    library: Literal["local", "global"] = "local"
 
 
 def expert_hidden(cfg_hidden: int | None, expansion: float, d_model: int) -> int:
@@ -57,7 +60,15 @@ class DynMoE(nn.Module):
 def build_dynmoe(cfg: DynMoEConfig, ctx: BuildContext) -> DynMoE:
     hidden = expert_hidden(cfg.hidden, cfg.expansion, ctx.d_model)
     router = ctx.build(cfg.router, num_experts=cfg.experts)
-    return DynMoE(router, SwiGLUExperts(cfg.experts, ctx.d_model, hidden, cfg.grouped_gemm))
+
+    def make() -> SwiGLUExperts:
+        return SwiGLUExperts(cfg.experts, ctx.d_model, hidden, cfg.grouped_gemm)
+
+    if cfg.library == "global":
+        experts = ctx.shared.setdefault(("dynmoe", cfg.experts, ctx.d_model, hidden), make())
+    else:
+        experts = make()
+    return DynMoE(router, experts)
 
 
 @hookimpl

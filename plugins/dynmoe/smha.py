@@ -28,6 +28,9 @@ class DynSMHAConfig:
     router: Spec = component("router", default="cosine_threshold")
     causal: bool = False
     grouped_gemm: Literal["auto", "loop"] = "auto"
+    #: ``global``: every dynsmha of the model with the same shape shares one library of expert
+    #: head projections (ADR-0005); each keeps its own router
+    library: Literal["local", "global"] = "local"
 
 
 class DynSMHA(nn.Module):
@@ -68,7 +71,11 @@ class DynSMHA(nn.Module):
 def build_dynsmha(cfg: DynSMHAConfig, ctx: BuildContext) -> DynSMHA:
     head_dim = cfg.head_dim or ctx.d_model // cfg.heads
     router = ctx.build(cfg.router, num_experts=cfg.experts)
-    return DynSMHA(router, cfg, ctx.d_model, head_dim)
+    module = DynSMHA(router, cfg, ctx.d_model, head_dim)
+    if cfg.library == "global":
+        key = ("dynsmha", cfg.experts, ctx.d_model, cfg.heads, head_dim)
+        module.qkv, module.out = ctx.shared.setdefault(key, (module.qkv, module.out))
+    return module
 
 
 def check_dynsmha(cfg: DynSMHAConfig, env) -> list:
