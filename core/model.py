@@ -103,7 +103,10 @@ class ReasoningModel(nn.Module):
                 history.append(signals)
                 if early_exit and bool(self.halting.halted_after(history).all()):
                     break
-            return combine(logits_steps, history)
+            logits, halt_steps = combine(logits_steps, history)
+            if not early_exit:  # every sample ran all steps; report the compute used
+                halt_steps = torch.full_like(halt_steps, len(logits_steps))
+            return logits, halt_steps
         b = x.shape[0]
         steps = torch.zeros(b, dtype=torch.long, device=x.device)
         halted = torch.zeros(b, dtype=torch.bool, device=x.device)
