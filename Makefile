@@ -1,4 +1,4 @@
-# Quickstart: `make demo` (train the demo experiment) and `make test` (run the tests).
+# Quickstart: `make demo` (the quickstart ablation) and `make test` (run the tests).
 # Both create .venv and install what they need on first use.
 
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
@@ -26,8 +26,9 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q -e ".[dev]"
 	touch $(STAMP)
 
+# A fixed --out: running it again skips finished runs and resumes interrupted ones.
 demo: $(STAMP)
-	$(BIN)/ponderkit run experiments/sort_demo.yaml --out runs/demo-$$(date +%Y%m%d-%H%M%S)
+	$(BIN)/ponderkit ablate experiments/quickstart.yaml --out runs/quickstart --jobs 2
 
 test: $(STAMP)
 	$(BIN)/python -m pytest

@@ -179,39 +179,25 @@ def load_ablation(path: str | Path, *, registry: Registry) -> Ablation:
     if len(budget_keys) > 1:
         issues.append(_at(doc, ("budget",), f"set one of steps, time_s, flops, not {budget_keys}"))
     common = _overrides(spec.overrides, ("overrides",), doc, issues)
-    named = {}
-    for name, value in spec.variants.items():
-        if not NAME_RE.match(str(name)) or name in RESERVED:
-            issues.append(
-                _at(
-                    doc,
-                    ("variants", name),
-                    "a variant name is a directory name: letters, "
-                    f"digits, '_', '.', '-', and not {sorted(RESERVED)}",
-                )
-            )
-        named[str(name)] = _overrides(value, ("variants", name), doc, issues)
-    baseline = spec.baseline or "base"
-    if spec.baseline is None and "base" not in named:
-        named = {"base": [], **named}
-    if baseline not in named:
-        hint = suggestion(baseline, named) or f"variants: {', '.join(named)}"
-        issues.append(_at(doc, ("baseline",), f"no variant named {baseline!r} ({hint})"))
-    fixed = [] if not budget_keys else _budget_paths(budget_keys[0])
-    for name, overrides in named.items():
+    named, baseline = _variants(spec, doc, issues)
+    fixed = _budget_paths(budget_keys[0]) if budget_keys else []
+    for where, overrides in [(("overrides",), common)] + [
+        (("variants", n), o) for n, o in named.items()
+    ]:
         for o in overrides:
             if o.path[:2] in fixed or o.path == ("seed",):
                 what = "the seeds" if o.path == ("seed",) else f"the budget ({budget_keys[0]})"
-                issues.append(
-                    Issue(
-                        ("variants", name),
-                        f"{o.text!r} sets what {what} fixes for every variant",
-                        file=o.where[0],
-                        line=o.where[1],
-                    )
-                )
-    base_path = (path.parent / spec.base) if not Path(spec.base).is_absolute() else Path(spec.base)
-    base_doc = load_document(base_path)
+                message = f"{o.text!r} sets what {what} fixes for every variant"
+                issues.append(Issue(where, message, file=o.where[0], line=o.where[1]))
+    written_in = Path(doc.where(("base",))[0] or path)  # relative to the file that says it
+    base_path = written_in.parent / spec.base
+    if not base_path.exists():
+        issues.append(_at(doc, ("base",), f"base experiment not found: {base_path}"))
+        raise ConfigError(issues)
+    try:
+        base_doc = load_document(base_path)
+    except ConfigError as exc:
+        raise ConfigError(issues + exc.issues) from None
     budget = _budget_overrides(spec.budget, doc)
     first = (Override(f"seed={seeds[0]}", doc.where(("seeds",))),)
     variants, per_variant = [], {}
@@ -239,6 +225,25 @@ def load_ablation(path: str | Path, *, registry: Registry) -> Ablation:
     )
 
 
+def _variants(spec: AblationFile, doc: Document, issues: list[Issue]) -> tuple[dict, str]:
+    """Variant name -> overrides (the implicit ``base`` first unless a baseline is named)."""
+    named = {}
+    for name, value in spec.variants.items():
+        if not NAME_RE.match(str(name)) or name in RESERVED:
+            rule = f"letters, digits, '_', '.', '-', and not {sorted(RESERVED)}"
+            issues.append(
+                _at(doc, ("variants", name), f"a variant name is a directory name: {rule}")
+            )
+        named[str(name)] = _overrides(value, ("variants", name), doc, issues)
+    baseline = spec.baseline or "base"
+    if spec.baseline is None and "base" not in named:
+        named = {"base": [], **named}
+    if baseline not in named:
+        hint = suggestion(baseline, named) or f"variants: {', '.join(named)}"
+        issues.append(_at(doc, ("baseline",), f"no variant named {baseline!r} ({hint})"))
+    return named, baseline
+
+
 def variant_config(
     base_doc: Document, overrides: Sequence[Override], registry: Registry
 ) -> ExperimentConfig:
@@ -260,8 +265,8 @@ def variant_config(
 def _name_variants(per_variant: dict[str, list[Issue]]) -> list[Issue]:
     """Issues every variant shares (e.g. in the base file) once; the rest named by variant."""
     key = lambda i: (i.path, i.message, i.file, i.line)  # noqa: E731
-    shared = set.intersection(*(set(map(key, v)) for v in per_variant.values()))
-    shared = shared if len(per_variant) > 1 else set()
+    sets = [set(map(key, v)) for v in per_variant.values()]
+    shared = set.intersection(*sets) if len(sets) > 1 else set()
     out, seen = [], set()
     for name, issues in per_variant.items():
         for i in issues:

@@ -21,14 +21,14 @@ from typing import Any
 import attrs
 
 from .ablation import Ablation, Run
-from .errors import PonderkitError
+from .errors import PonderkitError, suggestion
 from .run_analysis import analyse_run, read_json, read_metrics, training_seconds
 from .runs import write_json_atomic, write_text_atomic
 
 Say = Callable[[str], None]
 
 
-def prepare(ablation: Ablation, out: Path, registry: Any, write_plan: bool = True) -> list[Run]:
+def prepare(ablation: Ablation, out: Path, registry: Any, measure: bool = True) -> list[Run]:
     """The runs of ``ablation``, with a FLOPs budget resolved (measured once, cached in
     ``budget.json`` so that a resumed grid gets the same step counts)."""
     out.mkdir(parents=True, exist_ok=True)
@@ -36,31 +36,45 @@ def prepare(ablation: Ablation, out: Path, registry: Any, write_plan: bool = Tru
     if ablation.budget.flops:
         cache = out / "budget.json"
         saved = read_json(cache)
-        if saved.get("flops") != ablation.budget.flops or set(saved.get("variants", {})) != {
-            v.name for v in ablation.variants
-        }:
-            if not write_plan:
+        wanted = {v.name: config_digest(v.config) for v in ablation.variants}
+        known = {k: e.get("config") for k, e in saved.get("variants", {}).items()}
+        if saved.get("flops") != ablation.budget.flops or known != wanted:
+            if not measure:
                 raise PonderkitError(f"{cache} is missing or stale; run the grid without --worker")
             saved = {"flops": ablation.budget.flops, "variants": {}}
             for v in ablation.variants:
                 per_step = measure_step_flops(v.config, registry)
                 saved["variants"][v.name] = {
+                    "config": wanted[v.name],
                     "flops_per_step": per_step,
                     "steps": max(1, int(ablation.budget.flops // max(per_step, 1.0))),
                 }
             write_json_atomic(cache, saved)
         steps = {name: entry["steps"] for name, entry in saved["variants"].items()}
-    if write_plan:
-        write_text_atomic(out / "ablation.yaml", ablation.path.read_text("utf-8"))
-        plan = ablation.plan()
-        if steps:
-            plan["steps_per_variant"] = steps
-        write_json_atomic(out / "ablation.json", plan)
     return ablation.runs(steps)
 
 
+def write_plan(ablation: Ablation, runs: Sequence[Run], out: Path) -> None:
+    """``ablation.yaml`` (the file as run) and ``ablation.json`` (what reports read)."""
+    write_text_atomic(out / "ablation.yaml", ablation.path.read_text("utf-8"))
+    plan = ablation.plan()
+    if ablation.budget.flops:
+        plan["steps_per_variant"] = {r.variant: r.config.train.steps for r in runs}
+    write_json_atomic(out / "ablation.json", plan)
+
+
+def config_digest(config: Any) -> str:
+    import hashlib
+
+    from .config import unstructure
+    from .yamlio import dump
+
+    return hashlib.sha256(dump(unstructure(config)).encode()).hexdigest()[:16]
+
+
 def measure_step_flops(config: Any, registry: Any) -> float:
-    """FLOPs of one optimizer step (forward + backward) as counted by torch's FlopCounterMode."""
+    """FLOPs of one optimizer step (forward + backward) as counted by torch's FlopCounterMode,
+    with formulas added for CPU attention and grouped GEMMs, which it does not count."""
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -72,13 +86,55 @@ def measure_step_flops(config: Any, registry: Any) -> float:
         for b in trainer.task.train_batches(config.train.batch_size, config.seed)
     )
     trainer.model.train()
-    with FlopCounterMode(display=False) as counter:
+    with FlopCounterMode(display=False, custom_mapping=_extra_flop_formulas()) as counter:
         trainer.schedule.train_step(trainer.model, batches, trainer)
     flops = float(counter.get_total_flops())
     del trainer
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
     return flops
+
+
+def _extra_flop_formulas() -> dict[Any, Any]:
+    import torch
+    from torch.utils import flop_counter as fc
+
+    aten = torch.ops.aten
+    extra: dict[Any, Any] = {}
+    if hasattr(aten, "_scaled_dot_product_flash_attention_for_cpu"):
+        extra[aten._scaled_dot_product_flash_attention_for_cpu] = (
+            lambda q, k, v, *_, out_shape=None, **__: fc.sdpa_flop_count(q, k, v)
+        )
+        extra[aten._scaled_dot_product_flash_attention_for_cpu_backward] = (
+            lambda g, q, k, v, *_, out_shape=None, **__: fc.sdpa_backward_flop_count(g, q, k, v)
+        )
+    if hasattr(aten, "_grouped_mm"):
+        extra[aten._grouped_mm] = _grouped_mm_flop
+    return extra
+
+
+def _grouped_mm_flop(a: Any, b: Any, *args: Any, out_shape: Any = None, **kwargs: Any) -> int:
+    """Rows of ``a`` meet one group's matrix each: (N, K) x (E, K, M) costs 2*N*K*M; the
+    weight gradient (K, N) x (N, M) -> (E, K, M) costs 2*K*N*M; batched 3-D x 3-D as bmm."""
+    if len(a) == 2 and len(b) == 3:
+        return 2 * a[0] * a[1] * b[2]
+    if len(a) == 2 and len(b) == 2:
+        return 2 * a[0] * a[1] * b[1]
+    if len(a) == 3 and len(b) == 3:
+        return 2 * a[0] * a[1] * a[2] * b[2]
+    return 2 * a[-2] * a[-1] * b[-1]
+
+
+def select(runs: list[Run], only: Sequence[str] | None) -> list[Run]:
+    """The runs named by ``--only`` (a variant or a ``variant/seedK``), all without it."""
+    if not only:
+        return runs
+    keys = [r.key for r in runs] + list(dict.fromkeys(r.variant for r in runs))
+    for name in only:
+        if name not in keys:
+            hint = suggestion(name, keys) or "variants: " + ", ".join(keys[len(runs) :])
+            raise PonderkitError(f"--only {name!r} is no variant or run here ({hint})")
+    return [r for r in runs if r.key in only or r.variant in only]
 
 
 def run_state(run: Run, run_dir: Path, registry: Any) -> str:
@@ -97,9 +153,10 @@ def run_state(run: Run, run_dir: Path, registry: Any) -> str:
             f"{run.key}: {run_dir} holds a run of a different config (the ablation or base "
             "file changed since it ran); move it away or choose another --out"
         )
-    if not (run_dir / "checkpoints" / "final" / "model.safetensors").exists():
-        return "resume"
-    return "done" if (run_dir / "halting.json").exists() else "analyse"
+    if (run_dir / "halting.json").exists():  # written last, from the final checkpoint
+        return "done"
+    final = (run_dir / "checkpoints" / "final" / "model.safetensors").exists()
+    return "analyse" if final else "resume"
 
 
 def train_run(run: Run, run_dir: Path, registry: Any, time_budget: float | None = None) -> None:
@@ -135,8 +192,13 @@ def run_grid(
     jobs: int = 1,
     child_argv: Sequence[str] = (),
     say: Say = print,
+    plan_runs: Sequence[Run] | None = None,
 ) -> list[str]:
-    """Run every run of ``runs`` not finished yet; returns the keys of runs that failed."""
+    """Run every run of ``runs`` not finished yet; returns the keys of runs that failed.
+
+    Every existing run directory is checked first: one holding another config stops the grid
+    before anything runs. Then ``ablation.json`` describes ``plan_runs`` (every run, when the
+    grid runs only some), unless it is None (a worker running one run for its parent)."""
     t0 = time.perf_counter()
 
     def log(text: str) -> None:
@@ -155,6 +217,8 @@ def run_grid(
             todo.append((run, state))
     if problems:
         raise PonderkitError("\n".join(problems))
+    if plan_runs is not None:
+        write_plan(ablation, plan_runs, out)
     time_budget = ablation.budget.time_s
     if jobs <= 1 or len(todo) <= 1:
         return _in_process(todo, out, registry, time_budget, log)
@@ -187,7 +251,8 @@ def _subprocesses(todo: list, out: Path, jobs: int, child_argv: Sequence[str], l
     try:
         while pending or running:
             while pending and len(running) < len(slots):
-                slot = next(s for s in slots if s not in {r[1] for r in running.values()})
+                busy = {r[1][0] for r in running.values()}
+                slot = next(s for s in slots if s[0] not in busy)
                 run, state = pending.pop(0)
                 logfile = out / "logs" / f"{run.variant}-seed{run.seed}.log"
                 env = {**os.environ, **slot[1]}
@@ -240,10 +305,13 @@ def _started(state: str, run: Run, run_dir: Path) -> str:
 
 
 def _result(run_dir: Path) -> str:
-    halting = read_json(run_dir / "halting.json")
-    if "exact_acc" not in halting:
+    h = read_json(run_dir / "halting.json")
+    if "exact_acc_all_steps" not in h:
         return ""
-    return f": exact acc {halting['exact_acc']:.4f}, mean steps {halting['mean_steps']:.2f}"
+    return (
+        f": exact acc {h['exact_acc_all_steps']:.4f}; with early exit {h['exact_acc']:.4f} "
+        f"at {h['mean_steps']:.2f} steps"
+    )
 
 
 def worker_command(file: Path, out: Path, plugin_args: Sequence[str]) -> list[str]:

@@ -1,4 +1,4 @@
-"""The ``ponderkit`` command line: list, show, validate, run.
+"""The ``ponderkit`` command line: list, show, validate, run, eval, ablate, report, compare.
 
 Heavy imports (torch, plugin bodies) happen inside the commands that need them, so
 ``ponderkit list`` starts fast.
@@ -83,6 +83,33 @@ def build_parser() -> argparse.ArgumentParser:
         "running every step",
     )
     p.add_argument("--checkpoint", default="final", help="checkpoint name (default final)")
+
+    p = sub.add_parser(
+        "ablate",
+        parents=[common],
+        help="run every variant x seed of an ablation file, then write its report",
+    )
+    p.add_argument("file", type=Path)
+    p.add_argument("--out", type=Path, help="ablation directory (default runs/<name>)")
+    p.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="runs at once: subprocesses sharing the CPU cores, or one per GPU (default 1)",
+    )
+    p.add_argument(
+        "--only",
+        action="append",
+        metavar="VARIANT[/seedK]",
+        help="run only these variants or runs (repeatable); the report still covers all",
+    )
+    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+
+    p = sub.add_parser("report", parents=[common], help="(re)write an ablation's report.md")
+    p.add_argument("dir", type=Path)
+
+    p = sub.add_parser("compare", parents=[common], help="a table of any run directories")
+    p.add_argument("run_dirs", nargs="+", type=Path)
     return parser
 
 
@@ -256,6 +283,60 @@ def cmd_eval(args: argparse.Namespace, plugins: Plugins) -> int:
     return 0
 
 
+def cmd_ablate(args: argparse.Namespace, plugins: Plugins) -> int:
+    from .ablation import load_ablation
+    from .ablation_run import prepare, run_grid, select, worker_command
+
+    ablation = load_ablation(args.file, registry=plugins.registry)
+    out = args.out or Path("runs") / ablation.name
+    select(ablation.runs(), args.only)  # a bad --only fails before anything is measured
+    every = prepare(ablation, out, plugins.registry, measure=not args.worker)
+    if not args.worker:
+        print(
+            f"ablation {ablation.name}: {len(ablation.variants)} variants x "
+            f"{len(ablation.seeds)} seeds into {out} (budget: {ablation.budget.describe()})",
+            flush=True,
+        )
+    plugin_args = [a for m in getattr(args, "plugin", None) or () for a in ("--plugin", m)]
+    failed = run_grid(
+        ablation,
+        select(every, args.only),
+        out,
+        plugins.registry,
+        jobs=args.jobs,
+        child_argv=worker_command(args.file, out, plugin_args),
+        say=lambda text: print(text, flush=True),
+        plan_runs=None if args.worker else every,
+    )
+    if not args.worker:
+        from .report import write_report
+
+        print(f"report: {write_report(out)}")
+    if failed:
+        print(f"error: {len(failed)} run(s) failed: {', '.join(failed)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_report(args: argparse.Namespace, plugins: Plugins) -> int:
+    from .report import write_report
+
+    if not (args.dir / "ablation.json").exists() and not any(args.dir.glob("*/seed*/config.yaml")):
+        raise PonderkitError(f"{args.dir} is not an ablation directory (no ablation.json)")
+    print(f"report: {write_report(args.dir)}")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace, plugins: Plugins) -> int:
+    from .report import compare_table
+
+    missing = [str(d) for d in args.run_dirs if not (d / "metrics.jsonl").exists()]
+    if missing:
+        raise PonderkitError(f"not a run directory (no metrics.jsonl): {', '.join(missing)}")
+    print(compare_table(args.run_dirs))
+    return 0
+
+
 def resume_trainer(config: object, run_dir: Path, registry: object, quiet: bool = False):
     """A trainer continuing ``run_dir`` (None when it already finished).
 
@@ -296,6 +377,9 @@ COMMANDS = {
     "validate": cmd_validate,
     "run": cmd_run,
     "eval": cmd_eval,
+    "ablate": cmd_ablate,
+    "report": cmd_report,
+    "compare": cmd_compare,
 }
 
 

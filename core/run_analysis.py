@@ -15,7 +15,7 @@ from typing import Any
 
 import attrs
 
-from .runs import write_json_atomic
+from .runs import write_json_atomic, write_text_atomic
 
 DENSE = "dense: every parameter is used by every token"
 ROUTED = (
@@ -109,7 +109,8 @@ def analyse_run(run_dir: Path, registry: Any) -> dict[str, Any]:
         "exact_acc_all_steps": sum(exact_all) / n,
         "token_acc_all_steps": sum(token_all) / n,
     }
-    write_json_atomic(Path(run_dir) / "halting.json", halting)
+    # one line: the per-sample list would take a line per sample with indentation
+    write_text_atomic(Path(run_dir) / "halting.json", json.dumps(halting) + "\n")
     return halting
 
 
@@ -226,7 +227,9 @@ def summarize_run(run_dir: Path) -> RunSummary:
     if speeds:
         values["samples_per_s"] = statistics.median(speeds)
     stopped = bool(records and records[-1].get("stopped"))
-    final = (run_dir / "checkpoints" / "final" / "model.safetensors").exists()
+    # halting.json is written from the final checkpoint, so it also marks a finished run
+    # whose checkpoints were left behind (a run directory copied without them)
+    final = bool(halting) or (run_dir / "checkpoints" / "final" / "model.safetensors").exists()
     status = "time limit" if stopped and final else "finished" if final else "incomplete"
     step = max((r.get("step", 0) for r in records), default=0)
     return RunSummary(run_dir, status, step, values, records, halting, params, meta)

@@ -1,0 +1,290 @@
+"""Ablation reports (``report.md``): per-variant statistics over seeds (``stats.py``),
+differences from the baseline, the runs behind them, and plots (``report_plots.py``); and
+``compare``, a table of any run directories. The number of seeds is always shown."""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from .run_analysis import DENSE, RunSummary, read_json, summarize_run
+from .runs import write_text_atomic
+from .stats import Delta, Stat, describe, difference
+
+
+# -- formatting ---------------------------------------------------------------------------------
+def pct(x: float) -> str:
+    return f"{100 * x:.2f}"
+
+
+def num(x: float) -> str:
+    return f"{x:.4g}"
+
+
+def count(x: float) -> str:
+    return f"{x:,.0f}"
+
+
+def params(x: float) -> str:
+    return f"{x:,.0f}"
+
+
+def fmt_stat(stat: Stat | None, f: Callable[[float], str]) -> str:
+    if stat is None:
+        return "–"
+    if f is params and not stat.std:  # parameter counts do not vary with the seed
+        return params(stat.mean)
+    return f"{f(stat.mean)} ± {_spread(stat.std, f)}"
+
+
+def fmt_delta(delta: Delta | None, f: Callable[[float], str]) -> str:
+    if delta is None:
+        return "–"
+    sign = "+" if delta.mean >= 0 else "-"
+    return f"{sign}{f(abs(delta.mean))} ± {_spread(delta.se, f)}"
+
+
+def _spread(x: float | None, f: Callable[[float], str]) -> str:
+    if x is None:
+        return "n/a"
+    return f"{x:.2g}" if f is num else f(x)
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+# the main table: (key, header, formatter)
+COLUMNS = (
+    ("exact_acc", "exact acc (%)", pct),
+    ("token_acc", "token acc (%)", pct),
+    ("loss", "final loss", num),
+    ("halting_steps", "halting steps", num),
+    ("parameters", "params", params),
+    ("active_parameters", "active params/token", params),
+    ("wall_s", "wall time (s)", lambda x: f"{x:.1f}"),
+    ("samples_per_s", "samples/s", count),
+)
+DELTAS = ("exact_acc", "token_acc", "loss", "halting_steps", "wall_s")
+
+
+def by_seed(runs: Sequence[RunSummary], key: str) -> dict[int, float]:
+    return {
+        int(r.meta.get("seed", i)): r.values[key] for i, r in enumerate(runs) if key in r.values
+    }
+
+
+def stat(runs: Sequence[RunSummary], key: str) -> Stat | None:
+    return describe(list(by_seed(runs, key).values()))
+
+
+# -- the ablation report ------------------------------------------------------------------------
+def load_groups(ablation_dir: Path) -> tuple[dict[str, Any], dict[str, list[RunSummary]]]:
+    """The plan (``ablation.json``) and every variant's run summaries, complete or not."""
+    plan = read_json(ablation_dir / "ablation.json")
+    if not plan:  # no plan: read the layout <variant>/seed<k>/
+        names = sorted(p.parent.name for p in ablation_dir.glob("*/seed*/config.yaml"))
+        variants = list(dict.fromkeys(names))
+        plan = {"name": ablation_dir.name, "variants": {v: [] for v in variants}, "seeds": []}
+        plan["baseline"] = "base" if "base" in variants else (variants[0] if variants else "")
+    groups = {}
+    for variant in plan["variants"]:
+        dirs = sorted((ablation_dir / variant).glob("seed*"), key=lambda p: p.name)
+        groups[variant] = [summarize_run(d) for d in dirs if (d / "config.yaml").exists()]
+    return plan, groups
+
+
+def write_report(ablation_dir: str | Path) -> Path:
+    """Write ``report.md`` and ``plots/*.png`` for the ablation in ``ablation_dir``."""
+    from .report_plots import write_plots
+
+    ablation_dir = Path(ablation_dir)
+    plan, groups = load_groups(ablation_dir)
+    done = {v: [r for r in runs if r.complete] for v, runs in groups.items()}
+    plots = write_plots(done, ablation_dir / "plots")
+    text = render(plan, groups, [p.relative_to(ablation_dir) for p in plots])
+    path = ablation_dir / "report.md"
+    write_text_atomic(path, text)
+    return path
+
+
+def render(plan: dict[str, Any], groups: dict[str, list[RunSummary]], plots: list[Path]) -> str:
+    done = {v: [r for r in runs if r.complete] for v, runs in groups.items()}
+    base = plan.get("baseline", "")
+    seeds = plan.get("seeds") or sorted(
+        {int(r.meta.get("seed", 0)) for g in done.values() for r in g}
+    )
+    total = sum(len(g) for g in done.values())
+    planned = len(plan["variants"]) * len(seeds) if plan.get("seeds") else total
+    any_run = next((r for g in done.values() for r in g), None)
+    out = [f"# Ablation: {plan.get('name', '')}", ""]
+    if plan.get("description"):
+        out += [plan["description"].strip(), ""]
+    out += [
+        f"- Base experiment: `{plan.get('base', '?')}`; baseline variant: `{base}`",
+        f"- Budget: {plan.get('budget_text', 'as each config says')}, the same for every variant",
+        f"- Seeds: {', '.join(map(str, seeds))}; runs complete: {total} of {planned}",
+    ]
+    if plan.get("steps_per_variant"):
+        steps = ", ".join(f"{v} {s}" for v, s in plan["steps_per_variant"].items())
+        out.append(f"- Steps from the FLOPs budget: {steps}")
+    if any_run is not None:
+        git = any_run.meta.get("git") or {}
+        commit = (git.get("commit") or "unknown")[:10] + (" (dirty)" if git.get("dirty") else "")
+        out.append(
+            f"- Code: ponderkit {any_run.meta.get('ponderkit', '?')} at {commit}; torch "
+            f"{any_run.meta.get('torch', '?')}; device {any_run.meta.get('device', '?')}"
+        )
+    out += [
+        "",
+        "## Results",
+        "",
+        "Mean ± sample std over seeds (n/a with one seed); n = seeds.",
+        "",
+    ]
+    rows = [
+        [f"`{v}`", str(len(runs)), *(fmt_stat(stat(runs, k), f) for k, _, f in COLUMNS)]
+        for v, runs in done.items()
+    ]
+    out += [table(["variant", "n", *(h for _, h, _ in COLUMNS)], rows), ""]
+    out += _differences(done, base)
+    out += _trajectory(done) + _halting(done)
+    if plots:
+        out += ["## Plots", ""] + [f"![{p.stem}]({p.as_posix()})" for p in plots] + [""]
+    elif total and importlib.util.find_spec("matplotlib") is None:
+        out += ["## Plots", "", "matplotlib is not installed here: no plots (install it and run "
+                "`ponderkit report DIR`).", ""]  # fmt: skip
+    out += _variants(plan) + _runs(groups) + _method(done)
+    return "\n".join(out).rstrip() + "\n"
+
+
+def _differences(done: dict[str, list[RunSummary]], base: str) -> list[str]:
+    ref = done.get(base) or []
+    if not ref:
+        return [f"No finished run of the baseline `{base}`: no differences.", ""]
+    rows = []
+    for v, runs in done.items():
+        if v == base or not runs:
+            continue
+        deltas = {k: difference(by_seed(runs, k), by_seed(ref, k)) for k in DELTAS}
+        exact = deltas["exact_acc"]
+        ci = exact.ci95() if exact else None
+        rows.append(
+            [
+                f"`{v}`",
+                exact.seeds if exact else "0",
+                "paired" if exact and exact.paired else "unpaired",
+                fmt_delta(exact, pct),
+                f"[{pct(ci[0])}, {pct(ci[1])}]" if ci else "n/a",
+                fmt_delta(deltas["token_acc"], pct),
+                fmt_delta(deltas["loss"], num),
+                fmt_delta(deltas["halting_steps"], num),
+                fmt_delta(deltas["wall_s"], lambda x: f"{x:.1f}"),
+            ]
+        )
+    headers = ["variant", "n", "seeds", "Δ exact acc (pp)", "95% CI", "Δ token acc (pp)",
+               "Δ loss", "Δ halting steps", "Δ wall time (s)"]  # fmt: skip
+    return [
+        f"## Difference from `{base}`",
+        "",
+        "Δ = variant − baseline, ± standard error. Paired: mean of per-seed differences "
+        "(sd/√n); unpaired: difference of means (Welch). 95% CI from Student's t; n/a with one "
+        "seed. pp = percentage points.",
+        "",
+        table(headers, rows) if rows else "(no other variant finished)",
+        "",
+    ]
+
+
+def _trajectory(done: dict[str, list[RunSummary]]) -> list[str]:
+    keys = (("initial_loss", num), ("loss", num), ("min_loss", num), ("loss_improvement", pct))
+    rows = [
+        [f"`{v}`", str(len(r)), *(fmt_stat(stat(r, k), f) for k, f in keys)]
+        for v, r in done.items()
+    ]
+    headers = ["variant", "n", "initial loss", "final loss", "min loss", "improvement (%)"]
+    return ["## Training loss", "", "First, last and lowest logged training loss; improvement = "
+            "(initial − final) / initial.", "", table(headers, rows), ""]  # fmt: skip
+
+
+def _halting(done: dict[str, list[RunSummary]]) -> list[str]:
+    rows = []
+    if not any(r.halting.get("max_steps", 1) > 1 for runs in done.values() for r in runs):
+        return ["## Halting depth", "", "Every variant runs a fixed number of steps; there is "
+                "no halting depth to compare.", ""]  # fmt: skip
+    for v, runs in done.items():
+        runs = [r for r in runs if r.halting]
+        if runs:
+            rows.append([
+                f"`{v}`", str(len(runs)), fmt_stat(stat(runs, "halting_steps"), num),
+                str(max(r.halting["max_steps"] for r in runs)),
+                fmt_stat(describe([r.halting["exact_acc_all_steps"] for r in runs]), pct),
+                fmt_stat(describe([r.halting["exact_acc"] for r in runs]), pct),
+            ])  # fmt: skip
+    headers = ["variant", "n", "mean steps (early exit)", "max steps", "exact acc, all steps (%)",
+               "exact acc, early exit (%)"]  # fmt: skip
+    intro = ("Final checkpoint on the held-out set: each sample stops when its halting policy "
+             "says so (early exit), compared with running every step.")  # fmt: skip
+    return ["## Halting depth", "", intro, "", table(headers, rows), ""] if rows else []
+
+
+def _variants(plan: dict[str, Any]) -> list[str]:
+    common = ", ".join(f"`{o}`" for o in plan.get("common_overrides", [])) or "none"
+    rows = [
+        [f"`{v}`", ", ".join(f"`{o}`" for o in ov) or "(none)"]
+        for v, ov in plan["variants"].items()
+    ]
+    return ["## Variants", "", f"Applied to every variant: {common}.", "",
+            table(["variant", "overrides"], rows), ""]  # fmt: skip
+
+
+def _runs(groups: dict[str, list[RunSummary]]) -> list[str]:
+    rows = []
+    for v, runs in groups.items():
+        for r in runs:
+            val = r.values
+            rows.append([
+                f"`{v}/{r.path.name}`", r.status, str(r.step),
+                *(pct(val[k]) if k in val else "–" for k in ("exact_acc", "token_acc")),
+                num(val["loss"]) if "loss" in val else "–",
+                num(val["halting_steps"]) if "halting_steps" in val else "–",
+                f"{val['wall_s']:.1f}" if "wall_s" in val else "–",
+            ])  # fmt: skip
+    headers = ["run", "status", "steps", "exact acc (%)", "token acc (%)", "final loss",
+               "halting steps", "wall time (s)"]  # fmt: skip
+    note = "Incomplete runs are listed here and left out of every statistic above."
+    return ["## Runs", "", note, "", table(headers, rows), ""]
+
+
+def _method(done: dict[str, list[RunSummary]]) -> list[str]:
+    methods = {v: (runs[0].params.get("method") or DENSE) for v, runs in done.items() if runs}
+    lines = [
+        "## How the numbers are computed",
+        "",
+        "- exact / token accuracy: the last evaluation in `metrics.jsonl` (held-out set, every "
+        "recursion step, EMA weights where the run uses EMA).",
+        "- final loss: the last logged training loss (total loss, auxiliary terms included).",
+        "- halting steps: mean recursion steps per held-out sample with early exit "
+        "(`halting.json`), else the logged `eval/steps`.",
+        "- wall time: training time from `elapsed_s`, summed over resumed segments (start-up, "
+        "evaluation after the end and data generation excluded); samples/s: median of the "
+        "logged windows.",
+        "- active params/token: " + "; ".join(f"`{v}`: {m}" for v, m in methods.items()) + ".",
+    ]
+    return lines + [""]
+
+
+# -- ad hoc comparison --------------------------------------------------------------------------
+def compare_table(run_dirs: Sequence[str | Path]) -> str:
+    """A markdown table of any run directories, one row each."""
+    rows = []
+    for d in run_dirs:
+        r = summarize_run(Path(d))
+        rows.append([f"`{d}`", r.status, str(r.step)] + [
+            f(r.values[k]) if k in r.values else "–" for k, _, f in COLUMNS
+        ])  # fmt: skip
+    return table(["run", "status", "steps", *(h for _, h, _ in COLUMNS)], rows)

@@ -1,0 +1,155 @@
+"""Reports from synthetic run directories whose statistics are known in advance."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+from ponderkit.cli import main
+from ponderkit.report import write_report
+from ponderkit.run_analysis import summarize_run, training_seconds
+from ponderkit.stats import describe, difference
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def make_run(root, variant, seed, *, exact, loss, steps=(1, 2, 2, 3), final=True, **extra):
+    """A run directory: config, meta, metrics (3 logs) and, when ``final``, halting.json and a
+    final checkpoint. The last log holds ``exact`` and ``loss``."""
+    run = root / variant / f"seed{seed}"
+    (run / "checkpoints" / "final").mkdir(parents=True)
+    (run / "config.yaml").write_text("name: synthetic\n")
+    (run / "meta.json").write_text(json.dumps({"seed": seed, "parameters": 1000, "git": {}}))
+    records = [
+        {"step": 10, "loss": 2.0, "elapsed_s": 1.0, "samples_per_s": 100.0,
+         "eval/exact_acc": 0.0, "eval/token_acc": 0.5},
+        {"step": 20, "loss": 1.0, "elapsed_s": 2.0, "samples_per_s": 300.0, **extra},
+        {"step": 30, "loss": loss, "elapsed_s": 3.0, "samples_per_s": 200.0,
+         "eval/exact_acc": exact, "eval/token_acc": (1 + exact) / 2, "eval/steps": 4.0},
+    ]  # fmt: skip
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    halting = {"max_steps": 4, "steps": list(steps), "mean_steps": sum(steps) / len(steps),
+               "exact_acc": exact - 0.01, "token_acc": 0.9, "exact_acc_all_steps": exact,
+               "token_acc_all_steps": 0.9}  # fmt: skip
+    if final:  # an interrupted run has neither
+        (run / "halting.json").write_text(json.dumps(halting))
+        (run / "checkpoints" / "final" / "model.safetensors").write_bytes(b"x")
+    return run
+
+
+@pytest.fixture
+def ablation_dir(tmp_path):
+    root = tmp_path / "abl"
+    for seed, exact in enumerate([0.5, 0.7, 0.9]):
+        make_run(root, "base", seed, exact=exact, loss=0.4 + 0.1 * seed)
+    for seed, exact in enumerate([0.6, 0.9, 1.0]):
+        make_run(root, "better", seed, exact=exact, loss=0.2, steps=(1, 1))
+    make_run(root, "single", 0, exact=0.25, loss=0.3)
+    make_run(root, "broken", 0, exact=0.0, loss=9.0, final=False)
+    plan = {
+        "name": "synthetic",
+        "baseline": "base",
+        "seeds": [0, 1, 2],
+        "budget_text": "30 optimizer steps per run",
+        "variants": {"base": [], "better": ["model.d_model=8"], "single": [], "broken": []},
+    }
+    (root / "ablation.json").write_text(json.dumps(plan))
+    return root
+
+
+def row(report: str, variant: str, section: str) -> list[str]:
+    part = report.split(f"## {section}")[1].split("\n## ")[0]
+    line = next(x for x in part.splitlines() if x.startswith(f"| `{variant}` |"))
+    return [c.strip() for c in line.strip("|").split("|")]
+
+
+def test_describe_and_difference_match_the_formulas():
+    s = describe([0.5, 0.7, 0.9])
+    assert s.mean == pytest.approx(0.7) and s.std == pytest.approx(0.2) and s.n == 3
+    assert describe([0.3]).std is None
+    # paired: per-seed differences 0.1, 0.2, 0.1 -> mean 2/15, sd 0.057735, se sd/sqrt(3)
+    d = difference({0: 0.6, 1: 0.9, 2: 1.0}, {0: 0.5, 1: 0.7, 2: 0.9})
+    sd = math.sqrt(((0.1 - 2 / 15) ** 2 * 2 + (0.2 - 2 / 15) ** 2) / 2)
+    assert d.paired and d.n == 3 and d.mean == pytest.approx(2 / 15)
+    assert d.se == pytest.approx(sd / math.sqrt(3))
+    lo, hi = d.ci95()
+    assert lo == pytest.approx(2 / 15 - 4.303 * sd / math.sqrt(3))
+    assert hi == pytest.approx(2 / 15 + 4.303 * sd / math.sqrt(3))
+    # unpaired (different seeds): difference of means, Welch standard error
+    u = difference({0: 1.0, 1: 2.0}, {5: 0.0, 6: 2.0, 7: 4.0})
+    assert not u.paired and u.mean == pytest.approx(-0.5) and u.seeds == "2 vs 3"
+    assert u.se == pytest.approx(math.sqrt(0.5 / 2 + 4.0 / 3))
+    assert difference({0: 1.0}, {0: 0.5}).se is None  # one seed: no spread
+
+
+def test_report_table_statistics(ablation_dir):
+    report = write_report(ablation_dir).read_text()
+    base = row(report, "base", "Results")
+    assert base[:3] == ["`base`", "3", "70.00 ± 20.00"]  # exact acc over seeds, in %
+    assert base[3] == "85.00 ± 10.00"  # token acc = (1 + exact) / 2
+    assert base[4] == "0.5 ± 0.1"  # final loss 0.4, 0.5, 0.6
+    assert base[5] == "2 ± 0"  # mean halting steps of (1, 2, 2, 3)
+    assert base[6] == base[7] == "1,000"  # parameters; dense: active = all
+    assert base[8] == "3.0 ± 0.0" and base[9] == "200 ± 0"  # wall time, median samples/s
+    single = row(report, "single", "Results")
+    assert single[1] == "1" and single[2] == "25.00 ± n/a"
+    better = row(report, "better", "Difference from `base`")
+    assert better[1:4] == ["3", "paired", "+13.33 ± 3.33"]
+    lo, hi = 2 / 15 - 4.303 * 0.057735 / math.sqrt(3), 2 / 15 + 4.303 * 0.057735 / math.sqrt(3)
+    assert better[4] == f"[{100 * lo:.2f}, {100 * hi:.2f}]"
+    assert better[7] == "-1 ± 0"  # halting steps 1.5 vs 2
+    assert row(report, "single", "Difference from `base`")[3].endswith("± n/a")
+    trajectory = row(report, "base", "Training loss")
+    assert trajectory[2:] == ["2 ± 0", "0.5 ± 0.1", "0.5 ± 0.1", "75.00 ± 5.00"]
+    # the incomplete run is listed but counted nowhere
+    assert "`broken/seed0` | incomplete" in report
+    assert row(report, "broken", "Results")[1] == "0"
+    assert "runs complete: 7 of 12" in report
+
+
+def test_plots_are_real_pngs(ablation_dir):
+    write_report(ablation_dir)
+    plots = {p.name: p.read_bytes() for p in (ablation_dir / "plots").glob("*.png")}
+    assert set(plots) == {"loss.png", "accuracy.png", "halting.png"}  # nothing routed
+    for data in plots.values():
+        assert data.startswith(PNG) and len(data) > 10_000
+    report = (ablation_dir / "report.md").read_text()
+    assert "![halting](plots/halting.png)" in report
+
+
+def test_expert_utilisation_plot_for_routed_variants(ablation_dir):
+    shares = {"ffn/expert_util/0": 0.7, "ffn/expert_util/1": 0.3}
+    logged = {"experts_per_token": 1.5, "dead_experts": 1.0, **shares}
+    run = make_run(ablation_dir, "routed", 0, exact=0.5, loss=0.5, **logged)
+    routing = {"blocks.0.ffn.router": {"num_experts": 2, "utilisation": [0.6, 0.4]}}
+    (run / "active_params.json").write_text(
+        json.dumps({"active_parameters": 800, "method": "routed", "routing": routing})
+    )
+    plan = json.loads((ablation_dir / "ablation.json").read_text())
+    plan["variants"]["routed"] = []
+    (ablation_dir / "ablation.json").write_text(json.dumps(plan))
+    report = write_report(ablation_dir).read_text()
+    data = (ablation_dir / "plots" / "experts.png").read_bytes()
+    assert data.startswith(PNG) and len(data) > 10_000
+    assert row(report, "routed", "Results")[7] == "800"
+    assert "`routed`: routed" in report
+
+
+def test_wall_time_adds_up_resumed_segments():
+    records = [{"elapsed_s": t} for t in (1.0, 2.0, 3.0, 0.5, 1.5)] + [{"step": 9}]
+    assert training_seconds(records) == pytest.approx(4.5)
+
+
+def test_report_and_compare_commands(ablation_dir, capsys):
+    assert main(["report", str(ablation_dir)]) == 0
+    assert (ablation_dir / "report.md").exists()
+    assert capsys.readouterr().out.startswith("report: ")
+    runs = [str(ablation_dir / "base" / "seed0"), str(ablation_dir / "broken" / "seed0")]
+    assert main(["compare", *runs]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("| run | status | steps | exact acc (%)")
+    assert out[2].startswith(f"| `{runs[0]}` | finished | 30 | 50.00 |")
+    assert f"| `{runs[1]}` | incomplete |" in out[3]
+    assert main(["compare", str(ablation_dir)]) == 1  # not a run directory
+    assert summarize_run(ablation_dir / "single" / "seed0").values["exact_acc"] == 0.25
