@@ -361,6 +361,8 @@ def resume_trainer(config: object, run_dir: Path, registry: object, quiet: bool 
     checkpoint = latest_checkpoint(run_dir)
     if checkpoint is not None:
         trainer.restore(checkpoint)
+    elif trainer.metrics_log:  # interrupted before its first checkpoint: start the log afresh
+        trainer.metrics_log.truncate_after(0)
     if trainer.step >= config.train.steps:  # type: ignore[attr-defined]
         return None
     return trainer

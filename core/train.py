@@ -161,6 +161,7 @@ class Trainer:
                     {
                         "step": self.step,
                         "stopped": "time limit",
+                        "elapsed_s": time.perf_counter() - t0,
                         **{f"eval/{k}": v for k, v in last_eval.items()},
                     }
                 )
