@@ -41,3 +41,17 @@ def accuracy(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     correct = (logits.argmax(-1) == labels) & valid
     exact = (correct | ~valid).all(-1)
     return correct, exact, valid
+
+
+def step_metrics(
+    loss: Tensor, lm_loss: Tensor, logits: Tensor, labels: Tensor, grad_norm: Tensor
+) -> dict[str, Tensor]:
+    """The metrics every schedule reports for one optimizer step (tensors; no host sync)."""
+    correct, exact, valid = accuracy(logits.detach(), labels)
+    return {
+        "loss": loss.detach(),
+        "lm_loss": lm_loss.detach(),
+        "token_acc": correct.sum() / valid.sum().clamp(min=1),
+        "exact_acc": exact.float().mean(),
+        "grad_norm": grad_norm,
+    }

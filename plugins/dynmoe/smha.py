@@ -7,6 +7,7 @@ from typing import Literal
 import attrs
 from ponderkit import BuildContext, ForwardContext, Spec, apply_rope, component, hookimpl
 from ponderkit.plugins.dynmoe.experts import expert_weight, reinit_experts
+from ponderkit.plugins.layers.attention import check_attention
 from ponderkit.plugins.routing.dispatch import combine, gather, grouped_linear, plan_dispatch
 from torch import Tensor, nn
 from torch.nn import functional as F
@@ -78,20 +79,8 @@ def build_dynsmha(cfg: DynSMHAConfig, ctx: BuildContext) -> DynSMHA:
     return module
 
 
-def check_dynsmha(cfg: DynSMHAConfig, env) -> list:
-    d = env.experiment.model.d_model
-    problems = []
-    if cfg.head_dim is None and d % cfg.heads:
-        problems.append(
-            (
-                "heads",
-                f"d_model={d} is not divisible by heads={cfg.heads}; change heads or set head_dim",
-            )
-        )
-    head_dim = cfg.head_dim or d // cfg.heads
-    if env.experiment.model.positions == "rope" and head_dim % 2:
-        problems.append(("head_dim", f"RoPE needs an even head dimension, got {head_dim}"))
-    return problems
+# the same head-shape checks as plain attention
+check_dynsmha = check_attention
 
 
 @hookimpl

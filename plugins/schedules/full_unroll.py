@@ -7,7 +7,7 @@ from typing import Any
 
 import attrs
 import torch
-from ponderkit import Batch, BuildContext, accuracy, hookimpl, sequence_loss
+from ponderkit import Batch, BuildContext, hookimpl, sequence_loss, step_metrics
 from torch.utils.checkpoint import checkpoint
 
 
@@ -55,13 +55,8 @@ class FullUnroll:
             aux = sum(ctx.losses.values(), torch.zeros((), device=task.device))
             loss = task + halt_loss + aux
         grad_norm = trainer.optimize(loss)
-        correct, exact, valid = accuracy(logits.detach(), labels)
         return {
-            "loss": loss.detach(),
-            "lm_loss": task.detach(),
-            "token_acc": correct.sum() / valid.sum().clamp(min=1),
-            "exact_acc": exact.float().mean(),
-            "grad_norm": grad_norm,
+            **step_metrics(loss, task, logits, labels, grad_norm),
             **ctx.stat_means(),
             **metrics,
         }

@@ -7,7 +7,7 @@ from typing import Any
 
 import attrs
 import torch
-from ponderkit import Batch, BuildContext, accuracy, hookimpl, sequence_loss
+from ponderkit import Batch, BuildContext, hookimpl, sequence_loss, step_metrics
 
 
 @attrs.frozen
@@ -31,13 +31,8 @@ class Supervised:
             aux = sum(ctx.losses.values(), torch.zeros((), device=lm_loss.device))
             loss = lm_loss + aux
         grad_norm = trainer.optimize(loss)
-        correct, exact, valid = accuracy(logits.detach(), batch["labels"])
         return {
-            "loss": loss.detach(),
-            "lm_loss": lm_loss.detach(),
-            "token_acc": correct.sum() / valid.sum().clamp(min=1),
-            "exact_acc": exact.float().mean(),
-            "grad_norm": grad_norm,
+            **step_metrics(loss, lm_loss, logits, batch["labels"], grad_norm),
             **ctx.stat_means(),
         }
 
