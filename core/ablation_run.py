@@ -18,11 +18,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import attrs
-
 from .ablation import Ablation, Run
 from .errors import PonderkitError, suggestion
-from .run_analysis import analyse_run, read_json, read_metrics, training_seconds
+from .run_analysis import analyse_run, read_json
 from .runs import write_json_atomic, write_text_atomic
 
 Say = Callable[[str], None]
@@ -174,10 +172,6 @@ def train_run(run: Run, run_dir: Path, registry: Any, time_budget: float | None 
             trainer.restore(checkpoint)
         elif trainer.metrics_log is not None:
             trainer.metrics_log.truncate_after(0)  # restarted from scratch: drop the old log
-        if time_budget and checkpoint is not None:  # the time already spent counts
-            left = max(time_budget - training_seconds(read_metrics(run_dir)), 1e-3)
-            train = attrs.evolve(run.config.train, max_time_s=left)
-            trainer.config = attrs.evolve(run.config, train=train)
         trainer.fit()
         del trainer
     analyse_run(run_dir, registry)

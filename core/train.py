@@ -97,6 +97,8 @@ class Trainer:
         self.schedule = ctx.build(config.schedule)
         self.callbacks = [ctx.build(spec) for spec in config.callbacks]
         self.step = 0
+        self.elapsed_before = 0.0  # training seconds spent before a resume
+        self._t0: float | None = None
         self.metrics_log = MetricsLog(run_dir / "metrics.jsonl") if run_dir else None
         self._set_lr()
 
@@ -149,8 +151,10 @@ class Trainer:
             next(batches)
         last_eval: dict[str, float] = {}
         progress = _Progress(cfg.steps, enabled=not self.quiet)
-        t0 = time.perf_counter()
+        # a resumed run continues its clock: elapsed_s and max_time_s count all segments
+        t0 = time.perf_counter() - self.elapsed_before
         window_t, window_samples = t0, 0
+        self._t0 = t0
         deadline = t0 + cfg.max_time_s if cfg.max_time_s else float("inf")
         while self.step < cfg.steps:
             if time.perf_counter() > deadline:
@@ -212,6 +216,7 @@ class Trainer:
         np.random.set_state(rng["numpy"])
         random.setstate(rng["python"])
         self.step = state["step"]
+        self.elapsed_before = float(state.get("elapsed_s", 0.0))
         self._set_lr()
         if self.metrics_log:
             self.metrics_log.truncate_after(self.step)
@@ -280,6 +285,7 @@ class Trainer:
             weights = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
         state = {
             "step": self.step,
+            "elapsed_s": (time.perf_counter() - self._t0) if self._t0 is not None else 0.0,
             "train_weights": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
             "optimizer": self.optimizer.state_dict(),
             "schedule": self.schedule.state_dict(),

@@ -133,6 +133,8 @@ def test_interrupted_run_resumes_to_the_same_result(sort_yaml, tmp_path, registr
     )
     records = [json.loads(line) for line in (broken / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [5, 10, 15, 20, 25, 30]  # nothing lost or doubled
+    elapsed = [r["elapsed_s"] for r in records]
+    assert elapsed == sorted(elapsed)  # the clock continues across the resume
     want = [json.loads(line) for line in (straight / "metrics.jsonl").read_text().splitlines()]
     assert [r["loss"] for r in records] == pytest.approx([r["loss"] for r in want], rel=1e-5)
     a = load_file(str(straight / "checkpoints/final/model.safetensors"))
