@@ -23,6 +23,9 @@ class FullUnrollConfig:
 
 
 class FullUnroll:
+    #: let the halting policy weigh the steps (ACT, PonderNet); else the loss is on the last step
+    weigh_steps = True
+
     def __init__(self, cfg: FullUnrollConfig):
         self.checkpoint = cfg.checkpoint
 
@@ -44,7 +47,7 @@ class FullUnroll:
                     carry, logits, signals = model.step(carry, x, ctx)
                 logits_steps.append(logits)
                 signals_steps.append(signals)
-            if hasattr(halting, "unrolled_loss"):
+            if self.weigh_steps and hasattr(halting, "unrolled_loss"):
                 task, halt_loss, metrics, logits = halting.unrolled_loss(
                     logits_steps, signals_steps, labels, model.loss_kind
                 )
