@@ -61,6 +61,8 @@ def build_dynmoe(args: argparse.Namespace, experts: int, x: Tensor, mode: str) -
         cos = router.cosine(x.float())  # (N, E)
         share = min(args.k / experts, 1.0)
         router.threshold.copy_(torch.quantile(cos.float(), 1.0 - share, dim=0))
+    if args.compile_router:
+        router.route = torch.compile(router.route)
     return layer
 
 
@@ -158,6 +160,36 @@ def measure(args: argparse.Namespace, experts: int, x: Tensor) -> dict:
     return row
 
 
+def profile(args: argparse.Namespace, experts: int, x: Tensor) -> None:
+    """Where a dynmoe forward + backward spends its time: GPU kernels against wall clock."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    moe = build_dynmoe(args, experts, x, "auto")
+    h = x.unsqueeze(0).detach().requires_grad_()
+    grad = torch.randn_like(h)
+    for _ in range(args.warmup):
+        moe(h, ForwardContext()).backward(grad)
+    sync(x.device)
+    steps = 5
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if x.is_cuda else [])
+    t = time.perf_counter()
+    with torch_profile(activities=activities) as prof:
+        for _ in range(steps):
+            moe(h, ForwardContext()).backward(grad)
+        sync(x.device)
+    wall = (time.perf_counter() - t) / steps
+    events = prof.key_averages()
+    key = "self_device_time_total" if x.is_cuda else "self_cpu_time_total"
+    print(events.table(sort_by=key, row_limit=args.profile_rows))
+    kernels = [e for e in prof.events() if e.device_type.name == "CUDA"]
+    busy = sum(e.device_time for e in kernels) / steps / 1e3 if kernels else float("nan")
+    print(
+        f"E={experts}: wall {1e3 * wall:.2f} ms/step (profiled), GPU kernels {busy:.2f} ms/step, "
+        f"{len(kernels) / steps:.0f} kernels/step"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--tokens", type=int, default=32768)
@@ -175,6 +207,11 @@ def main() -> None:
         help="skip timing the loop fallback on CUDA",
     )
     parser.add_argument("--compile", action="store_true", help="torch.compile every layer")
+    parser.add_argument(
+        "--profile", action="store_true", help="profile the first E instead of the table"
+    )
+    parser.add_argument("--compile-router", action="store_true")
+    parser.add_argument("--profile-rows", type=int, default=30)
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, CPU, a few reps")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
@@ -191,6 +228,9 @@ def main() -> None:
 
     x = torch.randn(args.tokens, args.d_model, generator=torch.Generator().manual_seed(0))
     x = x.to(device=device, dtype=dtype)
+    if args.profile:
+        profile(args, args.experts[0], x)
+        return
     check = check_grouped_against_loop(args, x)
     rows = [measure(args, e, x) for e in args.experts]
     name = torch.cuda.get_device_name() if cuda else platform.processor() or "cpu"

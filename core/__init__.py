@@ -61,6 +61,10 @@ __all__ = [
     "token_losses",
     "stablemax_log_probs",
     "accuracy",
+    # GPU kernels (Triton where it runs, torch elsewhere)
+    "swiglu",
+    "use_triton",
+    "kernels",
     # model and training
     "ReasoningModel",
     "Trainer",
@@ -113,14 +117,16 @@ _WHERE = {
     "token_losses": "losses",
     "stablemax_log_probs": "losses",
     "accuracy": "losses",
+    "swiglu": "kernels",
+    "use_triton": "kernels",
     "ReasoningModel": "model",
     "Trainer": "train",
 }
 
 
 def __getattr__(name: str) -> Any:
-    if name == "datacache":
-        return importlib.import_module(".datacache", __name__)
+    if name in ("datacache", "kernels"):
+        return importlib.import_module(f".{name}", __name__)
     if name in _WHERE:
         value = getattr(importlib.import_module(f".{_WHERE[name]}", __name__), name)
         globals()[name] = value

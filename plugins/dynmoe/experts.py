@@ -9,10 +9,9 @@ from __future__ import annotations
 import math
 
 import torch
-from ponderkit import trunc_normal_
+from ponderkit import swiglu, trunc_normal_
 from ponderkit.plugins.routing.dispatch import DispatchPlan, GroupedMode, grouped_linear
 from torch import Tensor, nn
-from torch.nn import functional as F
 
 
 def expert_weight(experts: int, d_in: int, d_out: int) -> nn.Parameter:
@@ -37,8 +36,8 @@ class SwiGLUExperts(nn.Module):
         self.down = expert_weight(experts, hidden, d_model)  # (E, H, D)
 
     def forward(self, x: Tensor, plan: DispatchPlan) -> Tensor:
-        gate, up = grouped_linear(x, self.gate_up, plan, self.mode).chunk(2, dim=-1)
-        return grouped_linear(F.silu(gate) * up, self.down, plan, self.mode)
+        hidden = swiglu(grouped_linear(x, self.gate_up, plan, self.mode))
+        return grouped_linear(hidden, self.down, plan, self.mode)
 
     def reset_experts(self, experts: Tensor) -> list[tuple[nn.Parameter, int]]:
         for weight in (self.gate_up, self.down):

@@ -4,9 +4,8 @@
 from __future__ import annotations
 
 import attrs
-from ponderkit import BuildContext, ForwardContext, Linear, hookimpl, swiglu_width
+from ponderkit import BuildContext, ForwardContext, Linear, hookimpl, swiglu, swiglu_width
 from torch import Tensor, nn
-from torch.nn import functional as F
 
 
 @attrs.frozen
@@ -25,8 +24,7 @@ class SwiGLU(nn.Module):
         self.down = Linear(hidden, d)
 
     def forward(self, h: Tensor, ctx: ForwardContext | None = None) -> Tensor:
-        gate, up = self.gate_up(h).chunk(2, dim=-1)
-        return self.down(F.silu(gate) * up)
+        return self.down(swiglu(self.gate_up(h)))
 
 
 def build_swiglu(cfg: SwiGLUConfig, ctx: BuildContext) -> SwiGLU:

@@ -1,0 +1,127 @@
+"""Triton kernels of sparse dispatch (not a plugin module; used by :mod:`.dispatch`).
+
+All three read the dispatch plan's (N, E) position map ``pos``: the row of pair (token n,
+expert e) among the expert-sorted rows, -1 where e is not active for n. Every row 0..P-1 is
+the image of exactly one (n, e), so writes never collide (no atomics, deterministic).
+
+- ``scatter_rows``: xs[pos[n, e]] = x[n] for active (n, e): each token row is read once and
+  written to its k expert slots (gather by expert).
+- ``gather_sum``: out[n] = sum_e w[n, e] * y[pos[n, e]] (w = 1 when absent), accumulated in
+  fp32: the weighted combine, and the backward of ``scatter_rows``.
+- ``combine_backward``: dy[pos[n, e]] = w[n, e] * g[n] and dw[n, e] = <y[pos[n, e]], g[n]>
+  (0 where inactive), one program per (n, e).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from ponderkit.kernels import block_size, tl, triton
+from torch import Tensor
+
+if triton is not None:
+
+    @triton.jit
+    def _scatter_rows(x_ptr, pos_ptr, xs_ptr, D, E, BLOCK: tl.constexpr):
+        n = tl.program_id(0).to(tl.int64)
+        cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+        inside = cols < D
+        row = tl.load(x_ptr + n * D + cols, mask=inside)
+        for e in range(E):
+            p = tl.load(pos_ptr + n * E + e).to(tl.int64)
+            tl.store(xs_ptr + p * D + cols, row, mask=inside & (p + cols * 0 >= 0))
+
+    @triton.jit
+    def _gather_sum(y_ptr, pos_ptr, w_ptr, out_ptr, D, E, HAS_W: tl.constexpr, BLOCK: tl.constexpr):
+        n = tl.program_id(0).to(tl.int64)
+        cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+        inside = cols < D
+        acc = tl.zeros([BLOCK], dtype=tl.float32)
+        for e in range(E):
+            p = tl.load(pos_ptr + n * E + e).to(tl.int64)
+            live = inside & (p + cols * 0 >= 0)  # broadcast: the interpreter wants a vector mask
+            v = tl.load(y_ptr + p * D + cols, mask=live, other=0.0).to(tl.float32)
+            if HAS_W:
+                v = v * tl.load(w_ptr + n * E + e).to(tl.float32)
+            acc += v
+        tl.store(out_ptr + n * D + cols, acc.to(out_ptr.dtype.element_ty), mask=inside)
+
+    @triton.jit
+    def _combine_backward(g_ptr, y_ptr, pos_ptr, w_ptr, dy_ptr, dw_ptr, D, E, BLOCK: tl.constexpr):
+        pair = tl.program_id(0).to(tl.int64)  # n * E + e
+        n = pair // E
+        p = tl.load(pos_ptr + pair).to(tl.int64)
+        w = tl.load(w_ptr + pair).to(tl.float32)
+        dot = tl.zeros([BLOCK], dtype=tl.float32)
+        for start in range(0, D, BLOCK):
+            cols = start + tl.arange(0, BLOCK)
+            live = (cols < D) & (p + cols * 0 >= 0)
+            g = tl.load(g_ptr + n * D + cols, mask=live, other=0.0).to(tl.float32)
+            y = tl.load(y_ptr + p * D + cols, mask=live, other=0.0).to(tl.float32)
+            tl.store(dy_ptr + p * D + cols, (w * g).to(dy_ptr.dtype.element_ty), mask=live)
+            dot += g * y
+        tl.store(dw_ptr + pair, tl.sum(dot, axis=0))
+
+
+def _rows(x: Tensor) -> Tensor:
+    return x if x.is_contiguous() else x.contiguous()
+
+
+def scatter_rows(x: Tensor, pos: Tensor, num_pairs: int) -> Tensor:
+    """(P, D) rows: row pos[n, e] is x[n]."""
+    n, d = x.shape
+    xs = x.new_empty(num_pairs, d)
+    if n and num_pairs:
+        block = block_size(d)
+        _scatter_rows[(n, triton.cdiv(d, block))](_rows(x), pos, xs, d, pos.shape[1], BLOCK=block)
+    return xs
+
+
+def gather_sum(y: Tensor, pos: Tensor, w: Tensor | None, dtype: torch.dtype) -> Tensor:
+    """(N, D): out[n] = sum over active e of w[n, e] * y[pos[n, e]] (w = 1 when None)."""
+    n, e = pos.shape
+    d = y.shape[1]
+    out = y.new_empty(n, d, dtype=dtype)
+    if n:
+        block = block_size(d)
+        grid = (n, triton.cdiv(d, block))
+        w_arg = _rows(w) if w is not None else pos  # unread when HAS_W is False
+        _gather_sum[grid](_rows(y), pos, w_arg, out, d, e, HAS_W=w is not None, BLOCK=block)
+    return out
+
+
+class ScatterRows(torch.autograd.Function):
+    """x (N, D) -> expert-sorted rows (P, D); backward: per token, the sum of its rows."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, pos: Tensor, num_pairs: int) -> Tensor:
+        ctx.save_for_backward(pos)
+        return scatter_rows(x, pos, num_pairs)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None]:
+        (pos,) = ctx.saved_tensors
+        return gather_sum(_rows(grad), pos, None, grad.dtype), None, None
+
+
+class Combine(torch.autograd.Function):
+    """Expert rows y (P, D) and routing weights w (N, E) -> sum_e w[n, e] y[pos[n, e]]."""
+
+    @staticmethod
+    def forward(ctx: Any, y: Tensor, w: Tensor, pos: Tensor) -> Tensor:
+        y, w = _rows(y), _rows(w)
+        ctx.save_for_backward(y, w, pos)
+        return gather_sum(y, pos, w, y.dtype)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, Tensor, None]:
+        y, w, pos = ctx.saved_tensors
+        dy = torch.empty_like(y)
+        dw = torch.empty(pos.shape, dtype=torch.float32, device=y.device)
+        if pos.numel():
+            block = block_size(y.shape[1], cap=512)
+            _combine_backward[(pos.numel(),)](
+                _rows(grad), y, pos, w, dy, dw, y.shape[1], pos.shape[1], BLOCK=block
+            )
+        return dy, dw.to(w.dtype), None

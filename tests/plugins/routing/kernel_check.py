@@ -1,0 +1,59 @@
+"""Run under TRITON_INTERPRET=1 (Triton's interpreter on CPU tensors) by test_kernels.py:
+every Triton kernel against the torch expressions it replaces, outputs and gradients.
+Prints one line per check and exits non-zero on the first mismatch."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import torch
+from ponderkit import kernels, swiglu
+from ponderkit.plugins.routing.dispatch import combine, gather, plan_dispatch
+
+assert kernels.INTERPRET, "run with TRITON_INTERPRET=1"
+
+
+def run(fn, *inputs, triton: bool):
+    """fn's output and input gradients, with the Triton kernels on or off."""
+    os.environ["PONDERKIT_TRITON"] = "1" if triton else "0"
+    leaves = [t.detach().clone().requires_grad_(t.is_floating_point()) for t in inputs]
+    out = fn(*leaves)
+    out.backward(torch.linspace(-1, 1, out.numel()).view_as(out).to(out.dtype))
+    return [out.detach()] + [t.grad for t in leaves if t.is_floating_point()]
+
+
+def check(name: str, fn, *inputs, tol: float) -> None:
+    got = run(fn, *inputs, triton=True)
+    ref = run(fn, *(t.double() if t.is_floating_point() else t for t in inputs), triton=False)
+    for i, (a, b) in enumerate(zip(got, ref, strict=True)):
+        err = (a.double() - b).abs().max().item() if a.numel() else 0.0
+        if not err <= tol:
+            sys.exit(f"{name}: tensor {i} differs by {err} (tolerance {tol})")
+    print(f"ok {name}")
+
+
+gen = torch.Generator().manual_seed(0)
+for shape in [(5, 2 * 24), (3, 4, 2 * 40), (0, 2 * 8)]:
+    x = torch.randn(*shape, generator=gen)
+    check(f"swiglu {shape}", swiglu, x, tol=1e-5)
+check("swiglu bf16", swiglu, torch.randn(7, 2 * 16, generator=gen).bfloat16(), tol=0.05)
+
+
+def dispatch(mask):
+    def fn(x, w, y_scale):
+        plan = plan_dispatch(w * mask, mask)
+        rows = gather(x, plan) * y_scale  # a per-row change, so the combine sees other rows
+        return combine(rows, plan)
+
+    return fn
+
+
+for n, e, d, density in [(9, 4, 24, 0.4), (1, 3, 16, 1.0), (6, 5, 40, 0.0), (12, 8, 1100, 0.3)]:
+    mask = torch.rand(n, e, generator=gen) < density
+    mask[0] = False  # a token without experts
+    if e > 1:
+        mask[:, 1] = False  # an expert without tokens
+    x = torch.randn(n, d, generator=gen)
+    w = torch.rand(n, e, generator=gen)
+    check(f"dispatch n={n} e={e} d={d}", dispatch(mask), x, w, torch.tensor(1.5), tol=1e-4)
