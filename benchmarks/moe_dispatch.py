@@ -28,13 +28,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from ponderkit import ForwardContext
+from ponderkit import ForwardContext, use_triton
 from ponderkit.plugins.dynmoe.experts import SwiGLUExperts
 from ponderkit.plugins.dynmoe.moe import DynMoE
 from ponderkit.plugins.layers.swiglu import SwiGLU
@@ -61,8 +62,6 @@ def build_dynmoe(args: argparse.Namespace, experts: int, x: Tensor, mode: str) -
         cos = router.cosine(x.float())  # (N, E)
         share = min(args.k / experts, 1.0)
         router.threshold.copy_(torch.quantile(cos.float(), 1.0 - share, dim=0))
-    if args.compile_router:
-        router.route = torch.compile(router.route)
     return layer
 
 
@@ -87,7 +86,11 @@ def time_fwd_bwd(layer: Callable, h: Tensor, reps: int, warmup: int) -> float:
     """Median seconds of forward + backward (parameter and input gradients)."""
     grad = torch.randn_like(h)
 
+    params = [h, *layer.parameters()] if isinstance(layer, nn.Module) else [h]
+
     def step() -> None:
+        for p in params:  # as an optimizer's zero_grad(set_to_none=True) between steps
+            p.grad = None
         out = layer(h, ForwardContext())
         out.backward(grad)
 
@@ -105,24 +108,29 @@ def time_fwd_bwd(layer: Callable, h: Tensor, reps: int, warmup: int) -> float:
 
 
 def check_grouped_against_loop(args: argparse.Namespace, x: Tensor) -> dict:
-    """Outputs and gradients of the grouped GEMM path against the loop fallback."""
+    """Outputs and gradients of the grouped GEMM path (and Triton kernels) against the loop
+    fallback with torch's own ops."""
+    triton_setting = os.environ.get("PONDERKIT_TRITON", "1")
     torch.manual_seed(0)
     grouped = build_dynmoe(args, args.experts[0], x, "auto")
     loop = build_dynmoe(args, args.experts[0], x, "loop")
     loop.load_state_dict(grouped.state_dict())
     h = x[: min(4096, len(x))].unsqueeze(0)
     results = []
-    for layer in (grouped, loop):
+    for layer, kernels in ((grouped, "1"), (loop, "0")):
+        os.environ["PONDERKIT_TRITON"] = kernels  # the reference: torch only, no Triton
         hh = h.detach().clone().requires_grad_()
         out = layer(hh, ForwardContext())
         out.float().square().mean().backward()
         results.append((out.detach().float(), hh.grad.float(), layer.experts.gate_up.grad.float()))
+    os.environ["PONDERKIT_TRITON"] = triton_setting
 
     def rel(a: Tensor, b: Tensor) -> float:
         return float((a - b).norm() / b.norm().clamp(min=1e-12))
 
     return {
         "grouped_gemm_used": grouped_gemm_ok(h, grouped.experts.gate_up),
+        "triton_kernels_used": use_triton(h),
         "rel_err_out": rel(results[0][0], results[1][0]),
         "rel_err_grad_input": rel(results[0][1], results[1][1]),
         "rel_err_grad_weights": rel(results[0][2], results[1][2]),
@@ -210,7 +218,6 @@ def main() -> None:
     parser.add_argument(
         "--profile", action="store_true", help="profile the first E instead of the table"
     )
-    parser.add_argument("--compile-router", action="store_true")
     parser.add_argument("--profile-rows", type=int, default=30)
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, CPU, a few reps")
     parser.add_argument("--out", type=Path, default=None)

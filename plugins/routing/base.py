@@ -5,11 +5,41 @@ Not a plugin module: routers subclass :class:`RouterBase` and call :meth:`Router
 
 from __future__ import annotations
 
+import os
+import warnings
+import weakref
+from collections.abc import Callable
+
 import torch
 from ponderkit import ForwardContext, Routing
 from torch import Tensor, nn
 
 RouteResult = tuple[Tensor, Tensor, Tensor, dict[str, Tensor], dict[str, Tensor]]
+
+# compiled routes per router instance, outside the module (so copies, e.g. EMA's, compile
+# their own rather than calling the original's parameters)
+_COMPILED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _compile_once(route: Callable[[Tensor], RouteResult]) -> Callable[[Tensor], RouteResult]:
+    compiled = torch.compile(route, dynamic=True)
+    state = {"ok": None}
+
+    def call(x: Tensor) -> RouteResult:
+        if state["ok"] is False:
+            return route(x)
+        try:
+            out = compiled(x)
+        except Exception as exc:  # a compiler missing or failing: route eagerly from now on
+            if state["ok"]:
+                raise
+            state["ok"] = False
+            warnings.warn(f"router not compiled, running eagerly: {exc}", stacklevel=3)
+            return route(x)
+        state["ok"] = True
+        return out
+
+    return call
 
 
 class RouterBase(nn.Module):
@@ -32,8 +62,24 @@ class RouterBase(nn.Module):
         for exact tests), outside autocast, then bookkeeping and reporting."""
         dtype = torch.promote_types(x.dtype, torch.float32)
         with torch.autocast(x.device.type, enabled=False):
-            weights, mask, logits, aux, extra = self.route(x.to(dtype))
+            weights, mask, logits, aux, extra = self._route_fn(x)(x.to(dtype))
         return self.finish(weights, mask, logits, aux, ctx, extra)
+
+    def _route_fn(self, x: Tensor) -> Callable[[Tensor], RouteResult]:
+        """:meth:`route`, through torch.compile on CUDA in eager mode: routing is dozens of
+        small (N, E) operations whose launches, not their arithmetic, cost the time; compiled,
+        they are a few fused kernels. ``PONDERKIT_COMPILE_ROUTER=0`` turns this off; a router
+        that fails to compile warns once and runs eagerly."""
+        if (
+            not x.is_cuda
+            or torch.compiler.is_compiling()
+            or os.environ.get("PONDERKIT_COMPILE_ROUTER", "1") == "0"
+        ):
+            return self.route
+        compiled = _COMPILED.get(self)
+        if compiled is None:
+            compiled = _COMPILED[self] = _compile_once(self.route)
+        return compiled
 
     def route(self, x: Tensor) -> RouteResult:
         """(weights (N,E), mask (N,E) bool, logits (N,E), weighted aux losses, extra stats)."""

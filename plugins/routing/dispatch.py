@@ -67,12 +67,15 @@ class DispatchPlan:
 def plan_dispatch(weights: Tensor, mask: Tensor) -> DispatchPlan:
     """The position map of ``mask`` (N,E): expert-major rows, tokens ascending per expert."""
     n, e = mask.shape
-    rank = mask.to(torch.int32).cumsum(0, dtype=torch.int32)  # (N, E), 1-based where active
-    counts_dev = rank[-1] if n else mask.new_zeros(e, dtype=torch.int32)
+    # 1-based rank of each token among its expert's tokens, scanned along the contiguous axis
+    # of the transposed mask (a scan over the outer axis of (N, E) is ~100x slower on CUDA)
+    rank = mask.t().to(torch.int32, memory_format=torch.contiguous_format).cumsum(1)  # (E, N)
+    counts_dev = rank[:, -1] if n else mask.new_zeros(e, dtype=torch.int32)
     # The one host sync of a routed layer: slice sizes are data dependent (dropless).
     counts = counts_dev.tolist()
     offsets = counts_dev.cumsum(0, dtype=torch.int32)
-    pos = torch.where(mask, rank + (offsets - counts_dev - 1), -1).to(torch.int32)
+    first = (offsets - counts_dev - 1).unsqueeze(0)  # (1, E): row of each expert's rank 1
+    pos = torch.where(mask, rank.t() + first, -1).to(torch.int32).contiguous()
     return DispatchPlan(weights, mask, pos, counts, offsets)
 
 

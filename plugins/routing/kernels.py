@@ -9,7 +9,7 @@ the image of exactly one (n, e), so writes never collide (no atomics, determinis
 - ``gather_sum``: out[n] = sum_e w[n, e] * y[pos[n, e]] (w = 1 when absent), accumulated in
   fp32: the weighted combine, and the backward of ``scatter_rows``.
 - ``combine_backward``: dy[pos[n, e]] = w[n, e] * g[n] and dw[n, e] = <y[pos[n, e]], g[n]>
-  (0 where inactive), one program per (n, e).
+  (0 where inactive), one program per token holding its whole gradient row.
 """
 
 from __future__ import annotations
@@ -49,19 +49,17 @@ if triton is not None:
 
     @triton.jit
     def _combine_backward(g_ptr, y_ptr, pos_ptr, w_ptr, dy_ptr, dw_ptr, D, E, BLOCK: tl.constexpr):
-        pair = tl.program_id(0).to(tl.int64)  # n * E + e
-        n = pair // E
-        p = tl.load(pos_ptr + pair).to(tl.int64)
-        w = tl.load(w_ptr + pair).to(tl.float32)
-        dot = tl.zeros([BLOCK], dtype=tl.float32)
-        for start in range(0, D, BLOCK):
-            cols = start + tl.arange(0, BLOCK)
-            live = (cols < D) & (p + cols * 0 >= 0)
-            g = tl.load(g_ptr + n * D + cols, mask=live, other=0.0).to(tl.float32)
+        n = tl.program_id(0).to(tl.int64)
+        cols = tl.arange(0, BLOCK)  # the whole row: BLOCK >= D
+        inside = cols < D
+        g = tl.load(g_ptr + n * D + cols, mask=inside, other=0.0).to(tl.float32)
+        for e in range(E):
+            p = tl.load(pos_ptr + n * E + e).to(tl.int64)
+            live = inside & (p + cols * 0 >= 0)
+            w = tl.load(w_ptr + n * E + e).to(tl.float32)
             y = tl.load(y_ptr + p * D + cols, mask=live, other=0.0).to(tl.float32)
             tl.store(dy_ptr + p * D + cols, (w * g).to(dy_ptr.dtype.element_ty), mask=live)
-            dot += g * y
-        tl.store(dw_ptr + pair, tl.sum(dot, axis=0))
+            tl.store(dw_ptr + n * E + e, tl.sum(g * y, axis=0))
 
 
 def _rows(x: Tensor) -> Tensor:
@@ -120,8 +118,18 @@ class Combine(torch.autograd.Function):
         dy = torch.empty_like(y)
         dw = torch.empty(pos.shape, dtype=torch.float32, device=y.device)
         if pos.numel():
-            block = block_size(y.shape[1], cap=512)
-            _combine_backward[(pos.numel(),)](
-                _rows(grad), y, pos, w, dy, dw, y.shape[1], pos.shape[1], BLOCK=block
+            d = y.shape[1]
+            block = block_size(d, cap=1 << 30)  # one program holds a whole row
+            _combine_backward[(pos.shape[0],)](
+                _rows(grad),
+                y,
+                pos,
+                w,
+                dy,
+                dw,
+                d,
+                pos.shape[1],
+                BLOCK=block,
+                num_warps=min(16, max(4, block // 256)),
             )
         return dy, dw.to(w.dtype), None
