@@ -182,11 +182,13 @@ def profile(args: argparse.Namespace, experts: int, x: Tensor) -> None:
     steps = 5
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if x.is_cuda else [])
     t = time.perf_counter()
-    with torch_profile(activities=activities) as prof:
+    with torch_profile(activities=activities, with_stack=args.trace is not None) as prof:
         for _ in range(steps):
             moe(h, ForwardContext()).backward(grad)
         sync(x.device)
     wall = (time.perf_counter() - t) / steps
+    if args.trace is not None:
+        prof.export_chrome_trace(str(args.trace))
     events = prof.key_averages()
     key = "self_device_time_total" if x.is_cuda else "self_cpu_time_total"
     print(events.table(sort_by=key, row_limit=args.profile_rows))
@@ -218,6 +220,7 @@ def main() -> None:
     parser.add_argument(
         "--profile", action="store_true", help="profile the first E instead of the table"
     )
+    parser.add_argument("--trace", type=Path, default=None, help="with --profile: a trace file")
     parser.add_argument("--profile-rows", type=int, default=30)
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, CPU, a few reps")
     parser.add_argument("--out", type=Path, default=None)

@@ -17,8 +17,10 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from ponderkit.kernels import block_size, tl, triton
+from ponderkit import kernels
 from torch import Tensor
+
+triton, tl, block_size = kernels.triton, kernels.tl, kernels.block_size
 
 if triton is not None:
 
