@@ -211,7 +211,11 @@ class Callback(Protocol):
     """Work between steps. Every hook is optional:
     ``on_train_start(trainer)``, ``on_step_end(trainer, step, metrics)`` (may add metrics),
     ``eval_weights(trainer)`` (a context manager swapping in weights for evaluation and
-    checkpoints, e.g. EMA), ``state_dict()``/``load_state_dict(state)``."""
+    checkpoints, e.g. EMA), ``on_parameters_reset(trainer, touched, index)`` (slices of
+    parameters were re-initialised: ``touched`` lists (parameter, dim) pairs, ``index`` the
+    positions along ``dim``; announced with :meth:`Trainer.parameters_reset`, e.g. by an
+    expert reset, so that copies of the weights such as EMA's follow),
+    ``state_dict()``/``load_state_dict(state)``."""
 
 
 @attrs.frozen

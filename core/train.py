@@ -103,6 +103,12 @@ class Trainer:
         self._set_lr()
 
     # -- services for schedules ------------------------------------------------------------
+    def parameters_reset(self, touched: list[tuple[Any, int]], index: Any) -> None:
+        """Tell every callback that slices ``index`` along each (parameter, dim) in ``touched``
+        were re-initialised (callbacks that keep their own copy of the weights follow)."""
+        for cb in self.callbacks:
+            _call(cb, "on_parameters_reset", self, touched, index)
+
     def autocast(self) -> contextlib.AbstractContextManager:
         if self.config.train.precision == "bf16":
             return torch.autocast(self.device.type, dtype=torch.bfloat16)

@@ -16,7 +16,8 @@ class EMAConfig:
     """Exponential moving average of the weights: ema = decay * ema + (1 - decay) * w.
 
     Evaluation and checkpoints (model.safetensors) use the averaged weights; training goes on
-    with the raw ones."""
+    with the raw ones. Slices re-initialised during training (an expert reset) restart their
+    average at the new values."""
 
     decay: float = attrs.field(
         default=0.999, validator=[attrs.validators.ge(0), attrs.validators.lt(1)]
@@ -40,6 +41,19 @@ class EMA:
         torch._foreach_lerp_(
             self.shadow, [p.detach() for p in self._params(trainer)], 1.0 - self.decay
         )
+
+    @torch.no_grad()
+    def on_parameters_reset(self, trainer: Any, touched: list, index: torch.Tensor) -> None:
+        """Re-initialised slices start their average afresh at the new values (an average
+        of the dead expert's old weights would otherwise be evaluated for ~1/(1-decay) steps)."""
+        if not self.shadow:
+            return
+        slot = {id(p): i for i, p in enumerate(self._params(trainer))}
+        for param, dim in touched:
+            if id(param) in slot:
+                shadow = self.shadow[slot[id(param)]]
+                idx = index.to(shadow.device)
+                shadow.index_copy_(dim, idx, param.detach().index_select(dim, idx))
 
     @contextlib.contextmanager
     def eval_weights(self, trainer: Any) -> Iterator[None]:

@@ -62,7 +62,7 @@ class ExpertReset:
         if step % self.cfg.interval == 0:
             self.dead_at_last_check = 0
             for router, owner in routers:
-                dead = self.reset_dead(router, owner, trainer.optimizer)
+                dead = self.reset_dead(router, owner, trainer.optimizer, trainer)
                 self.dead_at_last_check += dead
                 self.total_resets += dead
         metrics["experts_per_token"] = per_token
@@ -70,8 +70,11 @@ class ExpertReset:
         metrics["experts_reset"] = self.total_resets
 
     @torch.no_grad()
-    def reset_dead(self, router: nn.Module, owner: nn.Module | None, optimizer: Any) -> int:
-        """Reset ``router``'s experts without activations; clear its counts. One host sync."""
+    def reset_dead(
+        self, router: nn.Module, owner: nn.Module | None, optimizer: Any, trainer: Any = None
+    ) -> int:
+        """Reset ``router``'s experts without activations; clear its counts. One host sync.
+        The trainer (when given) tells its callbacks which slices were reset (EMA follows)."""
         dead = ((router.activation_counts == 0) & router.enabled).nonzero().squeeze(1)
         router.clear_counts()
         if not len(dead):
@@ -82,6 +85,8 @@ class ExpertReset:
             touched = router.reset_experts(dead)
         if self.cfg.reset_optimizer_state and optimizer is not None:
             clear_optimizer_state(optimizer, touched, dead)
+        if trainer is not None and hasattr(trainer, "parameters_reset"):
+            trainer.parameters_reset(touched, dead)
         return len(dead)
 
     def state_dict(self) -> dict[str, Any]:

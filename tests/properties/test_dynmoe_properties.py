@@ -4,10 +4,13 @@ and the router learns from the task loss through the layer."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from ponderkit import ForwardContext
+from ponderkit import ForwardContext, Trainer
+from ponderkit.plugins.callbacks.ema import EMA
 from ponderkit.plugins.dynmoe.expert_reset import ExpertReset, ExpertResetConfig
 from ponderkit.plugins.dynmoe.experts import SwiGLUExperts
 from ponderkit.plugins.dynmoe.moe import DynMoE
@@ -103,8 +106,15 @@ def test_expert_reset_leaves_live_experts_unchanged(shape, weighting, dead, rese
 
     dead = layer.router.activation_counts == 0  # the forced ones, and any that never fired
     assert (dead | ~forced).all()
+    # an EMA of the weights (made distinguishable from them) must follow the reset slices
+    ema = EMA(decay=0.9)
+    trainer = SimpleNamespace(model=layer, callbacks=[ema])
+    trainer.parameters_reset = lambda *args: Trainer.parameters_reset(trainer, *args)
+    ema.on_train_start(trainer)
+    torch._foreach_add_(ema.shadow, 1.0)
+    shadow = {n: s.clone() for (n, _), s in zip(layer.named_parameters(), ema.shadow, strict=True)}
     callback = ExpertReset(ExpertResetConfig(interval=1, reset_weights=reset_weights))
-    reset = callback.reset_dead(layer.router, layer, optimizer)
+    reset = callback.reset_dead(layer.router, layer, optimizer, trainer)
 
     assert reset == int(dead.sum())
     live = ~dead
@@ -119,6 +129,17 @@ def test_expert_reset_leaves_live_experts_unchanged(shape, weighting, dead, rese
         if reset_weights:
             assert (state[dead] == 0).all()
     assert (optimizer.state[after["router.weight"]]["exp_avg"][:, dead] == 0).all()
+    # EMA: reset slices restart at the new values, everything else keeps its average
+    expert_dim = {"router.weight": 1, "router.threshold": 0}
+    if reset_weights:
+        expert_dim |= {"experts.gate_up": 0, "experts.down": 0}
+    for (name, param), avg in zip(after.items(), ema.shadow, strict=True):
+        dim = expert_dim.get(name)
+        if dim is None:
+            assert torch.equal(avg, shadow[name])
+            continue
+        assert torch.equal(avg.movedim(dim, 0)[dead], param.detach().movedim(dim, 0)[dead])
+        assert torch.equal(avg.movedim(dim, 0)[live], shadow[name].movedim(dim, 0)[live])
     # a token none of the reset experts fires for keeps its output exactly
     with torch.no_grad():
         routing = layer.router(x.reshape(-1, d))
