@@ -60,10 +60,17 @@ class RouterBase(nn.Module):
     def forward(self, x: Tensor, ctx: ForwardContext | None = None) -> Routing:
         """Route tokens ``x`` (N, D): :meth:`route` in float32 at least (float64 stays float64,
         for exact tests), outside autocast, then bookkeeping and reporting."""
-        dtype = torch.promote_types(x.dtype, torch.float32)
         with torch.autocast(x.device.type, enabled=False):
-            weights, mask, logits, aux, extra = self._route_fn(x)(x.to(dtype))
-        return self.finish(weights, mask, logits, aux, ctx, extra)
+            routed = self.route_fused(x)
+            if routed is None:
+                dtype = torch.promote_types(x.dtype, torch.float32)
+                routed = self._route_fn(x)(x.to(dtype))
+        return self.finish(*routed[:4], ctx, routed[4])
+
+    def route_fused(self, x: Tensor) -> RouteResult | None:
+        """:meth:`route` as fused kernels for ``x`` in its own dtype, where a router has them
+        (None: use :meth:`route`)."""
+        return None
 
     def _route_fn(self, x: Tensor) -> Callable[[Tensor], RouteResult]:
         """:meth:`route`, through torch.compile on CUDA in eager mode: routing is dozens of

@@ -6,7 +6,7 @@ from typing import Literal
 
 import attrs
 import torch
-from ponderkit import BuildContext, hookimpl
+from ponderkit import BuildContext, hookimpl, use_triton
 from ponderkit.plugins.routing.base import (
     RouterBase,
     RouteResult,
@@ -14,6 +14,7 @@ from ponderkit.plugins.routing.base import (
     orthogonal_columns,
     topk_fallback,
 )
+from ponderkit.plugins.routing.cosine_kernel import MAX_EXPERTS, CosineRoute
 from ponderkit.plugins.routing.losses import sdl_loss, sparsity_loss
 from torch import Tensor, nn
 from torch.nn import functional as F
@@ -57,6 +58,30 @@ class CosineThresholdRouter(RouterBase):
         # tokens, forward or backward (the router was the layer's bottleneck on GPU)
         return (x @ wn) / torch.linalg.vector_norm(x, dim=-1, keepdim=True).clamp(min=1e-6)
 
+    def route_fused(self, x: Tensor) -> RouteResult | None:
+        cfg = self.cfg
+        if cfg.sparsity_weight or self.num_experts > MAX_EXPERTS or not use_triton(x):
+            return None
+        wn = F.normalize(self.weight.float(), dim=0, eps=1e-6)
+        topk = cfg.fallback == "topk"
+        softmax = cfg.weighting == "softmax"
+        weights, active, cos, unfired = CosineRoute.apply(
+            x, wn, self.threshold, self.enabled, cfg.tau, cfg.min_experts, topk, softmax
+        )
+        return (
+            weights,
+            active,
+            cos,
+            self.aux_losses(),
+            {"fallback_tokens": unfired / max(len(x), 1)},
+        )
+
+    def aux_losses(self) -> dict[str, Tensor]:
+        if not self.cfg.sdl_weight:
+            return {}
+        diversity, simplicity = sdl_loss(self.weight)
+        return {"sdl": self.cfg.sdl_weight * (diversity + simplicity)}
+
     def route(self, x: Tensor) -> RouteResult:
         cfg = self.cfg
         cos = self.cosine(x)  # (N, E)
@@ -74,10 +99,7 @@ class CosineThresholdRouter(RouterBase):
             share = masked_softmax(cfg.tau * cos, active)
         weights = share * straight_through  # forward value: share; 0 where inactive
 
-        aux: dict[str, Tensor] = {}
-        if cfg.sdl_weight:
-            diversity, simplicity = sdl_loss(self.weight)
-            aux["sdl"] = cfg.sdl_weight * (diversity + simplicity)
+        aux = self.aux_losses()
         if cfg.sparsity_weight:
             per_token = (straight_through * self.enabled).sum(-1)  # forward: K per token
             aux["sparsity"] = cfg.sparsity_weight * sparsity_loss(per_token, cfg.sparsity_target)

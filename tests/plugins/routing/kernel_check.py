@@ -9,6 +9,7 @@ import sys
 
 import torch
 from ponderkit import kernels, swiglu
+from ponderkit.plugins.routing.cosine_threshold import CosineThresholdConfig, CosineThresholdRouter
 from ponderkit.plugins.routing.dispatch import combine, gather, plan_dispatch
 
 assert kernels.INTERPRET, "run with TRITON_INTERPRET=1"
@@ -57,3 +58,49 @@ for n, e, d, density in [(9, 4, 24, 0.4), (1, 3, 16, 1.0), (6, 5, 40, 0.0), (12,
     x = torch.randn(n, d, generator=gen)
     w = torch.rand(n, e, generator=gen)
     check(f"dispatch n={n} e={e} d={d}", dispatch(mask), x, w, torch.tensor(1.5), tol=1e-4)
+
+
+def route_once(router, x, triton: bool):
+    """Weights, mask, cos and the gradients of x, W and G through a loss on weights and cos."""
+    os.environ["PONDERKIT_TRITON"] = "1" if triton else "0"
+    router.zero_grad(set_to_none=True)
+    xx = x.detach().clone().requires_grad_()
+    routing = router(xx)
+    r1 = torch.linspace(-1, 1, routing.weights.numel()).view_as(routing.weights)
+    loss = (routing.weights * r1).sum() + (routing.logits * r1.flip(0)).sum()
+    loss = loss + sum(routing.aux.values())
+    loss.backward()
+    return routing, [xx.grad, router.weight.grad, router.threshold.grad]
+
+
+for n, e, d, cfg, state in [
+    (40, 6, 24, {"weighting": "mean", "fallback": "topk", "min_experts": 1}, "live"),
+    (33, 5, 70, {"weighting": "softmax", "fallback": "topk", "min_experts": 2}, "live"),
+    (17, 8, 16, {"weighting": "softmax", "fallback": "zero"}, "live"),
+    (9, 4, 8, {"weighting": "mean", "fallback": "topk", "min_experts": 3}, "dead"),
+    (1, 3, 5, {"weighting": "softmax", "fallback": "topk", "min_experts": 1}, "removed"),
+    (0, 3, 5, {"weighting": "mean", "fallback": "topk"}, "live"),
+]:
+    router = CosineThresholdRouter(d, e, CosineThresholdConfig(**cfg)).train()
+    with torch.no_grad():
+        router.threshold.copy_(torch.rand(e, generator=gen) * 0.4 - 0.2)
+        if state == "dead":
+            router.threshold.fill_(2.0)  # nothing fires: every token takes the fallback
+        if state == "removed":
+            router.enabled[0] = False
+    x = torch.randn(n, d, generator=gen)
+    got, got_grads = route_once(router, x, triton=True)
+    ref, ref_grads = route_once(router, x, triton=False)
+    name = f"cosine router n={n} e={e} {cfg} {state}"
+    if not torch.equal(got.mask, ref.mask):
+        sys.exit(f"{name}: masks differ")
+    for what, a, b in [("weights", got.weights, ref.weights), ("cos", got.logits, ref.logits)] + [
+        (f"grad {i}", a, b) for i, (a, b) in enumerate(zip(got_grads, ref_grads, strict=True))
+    ]:
+        err = (a - b).abs().max().item() if a.numel() else 0.0
+        if not err <= 1e-4:
+            sys.exit(f"{name}: {what} differs by {err}")
+    for key in ("fallback_tokens", "experts_per_token"):
+        if abs(float(got.stats[key]) - float(ref.stats[key])) > 1e-6:
+            sys.exit(f"{name}: stat {key} differs")
+    print(f"ok {name}")

@@ -1,5 +1,5 @@
-"""The Triton kernels (fused SwiGLU, dispatch gather and combine) against the torch
-expressions they replace, run on CPU through Triton's interpreter in a subprocess."""
+"""The Triton kernels (fused SwiGLU, dispatch gather and combine, the cosine router) against
+the torch expressions they replace, run on CPU through Triton's interpreter in a subprocess."""
 
 from __future__ import annotations
 
@@ -21,4 +21,4 @@ def test_triton_kernels_match_torch_under_the_interpreter():
     )
     assert done.returncode == 0, done.stdout + done.stderr
     checks = [line for line in done.stdout.splitlines() if line.startswith("ok ")]
-    assert len(checks) == 8, done.stdout
+    assert len(checks) == 14, done.stdout

@@ -1,0 +1,189 @@
+"""The ``cosine_threshold`` router as one Triton kernel forward and one backward (not a plugin
+module; :mod:`.cosine_threshold` uses it on CUDA when Triton runs).
+
+Forward, per block of tokens with all E experts in registers: cos = (x . w_e) / |x| (fp32
+products, the prototypes normalised by the caller), fired = cos > G_e on enabled experts, the
+top-``min_experts`` fallback where nothing fired, then the weights (1/K, or a softmax of
+tau * cos over the active experts). Backward: the straight-through gradient through
+sigmoid(tau * (cos - G)), the softmax's own gradient, and the chain through cos = dot / |x| in
+the same pass; the two matmuls of the input and prototype gradients are cuBLAS calls.
+
+The routing equals the torch expressions of :class:`CosineThresholdRouter` (tested through
+Triton's interpreter), except that ties between equal cosines in the fallback may break
+differently.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from ponderkit import kernels
+from torch import Tensor
+
+triton, tl = kernels.triton, kernels.tl
+
+#: more experts than this route through the torch expressions
+MAX_EXPERTS = 128
+_EPS = 1e-6
+
+if triton is not None:
+
+    @triton.jit
+    def _route_fwd(
+        x_ptr, wn_ptr, g_ptr, en_ptr, w_ptr, m_ptr, cos_ptr, norm_ptr, unfired_ptr,
+        N, D, E, tau,
+        MIN_K: tl.constexpr, TOPK: tl.constexpr, SOFTMAX: tl.constexpr,
+        BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_E: tl.constexpr,
+    ):  # fmt: skip
+        rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+        rin = rows < N
+        ex = tl.arange(0, BLOCK_E)
+        ein = ex < E
+        dot = tl.zeros([BLOCK_N, BLOCK_E], dtype=tl.float32)
+        sq = tl.zeros([BLOCK_N], dtype=tl.float32)
+        for d0 in range(0, D, BLOCK_D):
+            dd = d0 + tl.arange(0, BLOCK_D)
+            din = dd < D
+            xt = tl.load(
+                x_ptr + rows[:, None].to(tl.int64) * D + dd[None, :],
+                mask=rin[:, None] & din[None, :], other=0.0,
+            ).to(tl.float32)  # fmt: skip
+            wt = tl.load(wn_ptr + dd[:, None] * E + ex[None, :], mask=din[:, None] & ein[None, :])
+            dot += tl.dot(xt, wt.to(tl.float32), input_precision="ieee")
+            sq += tl.sum(xt * xt, axis=1)
+        norm = tl.maximum(tl.sqrt(sq), _EPS)
+        cos = dot / norm[:, None]
+        g = tl.load(g_ptr + ex, mask=ein, other=0.0).to(tl.float32)
+        valid = ein & (tl.load(en_ptr + ex, mask=ein, other=0) != 0)
+        fired = ((cos - g[None, :]) > 0) & valid[None, :]
+        none = tl.sum(fired.to(tl.int32), axis=1) == 0
+        active = fired
+        if TOPK:  # the MIN_K best enabled experts by cosine where nothing fired
+            score = tl.where(valid[None, :], cos, float("-inf"))
+            pick = fired & (ex[None, :] < 0)  # all False
+            for _ in tl.static_range(MIN_K):
+                best = tl.max(score, axis=1)
+                first = tl.min(tl.where(score == best[:, None], ex[None, :], BLOCK_E), axis=1)
+                chosen = (ex[None, :] == first[:, None]) & (best[:, None] > float("-inf"))
+                pick = pick | chosen
+                score = tl.where(chosen, float("-inf"), score)
+            active = tl.where(none[:, None], pick, fired)
+        hard = active.to(tl.float32)
+        if SOFTMAX:
+            z = tl.where(active, tau * cos, float("-inf"))
+            top = tl.max(z, axis=1)
+            top = tl.where(top > float("-inf"), top, 0.0)
+            ez = tl.where(active, tl.exp(z - top[:, None]), 0.0)
+            share = ez / tl.maximum(tl.sum(ez, axis=1), 1e-30)[:, None]
+        else:
+            share = hard / tl.maximum(tl.sum(hard, axis=1), 1.0)[:, None]
+        out = rows[:, None].to(tl.int64) * E + ex[None, :]
+        both = rin[:, None] & ein[None, :]
+        tl.store(w_ptr + out, share, mask=both)
+        tl.store(m_ptr + out, active.to(tl.int8), mask=both)
+        tl.store(cos_ptr + out, cos, mask=both)
+        tl.store(norm_ptr + rows, tl.sqrt(sq), mask=rin)
+        tl.atomic_add(unfired_ptr, tl.sum((none & rin).to(tl.int32), axis=0))
+
+    @triton.jit
+    def _route_bwd(
+        gw_ptr, gc_ptr, w_ptr, m_ptr, cos_ptr, norm_ptr, g_ptr, ddot_ptr, dgap_ptr, coef_ptr,
+        N, E, tau,
+        HAS_GC: tl.constexpr, SOFTMAX: tl.constexpr, BLOCK_N: tl.constexpr,
+        BLOCK_E: tl.constexpr,
+    ):  # fmt: skip
+        rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+        rin = rows < N
+        ex = tl.arange(0, BLOCK_E)
+        ein = ex < E
+        both = rin[:, None] & ein[None, :]
+        at = rows[:, None].to(tl.int64) * E + ex[None, :]
+        gw = tl.load(gw_ptr + at, mask=both, other=0.0).to(tl.float32)
+        share = tl.load(w_ptr + at, mask=both, other=0.0)
+        hard = (tl.load(m_ptr + at, mask=both, other=0) != 0).to(tl.float32)
+        cos = tl.load(cos_ptr + at, mask=both, other=0.0)
+        g = tl.load(g_ptr + ex, mask=ein, other=0.0).to(tl.float32)
+        soft = tl.sigmoid(tau * (cos - g[None, :]))
+        dgap = gw * share * tau * soft * (1.0 - soft)  # straight through sigmoid(tau * gap)
+        dcos = dgap
+        if SOFTMAX:  # share = softmax(tau * cos) over the active experts
+            gs = gw * hard
+            dcos += tau * share * (gs - tl.sum(share * gs, axis=1)[:, None])
+        if HAS_GC:
+            dcos += tl.load(gc_ptr + at, mask=both, other=0.0).to(tl.float32)
+        length = tl.load(norm_ptr + rows, mask=rin, other=1.0)
+        norm = tl.maximum(length, _EPS)
+        # cos = dot / max(|x|, eps): d dot = dcos / n; d|x| = -sum_e dcos * cos / n (0 where
+        # the clamp holds), and d|x| / dx = x / |x|, applied by the caller as coef * x
+        coef = tl.where(length > _EPS, -tl.sum(dcos * cos, axis=1) / (norm * norm), 0.0)
+        tl.store(ddot_ptr + at, dcos / norm[:, None], mask=both)
+        tl.store(dgap_ptr + at, dgap, mask=both)
+        tl.store(coef_ptr + rows, coef, mask=rin)
+
+
+def _blocks(e: int) -> tuple[int, int]:
+    block_e = max(16, 1 << max(e - 1, 0).bit_length())
+    return block_e, (64 if block_e <= 32 else 32)  # (experts, tokens) per program
+
+
+class CosineRoute(torch.autograd.Function):
+    """(x (N,D), unit prototypes wn (D,E), thresholds G (E,), enabled (E,)) -> weights (N,E)
+    fp32, active mask (N,E) bool, cos (N,E) fp32, tokens where nothing fired (a 0-dim int)."""
+
+    @staticmethod
+    def forward(
+        ctx: Any,
+        x: Tensor,
+        wn: Tensor,
+        threshold: Tensor,
+        enabled: Tensor,
+        tau: float,
+        min_experts: int,
+        topk: bool,
+        softmax: bool,
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        x = x if x.is_contiguous() else x.contiguous()
+        n, d = x.shape
+        e = wn.shape[1]
+        f32 = dict(dtype=torch.float32, device=x.device)
+        weights, cos = torch.empty(n, e, **f32), torch.empty(n, e, **f32)
+        active = torch.empty(n, e, dtype=torch.int8, device=x.device)
+        norm = torch.empty(n, **f32)
+        unfired = torch.zeros((), dtype=torch.int32, device=x.device)
+        block_e, block_n = _blocks(e)
+        if n:
+            _route_fwd[(triton.cdiv(n, block_n),)](
+                x, wn.float().contiguous(), threshold.float().contiguous(),
+                enabled.to(torch.int8), weights, active, cos, norm, unfired,
+                n, d, e, float(tau), MIN_K=min(min_experts, e), TOPK=topk, SOFTMAX=softmax,
+                BLOCK_N=block_n, BLOCK_D=32, BLOCK_E=block_e,
+            )  # fmt: skip
+        mask = active.view(torch.bool)
+        ctx.save_for_backward(x, wn, threshold, weights, active, cos, norm)
+        ctx.tau, ctx.softmax = float(tau), softmax
+        ctx.mark_non_differentiable(mask, unfired)
+        return weights, mask, cos, unfired
+
+    @staticmethod
+    def backward(ctx: Any, g_weights: Tensor, _mask: Any, g_cos: Tensor | None, _u: Any):
+        x, wn, threshold, weights, active, cos, norm = ctx.saved_tensors
+        n, e = weights.shape
+        f32 = dict(dtype=torch.float32, device=x.device)
+        ddot, dgap = torch.empty(n, e, **f32), torch.empty(n, e, **f32)
+        coef = torch.empty(n, **f32)
+        if g_weights is None:
+            g_weights = torch.zeros_like(weights)
+        block_e, block_n = _blocks(e)
+        if n:
+            _route_bwd[(triton.cdiv(n, block_n),)](
+                g_weights.contiguous(), g_cos.contiguous() if g_cos is not None else cos,
+                weights, active, cos, norm, threshold.float().contiguous(), ddot, dgap, coef,
+                n, e, ctx.tau, HAS_GC=g_cos is not None, SOFTMAX=ctx.softmax,
+                BLOCK_N=block_n, BLOCK_E=block_e,
+            )  # fmt: skip
+        xf = x.float()
+        dx = torch.addmm(xf * coef.unsqueeze(1), ddot, wn.float().t()).to(x.dtype)
+        dwn = (xf.t() @ ddot).to(wn.dtype)
+        dthreshold = (-dgap.sum(0)).to(threshold.dtype)
+        return dx, dwn, dthreshold, None, None, None, None, None
