@@ -200,6 +200,50 @@ def profile(args: argparse.Namespace, experts: int, x: Tensor) -> None:
     )
 
 
+def overhead(args: argparse.Namespace, experts: int, x: Tensor) -> None:
+    """Host time per call of each piece of a dynmoe layer on few tokens (GPU work tiny, so the
+    time per call is what the CPU spends launching it)."""
+    from ponderkit.plugins.routing.dispatch import combine, gather, grouped_linear, plan_dispatch
+
+    x = x[:1024]
+    moe = build_dynmoe(args, experts, x, "auto")
+    dense = SwiGLU(args.d_model, args.hidden * 2).to(device=x.device, dtype=x.dtype)
+    h = x.unsqueeze(0).detach().requires_grad_()
+    routing = moe.router(x)
+    plan = plan_dispatch(routing.weights, routing.mask)
+    xs = gather(x, plan)
+    hidden = grouped_linear(xs, moe.experts.gate_up, plan)
+    ys = grouped_linear(hidden[:, : args.hidden].contiguous(), moe.experts.down, plan)
+    grad = torch.randn_like(h)
+
+    def fwd_bwd(layer: Callable) -> Callable:
+        def run() -> None:
+            layer(h, ForwardContext()).backward(grad)
+
+        return run
+
+    pieces = {
+        "router forward": lambda: moe.router(x, ForwardContext()),
+        "plan_dispatch (incl. sync)": lambda: plan_dispatch(routing.weights, routing.mask),
+        "gather": lambda: gather(x, plan),
+        "grouped_linear": lambda: grouped_linear(xs, moe.experts.gate_up, plan),
+        "combine": lambda: combine(ys, plan),
+        "layer forward": lambda: moe(h, ForwardContext()),
+        "layer forward + backward": fwd_bwd(moe),
+        "dense forward + backward": fwd_bwd(dense),
+    }
+    print(f"host time per call, N={len(x)} tokens, E={experts}")
+    for name, fn in pieces.items():
+        for _ in range(5):
+            fn()
+        sync(x.device)
+        t = time.perf_counter()
+        for _ in range(100):
+            fn()
+        sync(x.device)
+        print(f"{name:>28}: {1e6 * (time.perf_counter() - t) / 100:8.1f} us")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--tokens", type=int, default=32768)
@@ -220,6 +264,7 @@ def main() -> None:
     parser.add_argument(
         "--profile", action="store_true", help="profile the first E instead of the table"
     )
+    parser.add_argument("--overhead", action="store_true", help="host time per piece")
     parser.add_argument("--trace", type=Path, default=None, help="with --profile: a trace file")
     parser.add_argument("--profile-rows", type=int, default=30)
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, CPU, a few reps")
@@ -238,8 +283,8 @@ def main() -> None:
 
     x = torch.randn(args.tokens, args.d_model, generator=torch.Generator().manual_seed(0))
     x = x.to(device=device, dtype=dtype)
-    if args.profile:
-        profile(args, args.experts[0], x)
+    if args.profile or args.overhead:
+        (overhead if args.overhead else profile)(args, args.experts[0], x)
         return
     check = check_grouped_against_loop(args, x)
     rows = [measure(args, e, x) for e in args.experts]

@@ -25,7 +25,6 @@ triton, tl = kernels.triton, kernels.tl
 
 #: more experts than this route through the torch expressions
 MAX_EXPERTS = 128
-_EPS = 1e-6
 
 if triton is not None:
 
@@ -52,7 +51,7 @@ if triton is not None:
             wt = tl.load(wn_ptr + dd[:, None] * E + ex[None, :], mask=din[:, None] & ein[None, :])
             dot += tl.dot(xt, wt.to(tl.float32), input_precision="ieee")
             sq += tl.sum(xt * xt, axis=1)
-        norm = tl.maximum(tl.sqrt(sq), _EPS)
+        norm = tl.maximum(tl.sqrt(sq), 1e-6)  # the torch path's clamp
         cos = dot / norm[:, None]
         g = tl.load(g_ptr + ex, mask=ein, other=0.0).to(tl.float32)
         valid = ein & (tl.load(en_ptr + ex, mask=ein, other=0) != 0)
@@ -113,10 +112,10 @@ if triton is not None:
         if HAS_GC:
             dcos += tl.load(gc_ptr + at, mask=both, other=0.0).to(tl.float32)
         length = tl.load(norm_ptr + rows, mask=rin, other=1.0)
-        norm = tl.maximum(length, _EPS)
+        norm = tl.maximum(length, 1e-6)
         # cos = dot / max(|x|, eps): d dot = dcos / n; d|x| = -sum_e dcos * cos / n (0 where
         # the clamp holds), and d|x| / dx = x / |x|, applied by the caller as coef * x
-        coef = tl.where(length > _EPS, -tl.sum(dcos * cos, axis=1) / (norm * norm), 0.0)
+        coef = tl.where(length > 1e-6, -tl.sum(dcos * cos, axis=1) / (norm * norm), 0.0)
         tl.store(ddot_ptr + at, dcos / norm[:, None], mask=both)
         tl.store(dgap_ptr + at, dgap, mask=both)
         tl.store(coef_ptr + rows, coef, mask=rin)
