@@ -58,8 +58,9 @@ class RouterBase(nn.Module):
         self.register_buffer("tokens_seen", torch.zeros(()), persistent=False)
 
     def forward(self, x: Tensor, ctx: ForwardContext | None = None) -> Routing:
-        """Route tokens ``x`` (N, D): :meth:`route` in float32 at least (float64 stays float64,
-        for exact tests), outside autocast, then bookkeeping and reporting."""
+        """Route tokens ``x`` (N, D) outside autocast: the router's fused kernels where it has
+        them for ``x``, else :meth:`route` in float32 at least (float64 stays float64, for
+        exact tests); then bookkeeping and reporting."""
         with torch.autocast(x.device.type, enabled=False):
             routed = self.route_fused(x)
             if routed is None:
