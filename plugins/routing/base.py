@@ -74,14 +74,16 @@ class RouterBase(nn.Module):
         return None
 
     def _route_fn(self, x: Tensor) -> Callable[[Tensor], RouteResult]:
-        """:meth:`route`, through torch.compile on CUDA in eager mode: routing is dozens of
-        small (N, E) operations whose launches, not their arithmetic, cost the time; compiled,
-        they are a few fused kernels. ``PONDERKIT_COMPILE_ROUTER=0`` turns this off; a router
+        """:meth:`route`, through torch.compile on CUDA in eager mode when
+        ``PONDERKIT_COMPILE_ROUTER=1``: routing is dozens of small (N, E) operations whose
+        launches, not their arithmetic, cost the time; compiled, they are a few fused kernels.
+        Off by default: each router instance compiles on its first call (four ADR-0004 routers
+        took ~90 s before the first step on an H100), which pays only in long runs. A router
         that fails to compile warns once and runs eagerly."""
         if (
             not x.is_cuda
             or torch.compiler.is_compiling()
-            or os.environ.get("PONDERKIT_COMPILE_ROUTER", "1") == "0"
+            or os.environ.get("PONDERKIT_COMPILE_ROUTER", "0") != "1"
         ):
             return self.route
         compiled = _COMPILED.get(self)

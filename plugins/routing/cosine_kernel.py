@@ -87,10 +87,10 @@ if triton is not None:
 
     @triton.jit
     def _route_bwd(
-        gw_ptr, gc_ptr, w_ptr, m_ptr, cos_ptr, norm_ptr, g_ptr, ddot_ptr, dgap_ptr, coef_ptr,
-        N, E, tau,
-        HAS_GC: tl.constexpr, SOFTMAX: tl.constexpr, BLOCK_N: tl.constexpr,
-        BLOCK_E: tl.constexpr,
+        gw_ptr, gc_ptr, gk_ptr, w_ptr, m_ptr, cos_ptr, norm_ptr, g_ptr, en_ptr, ddot_ptr,
+        dgap_ptr, coef_ptr, N, E, tau,
+        HAS_GC: tl.constexpr, HAS_GK: tl.constexpr, SOFTMAX: tl.constexpr,
+        BLOCK_N: tl.constexpr, BLOCK_E: tl.constexpr,
     ):  # fmt: skip
         rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
         rin = rows < N
@@ -104,7 +104,12 @@ if triton is not None:
         cos = tl.load(cos_ptr + at, mask=both, other=0.0)
         g = tl.load(g_ptr + ex, mask=ein, other=0.0).to(tl.float32)
         soft = tl.sigmoid(tau * (cos - g[None, :]))
-        dgap = gw * share * tau * soft * (1.0 - soft)  # straight through sigmoid(tau * gap)
+        slope = tau * soft * (1.0 - soft)  # straight through sigmoid(tau * gap)
+        dgap = gw * share * slope
+        if HAS_GK:  # k = sum over enabled experts of the straight-through mask
+            gk = tl.load(gk_ptr + rows, mask=rin, other=0.0).to(tl.float32)
+            enabled = (tl.load(en_ptr + ex, mask=ein, other=0) != 0).to(tl.float32)
+            dgap += gk[:, None] * slope * enabled[None, :]
         dcos = dgap
         if SOFTMAX:  # share = softmax(tau * cos) over the active experts
             gs = gw * hard
@@ -128,7 +133,9 @@ def _blocks(e: int) -> tuple[int, int]:
 
 class CosineRoute(torch.autograd.Function):
     """(x (N,D), unit prototypes wn (D,E), thresholds G (E,), enabled (E,)) -> weights (N,E)
-    fp32, active mask (N,E) bool, cos (N,E) fp32, tokens where nothing fired (a 0-dim int)."""
+    fp32, active mask (N,E) bool, cos (N,E) fp32, tokens where nothing fired (a 0-dim int),
+    and k (N,) fp32: active experts per token, whose gradient is that of the straight-through
+    sum over enabled experts (what the sparsity loss needs)."""
 
     @staticmethod
     def forward(
@@ -159,14 +166,17 @@ class CosineRoute(torch.autograd.Function):
                 BLOCK_N=block_n, BLOCK_D=32, BLOCK_E=block_e,
             )  # fmt: skip
         mask = active.view(torch.bool)
-        ctx.save_for_backward(x, wn, threshold, weights, active, cos, norm)
+        k = (mask & enabled).sum(-1, dtype=torch.float32)
+        ctx.save_for_backward(x, wn, threshold, enabled, weights, active, cos, norm)
         ctx.tau, ctx.softmax = float(tau), softmax
         ctx.mark_non_differentiable(mask, unfired)
-        return weights, mask, cos, unfired
+        return weights, mask, cos, unfired, k
 
     @staticmethod
-    def backward(ctx: Any, g_weights: Tensor, _mask: Any, g_cos: Tensor | None, _u: Any):
-        x, wn, threshold, weights, active, cos, norm = ctx.saved_tensors
+    def backward(
+        ctx: Any, g_weights: Tensor, _mask: Any, g_cos: Tensor | None, _u: Any, g_k: Tensor | None
+    ):
+        x, wn, threshold, enabled, weights, active, cos, norm = ctx.saved_tensors
         n, e = weights.shape
         f32 = dict(dtype=torch.float32, device=x.device)
         ddot, dgap = torch.empty(n, e, **f32), torch.empty(n, e, **f32)
@@ -177,9 +187,10 @@ class CosineRoute(torch.autograd.Function):
         if n:
             _route_bwd[(triton.cdiv(n, block_n),)](
                 g_weights.contiguous(), g_cos.contiguous() if g_cos is not None else cos,
-                weights, active, cos, norm, threshold.float().contiguous(), ddot, dgap, coef,
-                n, e, ctx.tau, HAS_GC=g_cos is not None, SOFTMAX=ctx.softmax,
-                BLOCK_N=block_n, BLOCK_E=block_e,
+                g_k.contiguous() if g_k is not None else norm, weights, active, cos, norm,
+                threshold.float().contiguous(), enabled.to(torch.int8), ddot, dgap, coef,
+                n, e, ctx.tau, HAS_GC=g_cos is not None, HAS_GK=g_k is not None,
+                SOFTMAX=ctx.softmax, BLOCK_N=block_n, BLOCK_E=block_e,
             )  # fmt: skip
         xf = x.float()
         dx = torch.addmm(xf * coef.unsqueeze(1), ddot, wn.float().t()).to(x.dtype)

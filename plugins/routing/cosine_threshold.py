@@ -60,21 +60,18 @@ class CosineThresholdRouter(RouterBase):
 
     def route_fused(self, x: Tensor) -> RouteResult | None:
         cfg = self.cfg
-        if cfg.sparsity_weight or self.num_experts > MAX_EXPERTS or not use_triton(x):
+        if self.num_experts > MAX_EXPERTS or not use_triton(x):
             return None
         wn = F.normalize(self.weight.float(), dim=0, eps=1e-6)
         topk = cfg.fallback == "topk"
         softmax = cfg.weighting == "softmax"
-        weights, active, cos, unfired = CosineRoute.apply(
+        weights, active, cos, unfired, per_token = CosineRoute.apply(
             x, wn, self.threshold, self.enabled, cfg.tau, cfg.min_experts, topk, softmax
         )
-        return (
-            weights,
-            active,
-            cos,
-            self.aux_losses(),
-            {"fallback_tokens": unfired / max(len(x), 1)},
-        )
+        aux = self.aux_losses()
+        if cfg.sparsity_weight:
+            aux["sparsity"] = cfg.sparsity_weight * sparsity_loss(per_token, cfg.sparsity_target)
+        return weights, active, cos, aux, {"fallback_tokens": unfired / max(len(x), 1)}
 
     def aux_losses(self) -> dict[str, Tensor]:
         if not self.cfg.sdl_weight:

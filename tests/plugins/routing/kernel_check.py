@@ -80,6 +80,14 @@ for n, e, d, cfg, state in [
     (9, 4, 8, {"weighting": "mean", "fallback": "topk", "min_experts": 3}, "dead"),
     (1, 3, 5, {"weighting": "softmax", "fallback": "topk", "min_experts": 1}, "removed"),
     (0, 3, 5, {"weighting": "mean", "fallback": "topk"}, "live"),
+    (21, 6, 12, {"weighting": "mean", "sparsity_weight": 0.5, "sparsity_target": 1.0}, "live"),
+    (
+        15,
+        5,
+        10,
+        {"weighting": "softmax", "fallback": "zero", "sparsity_weight": 0.3, "tau": 3.0},
+        "removed",
+    ),
 ]:
     router = CosineThresholdRouter(d, e, CosineThresholdConfig(**cfg)).train()
     with torch.no_grad():
