@@ -149,7 +149,7 @@ class CosineRoute(torch.autograd.Function):
         topk: bool,
         softmax: bool,
     ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        x = x if x.is_contiguous() else x.contiguous()
+        x = x.contiguous()  # itself when already contiguous
         n, d = x.shape
         e = wn.shape[1]
         f32 = dict(dtype=torch.float32, device=x.device)

@@ -64,17 +64,15 @@ if triton is not None:
             tl.store(dw_ptr + n * E + e, tl.sum(g * y, axis=0))
 
 
-def _rows(x: Tensor) -> Tensor:
-    return x if x.is_contiguous() else x.contiguous()
-
-
 def scatter_rows(x: Tensor, pos: Tensor, num_pairs: int) -> Tensor:
     """(P, D) rows: row pos[n, e] is x[n]."""
     n, d = x.shape
     xs = x.new_empty(num_pairs, d)
     if n and num_pairs:
         block = block_size(d)
-        _scatter_rows[(n, triton.cdiv(d, block))](_rows(x), pos, xs, d, pos.shape[1], BLOCK=block)
+        _scatter_rows[(n, triton.cdiv(d, block))](
+            x.contiguous(), pos, xs, d, pos.shape[1], BLOCK=block
+        )
     return xs
 
 
@@ -86,8 +84,8 @@ def gather_sum(y: Tensor, pos: Tensor, w: Tensor | None, dtype: torch.dtype) -> 
     if n:
         block = block_size(d)
         grid = (n, triton.cdiv(d, block))
-        w_arg = _rows(w) if w is not None else pos  # unread when HAS_W is False
-        _gather_sum[grid](_rows(y), pos, w_arg, out, d, e, HAS_W=w is not None, BLOCK=block)
+        w_arg = w.contiguous() if w is not None else pos  # unread when HAS_W is False
+        _gather_sum[grid](y.contiguous(), pos, w_arg, out, d, e, HAS_W=w is not None, BLOCK=block)
     return out
 
 
@@ -102,7 +100,7 @@ class ScatterRows(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None]:
         (pos,) = ctx.saved_tensors
-        return gather_sum(_rows(grad), pos, None, grad.dtype), None, None
+        return gather_sum(grad.contiguous(), pos, None, grad.dtype), None, None
 
 
 class Combine(torch.autograd.Function):
@@ -110,7 +108,7 @@ class Combine(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, y: Tensor, w: Tensor, pos: Tensor) -> Tensor:
-        y, w = _rows(y), _rows(w)
+        y, w = y.contiguous(), w.contiguous()
         ctx.save_for_backward(y, w, pos)
         return gather_sum(y, pos, w, y.dtype)
 
@@ -123,7 +121,7 @@ class Combine(torch.autograd.Function):
             d = y.shape[1]
             block = block_size(d, cap=1 << 30)  # one program holds a whole row
             _combine_backward[(pos.shape[0],)](
-                _rows(grad),
+                grad.contiguous(),
                 y,
                 pos,
                 w,
