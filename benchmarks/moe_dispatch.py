@@ -5,11 +5,17 @@ Setup: N tokens (32k), width D (512), E SwiGLU experts of hidden width H, routed
 the tokens (mean k about 2). Timed, forward + backward of the layer on (1, N, D):
 
 - ``dynmoe``: ponderkit's sparse dispatch (grouped GEMM on CUDA bf16; ``loop`` is the
-  per-expert fallback, shown for reference);
+  per-expert fallback, shown for reference), with ``dispatch: exact`` (pair buffers sized
+  per batch: one host sync) and ``dispatch: static`` (sized for N * E pairs: no sync);
 - (a) ``dense_ffn``: one SwiGLU of hidden width round(mean k * H) on every token, i.e. the
   same active FLOPs without any routing;
 - (b) ``dense_masked``: the research code's way: the same router, every expert on every token
   (batched matmul), outputs weighted by the masked routing weights and summed.
+
+On CUDA every layer is also timed as a CUDA graph (``torch.cuda.make_graphed_callables``,
+forward and backward captured once and replayed): launches then cost nothing on the host, so
+the graph times are what the kernels cost. ``dynmoe`` with ``dispatch: static`` is the routed
+layer that can be captured; (a) and (b) are captured too, the same treatment for all three.
 
 ``--compile`` runs all three through torch.compile (dynmoe breaks the graph at its one host
 sync) and writes ``moe_dispatch_compiled.json``.
@@ -52,11 +58,13 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def build_dynmoe(args: argparse.Namespace, experts: int, x: Tensor, mode: str) -> DynMoE:
+def build_dynmoe(
+    args: argparse.Namespace, experts: int, x: Tensor, mode: str, dispatch: str = "exact"
+) -> DynMoE:
     """A dynmoe layer whose thresholds make each expert fire for about k/E of ``x``."""
     cfg = CosineThresholdConfig(weighting="softmax", fallback="topk", sdl_weight=0.01)
     router = CosineThresholdRouter(args.d_model, experts, cfg)
-    layer = DynMoE(router, SwiGLUExperts(experts, args.d_model, args.hidden, mode))
+    layer = DynMoE(router, SwiGLUExperts(experts, args.d_model, args.hidden, mode), dispatch)
     layer = layer.to(device=x.device, dtype=x.dtype)
     with torch.no_grad():
         cos = router.cosine(x.float())  # (N, E)
@@ -82,6 +90,22 @@ class DenseMasked(nn.Module):
         return (w * y).sum(0).view(h.shape)
 
 
+class TensorsOnly(nn.Module):
+    """``layer(h)`` without a ForwardContext: a CUDA graph takes and returns tensors only."""
+
+    def __init__(self, layer: nn.Module):
+        super().__init__()
+        self.layer = layer
+
+    def forward(self, h: Tensor) -> Tensor:
+        return self.layer(h, None)
+
+
+def graphed(layer: nn.Module, h: Tensor) -> nn.Module:
+    """``layer``'s forward and backward captured as CUDA graphs (called as ``layer(h)``)."""
+    return torch.cuda.make_graphed_callables(TensorsOnly(layer), (h,), num_warmup_iters=3)
+
+
 def time_fwd_bwd(layer: Callable, h: Tensor, reps: int, warmup: int) -> float:
     """Median seconds of forward + backward (parameter and input gradients)."""
     grad = torch.randn_like(h)
@@ -91,7 +115,7 @@ def time_fwd_bwd(layer: Callable, h: Tensor, reps: int, warmup: int) -> float:
     def step() -> None:
         for p in params:  # as an optimizer's zero_grad(set_to_none=True) between steps
             p.grad = None
-        out = layer(h, ForwardContext())
+        out = layer(h) if isinstance(layer, TensorsOnly) else layer(h, ForwardContext())
         out.backward(grad)
 
     for _ in range(warmup):
@@ -113,11 +137,13 @@ def check_grouped_against_loop(args: argparse.Namespace, x: Tensor) -> dict:
     triton_setting = os.environ.get("PONDERKIT_TRITON", "1")
     torch.manual_seed(0)
     grouped = build_dynmoe(args, args.experts[0], x, "auto")
+    static = build_dynmoe(args, args.experts[0], x, "auto", dispatch="static")
     loop = build_dynmoe(args, args.experts[0], x, "loop")
     loop.load_state_dict(grouped.state_dict())
+    static.load_state_dict(grouped.state_dict())
     h = x[: min(4096, len(x))].unsqueeze(0)
     results = []
-    for layer, kernels in ((grouped, "1"), (loop, "0")):
+    for layer, kernels in ((grouped, "1"), (static, "1"), (loop, "0")):
         os.environ["PONDERKIT_TRITON"] = kernels  # the reference: torch only, no Triton
         hh = h.detach().clone().requires_grad_()
         out = layer(hh, ForwardContext())
@@ -131,9 +157,12 @@ def check_grouped_against_loop(args: argparse.Namespace, x: Tensor) -> dict:
     return {
         "grouped_gemm_used": grouped_gemm_ok(h, grouped.experts.gate_up),
         "triton_kernels_used": use_triton(h),
-        "rel_err_out": rel(results[0][0], results[1][0]),
-        "rel_err_grad_input": rel(results[0][1], results[1][1]),
-        "rel_err_grad_weights": rel(results[0][2], results[1][2]),
+        "rel_err_out": rel(results[0][0], results[2][0]),
+        "rel_err_grad_input": rel(results[0][1], results[2][1]),
+        "rel_err_grad_weights": rel(results[0][2], results[2][2]),
+        "static_rel_err_out": rel(results[1][0], results[2][0]),
+        "static_rel_err_grad_input": rel(results[1][1], results[2][1]),
+        "static_rel_err_grad_weights": rel(results[1][2], results[2][2]),
     }
 
 
@@ -146,9 +175,16 @@ def measure(args: argparse.Namespace, experts: int, x: Tensor) -> dict:
     dense_hidden = max(8, round(mean_k * args.hidden / 8) * 8)
     dense = SwiGLU(args.d_model, dense_hidden).to(device=x.device, dtype=x.dtype)
     h = x.unsqueeze(0).detach().requires_grad_()
+    static = build_dynmoe(args, experts, x, "auto", dispatch="static")
     layers = {"dynmoe": moe, "dense_ffn": dense, "dense_masked": DenseMasked(moe)}
     if args.compile:  # each layer through torch.compile (dynmoe graph-breaks at its one sync)
         layers = {name: torch.compile(layer) for name, layer in layers.items()}
+    else:
+        layers["dynmoe_static"] = static
+    if x.is_cuda and not args.compile and args.graphs:
+        layers["dynmoe_static_graph"] = graphed(static, h)
+        layers["dense_ffn_graph"] = graphed(dense, h)
+        layers["dense_masked_graph"] = graphed(DenseMasked(static), h)
     row = {
         "experts": experts,
         "mean_k": mean_k,
@@ -162,9 +198,21 @@ def measure(args: argparse.Namespace, experts: int, x: Tensor) -> dict:
     if x.is_cuda and args.with_loop and not args.compile:
         loop = build_dynmoe(args, experts, x, "loop")
         row["dynmoe_loop_ms"] = 1e3 * time_fwd_bwd(loop, h, args.reps, args.warmup)
-    row["vs_dense_ffn"] = row["dynmoe_ms"] / row["dense_ffn_ms"]
-    row["speedup_vs_dense_masked"] = row["dense_masked_ms"] / row["dynmoe_ms"]
-    row["meets_targets"] = row["vs_dense_ffn"] <= 1.3 and row["speedup_vs_dense_masked"] >= 3.0
+    # the targets, per way of running: each routed layer against (a) and (b) run the same way
+    modes = {"eager": ("dynmoe", ""), "eager_static": ("dynmoe_static", "")}
+    if "dynmoe_static_graph_ms" in row:
+        modes["cuda_graph"] = ("dynmoe_static", "_graph")
+    for mode, (name, suffix) in modes.items():
+        if f"{name}{suffix}_ms" not in row:
+            continue
+        ours = row[f"{name}{suffix}_ms"]
+        vs_a = ours / row[f"dense_ffn{suffix}_ms"]
+        vs_b = row[f"dense_masked{suffix}_ms"] / ours
+        row[mode] = {
+            "vs_dense_ffn": vs_a,
+            "speedup_vs_dense_masked": vs_b,
+            "meets": vs_a <= 1.3 and vs_b >= 3.0,
+        }
     return row
 
 
@@ -173,7 +221,7 @@ def profile(args: argparse.Namespace, experts: int, x: Tensor) -> None:
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
 
-    moe = build_dynmoe(args, experts, x, "auto")
+    moe = build_dynmoe(args, experts, x, "auto", args.dispatch)
     h = x.unsqueeze(0).detach().requires_grad_()
     grad = torch.randn_like(h)
     for _ in range(args.warmup):
@@ -262,11 +310,15 @@ def main() -> None:
     )
     parser.add_argument("--compile", action="store_true", help="torch.compile every layer")
     parser.add_argument(
+        "--no-graphs", dest="graphs", action="store_false", help="skip the CUDA-graph timings"
+    )
+    parser.add_argument(
         "--profile", action="store_true", help="profile the first E instead of the table"
     )
     parser.add_argument("--overhead", action="store_true", help="host time per piece")
     parser.add_argument("--trace", type=Path, default=None, help="with --profile: a trace file")
     parser.add_argument("--profile-rows", type=int, default=30)
+    parser.add_argument("--dispatch", default="exact", help="with --profile: exact or static")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, CPU, a few reps")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
@@ -316,18 +368,27 @@ def main() -> None:
         )
     )
     head = (
-        f"{'E':>4}{'mean k':>8}{'dynmoe ms':>11}{'(a) dense ms':>14}{'(b) masked ms':>15}"
-        f"{'vs (a)':>8}{'vs (b)':>8}{'loop ms':>9}  targets"
+        f"{'E':>4}{'mean k':>8}  {'mode':<13}{'dynmoe ms':>10}{'(a) dense':>11}{'(b) masked':>12}"
+        f"{'vs (a)':>8}{'vs (b)':>8}  targets (<=1.3x (a), >=3x faster than (b))"
     )
     print(head)
     for r in rows:
-        loop = f"{r['dynmoe_loop_ms']:.2f}" if "dynmoe_loop_ms" in r else "-"
-        print(
-            f"{r['experts']:>4}{r['mean_k']:>8.2f}{r['dynmoe_ms']:>11.2f}"
-            f"{r['dense_ffn_ms']:>14.2f}{r['dense_masked_ms']:>15.2f}"
-            f"{r['vs_dense_ffn']:>7.2f}x{r['speedup_vs_dense_masked']:>7.2f}x{loop:>9}  "
-            f"{'met' if r['meets_targets'] else 'MISSED'} (<=1.3x (a), >=3x faster than (b))"
-        )
+        for mode, (name, suffix) in {
+            "eager": ("dynmoe", ""),
+            "eager_static": ("dynmoe_static", ""),
+            "cuda_graph": ("dynmoe_static", "_graph"),
+        }.items():
+            if mode not in r:
+                continue
+            m = r[mode]
+            print(
+                f"{r['experts']:>4}{r['mean_k']:>8.2f}  {mode:<13}{r[f'{name}{suffix}_ms']:>10.2f}"
+                f"{r[f'dense_ffn{suffix}_ms']:>11.2f}{r[f'dense_masked{suffix}_ms']:>12.2f}"
+                f"{m['vs_dense_ffn']:>7.2f}x{m['speedup_vs_dense_masked']:>7.2f}x  "
+                f"{'met' if m['meets'] else 'MISSED'}"
+            )
+        if "dynmoe_loop_ms" in r:
+            print(f"{'':>14}loop fallback {r['dynmoe_loop_ms']:.2f} ms")
     print(f"wrote {out_path}")
 
 

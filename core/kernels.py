@@ -54,10 +54,16 @@ def block_size(n: int, cap: int = 1024) -> int:
     return max(16, min(cap, 1 << max(n - 1, 0).bit_length()))
 
 
-def swiglu(gate_up: Tensor) -> Tensor:
-    """silu(gate) * up for ``gate_up`` (..., 2H) = [gate | up]: (..., H)."""
+def swiglu(gate_up: Tensor, rows: Tensor | None = None) -> Tensor:
+    """silu(gate) * up for ``gate_up`` (..., 2H) = [gate | up]: (..., H).
+
+    ``rows``, a one-element int32 tensor on the device of ``gate_up`` (2-D), says how many
+    leading rows hold data (a buffer sized for the most rows it could need, filled to a count
+    known only on the device): the kernels then compute those rows and leave the others
+    unwritten, forward and backward, without a host sync. The torch expressions compute
+    every row."""
     if use_triton(gate_up) and gate_up.shape[-1] % 2 == 0:
-        return _SwiGLU.apply(gate_up)
+        return _SwiGLU.apply(gate_up, rows)
     gate, up = gate_up.chunk(2, dim=-1)
     return F.silu(gate) * up
 
@@ -65,20 +71,30 @@ def swiglu(gate_up: Tensor) -> Tensor:
 if triton is not None:
 
     @triton.jit
-    def _swiglu_fwd(gu_ptr, h_ptr, H, BLOCK: tl.constexpr):
-        row = tl.program_id(0).to(tl.int64)
+    def _swiglu_fwd(gu_ptr, h_ptr, rows_ptr, N, H, HAS_ROWS: tl.constexpr, BLOCK: tl.constexpr):
         cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
         inside = cols < H
-        gate = tl.load(gu_ptr + row * 2 * H + cols, mask=inside, other=0.0).to(tl.float32)
-        up = tl.load(gu_ptr + row * 2 * H + H + cols, mask=inside, other=0.0).to(tl.float32)
-        h = gate * tl.sigmoid(gate) * up
-        tl.store(h_ptr + row * H + cols, h.to(h_ptr.dtype.element_ty), mask=inside)
+        n = tl.load(rows_ptr) if HAS_ROWS else N  # rows holding data
+        for r in range(tl.program_id(0), n, tl.num_programs(0)):
+            row = tl.cast(r, tl.int64)
+            gate = tl.load(gu_ptr + row * 2 * H + cols, mask=inside, other=0.0).to(tl.float32)
+            up = tl.load(gu_ptr + row * 2 * H + H + cols, mask=inside, other=0.0).to(tl.float32)
+            h = gate * tl.sigmoid(gate) * up
+            tl.store(h_ptr + row * H + cols, h.to(h_ptr.dtype.element_ty), mask=inside)
 
     @triton.jit
-    def _swiglu_bwd(gu_ptr, dh_ptr, dgu_ptr, H, BLOCK: tl.constexpr):
-        row = tl.program_id(0).to(tl.int64)
+    def _swiglu_bwd(
+        gu_ptr, dh_ptr, dgu_ptr, rows_ptr, N, H, HAS_ROWS: tl.constexpr, BLOCK: tl.constexpr
+    ):
         cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
         inside = cols < H
+        n = tl.load(rows_ptr) if HAS_ROWS else N
+        for r in range(tl.program_id(0), n, tl.num_programs(0)):
+            row = tl.cast(r, tl.int64)
+            _swiglu_bwd_row(gu_ptr, dh_ptr, dgu_ptr, row, cols, inside, H)
+
+    @triton.jit
+    def _swiglu_bwd_row(gu_ptr, dh_ptr, dgu_ptr, row, cols, inside, H):
         gate = tl.load(gu_ptr + row * 2 * H + cols, mask=inside, other=0.0).to(tl.float32)
         up = tl.load(gu_ptr + row * 2 * H + H + cols, mask=inside, other=0.0).to(tl.float32)
         dh = tl.load(dh_ptr + row * H + cols, mask=inside, other=0.0).to(tl.float32)
@@ -90,28 +106,44 @@ if triton is not None:
         tl.store(dgu_ptr + row * 2 * H + H + cols, (dh * silu).to(out), mask=inside)
 
 
+#: programs per column block when only a device-side count of rows is known (each loops over
+#: rows with this stride)
+_ROW_PROGRAMS = 4096
+
+
+def _swiglu_grid(n: int, hidden: int, block: int, rows: Tensor | None) -> tuple[int, int]:
+    return (n if rows is None else min(n, _ROW_PROGRAMS), triton.cdiv(hidden, block))
+
+
 class _SwiGLU(torch.autograd.Function):
     @staticmethod
-    def forward(ctx: Any, gate_up: Tensor) -> Tensor:
+    def forward(ctx: Any, gate_up: Tensor, rows: Tensor | None) -> Tensor:
         *lead, two_h = gate_up.shape
         hidden = two_h // 2
         gu = gate_up.reshape(-1, two_h).contiguous()
         h = gu.new_empty(gu.shape[0], hidden)
         block = block_size(hidden)
-        if gu.shape[0]:
-            _swiglu_fwd[(gu.shape[0], triton.cdiv(hidden, block))](gu, h, hidden, BLOCK=block)
-        ctx.save_for_backward(gu)
+        n = gu.shape[0]
+        if n:
+            grid = _swiglu_grid(n, hidden, block, rows)
+            row_arg = gu if rows is None else rows  # unread without HAS_ROWS
+            _swiglu_fwd[grid](gu, h, row_arg, n, hidden, HAS_ROWS=rows is not None, BLOCK=block)
+        ctx.save_for_backward(gu, rows)
         ctx.lead = lead
         return h.view(*lead, hidden)
 
     @staticmethod
-    def backward(ctx: Any, dh: Tensor) -> Tensor:
-        (gu,) = ctx.saved_tensors
+    def backward(ctx: Any, dh: Tensor) -> tuple[Tensor, None]:
+        gu, rows = ctx.saved_tensors
         hidden = gu.shape[1] // 2
         dh = dh.reshape(-1, hidden).contiguous()
         dgu = torch.empty_like(gu)
         block = block_size(hidden)
-        if gu.shape[0]:
-            grid = (gu.shape[0], triton.cdiv(hidden, block))
-            _swiglu_bwd[grid](gu, dh, dgu, hidden, BLOCK=block)
-        return dgu.view(*ctx.lead, 2 * hidden)
+        n = gu.shape[0]
+        if n:
+            grid = _swiglu_grid(n, hidden, block, rows)
+            row_arg = gu if rows is None else rows
+            _swiglu_bwd[grid](
+                gu, dh, dgu, row_arg, n, hidden, HAS_ROWS=rows is not None, BLOCK=block
+            )
+        return dgu.view(*ctx.lead, 2 * hidden), None

@@ -36,7 +36,7 @@ class SwiGLUExperts(nn.Module):
         self.down = expert_weight(experts, hidden, d_model)  # (E, H, D)
 
     def forward(self, x: Tensor, plan: DispatchPlan) -> Tensor:
-        hidden = swiglu(grouped_linear(x, self.gate_up, plan, self.mode))
+        hidden = swiglu(grouped_linear(x, self.gate_up, plan, self.mode), plan.filled)
         return grouped_linear(hidden, self.down, plan, self.mode)
 
     def reset_experts(self, experts: Tensor) -> list[tuple[nn.Parameter, int]]:

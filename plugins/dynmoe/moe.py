@@ -18,7 +18,12 @@ class DynMoEConfig:
     Tokens are gathered by expert, each expert runs only on its own tokens (one grouped GEMM
     on CUDA bf16, a loop over busy experts elsewhere) and outputs are scatter-added back
     weighted by the router; a token with no active expert gets 0. Expert hidden width
-    ``hidden``, or round(expansion * D * 2/3) up to a multiple of 16 when unset."""
+    ``hidden``, or round(expansion * D * 2/3) up to a multiple of 16 when unset.
+
+    ``dispatch``: ``exact`` sizes the pair buffers to the pairs of each batch, which costs one
+    host sync per layer call; ``static`` sizes them for the most pairs the router can make
+    (N * E, or N * k for top-k routers), so nothing waits for the GPU and the layer can be
+    captured in a CUDA graph, at the price of memory for those rows. Both are dropless."""
 
     experts: int = attrs.field(default=8, validator=attrs.validators.gt(0))
     router: Spec = component("router", default="cosine_threshold")
@@ -27,6 +32,7 @@ class DynMoEConfig:
     )
     expansion: float = attrs.field(default=1.0, validator=attrs.validators.gt(0))
     grouped_gemm: Literal["auto", "loop"] = "auto"
+    dispatch: Literal["exact", "static"] = "exact"
     #: ``global``: every dynmoe of the model with the same shape shares one expert library
     #: (ADR-0005); each keeps its own router
     library: Literal["local", "global"] = "local"
@@ -39,15 +45,16 @@ def expert_hidden(cfg_hidden: int | None, expansion: float, d_model: int) -> int
 
 
 class DynMoE(nn.Module):
-    def __init__(self, router: nn.Module, experts: SwiGLUExperts):
+    def __init__(self, router: nn.Module, experts: SwiGLUExperts, dispatch: str = "exact"):
         super().__init__()
-        self.router, self.experts = router, experts
+        self.router, self.experts, self.dispatch = router, experts, dispatch
 
     def forward(self, h: Tensor, ctx: ForwardContext | None = None) -> Tensor:
         shape = h.shape
         x = h.reshape(-1, shape[-1])  # (N, D)
         routing = self.router(x, ctx)
-        plan = plan_dispatch(routing.weights, routing.mask)
+        capacity = len(x) * self.router.max_active if self.dispatch == "static" else None
+        plan = plan_dispatch(routing.weights, routing.mask, capacity)
         y = combine(self.experts(gather(x, plan), plan), plan)  # (N, D)
         return y.view(shape)
 
@@ -68,7 +75,7 @@ def build_dynmoe(cfg: DynMoEConfig, ctx: BuildContext) -> DynMoE:
         experts = ctx.shared.setdefault(("dynmoe", cfg.experts, ctx.d_model, hidden), make())
     else:
         experts = make()
-    return DynMoE(router, experts)
+    return DynMoE(router, experts, cfg.dispatch)
 
 
 @hookimpl

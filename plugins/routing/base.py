@@ -91,6 +91,11 @@ class RouterBase(nn.Module):
             compiled = _COMPILED[self] = _compile_once(self.route)
         return compiled
 
+    @property
+    def max_active(self) -> int:
+        """The most experts this router can activate for one token."""
+        return self.num_experts
+
     def route(self, x: Tensor) -> RouteResult:
         """(weights (N,E), mask (N,E) bool, logits (N,E), weighted aux losses, extra stats)."""
         raise NotImplementedError

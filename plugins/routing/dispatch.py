@@ -11,6 +11,13 @@
 4. :func:`combine` sums each token's rows weighted by its routing weights (a token with no
    active expert gets 0).
 
+With a ``capacity`` (rows for the most pairs there could be, e.g. N * E), planning needs no
+host sync: counts and offsets stay on the device, the pair buffers have ``capacity`` rows of
+which the first ``offsets[-1]`` hold data, and the kernels and the grouped GEMM touch only
+those. The layer then has static shapes (CUDA-graph capturable) and the host can run ahead of
+the GPU; the price is memory for ``capacity`` rows. Still dropless: the capacity bounds every
+possible routing.
+
 On CUDA, gather and combine are Triton kernels (:mod:`.kernels`: each token's rows are read
 or written at ``pos``, every row by exactly one token, so no atomics and a deterministic
 result, accumulated in fp32); elsewhere the same through torch indexing. Dropless: every
@@ -40,23 +47,34 @@ class DispatchPlan:
     - ``weights`` (N, E): the routing weights (keep the router's graph); ``mask`` (N, E) bool.
     - ``pos`` (N, E) int32: the row of pair (n, e) among the expert-sorted rows, -1 where
       inactive.
-    - ``counts``: pairs per expert, on the host (needed to size and split the slices).
+    - ``counts``: pairs per expert on the host, or None for a plan made without a host
+      sync (a ``capacity``).
     - ``offsets`` (E,) int32 on the device: cumulative counts, the grouped GEMM's group ends.
+    - ``rows``: rows of the pair buffers: the number of pairs, or the capacity.
     """
 
     weights: Tensor
     mask: Tensor
     pos: Tensor
-    counts: list[int]
+    counts: list[int] | None
     offsets: Tensor
+    rows: int
 
     @property
     def num_tokens(self) -> int:
         return self.mask.shape[0]
 
     @property
-    def num_pairs(self) -> int:
-        return sum(self.counts)
+    def filled(self) -> Tensor | None:
+        """The number of pair rows holding data as a one-element device tensor, when only
+        the device knows it (None when every row holds a pair)."""
+        return None if self.counts is not None else self.offsets[-1:]
+
+    def host_counts(self) -> list[int]:
+        """Pairs per expert on the host (a sync for a capacity plan)."""
+        if self.counts is not None:
+            return self.counts
+        return self.offsets.diff(prepend=self.offsets.new_zeros(1)).tolist()
 
     def pairs(self) -> tuple[Tensor, Tensor, Tensor]:
         """(token, expert, row) of every active pair, token-major (for the torch path)."""
@@ -64,27 +82,34 @@ class DispatchPlan:
         return tokens, experts, self.pos[tokens, experts].long()
 
 
-def plan_dispatch(weights: Tensor, mask: Tensor) -> DispatchPlan:
-    """The position map of ``mask`` (N,E): expert-major rows, tokens ascending per expert."""
+def plan_dispatch(weights: Tensor, mask: Tensor, capacity: int | None = None) -> DispatchPlan:
+    """The position map of ``mask`` (N,E): expert-major rows, tokens ascending per expert.
+
+    ``capacity``: size the pair buffers for this many rows (at least the pairs ``mask`` can
+    hold, e.g. N * E) and keep the counts on the device (no host sync)."""
     n, e = mask.shape
     # 1-based rank of each token among its expert's tokens, scanned along the contiguous axis
     # of the transposed mask (a scan over the outer axis of (N, E) is ~100x slower on CUDA)
     rank = mask.t().to(torch.int32, memory_format=torch.contiguous_format).cumsum(1)  # (E, N)
     counts_dev = rank[:, -1] if n else mask.new_zeros(e, dtype=torch.int32)
-    # The one host sync of a routed layer: slice sizes are data dependent (dropless).
-    counts = counts_dev.tolist()
     offsets = counts_dev.cumsum(0, dtype=torch.int32)
+    if capacity is None:
+        # The one host sync of a routed layer: slice sizes are data dependent (dropless).
+        counts = counts_dev.tolist()
+        rows = sum(counts)
+    else:
+        counts, rows = None, capacity
     first = (offsets - counts_dev - 1).unsqueeze(0)  # (1, E): row of each expert's rank 1
     pos = torch.where(mask, rank.t() + first, -1).to(torch.int32).contiguous()
-    return DispatchPlan(weights, mask, pos, counts, offsets)
+    return DispatchPlan(weights, mask, pos, counts, offsets, rows)
 
 
 def gather(x: Tensor, plan: DispatchPlan) -> Tensor:
     """Rows of ``x`` (N, D) for every pair, grouped by expert: (P, D)."""
     if use_triton(x):
-        return ScatterRows.apply(x, plan.pos, plan.num_pairs)
+        return ScatterRows.apply(x, plan.pos, plan.rows)
     tokens, _, rows = plan.pairs()
-    by_row = torch.empty(plan.num_pairs, dtype=torch.long, device=x.device)
+    by_row = torch.zeros(plan.rows, dtype=torch.long, device=x.device)  # spare rows: token 0
     by_row[rows] = tokens
     return x.index_select(0, by_row)
 
@@ -118,10 +143,13 @@ def grouped_linear(
             return _GROUPED_MM(x.bfloat16(), weight.bfloat16(), offs=plan.offsets)
     parts = []
     start = 0
-    for expert, count in enumerate(plan.counts):
+    for expert, count in enumerate(plan.host_counts()):
         if count:
             parts.append(x[start : start + count] @ weight[expert].to(x.dtype))
             start += count
-    if not parts:  # no pairs: an empty product keeps x and weight in the graph (zero grads)
-        return x @ weight[0].to(x.dtype)
+    if start < len(x) or not parts:
+        # the spare rows of a capacity plan get 0; an empty product keeps x and weight in the
+        # graph when there are no pairs at all (zero gradients)
+        parts.append(x[start:start] @ weight[0].to(x.dtype))
+        parts.append(x.new_zeros(len(x) - start, weight.shape[2]))
     return torch.cat(parts, dim=0)

@@ -37,6 +37,10 @@ class TopKSoftmaxRouter(RouterBase):
         self.weight = nn.Parameter(torch.empty(num_experts, d_model))  # gate (E, D)
         trunc_normal_(self.weight, 1.0 / math.sqrt(d_model))
 
+    @property
+    def max_active(self) -> int:
+        return min(self.cfg.top_k, self.num_experts)
+
     def route(self, x: Tensor) -> RouteResult:
         cfg = self.cfg
         logits = F.linear(x, self.weight.to(x.dtype))  # (N, E)

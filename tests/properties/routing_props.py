@@ -114,6 +114,8 @@ def dispatch_cases(draw) -> dict:
         "e": draw(st.sampled_from([1]) | st.integers(1, 6)),
         "density": draw(st.sampled_from([0.0, 0.2, 0.5, 1.0])),
         "seed": draw(st.integers(0, 2**31 - 1)),
+        # pair buffers sized for this many pairs per token (no host sync), or exact (None)
+        "capacity_per_token": draw(st.none() | st.integers(0, 2)),
     }
 
 
@@ -128,8 +130,8 @@ def make_dispatch_case(case: dict):
     return experts, mask, weights, x
 
 
-def sparse_moe(experts, mask, weights, x, combine_fn: Callable = combine):
-    plan = plan_dispatch(weights, mask)
+def sparse_moe(experts, mask, weights, x, combine_fn: Callable = combine, capacity=None):
+    plan = plan_dispatch(weights, mask, capacity)
     return combine_fn(experts(gather(x, plan), plan), plan), plan
 
 
@@ -160,7 +162,13 @@ def check_dispatch_matches_brute_force(case: dict, combine_fn: Callable = combin
     """Sparse dispatch equals :func:`brute_force_moe` in outputs and in the gradients of the
     tokens, the routing weights and both expert weights (float64, tight tolerances)."""
     experts, mask, weights, x = make_dispatch_case(case)
-    out, _ = sparse_moe(experts, mask, weights, x, combine_fn)
+    capacity = None
+    if case.get("capacity_per_token") is not None:  # every pair fits, some rows spare
+        capacity = x.shape[0] * (mask.shape[1] + case["capacity_per_token"])
+    out, plan = sparse_moe(experts, mask, weights, x, combine_fn, capacity)
+    if capacity is not None:
+        assert plan.counts is None and plan.rows == capacity
+        assert plan.filled.tolist() == [int(mask.sum())]
     ref = brute_force_moe(experts.gate_up, experts.down, mask, weights, x)
     assert out.shape == ref.shape == x.shape
     assert torch.allclose(out, ref, atol=1e-12, rtol=1e-10), "outputs differ"

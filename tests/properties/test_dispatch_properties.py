@@ -27,14 +27,14 @@ def test_dispatch_is_dropless_and_idle_experts_get_no_gradient(case):
     out, plan = sparse_moe(experts, mask, weights, x)
     # dropless: every active pair is dispatched exactly once, grouped by expert
     assert plan.counts == mask.sum(0).tolist()
-    assert plan.num_pairs == int(mask.sum())
+    assert plan.rows == int(mask.sum())
     starts = [0, *torch.tensor(plan.counts, dtype=torch.long).cumsum(0).tolist()]
     # each expert's rows hold its tokens in ascending order; inactive pairs have no row
     for e in range(mask.shape[1]):
         expected = list(range(starts[e], starts[e + 1]))
         assert plan.pos[mask[:, e], e].tolist() == expected
         assert (plan.pos[~mask[:, e], e] == -1).all()
-    assert sorted(plan.pos[mask].tolist()) == list(range(plan.num_pairs))  # a bijection
+    assert sorted(plan.pos[mask].tolist()) == list(range(plan.rows))  # a bijection
     assert plan.offsets.tolist() == starts[1:]
     # tokens without experts get exactly 0; experts without tokens get zero gradient
     assert (out[~mask.any(-1)] == 0).all()

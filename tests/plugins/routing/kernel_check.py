@@ -10,7 +10,7 @@ import sys
 import torch
 from ponderkit import kernels, swiglu
 from ponderkit.plugins.routing.cosine_threshold import CosineThresholdConfig, CosineThresholdRouter
-from ponderkit.plugins.routing.dispatch import combine, gather, plan_dispatch
+from ponderkit.plugins.routing.dispatch import combine, gather, grouped_linear, plan_dispatch
 
 assert kernels.INTERPRET, "run with TRITON_INTERPRET=1"
 
@@ -41,6 +41,20 @@ for shape in [(5, 2 * 24), (3, 4, 2 * 40), (0, 2 * 8)]:
 check("swiglu bf16", swiglu, torch.randn(7, 2 * 16, generator=gen).bfloat16(), tol=0.05)
 
 
+def swiglu_filled(filled: int, spare: int):
+    """swiglu of a buffer whose first ``filled`` rows hold data (a device-side count)."""
+
+    def fn(x):
+        buffer = torch.cat([x, torch.full((spare, x.shape[1]), float("nan"), dtype=x.dtype)])
+        return swiglu(buffer, torch.tensor([filled], dtype=torch.int32))[:filled]
+
+    return fn
+
+
+check("swiglu 5 filled rows of 12", swiglu_filled(5, 7), torch.randn(5, 2 * 24), tol=1e-5)
+check("swiglu 0 filled rows of 3", swiglu_filled(0, 3), torch.randn(0, 2 * 8), tol=1e-5)
+
+
 def dispatch(mask):
     def fn(x, w, y_scale):
         plan = plan_dispatch(w * mask, mask)
@@ -58,6 +72,25 @@ for n, e, d, density in [(9, 4, 24, 0.4), (1, 3, 16, 1.0), (6, 5, 40, 0.0), (12,
     x = torch.randn(n, d, generator=gen)
     w = torch.rand(n, e, generator=gen)
     check(f"dispatch n={n} e={e} d={d}", dispatch(mask), x, w, torch.tensor(1.5), tol=1e-4)
+
+
+def static_moe(mask):
+    """Expert layer through a plan with spare rows (no host sync): buffers for N * E pairs."""
+
+    def fn(x, w, gate_up, down):
+        plan = plan_dispatch(w * mask, mask, capacity=mask.numel())
+        hidden = swiglu(grouped_linear(gather(x, plan), gate_up, plan, "loop"), plan.filled)
+        return combine(grouped_linear(hidden, down, plan, "loop"), plan)
+
+    return fn
+
+
+for n, e, d, h, density in [(10, 4, 24, 16, 0.4), (1, 3, 8, 8, 1.0), (5, 3, 8, 8, 0.0)]:
+    mask = torch.rand(n, e, generator=gen) < density
+    x, w = torch.randn(n, d, generator=gen), torch.rand(n, e, generator=gen)
+    gate_up = torch.randn(e, d, 2 * h, generator=gen) / d**0.5
+    down = torch.randn(e, h, d, generator=gen) / h**0.5
+    check(f"static dispatch n={n} e={e}", static_moe(mask), x, w, gate_up, down, tol=1e-4)
 
 
 def route_once(router, x, triton: bool):

@@ -16,11 +16,15 @@ BF16, F32, I32, I8 = "*bf16", "*fp32", "*i32", "*i8"
 
 # kernel -> (pointer types by argument, scalar types, constexpr variants)
 CASES = {
-    "swiglu_fwd": (kernels._swiglu_fwd, {"gu_ptr": BF16, "h_ptr": BF16}, [{"BLOCK": 1024}]),
+    "swiglu_fwd": (
+        kernels._swiglu_fwd,
+        {"gu_ptr": BF16, "h_ptr": BF16, "rows_ptr": I32},
+        [{"HAS_ROWS": True, "BLOCK": 1024}, {"HAS_ROWS": False, "BLOCK": 1024}],
+    ),
     "swiglu_bwd": (
         kernels._swiglu_bwd,
-        {"gu_ptr": BF16, "dh_ptr": BF16, "dgu_ptr": BF16},
-        [{"BLOCK": 1024}],
+        {"gu_ptr": BF16, "dh_ptr": BF16, "dgu_ptr": BF16, "rows_ptr": I32},
+        [{"HAS_ROWS": True, "BLOCK": 1024}, {"HAS_ROWS": False, "BLOCK": 1024}],
     ),
     "scatter_rows": (
         dispatch_kernels._scatter_rows,
