@@ -292,6 +292,57 @@ def overhead(args: argparse.Namespace, experts: int, x: Tensor) -> None:
         print(f"{name:>28}: {1e6 * (time.perf_counter() - t) / 100:8.1f} us")
 
 
+def capture_check(args: argparse.Namespace, experts: int, x: Tensor) -> None:
+    """Which pieces of a static dynmoe layer a CUDA graph can capture (each on its own)."""
+    from ponderkit.plugins.routing.dispatch import combine, gather, grouped_linear, plan_dispatch
+
+    moe = build_dynmoe(args, experts, x, "auto", dispatch="static")
+    h = x.unsqueeze(0).detach().requires_grad_()
+    routing = moe.router(x)
+    plan = plan_dispatch(routing.weights.detach(), routing.mask, len(x) * experts)
+    xs = gather(x, plan)
+    gu = grouped_linear(xs, moe.experts.gate_up, plan)
+    from ponderkit import swiglu
+
+    hidden = swiglu(gu, plan.filled)
+    ys = grouped_linear(hidden, moe.experts.down, plan)
+    grad = torch.randn_like(h)
+
+    def fwd_bwd() -> None:
+        moe(h, None).backward(grad)
+
+    pieces = {
+        "router forward": lambda: moe.router(x),
+        "plan_dispatch static": lambda: plan_dispatch(
+            routing.weights.detach(), routing.mask, len(x) * experts
+        ),
+        "gather": lambda: gather(x, plan),
+        "grouped_linear": lambda: grouped_linear(xs, moe.experts.gate_up, plan),
+        "swiglu rows": lambda: swiglu(gu, plan.filled),
+        "combine": lambda: combine(ys, plan),
+        "layer forward": lambda: moe(h, None),
+        "layer forward + backward": fwd_bwd,
+    }
+    for name, fn in pieces.items():
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(2):
+                fn()
+        torch.cuda.current_stream().wait_stream(side)
+        torch.cuda.synchronize()
+        graph = torch.cuda.CUDAGraph()
+        try:
+            with torch.cuda.graph(graph):
+                fn()
+            graph.replay()
+            torch.cuda.synchronize()
+            print(f"capture {name:>26}: ok")
+        except Exception as exc:  # report and go on with the next piece
+            print(f"capture {name:>26}: FAILED {type(exc).__name__}: {str(exc)[:200]}")
+        torch.cuda.synchronize()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--tokens", type=int, default=32768)
@@ -316,6 +367,9 @@ def main() -> None:
         "--profile", action="store_true", help="profile the first E instead of the table"
     )
     parser.add_argument("--overhead", action="store_true", help="host time per piece")
+    parser.add_argument(
+        "--capture-check", action="store_true", help="which pieces a CUDA graph captures"
+    )
     parser.add_argument("--trace", type=Path, default=None, help="with --profile: a trace file")
     parser.add_argument("--profile-rows", type=int, default=30)
     parser.add_argument("--dispatch", default="exact", help="with --profile: exact or static")
@@ -335,6 +389,9 @@ def main() -> None:
 
     x = torch.randn(args.tokens, args.d_model, generator=torch.Generator().manual_seed(0))
     x = x.to(device=device, dtype=dtype)
+    if args.capture_check:
+        capture_check(args, args.experts[0], x)
+        return
     if args.profile or args.overhead:
         (overhead if args.overhead else profile)(args, args.experts[0], x)
         return

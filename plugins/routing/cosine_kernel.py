@@ -192,8 +192,11 @@ class CosineRoute(torch.autograd.Function):
                 n, e, ctx.tau, HAS_GC=g_cos is not None, HAS_GK=g_k is not None,
                 SOFTMAX=ctx.softmax, BLOCK_N=block_n, BLOCK_E=block_e,
             )  # fmt: skip
-        xf = x.float()
-        dx = torch.addmm(xf * coef.unsqueeze(1), ddot, wn.float().t()).to(x.dtype)
-        dwn = (xf.t() @ ddot).to(wn.dtype)
+        # dx = coef * x + ddot @ wn^T and dwn = x^T @ ddot: in fp32 for fp32 tokens; in the
+        # tokens' half precision (fp32 accumulation) otherwise, as every other gradient of a
+        # bf16 layer: no fp32 copy of the (N, D) tokens, tensor-core GEMMs
+        low = x.dtype
+        dx = torch.addmm(x * coef.unsqueeze(1).to(low), ddot.to(low), wn.t().to(low))
+        dwn = (x.t() @ ddot.to(low)).to(wn.dtype)
         dthreshold = (-dgap.sum(0)).to(threshold.dtype)
         return dx, dwn, dthreshold, None, None, None, None, None

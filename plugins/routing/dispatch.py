@@ -88,19 +88,22 @@ def plan_dispatch(weights: Tensor, mask: Tensor, capacity: int | None = None) ->
     ``capacity``: size the pair buffers for this many rows (at least the pairs ``mask`` can
     hold, e.g. N * E) and keep the counts on the device (no host sync)."""
     n, e = mask.shape
-    # 1-based rank of each token among its expert's tokens, scanned along the contiguous axis
-    # of the transposed mask (a scan over the outer axis of (N, E) is ~100x slower on CUDA)
-    rank = mask.t().to(torch.int32, memory_format=torch.contiguous_format).cumsum(1)  # (E, N)
-    counts_dev = rank[:, -1] if n else mask.new_zeros(e, dtype=torch.int32)
-    offsets = counts_dev.cumsum(0, dtype=torch.int32)
+    # One scan over the expert-major (transposed) mask: the running count at (e, n) is 1 + the
+    # row of pair (n, e), and at the end of expert e's stretch the end of its slice. (A scan of
+    # the whole flat array runs device-wide; per-expert scans of the (E, N) rows ran ~10x slower.)
+    flat = mask.t().contiguous().view(-1).cumsum(0, dtype=torch.int32).view(e, n)
+    if n:
+        offsets = flat[:, -1].contiguous()
+    else:
+        offsets = mask.new_zeros(e, dtype=torch.int32)
     if capacity is None:
         # The one host sync of a routed layer: slice sizes are data dependent (dropless).
-        counts = counts_dev.tolist()
-        rows = sum(counts)
+        ends = offsets.tolist()
+        counts = [end - start for start, end in zip([0, *ends[:-1]], ends, strict=True)]
+        rows = ends[-1] if ends else 0
     else:
         counts, rows = None, capacity
-    first = (offsets - counts_dev - 1).unsqueeze(0)  # (1, E): row of each expert's rank 1
-    pos = torch.where(mask, rank.t() + first, -1).to(torch.int32).contiguous()
+    pos = torch.where(mask, flat.t() - 1, -1).to(torch.int32).contiguous()
     return DispatchPlan(weights, mask, pos, counts, offsets, rows)
 
 

@@ -9,7 +9,7 @@ the image of exactly one (n, e), so writes never collide (no atomics, determinis
 - ``gather_sum``: out[n] = sum_e w[n, e] * y[pos[n, e]] (w = 1 when absent), accumulated in
   fp32: the weighted combine, and the backward of ``scatter_rows``.
 - ``combine_backward``: dy[pos[n, e]] = w[n, e] * g[n] and dw[n, e] = <y[pos[n, e]], g[n]>
-  (0 where inactive), one program per token holding its whole gradient row.
+  (0 where inactive), one program per token, along its whole row.
 """
 
 from __future__ import annotations
@@ -23,45 +23,66 @@ from torch import Tensor
 triton, tl, block_size = kernels.triton, kernels.tl, kernels.block_size
 
 if triton is not None:
+    # Each program takes one token and a block of columns, with all its E position-map entries
+    # at once as a (BLOCK_E, BLOCK_D) tile (inactive entries masked off): the loads of a
+    # token's rows are issued together rather than one expert after another.
 
     @triton.jit
-    def _scatter_rows(x_ptr, pos_ptr, xs_ptr, D, E, BLOCK: tl.constexpr):
-        n = tl.program_id(0).to(tl.int64)
-        cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
-        inside = cols < D
-        row = tl.load(x_ptr + n * D + cols, mask=inside)
-        for e in range(E):
-            p = tl.load(pos_ptr + n * E + e).to(tl.int64)
-            tl.store(xs_ptr + p * D + cols, row, mask=inside & (p + cols * 0 >= 0))
+    def _token_rows(pos_ptr, n, E, D, cols, BLOCK_E: tl.constexpr):
+        """(pos (BLOCK_E,), live (BLOCK_E, BLOCK_D)) of token ``n`` for columns ``cols``."""
+        ex = tl.arange(0, BLOCK_E)
+        p = tl.load(pos_ptr + n * E + ex, mask=ex < E, other=-1).to(tl.int64)
+        return p, (p[:, None] >= 0) & (cols < D)[None, :]
 
     @triton.jit
-    def _gather_sum(y_ptr, pos_ptr, w_ptr, out_ptr, D, E, HAS_W: tl.constexpr, BLOCK: tl.constexpr):
+    def _scatter_rows(x_ptr, pos_ptr, xs_ptr, D, E, BLOCK_E: tl.constexpr, BLOCK_D: tl.constexpr):
         n = tl.program_id(0).to(tl.int64)
-        cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
-        inside = cols < D
-        acc = tl.zeros([BLOCK], dtype=tl.float32)
-        for e in range(E):
-            p = tl.load(pos_ptr + n * E + e).to(tl.int64)
-            live = inside & (p + cols * 0 >= 0)  # broadcast: the interpreter wants a vector mask
-            v = tl.load(y_ptr + p * D + cols, mask=live, other=0.0).to(tl.float32)
-            if HAS_W:
-                v = v * tl.load(w_ptr + n * E + e).to(tl.float32)
-            acc += v
-        tl.store(out_ptr + n * D + cols, acc.to(out_ptr.dtype.element_ty), mask=inside)
+        cols = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
+        p, live = _token_rows(pos_ptr, n, E, D, cols, BLOCK_E)
+        row = tl.load(x_ptr + n * D + cols, mask=cols < D)
+        tile = tl.broadcast_to(row[None, :], (BLOCK_E, BLOCK_D))
+        tl.store(xs_ptr + p[:, None] * D + cols[None, :], tile, mask=live)
 
     @triton.jit
-    def _combine_backward(g_ptr, y_ptr, pos_ptr, w_ptr, dy_ptr, dw_ptr, D, E, BLOCK: tl.constexpr):
+    def _gather_sum(
+        y_ptr, pos_ptr, w_ptr, out_ptr, D, E,
+        HAS_W: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_D: tl.constexpr,
+    ):  # fmt: skip
         n = tl.program_id(0).to(tl.int64)
-        cols = tl.arange(0, BLOCK)  # the whole row: BLOCK >= D
-        inside = cols < D
-        g = tl.load(g_ptr + n * D + cols, mask=inside, other=0.0).to(tl.float32)
-        for e in range(E):
-            p = tl.load(pos_ptr + n * E + e).to(tl.int64)
-            live = inside & (p + cols * 0 >= 0)
-            w = tl.load(w_ptr + n * E + e).to(tl.float32)
-            y = tl.load(y_ptr + p * D + cols, mask=live, other=0.0).to(tl.float32)
-            tl.store(dy_ptr + p * D + cols, (w * g).to(dy_ptr.dtype.element_ty), mask=live)
-            tl.store(dw_ptr + n * E + e, tl.sum(g * y, axis=0))
+        cols = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
+        p, live = _token_rows(pos_ptr, n, E, D, cols, BLOCK_E)
+        v = tl.load(y_ptr + p[:, None] * D + cols[None, :], mask=live, other=0.0).to(tl.float32)
+        if HAS_W:
+            ex = tl.arange(0, BLOCK_E)
+            w = tl.load(w_ptr + n * E + ex, mask=ex < E, other=0.0).to(tl.float32)
+            v = v * w[:, None]
+        acc = tl.sum(v, axis=0)
+        tl.store(out_ptr + n * D + cols, acc.to(out_ptr.dtype.element_ty), mask=cols < D)
+
+    @triton.jit
+    def _combine_backward(
+        g_ptr, y_ptr, pos_ptr, w_ptr, dy_ptr, dw_ptr, D, E,
+        BLOCK_E: tl.constexpr, BLOCK_D: tl.constexpr,
+    ):  # fmt: skip
+        n = tl.program_id(0).to(tl.int64)
+        ex = tl.arange(0, BLOCK_E)
+        w = tl.load(w_ptr + n * E + ex, mask=ex < E, other=0.0).to(tl.float32)
+        dw = tl.zeros([BLOCK_E], dtype=tl.float32)
+        for d0 in range(0, D, BLOCK_D):  # the whole row: dw sums over every column
+            cols = d0 + tl.arange(0, BLOCK_D)
+            p, live = _token_rows(pos_ptr, n, E, D, cols, BLOCK_E)
+            g = tl.load(g_ptr + n * D + cols, mask=cols < D, other=0.0).to(tl.float32)
+            at = p[:, None] * D + cols[None, :]
+            y = tl.load(y_ptr + at, mask=live, other=0.0).to(tl.float32)
+            tl.store(dy_ptr + at, (w[:, None] * g[None, :]).to(dy_ptr.dtype.element_ty), mask=live)
+            dw += tl.sum(y * g[None, :], axis=1)
+        tl.store(dw_ptr + n * E + ex, dw, mask=ex < E)
+
+
+def _blocks(e: int, d: int) -> tuple[int, int]:
+    """(BLOCK_E, BLOCK_D) of a token's tile: every expert, about 4096 elements."""
+    block_e = block_size(e)
+    return block_e, block_size(d, cap=max(16, 4096 // block_e))
 
 
 def scatter_rows(x: Tensor, pos: Tensor, num_pairs: int) -> Tensor:
@@ -69,9 +90,9 @@ def scatter_rows(x: Tensor, pos: Tensor, num_pairs: int) -> Tensor:
     n, d = x.shape
     xs = x.new_empty(num_pairs, d)
     if n and num_pairs:
-        block = block_size(d)
-        _scatter_rows[(n, triton.cdiv(d, block))](
-            x.contiguous(), pos, xs, d, pos.shape[1], BLOCK=block
+        block_e, block_d = _blocks(pos.shape[1], d)
+        _scatter_rows[(n, triton.cdiv(d, block_d))](
+            x.contiguous(), pos, xs, d, pos.shape[1], BLOCK_E=block_e, BLOCK_D=block_d
         )
     return xs
 
@@ -82,10 +103,12 @@ def gather_sum(y: Tensor, pos: Tensor, w: Tensor | None, dtype: torch.dtype) -> 
     d = y.shape[1]
     out = y.new_empty(n, d, dtype=dtype)
     if n:
-        block = block_size(d)
-        grid = (n, triton.cdiv(d, block))
+        block_e, block_d = _blocks(e, d)
         w_arg = w.contiguous() if w is not None else pos  # unread when HAS_W is False
-        _gather_sum[grid](y.contiguous(), pos, w_arg, out, d, e, HAS_W=w is not None, BLOCK=block)
+        _gather_sum[(n, triton.cdiv(d, block_d))](
+            y.contiguous(), pos, w_arg, out, d, e,
+            HAS_W=w is not None, BLOCK_E=block_e, BLOCK_D=block_d,
+        )  # fmt: skip
     return out
 
 
@@ -118,18 +141,9 @@ class Combine(torch.autograd.Function):
         dy = torch.empty_like(y)
         dw = torch.empty(pos.shape, dtype=torch.float32, device=y.device)
         if pos.numel():
-            d = y.shape[1]
-            block = block_size(d, cap=1 << 30)  # one program holds a whole row
+            d, e = y.shape[1], pos.shape[1]
+            block_e, block_d = _blocks(e, d)
             _combine_backward[(pos.shape[0],)](
-                grad.contiguous(),
-                y,
-                pos,
-                w,
-                dy,
-                dw,
-                d,
-                pos.shape[1],
-                BLOCK=block,
-                num_warps=min(16, max(4, block // 256)),
+                grad.contiguous(), y, pos, w, dy, dw, d, e, BLOCK_E=block_e, BLOCK_D=block_d
             )
         return dy, dw.to(w.dtype), None

@@ -29,17 +29,20 @@ CASES = {
     "scatter_rows": (
         dispatch_kernels._scatter_rows,
         {"x_ptr": BF16, "pos_ptr": I32, "xs_ptr": BF16},
-        [{"BLOCK": 512}],
+        [{"BLOCK_E": 16, "BLOCK_D": 256}],
     ),
     "gather_sum": (
         dispatch_kernels._gather_sum,
         {"y_ptr": BF16, "pos_ptr": I32, "w_ptr": F32, "out_ptr": BF16},
-        [{"HAS_W": True, "BLOCK": 512}, {"HAS_W": False, "BLOCK": 512}],
+        [
+            {"HAS_W": True, "BLOCK_E": 16, "BLOCK_D": 256},
+            {"HAS_W": False, "BLOCK_E": 128, "BLOCK_D": 32},
+        ],
     ),
     "combine_backward": (
         dispatch_kernels._combine_backward,
         {"g_ptr": BF16, "y_ptr": BF16, "pos_ptr": I32, "w_ptr": F32, "dy_ptr": BF16, "dw_ptr": F32},
-        [{"BLOCK": 2048}],
+        [{"BLOCK_E": 16, "BLOCK_D": 256}],
     ),
     "cosine_route_fwd": (
         cosine_kernel._route_fwd,
