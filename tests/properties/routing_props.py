@@ -221,6 +221,8 @@ def check_routing(router: torch.nn.Module, x: torch.Tensor, name: str, overrides
 
     k = mask.sum(-1)
     live = int(enabled.sum())
+    # a static dispatch sizes its buffers by max_active: no token may exceed it
+    assert (k <= router.max_active).all(), "a token has more experts than max_active"
     if name == "topk_softmax":
         assert (k == min(overrides["top_k"], live)).all()
     elif name == "dense":

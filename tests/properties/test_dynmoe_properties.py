@@ -4,6 +4,8 @@ and the router learns from the task loss through the layer."""
 
 from __future__ import annotations
 
+import copy
+
 from types import SimpleNamespace
 
 import torch
@@ -63,6 +65,27 @@ def test_dynmoe_is_equivariant_to_token_permutations(shape, variant):
     x = torch.randn(1, shape["b"] * shape["t"], shape["d"], dtype=torch.float64)
     perm = torch.randperm(x.shape[1])
     assert torch.allclose(layer(x[:, perm], None), layer(x, None)[:, perm], atol=1e-12)
+
+
+@PROPERTY
+@given(shape=shapes, variant=st.sampled_from(ROUTER_VARIANTS))
+def test_static_dispatch_equals_exact_dispatch(shape, variant):
+    """Buffers sized by the router's max_active (N * k for top-k) hold every pair: the static
+    layer equals the exact one in outputs and in every gradient."""
+    torch.manual_seed(shape["seed"])
+    exact = dynmoe(*variant, shape["d"], shape["h"], shape["e"]).double()
+    static = copy.deepcopy(exact)
+    static.dispatch = "static"
+    x = torch.randn(shape["b"], shape["t"], shape["d"], dtype=torch.float64)
+    results = []
+    for layer in (exact, static):
+        xx = x.clone().requires_grad_()
+        out = layer(xx, None)
+        out.square().sum().backward()
+        grads = [p.grad for p in layer.parameters() if p.grad is not None]
+        results.append([out.detach(), xx.grad, *grads])
+    for a, b in zip(*results, strict=True):
+        assert torch.allclose(a, b, atol=1e-12), "static and exact dispatch differ"
 
 
 @PROPERTY
