@@ -5,7 +5,6 @@ and the router learns from the task loss through the layer."""
 from __future__ import annotations
 
 import copy
-
 from types import SimpleNamespace
 
 import torch
