@@ -6,7 +6,7 @@ products, the prototypes normalised by the caller), fired = cos > G_e on enabled
 top-``min_experts`` fallback where nothing fired, then the weights (1/K, or a softmax of
 tau * cos over the active experts). Backward: the straight-through gradient through
 sigmoid(tau * (cos - G)), the softmax's own gradient, and the chain through cos = dot / |x| in
-the same pass; the two matmuls of the input and prototype gradients are cuBLAS calls.
+the same pass, with the input gradient; the prototype gradient is one cuBLAS call.
 
 The routing equals the torch expressions of :class:`CosineThresholdRouter` (tested through
 Triton's interpreter), except that ties between equal cosines in the fallback may break
@@ -88,9 +88,9 @@ if triton is not None:
     @triton.jit
     def _route_bwd(
         gw_ptr, gc_ptr, gk_ptr, w_ptr, m_ptr, cos_ptr, norm_ptr, g_ptr, en_ptr, ddot_ptr,
-        dgap_ptr, coef_ptr, N, E, tau,
+        dgap_ptr, x_ptr, wn_ptr, dx_ptr, N, D, E, tau,
         HAS_GC: tl.constexpr, HAS_GK: tl.constexpr, SOFTMAX: tl.constexpr,
-        BLOCK_N: tl.constexpr, BLOCK_E: tl.constexpr,
+        BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_E: tl.constexpr,
     ):  # fmt: skip
         rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
         rin = rows < N
@@ -121,9 +121,19 @@ if triton is not None:
         # cos = dot / max(|x|, eps): d dot = dcos / n; d|x| = -sum_e dcos * cos / n (0 where
         # the clamp holds), and d|x| / dx = x / |x|, applied by the caller as coef * x
         coef = tl.where(length > 1e-6, -tl.sum(dcos * cos, axis=1) / (norm * norm), 0.0)
-        tl.store(ddot_ptr + at, dcos / norm[:, None], mask=both)
+        ddot = tl.where(both, dcos / norm[:, None], 0.0)
+        tl.store(ddot_ptr + at, ddot, mask=both)
         tl.store(dgap_ptr + at, dgap, mask=both)
-        tl.store(coef_ptr + rows, coef, mask=rin)
+        # dx = coef * x + ddot @ wn^T, a block of columns at a time
+        for d0 in range(0, D, BLOCK_D):
+            dd = d0 + tl.arange(0, BLOCK_D)
+            din = dd < D
+            xin = rin[:, None] & din[None, :]
+            xat = rows[:, None].to(tl.int64) * D + dd[None, :]
+            xt = tl.load(x_ptr + xat, mask=xin, other=0.0).to(tl.float32)
+            wt = tl.load(wn_ptr + dd[None, :] * E + ex[:, None], mask=ein[:, None] & din[None, :])
+            dx = coef[:, None] * xt + tl.dot(ddot, wt.to(tl.float32), input_precision="ieee")
+            tl.store(dx_ptr + xat, dx.to(dx_ptr.dtype.element_ty), mask=xin)
 
 
 def _blocks(e: int) -> tuple[int, int]:
@@ -177,10 +187,10 @@ class CosineRoute(torch.autograd.Function):
         ctx: Any, g_weights: Tensor, _mask: Any, g_cos: Tensor | None, _u: Any, g_k: Tensor | None
     ):
         x, wn, threshold, enabled, weights, active, cos, norm = ctx.saved_tensors
-        n, e = weights.shape
+        (n, e), d = weights.shape, x.shape[1]
         f32 = dict(dtype=torch.float32, device=x.device)
         ddot, dgap = torch.empty(n, e, **f32), torch.empty(n, e, **f32)
-        coef = torch.empty(n, **f32)
+        dx = torch.empty_like(x)
         if g_weights is None:
             g_weights = torch.zeros_like(weights)
         block_e, block_n = _blocks(e)
@@ -188,15 +198,14 @@ class CosineRoute(torch.autograd.Function):
             _route_bwd[(triton.cdiv(n, block_n),)](
                 g_weights.contiguous(), g_cos.contiguous() if g_cos is not None else cos,
                 g_k.contiguous() if g_k is not None else norm, weights, active, cos, norm,
-                threshold.float().contiguous(), enabled.to(torch.int8), ddot, dgap, coef,
-                n, e, ctx.tau, HAS_GC=g_cos is not None, HAS_GK=g_k is not None,
-                SOFTMAX=ctx.softmax, BLOCK_N=block_n, BLOCK_E=block_e,
+                threshold.float().contiguous(), enabled.to(torch.int8), ddot, dgap, x,
+                wn.float().contiguous(), dx, n, d, e, ctx.tau, HAS_GC=g_cos is not None,
+                HAS_GK=g_k is not None, SOFTMAX=ctx.softmax, BLOCK_N=block_n, BLOCK_D=32,
+                BLOCK_E=block_e,
             )  # fmt: skip
-        # dx = coef * x + ddot @ wn^T and dwn = x^T @ ddot: in fp32 for fp32 tokens; in the
-        # tokens' half precision (fp32 accumulation) otherwise, as every other gradient of a
-        # bf16 layer: no fp32 copy of the (N, D) tokens, tensor-core GEMMs
-        low = x.dtype
-        dx = torch.addmm(x * coef.unsqueeze(1).to(low), ddot.to(low), wn.t().to(low))
-        dwn = (x.t() @ ddot.to(low)).to(wn.dtype)
+        # dwn = x^T @ ddot: in fp32 for fp32 tokens, else in the tokens' half precision (fp32
+        # accumulation) as every other weight gradient of a bf16 layer (a tensor-core GEMM,
+        # no fp32 copy of the tokens)
+        dwn = (x.t() @ ddot.to(x.dtype)).to(wn.dtype)
         dthreshold = (-dgap.sum(0)).to(threshold.dtype)
         return dx, dwn, dthreshold, None, None, None, None, None

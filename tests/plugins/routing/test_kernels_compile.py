@@ -68,10 +68,24 @@ CASES = {
     ),
     "cosine_route_bwd": (
         cosine_kernel._route_bwd,
-        {"m_ptr": I8, "en_ptr": I8},
+        {"m_ptr": I8, "en_ptr": I8, "x_ptr": BF16, "dx_ptr": BF16},
         [
-            {"HAS_GC": True, "HAS_GK": True, "SOFTMAX": True, "BLOCK_N": 64, "BLOCK_E": 16},
-            {"HAS_GC": False, "HAS_GK": False, "SOFTMAX": False, "BLOCK_N": 32, "BLOCK_E": 128},
+            {
+                "HAS_GC": True,
+                "HAS_GK": True,
+                "SOFTMAX": True,
+                "BLOCK_N": 64,
+                "BLOCK_D": 32,
+                "BLOCK_E": 16,
+            },
+            {
+                "HAS_GC": False,
+                "HAS_GK": False,
+                "SOFTMAX": False,
+                "BLOCK_N": 32,
+                "BLOCK_D": 32,
+                "BLOCK_E": 128,
+            },
         ],
     ),
 }
