@@ -181,11 +181,19 @@ def measure(args: argparse.Namespace, experts: int, x: Tensor) -> dict:
         layers = {name: torch.compile(layer) for name, layer in layers.items()}
     else:
         layers["dynmoe_static"] = static
+    graph_error = None
     if x.is_cuda and not args.compile and args.graphs:
-        layers["dynmoe_static_graph"] = graphed(static, h)
-        layers["dense_ffn_graph"] = graphed(dense, h)
-        layers["dense_masked_graph"] = graphed(DenseMasked(static), h)
+        try:
+            layers["dynmoe_static_graph"] = graphed(static, h)
+            layers["dense_ffn_graph"] = graphed(dense, h)
+            layers["dense_masked_graph"] = graphed(DenseMasked(static), h)
+        except Exception as exc:  # report it in the table rather than lose the eager rows
+            graph_error = f"{type(exc).__name__}: {str(exc)[:300]}"
+            for name in ("dynmoe_static_graph", "dense_ffn_graph", "dense_masked_graph"):
+                layers.pop(name, None)
+            torch.cuda.synchronize()
     row = {
+        "graph_error": graph_error,
         "experts": experts,
         "mean_k": mean_k,
         "tokens_without_expert_before_fallback": float((~mask.any(-1)).float().mean()),
@@ -444,6 +452,8 @@ def main() -> None:
                 f"{m['vs_dense_ffn']:>7.2f}x{m['speedup_vs_dense_masked']:>7.2f}x  "
                 f"{'met' if m['meets'] else 'MISSED'}"
             )
+        if r["graph_error"]:
+            print(f"{'':>14}CUDA graph capture failed: {r['graph_error']}")
         if "dynmoe_loop_ms" in r:
             print(f"{'':>14}loop fallback {r['dynmoe_loop_ms']:.2f} ms")
     print(f"wrote {out_path}")
