@@ -23,9 +23,8 @@ from torch import Tensor
 triton, tl, block_size = kernels.triton, kernels.tl, kernels.block_size
 
 if triton is not None:
-    # Each program takes one token and a block of columns, with all its E position-map entries
-    # at once as a (BLOCK_E, BLOCK_D) tile (inactive entries masked off): the loads of a
-    # token's rows are issued together rather than one expert after another.
+    # scatter_rows and combine_backward take one token's E position-map entries at once, as a
+    # (BLOCK_E, BLOCK_D) tile with the inactive entries masked off.
 
     @triton.jit
     def _token_rows(pos_ptr, n, E, D, cols, BLOCK_E: tl.constexpr):
@@ -44,20 +43,21 @@ if triton is not None:
         tl.store(xs_ptr + p[:, None] * D + cols[None, :], tile, mask=live)
 
     @triton.jit
-    def _gather_sum(
-        y_ptr, pos_ptr, w_ptr, out_ptr, D, E,
-        HAS_W: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_D: tl.constexpr,
-    ):  # fmt: skip
+    def _gather_sum(y_ptr, pos_ptr, w_ptr, out_ptr, D, E, HAS_W: tl.constexpr, BLOCK: tl.constexpr):
+        # one expert after another: as a (BLOCK_E, BLOCK_D) tile reduced over experts this ran
+        # ~9x slower on an H200 (610 against 70 us at N = 32k, E = 16, D = 512)
         n = tl.program_id(0).to(tl.int64)
-        cols = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
-        p, live = _token_rows(pos_ptr, n, E, D, cols, BLOCK_E)
-        v = tl.load(y_ptr + p[:, None] * D + cols[None, :], mask=live, other=0.0).to(tl.float32)
-        if HAS_W:
-            ex = tl.arange(0, BLOCK_E)
-            w = tl.load(w_ptr + n * E + ex, mask=ex < E, other=0.0).to(tl.float32)
-            v = v * w[:, None]
-        acc = tl.sum(v, axis=0)
-        tl.store(out_ptr + n * D + cols, acc.to(out_ptr.dtype.element_ty), mask=cols < D)
+        cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+        inside = cols < D
+        acc = tl.zeros([BLOCK], dtype=tl.float32)
+        for e in range(E):
+            p = tl.load(pos_ptr + n * E + e).to(tl.int64)
+            live = inside & (p + cols * 0 >= 0)  # broadcast: the interpreter wants a vector mask
+            v = tl.load(y_ptr + p * D + cols, mask=live, other=0.0).to(tl.float32)
+            if HAS_W:
+                v = v * tl.load(w_ptr + n * E + e).to(tl.float32)
+            acc += v
+        tl.store(out_ptr + n * D + cols, acc.to(out_ptr.dtype.element_ty), mask=inside)
 
     @triton.jit
     def _combine_backward(
@@ -103,12 +103,11 @@ def gather_sum(y: Tensor, pos: Tensor, w: Tensor | None, dtype: torch.dtype) -> 
     d = y.shape[1]
     out = y.new_empty(n, d, dtype=dtype)
     if n:
-        block_e, block_d = _blocks(e, d)
+        block = block_size(d)
         w_arg = w.contiguous() if w is not None else pos  # unread when HAS_W is False
-        _gather_sum[(n, triton.cdiv(d, block_d))](
-            y.contiguous(), pos, w_arg, out, d, e,
-            HAS_W=w is not None, BLOCK_E=block_e, BLOCK_D=block_d,
-        )  # fmt: skip
+        _gather_sum[(n, triton.cdiv(d, block))](
+            y.contiguous(), pos, w_arg, out, d, e, HAS_W=w is not None, BLOCK=block
+        )
     return out
 
 
