@@ -200,7 +200,7 @@ class CosineRoute(torch.autograd.Function):
                 g_k.contiguous() if g_k is not None else norm, weights, active, cos, norm,
                 threshold.float().contiguous(), enabled.to(torch.int8), ddot, dgap, x,
                 wn.float().contiguous(), dx, n, d, e, ctx.tau, HAS_GC=g_cos is not None,
-                HAS_GK=g_k is not None, SOFTMAX=ctx.softmax, BLOCK_N=block_n, BLOCK_D=32,
+                HAS_GK=g_k is not None, SOFTMAX=ctx.softmax, BLOCK_N=block_n, BLOCK_D=64,
                 BLOCK_E=block_e,
             )  # fmt: skip
         # dwn = x^T @ ddot: in fp32 for fp32 tokens, else in the tokens' half precision (fp32

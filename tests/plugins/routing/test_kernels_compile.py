@@ -34,7 +34,10 @@ CASES = {
     "gather_sum": (
         dispatch_kernels._gather_sum,
         {"y_ptr": BF16, "pos_ptr": I32, "w_ptr": F32, "out_ptr": BF16},
-        [{"HAS_W": True, "BLOCK": 512}, {"HAS_W": False, "BLOCK": 512}],
+        [
+            {"HAS_W": True, "BLOCK": 512, "BLOCK_E": 16},
+            {"HAS_W": False, "BLOCK": 512, "BLOCK_E": 128},
+        ],
     ),
     "combine_backward": (
         dispatch_kernels._combine_backward,
@@ -72,7 +75,7 @@ CASES = {
                 "HAS_GK": True,
                 "SOFTMAX": True,
                 "BLOCK_N": 64,
-                "BLOCK_D": 32,
+                "BLOCK_D": 64,
                 "BLOCK_E": 16,
             },
             {
