@@ -43,28 +43,21 @@ if triton is not None:
         tl.store(xs_ptr + p[:, None] * D + cols[None, :], tile, mask=live)
 
     @triton.jit
-    def _gather_sum(
-        y_ptr, pos_ptr, w_ptr, out_ptr, D, E,
-        HAS_W: tl.constexpr, BLOCK: tl.constexpr, BLOCK_E: tl.constexpr,
-    ):  # fmt: skip
-        # The token's position-map row (and weights) in one load, then one expert after
-        # another, each entry picked out of registers: the row loads of a token do not wait on
-        # E dependent loads of its positions. (Reduced over experts as a (BLOCK_E, BLOCK_D)
-        # tile, this ran ~9x slower on an H200.)
+    def _gather_sum(y_ptr, pos_ptr, w_ptr, out_ptr, D, E, HAS_W: tl.constexpr, BLOCK: tl.constexpr):
+        # one expert after another, each position loaded on its own. On an H200 (N = 32k,
+        # E = 16, D = 512) this takes 70 us; reduced over experts as a (BLOCK_E, BLOCK_D) tile
+        # 610 us; with the token's position row loaded once and each entry picked out of
+        # registers (a reduction per expert) 99 us.
         n = tl.program_id(0).to(tl.int64)
         cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
         inside = cols < D
-        ex = tl.arange(0, BLOCK_E)
-        prow = tl.load(pos_ptr + n * E + ex, mask=ex < E, other=-1)
-        if HAS_W:
-            wrow = tl.load(w_ptr + n * E + ex, mask=ex < E, other=0.0).to(tl.float32)
         acc = tl.zeros([BLOCK], dtype=tl.float32)
         for e in range(E):
-            p = tl.sum(tl.where(ex == e, prow, 0)).to(tl.int64)
+            p = tl.load(pos_ptr + n * E + e).to(tl.int64)
             live = inside & (p + cols * 0 >= 0)  # broadcast: the interpreter wants a vector mask
             v = tl.load(y_ptr + p * D + cols, mask=live, other=0.0).to(tl.float32)
             if HAS_W:
-                v = v * tl.sum(tl.where(ex == e, wrow, 0.0))
+                v = v * tl.load(w_ptr + n * E + e).to(tl.float32)
             acc += v
         tl.store(out_ptr + n * D + cols, acc.to(out_ptr.dtype.element_ty), mask=inside)
 
@@ -115,9 +108,8 @@ def gather_sum(y: Tensor, pos: Tensor, w: Tensor | None, dtype: torch.dtype) -> 
         block = block_size(d)
         w_arg = w.contiguous() if w is not None else pos  # unread when HAS_W is False
         _gather_sum[(n, triton.cdiv(d, block))](
-            y.contiguous(), pos, w_arg, out, d, e,
-            HAS_W=w is not None, BLOCK=block, BLOCK_E=block_size(e),
-        )  # fmt: skip
+            y.contiguous(), pos, w_arg, out, d, e, HAS_W=w is not None, BLOCK=block
+        )
     return out
 
 

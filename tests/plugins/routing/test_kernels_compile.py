@@ -34,10 +34,7 @@ CASES = {
     "gather_sum": (
         dispatch_kernels._gather_sum,
         {"y_ptr": BF16, "pos_ptr": I32, "w_ptr": F32, "out_ptr": BF16},
-        [
-            {"HAS_W": True, "BLOCK": 512, "BLOCK_E": 16},
-            {"HAS_W": False, "BLOCK": 512, "BLOCK_E": 128},
-        ],
+        [{"HAS_W": True, "BLOCK": 512}, {"HAS_W": False, "BLOCK": 512}],
     ),
     "combine_backward": (
         dispatch_kernels._combine_backward,
