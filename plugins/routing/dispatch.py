@@ -19,8 +19,8 @@ the GPU; the price is memory for ``capacity`` rows. Still dropless: the capacity
 possible routing.
 
 On CUDA, gather and combine are Triton kernels (:mod:`.kernels`: each token's rows are read
-or written at ``pos``, every row by exactly one token, so no atomics and a deterministic
-result, accumulated in fp32); elsewhere the same through torch indexing. Dropless: every
+or written through its slots, its active pairs only, every row by exactly one token, so no
+atomics and a deterministic result, accumulated in fp32); elsewhere the same through torch indexing. Dropless: every
 active pair is computed, whatever the load. All steps are differentiable.
 """
 
@@ -31,7 +31,7 @@ from typing import Literal
 import attrs
 import torch
 from ponderkit import use_triton
-from ponderkit.plugins.routing.kernels import Combine, ScatterRows
+from ponderkit.plugins.routing.kernels import Combine, ScatterRows, Slots, pack_slots
 from torch import Tensor
 from torch.nn import functional as F
 
@@ -51,6 +51,8 @@ class DispatchPlan:
       sync (a ``capacity``).
     - ``offsets`` (E,) int32 on the device: cumulative counts, the grouped GEMM's group ends.
     - ``rows``: rows of the pair buffers: the number of pairs, or the capacity.
+    - ``slots``: each token's active pairs packed to the front, for the Triton kernels
+      (:func:`~.kernels.pack_slots`), or None where they do not run.
     """
 
     weights: Tensor
@@ -59,6 +61,7 @@ class DispatchPlan:
     counts: list[int] | None
     offsets: Tensor
     rows: int
+    slots: Slots | None = None
 
     @property
     def num_tokens(self) -> int:
@@ -104,13 +107,14 @@ def plan_dispatch(weights: Tensor, mask: Tensor, capacity: int | None = None) ->
     else:
         counts, rows = None, capacity
     pos = torch.where(mask, flat.t() - 1, -1).to(torch.int32).contiguous()
-    return DispatchPlan(weights, mask, pos, counts, offsets, rows)
+    slots = pack_slots(pos) if use_triton(weights) else None
+    return DispatchPlan(weights, mask, pos, counts, offsets, rows, slots)
 
 
 def gather(x: Tensor, plan: DispatchPlan) -> Tensor:
     """Rows of ``x`` (N, D) for every pair, grouped by expert: (P, D)."""
-    if use_triton(x):
-        return ScatterRows.apply(x, plan.pos, plan.rows)
+    if plan.slots is not None and use_triton(x):
+        return ScatterRows.apply(x, plan.slots, plan.rows)
     tokens, _, rows = plan.pairs()
     by_row = torch.zeros(plan.rows, dtype=torch.long, device=x.device)  # spare rows: token 0
     by_row[rows] = tokens
@@ -119,8 +123,8 @@ def gather(x: Tensor, plan: DispatchPlan) -> Tensor:
 
 def combine(y: Tensor, plan: DispatchPlan) -> Tensor:
     """sum over a token's pairs of weight * y: (P, D) -> (N, D); 0 for tokens without pairs."""
-    if use_triton(y, plan.weights):
-        return Combine.apply(y, plan.weights, plan.pos)
+    if plan.slots is not None and use_triton(y, plan.weights):
+        return Combine.apply(y, plan.weights, plan.slots)
     tokens, experts, rows = plan.pairs()
     weighted = y.index_select(0, rows) * plan.weights[tokens, experts].to(y.dtype).unsqueeze(-1)
     return y.new_zeros(plan.num_tokens, y.shape[-1]).index_add(0, tokens, weighted)
