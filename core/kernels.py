@@ -91,19 +91,15 @@ if triton is not None:
         n = tl.load(rows_ptr) if HAS_ROWS else N
         for r in range(tl.program_id(0), n, tl.num_programs(0)):
             row = tl.cast(r, tl.int64)
-            _swiglu_bwd_row(gu_ptr, dh_ptr, dgu_ptr, row, cols, inside, H)
-
-    @triton.jit
-    def _swiglu_bwd_row(gu_ptr, dh_ptr, dgu_ptr, row, cols, inside, H):
-        gate = tl.load(gu_ptr + row * 2 * H + cols, mask=inside, other=0.0).to(tl.float32)
-        up = tl.load(gu_ptr + row * 2 * H + H + cols, mask=inside, other=0.0).to(tl.float32)
-        dh = tl.load(dh_ptr + row * H + cols, mask=inside, other=0.0).to(tl.float32)
-        sig = tl.sigmoid(gate)
-        silu = gate * sig
-        dgate = dh * up * sig * (1.0 + gate * (1.0 - sig))
-        out = dgu_ptr.dtype.element_ty
-        tl.store(dgu_ptr + row * 2 * H + cols, dgate.to(out), mask=inside)
-        tl.store(dgu_ptr + row * 2 * H + H + cols, (dh * silu).to(out), mask=inside)
+            gate = tl.load(gu_ptr + row * 2 * H + cols, mask=inside, other=0.0).to(tl.float32)
+            up = tl.load(gu_ptr + row * 2 * H + H + cols, mask=inside, other=0.0).to(tl.float32)
+            dh = tl.load(dh_ptr + row * H + cols, mask=inside, other=0.0).to(tl.float32)
+            sig = tl.sigmoid(gate)
+            silu = gate * sig
+            dgate = dh * up * sig * (1.0 + gate * (1.0 - sig))
+            out = dgu_ptr.dtype.element_ty
+            tl.store(dgu_ptr + row * 2 * H + cols, dgate.to(out), mask=inside)
+            tl.store(dgu_ptr + row * 2 * H + H + cols, (dh * silu).to(out), mask=inside)
 
 
 #: programs per column block when only a device-side count of rows is known (each loops over

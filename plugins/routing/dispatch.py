@@ -20,8 +20,9 @@ possible routing.
 
 On CUDA, gather and combine are Triton kernels (:mod:`.kernels`: each token's rows are read
 or written through its slots, its active pairs only, every row by exactly one token, so no
-atomics and a deterministic result, accumulated in fp32); elsewhere the same through torch indexing. Dropless: every
-active pair is computed, whatever the load. All steps are differentiable.
+atomics and a deterministic result, accumulated in fp32); elsewhere the same through torch
+indexing. Dropless: every active pair is computed, whatever the load. All steps are
+differentiable.
 """
 
 from __future__ import annotations
