@@ -230,17 +230,29 @@ def profile(args: argparse.Namespace, experts: int, x: Tensor) -> None:
     from torch.profiler import profile as torch_profile
 
     moe = build_dynmoe(args, experts, x, "auto", args.dispatch)
+    if args.profile == "dense":  # (a), for the cost of its GEMMs and SwiGLU
+        with torch.no_grad():
+            mean_k = float(moe.router(x).mask.sum(-1).float().mean())
+        hidden = max(8, round(mean_k * args.hidden / 8) * 8)
+        moe = SwiGLU(args.d_model, hidden).to(device=x.device, dtype=x.dtype)
     h = x.unsqueeze(0).detach().requires_grad_()
     grad = torch.randn_like(h)
-    for _ in range(args.warmup):
+    params = [h, *moe.parameters()]
+
+    def step() -> None:
+        for p in params:  # as the timed steps: no gradient accumulation
+            p.grad = None
         moe(h, ForwardContext()).backward(grad)
+
+    for _ in range(args.warmup):
+        step()
     sync(x.device)
     steps = 5
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if x.is_cuda else [])
     t = time.perf_counter()
     with torch_profile(activities=activities, with_stack=args.trace is not None) as prof:
         for _ in range(steps):
-            moe(h, ForwardContext()).backward(grad)
+            step()
         sync(x.device)
     wall = (time.perf_counter() - t) / steps
     if args.trace is not None:
@@ -369,7 +381,11 @@ def main() -> None:
         "--no-graphs", dest="graphs", action="store_false", help="skip the CUDA-graph timings"
     )
     parser.add_argument(
-        "--profile", action="store_true", help="profile the first E instead of the table"
+        "--profile",
+        nargs="?",
+        const="dynmoe",
+        choices=["dynmoe", "dense"],
+        help="profile dynmoe at the first E (or the dense layer (a)) instead of the table",
     )
     parser.add_argument("--overhead", action="store_true", help="host time per piece")
     parser.add_argument(

@@ -30,10 +30,11 @@ if triton is not None:
 
     @triton.jit
     def _route_fwd(
-        x_ptr, wn_ptr, g_ptr, en_ptr, w_ptr, m_ptr, cos_ptr, norm_ptr, unfired_ptr,
+        x_ptr, wn_ptr, g_ptr, en_ptr, w_ptr, m_ptr, cos_ptr, norm_ptr, unfired_ptr, k_ptr,
         N, D, E, tau,
         MIN_K: tl.constexpr, TOPK: tl.constexpr, SOFTMAX: tl.constexpr,
         BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_E: tl.constexpr,
+        PRECISION: tl.constexpr,
     ):  # fmt: skip
         rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
         rin = rows < N
@@ -49,7 +50,7 @@ if triton is not None:
                 mask=rin[:, None] & din[None, :], other=0.0,
             ).to(tl.float32)  # fmt: skip
             wt = tl.load(wn_ptr + dd[:, None] * E + ex[None, :], mask=din[:, None] & ein[None, :])
-            dot += tl.dot(xt, wt.to(tl.float32), input_precision="ieee")
+            dot += tl.dot(xt, wt.to(tl.float32), input_precision=PRECISION)
             sq += tl.sum(xt * xt, axis=1)
         norm = tl.maximum(tl.sqrt(sq), 1e-6)  # the torch path's clamp
         cos = dot / norm[:, None]
@@ -83,14 +84,16 @@ if triton is not None:
         tl.store(m_ptr + out, active.to(tl.int8), mask=both)
         tl.store(cos_ptr + out, cos, mask=both)
         tl.store(norm_ptr + rows, tl.sqrt(sq), mask=rin)
+        tl.store(k_ptr + rows, tl.sum(hard, axis=1), mask=rin)  # active are all enabled
         tl.atomic_add(unfired_ptr, tl.sum((none & rin).to(tl.int32), axis=0))
 
     @triton.jit
     def _route_bwd(
         gw_ptr, gc_ptr, gk_ptr, w_ptr, m_ptr, cos_ptr, norm_ptr, g_ptr, en_ptr, ddot_ptr,
-        dgap_ptr, x_ptr, wn_ptr, dx_ptr, N, D, E, tau,
+        ndgap_ptr, x_ptr, wn_ptr, dx_ptr, N, D, E, tau,
         HAS_GC: tl.constexpr, HAS_GK: tl.constexpr, SOFTMAX: tl.constexpr,
         BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_E: tl.constexpr,
+        PRECISION: tl.constexpr,
     ):  # fmt: skip
         rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
         rin = rows < N
@@ -122,8 +125,8 @@ if triton is not None:
         # the clamp holds), and d|x| / dx = x / |x|, applied by the caller as coef * x
         coef = tl.where(length > 1e-6, -tl.sum(dcos * cos, axis=1) / (norm * norm), 0.0)
         ddot = tl.where(both, dcos / norm[:, None], 0.0)
-        tl.store(ddot_ptr + at, ddot, mask=both)
-        tl.store(dgap_ptr + at, dgap, mask=both)
+        tl.store(ddot_ptr + at, ddot.to(ddot_ptr.dtype.element_ty), mask=both)
+        tl.store(ndgap_ptr + at, -dgap, mask=both)  # G enters as cos - G
         # dx = coef * x + ddot @ wn^T, a block of columns at a time
         for d0 in range(0, D, BLOCK_D):
             dd = d0 + tl.arange(0, BLOCK_D)
@@ -132,13 +135,28 @@ if triton is not None:
             xat = rows[:, None].to(tl.int64) * D + dd[None, :]
             xt = tl.load(x_ptr + xat, mask=xin, other=0.0).to(tl.float32)
             wt = tl.load(wn_ptr + dd[None, :] * E + ex[:, None], mask=ein[:, None] & din[None, :])
-            dx = coef[:, None] * xt + tl.dot(ddot, wt.to(tl.float32), input_precision="ieee")
+            dx = coef[:, None] * xt + tl.dot(ddot, wt.to(tl.float32), input_precision=PRECISION)
             tl.store(dx_ptr + xat, dx.to(dx_ptr.dtype.element_ty), mask=xin)
 
 
-def _blocks(e: int) -> tuple[int, int]:
+#: launch settings (benchmarks/dispatch_kernels.py sweeps them); tokens per program None:
+#: 64 up to 32 experts, else 32. The products with the prototypes run in fp32 for fp32
+#: tokens ("ieee"); for half-precision tokens (exact in tf32) the forward takes three tf32
+#: tensor-core products (about fp32's accuracy, so the same experts fire) and the backward,
+#: whose input gradient is stored in half precision, one.
+TUNING: dict = {
+    "fwd_tokens": None, "fwd_cols": 32, "bwd_tokens": None, "bwd_cols": 64,
+    "fwd_precision_half": "tf32x3", "bwd_precision_half": "tf32",
+}  # fmt: skip
+
+
+def _precision(x: Tensor, key: str) -> str:
+    return "ieee" if x.dtype == torch.float32 else TUNING[key]
+
+
+def _blocks(e: int, tokens: int | None) -> tuple[int, int]:
     block_e = max(16, 1 << max(e - 1, 0).bit_length())
-    return block_e, (64 if block_e <= 32 else 32)  # (experts, tokens) per program
+    return block_e, tokens or (64 if block_e <= 32 else 32)  # (experts, tokens) per program
 
 
 class CosineRoute(torch.autograd.Function):
@@ -167,16 +185,17 @@ class CosineRoute(torch.autograd.Function):
         active = torch.empty(n, e, dtype=torch.int8, device=x.device)
         norm = torch.empty(n, **f32)
         unfired = torch.zeros((), dtype=torch.int32, device=x.device)
-        block_e, block_n = _blocks(e)
+        k = torch.empty(n, **f32)
+        block_e, block_n = _blocks(e, TUNING["fwd_tokens"])
         if n:
             _route_fwd[(triton.cdiv(n, block_n),)](
-                x, wn.float().contiguous(), threshold.float().contiguous(),
-                enabled.to(torch.int8), weights, active, cos, norm, unfired,
+                x, wn.float().contiguous(), threshold.contiguous(), enabled.contiguous(),
+                weights, active, cos, norm, unfired, k,
                 n, d, e, float(tau), MIN_K=min(min_experts, e), TOPK=topk, SOFTMAX=softmax,
-                BLOCK_N=block_n, BLOCK_D=32, BLOCK_E=block_e,
+                BLOCK_N=block_n, BLOCK_D=TUNING["fwd_cols"], BLOCK_E=block_e,
+                PRECISION=_precision(x, "fwd_precision_half"),
             )  # fmt: skip
         mask = active.view(torch.bool)
-        k = (mask & enabled).sum(-1, dtype=torch.float32)
         ctx.save_for_backward(x, wn, threshold, enabled, weights, active, cos, norm)
         ctx.tau, ctx.softmax = float(tau), softmax
         ctx.mark_non_differentiable(mask, unfired)
@@ -189,23 +208,23 @@ class CosineRoute(torch.autograd.Function):
         x, wn, threshold, enabled, weights, active, cos, norm = ctx.saved_tensors
         (n, e), d = weights.shape, x.shape[1]
         f32 = dict(dtype=torch.float32, device=x.device)
-        ddot, dgap = torch.empty(n, e, **f32), torch.empty(n, e, **f32)
+        # ddot in the tokens' dtype: the prototype gradient x^T @ ddot is then a half-precision
+        # tensor-core GEMM (fp32 accumulation) like every weight gradient of a bf16 layer
+        ddot, ndgap = torch.empty(n, e, dtype=x.dtype, device=x.device), torch.empty(n, e, **f32)
         dx = torch.empty_like(x)
         if g_weights is None:
             g_weights = torch.zeros_like(weights)
-        block_e, block_n = _blocks(e)
+        block_e, block_n = _blocks(e, TUNING["bwd_tokens"])
         if n:
             _route_bwd[(triton.cdiv(n, block_n),)](
                 g_weights.contiguous(), g_cos.contiguous() if g_cos is not None else cos,
                 g_k.contiguous() if g_k is not None else norm, weights, active, cos, norm,
-                threshold.float().contiguous(), enabled.to(torch.int8), ddot, dgap, x,
+                threshold.contiguous(), enabled.contiguous(), ddot, ndgap, x,
                 wn.float().contiguous(), dx, n, d, e, ctx.tau, HAS_GC=g_cos is not None,
-                HAS_GK=g_k is not None, SOFTMAX=ctx.softmax, BLOCK_N=block_n, BLOCK_D=64,
-                BLOCK_E=block_e,
+                HAS_GK=g_k is not None, SOFTMAX=ctx.softmax, BLOCK_N=block_n,
+                BLOCK_D=TUNING["bwd_cols"], BLOCK_E=block_e,
+                PRECISION=_precision(x, "bwd_precision_half"),
             )  # fmt: skip
-        # dwn = x^T @ ddot: in fp32 for fp32 tokens, else in the tokens' half precision (fp32
-        # accumulation) as every other weight gradient of a bf16 layer (a tensor-core GEMM,
-        # no fp32 copy of the tokens)
-        dwn = (x.t() @ ddot.to(x.dtype)).to(wn.dtype)
-        dthreshold = (-dgap.sum(0)).to(threshold.dtype)
+        dwn = (x.t() @ ddot).to(wn.dtype)
+        dthreshold = ndgap.sum(0).to(threshold.dtype)
         return dx, dwn, dthreshold, None, None, None, None, None

@@ -32,7 +32,7 @@ from typing import Literal
 import attrs
 import torch
 from ponderkit import use_triton
-from ponderkit.plugins.routing.kernels import Combine, ScatterRows, Slots, pack_slots
+from ponderkit.plugins.routing.kernels import Combine, ScatterRows, Slots, plan_positions
 from torch import Tensor
 from torch.nn import functional as F
 
@@ -53,7 +53,7 @@ class DispatchPlan:
     - ``offsets`` (E,) int32 on the device: cumulative counts, the grouped GEMM's group ends.
     - ``rows``: rows of the pair buffers: the number of pairs, or the capacity.
     - ``slots``: each token's active pairs packed to the front, for the Triton kernels
-      (:func:`~.kernels.pack_slots`), or None where they do not run.
+      (:func:`~.kernels.plan_positions`), or None where they do not run.
     """
 
     weights: Tensor
@@ -92,14 +92,16 @@ def plan_dispatch(weights: Tensor, mask: Tensor, capacity: int | None = None) ->
     ``capacity``: size the pair buffers for this many rows (at least the pairs ``mask`` can
     hold, e.g. N * E) and keep the counts on the device (no host sync)."""
     n, e = mask.shape
-    # One scan over the expert-major (transposed) mask: the running count at (e, n) is 1 + the
-    # row of pair (n, e), and at the end of expert e's stretch the end of its slice. (A scan of
-    # the whole flat array runs device-wide; per-expert scans of the (E, N) rows ran ~10x slower.)
-    flat = mask.t().contiguous().view(-1).cumsum(0, dtype=torch.int32).view(e, n)
-    if n:
-        offsets = flat[:, -1].contiguous()
+    slots = None
+    if use_triton(weights):  # three kernels: block counts, their scan, the maps
+        pos, offsets, slots = plan_positions(mask)
     else:
-        offsets = mask.new_zeros(e, dtype=torch.int32)
+        # One scan over the expert-major (transposed) mask: the running count at (e, n) is
+        # 1 + the row of pair (n, e), and at the end of expert e's stretch the end of its
+        # slice.
+        flat = mask.t().contiguous().view(-1).cumsum(0, dtype=torch.int32).view(e, n)
+        offsets = flat[:, -1].contiguous() if n else mask.new_zeros(e, dtype=torch.int32)
+        pos = torch.where(mask, flat.t() - 1, -1).to(torch.int32).contiguous()
     if capacity is None:
         # The one host sync of a routed layer: slice sizes are data dependent (dropless).
         ends = offsets.tolist()
@@ -107,8 +109,6 @@ def plan_dispatch(weights: Tensor, mask: Tensor, capacity: int | None = None) ->
         rows = ends[-1] if ends else 0
     else:
         counts, rows = None, capacity
-    pos = torch.where(mask, flat.t() - 1, -1).to(torch.int32).contiguous()
-    slots = pack_slots(pos) if use_triton(weights) else None
     return DispatchPlan(weights, mask, pos, counts, offsets, rows, slots)
 
 

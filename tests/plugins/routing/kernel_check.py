@@ -11,6 +11,7 @@ import torch
 from ponderkit import kernels, swiglu
 from ponderkit.plugins.routing.cosine_threshold import CosineThresholdConfig, CosineThresholdRouter
 from ponderkit.plugins.routing.dispatch import combine, gather, grouped_linear, plan_dispatch
+from ponderkit.plugins.routing.kernels import plan_positions
 
 assert kernels.INTERPRET, "run with TRITON_INTERPRET=1"
 
@@ -72,6 +73,36 @@ for n, e, d, density in [(9, 4, 24, 0.4), (1, 3, 16, 1.0), (6, 5, 40, 0.0), (12,
     x = torch.randn(n, d, generator=gen)
     w = torch.rand(n, e, generator=gen)
     check(f"dispatch n={n} e={e} d={d}", dispatch(mask), x, w, torch.tensor(1.5), tol=1e-4)
+
+
+def check_plan(n: int, e: int, density: float, scan_chunk: int = 4096) -> None:
+    """The Triton plan (block counts, scan, maps) against the torch cumsum: the same position
+    map and offsets, and slots that list each token's pairs in expert order."""
+    mask = torch.rand(n, e, generator=gen) < density
+    if n:
+        mask[0] = False
+    os.environ["PONDERKIT_TRITON"] = "0"
+    ref = plan_dispatch(mask.float(), mask)
+    pos, offsets, (rows, experts, k) = plan_positions(mask, scan_chunk)
+    name = f"plan n={n} e={e} density={density} scan_chunk={scan_chunk}"
+    if not (torch.equal(pos, ref.pos) and torch.equal(offsets, ref.offsets)):
+        sys.exit(f"{name}: position map or offsets differ from the torch cumsum")
+    for t in range(n):
+        active = mask[t].nonzero().flatten()
+        if not (
+            k[t] == len(active)
+            and torch.equal(experts[t, : len(active)].long(), active)
+            and torch.equal(rows[t, : len(active)], pos[t, active])
+        ):
+            sys.exit(f"{name}: slots of token {t} are wrong")
+    print(f"ok {name}")
+
+
+for n, e, density, chunk in [
+    (0, 4, 0.5, 4096), (1, 3, 1.0, 4096), (700, 5, 0.3, 4096), (700, 5, 0.3, 32),
+    (300, 40, 0.1, 4096), (257, 16, 0.0, 4096),
+]:  # fmt: skip
+    check_plan(n, e, density, chunk)
 
 
 def static_moe(mask):

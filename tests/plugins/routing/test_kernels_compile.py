@@ -12,7 +12,7 @@ from ponderkit import kernels  # noqa: E402
 from ponderkit.plugins.routing import cosine_kernel  # noqa: E402
 from ponderkit.plugins.routing import kernels as dispatch_kernels  # noqa: E402
 
-BF16, F32, I32, I8 = "*bf16", "*fp32", "*i32", "*i8"
+BF16, F32, I32, I8, BOOL = "*bf16", "*fp32", "*i32", "*i8", "*i1"
 
 # kernel -> (pointer types by argument, scalar types, constexpr variants)
 CASES = {
@@ -26,15 +26,32 @@ CASES = {
         {"gu_ptr": BF16, "dh_ptr": BF16, "dgu_ptr": BF16, "rows_ptr": I32},
         [{"HAS_ROWS": True, "BLOCK": 1024}, {"HAS_ROWS": False, "BLOCK": 1024}],
     ),
-    "pack_slots": (
-        dispatch_kernels._pack_slots,
-        {"pos_ptr": I32, "rows_ptr": I32, "experts_ptr": I32, "k_ptr": I32},
-        [{"BLOCK_N": 256, "BLOCK_E": 16}, {"BLOCK_N": 32, "BLOCK_E": 128}],
+    "plan_counts": (
+        dispatch_kernels._plan_counts,
+        {"mask_ptr": BOOL, "counts_ptr": I32},
+        [{"TOKENS": 256, "BLOCK_E": 16}, {"TOKENS": 32, "BLOCK_E": 128}],
+    ),
+    "plan_scan": (
+        dispatch_kernels._plan_scan,
+        {"counts_ptr": I32, "base_ptr": I32, "offsets_ptr": I32},
+        [{"CHUNK": 128, "BLOCK_E": 16}, {"CHUNK": 1, "BLOCK_E": 128}],
+    ),
+    "plan_write": (
+        dispatch_kernels._plan_write,
+        {
+            "mask_ptr": BOOL,
+            "base_ptr": I32,
+            "pos_ptr": I32,
+            "rows_ptr": I32,
+            "experts_ptr": I32,
+            "k_ptr": I32,
+        },
+        [{"TOKENS": 256, "BLOCK_E": 16}, {"TOKENS": 32, "BLOCK_E": 128}],
     ),
     "scatter_rows": (
         dispatch_kernels._scatter_rows,
         {"x_ptr": BF16, "rows_ptr": I32, "k_ptr": I32, "xs_ptr": BF16},
-        [{"BLOCK": 512}],
+        [{"TOKENS": 2, "BLOCK": 512}, {"TOKENS": 16, "BLOCK": 1024}],
     ),
     "gather_sum": (
         dispatch_kernels._gather_sum,
@@ -46,7 +63,10 @@ CASES = {
             "w_ptr": F32,
             "out_ptr": BF16,
         },
-        [{"HAS_W": True, "BLOCK": 512}, {"HAS_W": False, "BLOCK": 512}],
+        [
+            {"HAS_W": True, "TOKENS": 2, "BLOCK": 512},
+            {"HAS_W": False, "TOKENS": 8, "BLOCK": 1024},
+        ],
     ),
     "combine_backward": (
         dispatch_kernels._combine_backward,
@@ -60,11 +80,11 @@ CASES = {
             "dy_ptr": BF16,
             "dw_ptr": F32,
         },
-        [{"BLOCK": 2048}],
+        [{"TOKENS": 2, "BLOCK": 2048}, {"TOKENS": 1, "BLOCK": 512}],
     ),
     "cosine_route_fwd": (
         cosine_kernel._route_fwd,
-        {"x_ptr": BF16, "en_ptr": I8, "m_ptr": I8, "unfired_ptr": I32},
+        {"x_ptr": BF16, "en_ptr": BOOL, "m_ptr": I8, "unfired_ptr": I32, "g_ptr": BF16},
         [
             {
                 "MIN_K": 1,
@@ -73,6 +93,7 @@ CASES = {
                 "BLOCK_N": 64,
                 "BLOCK_D": 32,
                 "BLOCK_E": 16,
+                "PRECISION": "tf32x3",
             },
             {
                 "MIN_K": 2,
@@ -81,12 +102,13 @@ CASES = {
                 "BLOCK_N": 32,
                 "BLOCK_D": 32,
                 "BLOCK_E": 64,
+                "PRECISION": "ieee",
             },
         ],
     ),
     "cosine_route_bwd": (
         cosine_kernel._route_bwd,
-        {"m_ptr": I8, "en_ptr": I8, "x_ptr": BF16, "dx_ptr": BF16},
+        {"m_ptr": I8, "en_ptr": BOOL, "x_ptr": BF16, "dx_ptr": BF16, "ddot_ptr": BF16},
         [
             {
                 "HAS_GC": True,
@@ -95,6 +117,7 @@ CASES = {
                 "BLOCK_N": 64,
                 "BLOCK_D": 64,
                 "BLOCK_E": 16,
+                "PRECISION": "tf32",
             },
             {
                 "HAS_GC": False,
@@ -103,6 +126,7 @@ CASES = {
                 "BLOCK_N": 32,
                 "BLOCK_D": 32,
                 "BLOCK_E": 128,
+                "PRECISION": "ieee",
             },
         ],
     ),
