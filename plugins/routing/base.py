@@ -118,13 +118,17 @@ class RouterBase(nn.Module):
         ctx: ForwardContext | None,
         extra_stats: dict[str, Tensor] | None = None,
     ) -> Routing:
-        """Count activations, report aux losses and stats to ``ctx``, return the Routing."""
-        counts = mask.sum(0)
+        """Count activations, report aux losses and stats to ``ctx``, return the Routing.
+        ``extra_stats`` may hold the ``expert_counts`` (E,) a fused route counted itself."""
+        extra_stats = dict(extra_stats or {})
+        counts = extra_stats.pop("expert_counts", None)
+        if counts is None:
+            counts = mask.sum(0)
         if self.training:
             with torch.no_grad():
                 self.activation_counts += counts
                 self.tokens_seen += mask.shape[0]
-        stats = {**routing_stats(counts, mask.shape[0], self.enabled), **(extra_stats or {})}
+        stats = {**routing_stats(counts, mask.shape[0], self.enabled), **extra_stats}
         if ctx is not None:
             for name, value in aux.items():
                 ctx.add_loss(f"router/{name}", value)

@@ -30,7 +30,7 @@ if triton is not None:
 
     @triton.jit
     def _route_fwd(
-        x_ptr, wn_ptr, g_ptr, en_ptr, w_ptr, m_ptr, cos_ptr, norm_ptr, unfired_ptr, k_ptr,
+        x_ptr, wn_ptr, g_ptr, en_ptr, w_ptr, m_ptr, cos_ptr, norm_ptr, counts_ptr, k_ptr,
         N, D, E, tau,
         MIN_K: tl.constexpr, TOPK: tl.constexpr, SOFTMAX: tl.constexpr,
         BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_E: tl.constexpr,
@@ -85,12 +85,15 @@ if triton is not None:
         tl.store(cos_ptr + out, cos, mask=both)
         tl.store(norm_ptr + rows, tl.sqrt(sq), mask=rin)
         tl.store(k_ptr + rows, tl.sum(hard, axis=1), mask=rin)  # active are all enabled
-        tl.atomic_add(unfired_ptr, tl.sum((none & rin).to(tl.int32), axis=0))
+        # tokens per expert and, after them, tokens where nothing fired (integer atomics:
+        # the same totals in any order)
+        tl.atomic_add(counts_ptr + ex, tl.sum(tl.where(both, active, 0).to(tl.int32), 0), ein)
+        tl.atomic_add(counts_ptr + E, tl.sum((none & rin).to(tl.int32), axis=0))
 
     @triton.jit
     def _route_bwd(
         gw_ptr, gc_ptr, gk_ptr, w_ptr, m_ptr, cos_ptr, norm_ptr, g_ptr, en_ptr, ddot_ptr,
-        ndgap_ptr, x_ptr, wn_ptr, dx_ptr, N, D, E, tau,
+        dthr_ptr, x_ptr, wn_ptr, dx_ptr, N, D, E, tau,
         HAS_GC: tl.constexpr, HAS_GK: tl.constexpr, SOFTMAX: tl.constexpr,
         BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_E: tl.constexpr,
         PRECISION: tl.constexpr,
@@ -126,7 +129,9 @@ if triton is not None:
         coef = tl.where(length > 1e-6, -tl.sum(dcos * cos, axis=1) / (norm * norm), 0.0)
         ddot = tl.where(both, dcos / norm[:, None], 0.0)
         tl.store(ddot_ptr + at, ddot.to(ddot_ptr.dtype.element_ty), mask=both)
-        tl.store(ndgap_ptr + at, -dgap, mask=both)  # G enters as cos - G
+        # G enters as cos - G: this block's share of its gradient (summed by the caller)
+        dthr = -tl.sum(tl.where(both, dgap, 0.0), axis=0)
+        tl.store(dthr_ptr + tl.program_id(0) * E + ex, dthr, mask=ein)
         # dx = coef * x + ddot @ wn^T, a block of columns at a time
         for d0 in range(0, D, BLOCK_D):
             dd = d0 + tl.arange(0, BLOCK_D)
@@ -140,12 +145,12 @@ if triton is not None:
 
 
 #: launch settings (benchmarks/dispatch_kernels.py sweeps them); tokens per program None:
-#: 64 up to 32 experts, else 32. The products with the prototypes run in fp32 for fp32
+#: 128 up to 32 experts, else 32. The products with the prototypes run in fp32 for fp32
 #: tokens ("ieee"); for half-precision tokens (exact in tf32) the forward takes three tf32
 #: tensor-core products (about fp32's accuracy, so the same experts fire) and the backward,
 #: whose input gradient is stored in half precision, one.
 TUNING: dict = {
-    "fwd_tokens": None, "fwd_cols": 32, "bwd_tokens": None, "bwd_cols": 64,
+    "fwd_tokens": None, "fwd_cols": 32, "bwd_tokens": 64, "bwd_cols": 64,
     "fwd_precision_half": "tf32x3", "bwd_precision_half": "tf32",
 }  # fmt: skip
 
@@ -156,7 +161,7 @@ def _precision(x: Tensor, key: str) -> str:
 
 def _blocks(e: int, tokens: int | None) -> tuple[int, int]:
     block_e = max(16, 1 << max(e - 1, 0).bit_length())
-    return block_e, tokens or (64 if block_e <= 32 else 32)  # (experts, tokens) per program
+    return block_e, tokens or (128 if block_e <= 32 else 32)  # (experts, tokens) per program
 
 
 class CosineRoute(torch.autograd.Function):
@@ -184,47 +189,55 @@ class CosineRoute(torch.autograd.Function):
         weights, cos = torch.empty(n, e, **f32), torch.empty(n, e, **f32)
         active = torch.empty(n, e, dtype=torch.int8, device=x.device)
         norm = torch.empty(n, **f32)
-        unfired = torch.zeros((), dtype=torch.int32, device=x.device)
+        counts = torch.zeros(e + 1, dtype=torch.int32, device=x.device)
         k = torch.empty(n, **f32)
         block_e, block_n = _blocks(e, TUNING["fwd_tokens"])
         if n:
             _route_fwd[(triton.cdiv(n, block_n),)](
                 x, wn.float().contiguous(), threshold.contiguous(), enabled.contiguous(),
-                weights, active, cos, norm, unfired, k,
+                weights, active, cos, norm, counts, k,
                 n, d, e, float(tau), MIN_K=min(min_experts, e), TOPK=topk, SOFTMAX=softmax,
                 BLOCK_N=block_n, BLOCK_D=TUNING["fwd_cols"], BLOCK_E=block_e,
                 PRECISION=_precision(x, "fwd_precision_half"),
             )  # fmt: skip
         mask = active.view(torch.bool)
+        counts, unfired = counts[:e], counts[e]
         ctx.save_for_backward(x, wn, threshold, enabled, weights, active, cos, norm)
         ctx.tau, ctx.softmax = float(tau), softmax
-        ctx.mark_non_differentiable(mask, unfired)
-        return weights, mask, cos, unfired, k
+        ctx.mark_non_differentiable(mask, unfired, counts)
+        return weights, mask, cos, unfired, k, counts
 
     @staticmethod
     def backward(
-        ctx: Any, g_weights: Tensor, _mask: Any, g_cos: Tensor | None, _u: Any, g_k: Tensor | None
+        ctx: Any,
+        g_weights: Tensor,
+        _mask: Any,
+        g_cos: Tensor | None,
+        _unfired: Any,
+        g_k: Tensor | None,
+        _counts: Any,
     ):
         x, wn, threshold, enabled, weights, active, cos, norm = ctx.saved_tensors
         (n, e), d = weights.shape, x.shape[1]
         f32 = dict(dtype=torch.float32, device=x.device)
         # ddot in the tokens' dtype: the prototype gradient x^T @ ddot is then a half-precision
         # tensor-core GEMM (fp32 accumulation) like every weight gradient of a bf16 layer
-        ddot, ndgap = torch.empty(n, e, dtype=x.dtype, device=x.device), torch.empty(n, e, **f32)
+        ddot = torch.empty(n, e, dtype=x.dtype, device=x.device)
         dx = torch.empty_like(x)
         if g_weights is None:
             g_weights = torch.zeros_like(weights)
         block_e, block_n = _blocks(e, TUNING["bwd_tokens"])
+        dthreshold = torch.empty(triton.cdiv(n, block_n), e, **f32)  # per block of tokens
         if n:
             _route_bwd[(triton.cdiv(n, block_n),)](
                 g_weights.contiguous(), g_cos.contiguous() if g_cos is not None else cos,
                 g_k.contiguous() if g_k is not None else norm, weights, active, cos, norm,
-                threshold.contiguous(), enabled.contiguous(), ddot, ndgap, x,
+                threshold.contiguous(), enabled.contiguous(), ddot, dthreshold, x,
                 wn.float().contiguous(), dx, n, d, e, ctx.tau, HAS_GC=g_cos is not None,
                 HAS_GK=g_k is not None, SOFTMAX=ctx.softmax, BLOCK_N=block_n,
                 BLOCK_D=TUNING["bwd_cols"], BLOCK_E=block_e,
                 PRECISION=_precision(x, "bwd_precision_half"),
             )  # fmt: skip
         dwn = (x.t() @ ddot).to(wn.dtype)
-        dthreshold = ndgap.sum(0).to(threshold.dtype)
+        dthreshold = dthreshold.sum(0).to(threshold.dtype)
         return dx, dwn, dthreshold, None, None, None, None, None

@@ -65,13 +65,14 @@ class CosineThresholdRouter(RouterBase):
         wn = F.normalize(self.weight.float(), dim=0, eps=1e-6)
         topk = cfg.fallback == "topk"
         softmax = cfg.weighting == "softmax"
-        weights, active, cos, unfired, per_token = CosineRoute.apply(
+        weights, active, cos, unfired, per_token, counts = CosineRoute.apply(
             x, wn, self.threshold, self.enabled, cfg.tau, cfg.min_experts, topk, softmax
         )
         aux = self.aux_losses()
         if cfg.sparsity_weight:
             aux["sparsity"] = cfg.sparsity_weight * sparsity_loss(per_token, cfg.sparsity_target)
-        return weights, active, cos, aux, {"fallback_tokens": unfired / max(len(x), 1)}
+        stats = {"fallback_tokens": unfired / max(len(x), 1), "expert_counts": counts}
+        return weights, active, cos, aux, stats
 
     def aux_losses(self) -> dict[str, Tensor]:
         if not self.cfg.sdl_weight:

@@ -129,26 +129,30 @@ if triton is not None:
     @triton.jit
     def _combine_backward(
         g_ptr, y_ptr, rows_ptr, experts_ptr, k_ptr, w_ptr, dy_ptr, dw_ptr, N, D, E,
-        TOKENS: tl.constexpr, BLOCK: tl.constexpr,
+        TOKENS: tl.constexpr, BLOCK: tl.constexpr, BLOCK_E: tl.constexpr,
     ):  # fmt: skip
         tokens = tl.program_id(0) * TOKENS + tl.arange(0, TOKENS)
         tin = tokens < N
         tokens = tokens.to(tl.int64)
         cols = tl.arange(0, BLOCK)  # whole rows: BLOCK >= D
         cin = cols < D
+        ex = tl.arange(0, BLOCK_E)
         k = tl.load(k_ptr + tokens, mask=tin, other=0)
         g = tl.load(g_ptr + tokens[:, None] * D + cols[None, :], mask=tin[:, None] & cin[None, :])
         g = g.to(tl.float32)
+        dw = tl.zeros([TOKENS, BLOCK_E], dtype=tl.float32)  # whole rows, 0 where inactive
         for j in range(tl.max(k, axis=0)):
             on = j < k
             both = on[:, None] & cin[None, :]
             p = tl.load(rows_ptr + tokens * E + j, mask=on, other=0).to(tl.int64)
-            e = tl.load(experts_ptr + tokens * E + j, mask=on, other=0)
+            e = tl.load(experts_ptr + tokens * E + j, mask=on, other=-1)
             w = tl.load(w_ptr + tokens * E + e, mask=on, other=0.0).to(tl.float32)
             at = p[:, None] * D + cols[None, :]
             y = tl.load(y_ptr + at, mask=both, other=0.0).to(tl.float32)
             tl.store(dy_ptr + at, (w[:, None] * g).to(dy_ptr.dtype.element_ty), mask=both)
-            tl.store(dw_ptr + tokens * E + e, tl.sum(g * y, axis=1), mask=on)
+            dw += tl.where(ex[None, :] == e[:, None], tl.sum(g * y, axis=1)[:, None], 0.0)
+        out = tokens[:, None] * E + ex[None, :]
+        tl.store(dw_ptr + out, dw, mask=tin[:, None] & (ex < E)[None, :])
 
 
 #: tokens per program of the dispatch kernels (powers of two; benchmarks/dispatch_kernels.py)
@@ -244,7 +248,7 @@ class Combine(torch.autograd.Function):
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, Tensor, None]:
         y, w, rows, experts, k = ctx.saved_tensors
         dy = torch.empty_like(y)
-        dw = torch.zeros(rows.shape, dtype=torch.float32, device=y.device)
+        dw = torch.empty(rows.shape, dtype=torch.float32, device=y.device)
         if rows.numel():
             d = y.shape[1]
             n = rows.shape[0]
@@ -252,6 +256,7 @@ class Combine(torch.autograd.Function):
             tokens = TOKENS["combine_backward"]
             _combine_backward[(triton.cdiv(n, tokens),)](
                 grad.contiguous(), y, rows, experts, k, w, dy, dw, n, d, rows.shape[1],
-                TOKENS=tokens, BLOCK=block, num_warps=min(16, max(4, tokens * block // 512)),
+                TOKENS=tokens, BLOCK=block, BLOCK_E=block_size(rows.shape[1]),
+                num_warps=min(16, max(4, tokens * block // 512)),
             )  # fmt: skip
         return dy, dw.to(w.dtype), None

@@ -172,7 +172,9 @@ for n, e, d, cfg, state in [
         err = (a - b).abs().max().item() if a.numel() else 0.0
         if not err <= 1e-4:
             sys.exit(f"{name}: {what} differs by {err}")
-    for key in ("fallback_tokens", "experts_per_token"):
+    for key in ("fallback_tokens", "experts_per_token", "dead_experts"):
         if abs(float(got.stats[key]) - float(ref.stats[key])) > 1e-6:
             sys.exit(f"{name}: stat {key} differs")
+    if not torch.equal(got.stats["expert_counts"].long(), ref.mask.sum(0)):
+        sys.exit(f"{name}: expert counts differ from the mask's")
     print(f"ok {name}")

@@ -80,11 +80,14 @@ CASES = {
             "dy_ptr": BF16,
             "dw_ptr": F32,
         },
-        [{"TOKENS": 2, "BLOCK": 2048}, {"TOKENS": 1, "BLOCK": 512}],
+        [
+            {"TOKENS": 2, "BLOCK": 2048, "BLOCK_E": 16},
+            {"TOKENS": 1, "BLOCK": 512, "BLOCK_E": 128},
+        ],
     ),
     "cosine_route_fwd": (
         cosine_kernel._route_fwd,
-        {"x_ptr": BF16, "en_ptr": BOOL, "m_ptr": I8, "unfired_ptr": I32, "g_ptr": BF16},
+        {"x_ptr": BF16, "en_ptr": BOOL, "m_ptr": I8, "counts_ptr": I32, "g_ptr": BF16},
         [
             {
                 "MIN_K": 1,
