@@ -128,7 +128,7 @@ def measure(args: argparse.Namespace, e: int, device: torch.device, dtype: torch
 def gemms(args: argparse.Namespace, e: int, device: torch.device) -> list:
     """Forward + backward of the two expert GEMMs as one grouped GEMM each, with the expert
     weights stored (E, in, out) (ponderkit's layout) or (E, out, in) (nn.Linear's, passed
-    transposed), against one dense GEMM of the same rows and FLOPs (weight (out, in), as
+    transposed), or with the rows in a buffer of N * E rows (``static``), against one dense GEMM of the same rows and FLOPs (weight (out, in), as
     nn.Linear)."""
     weights, mask = routing(args.tokens, e, args.k, device)
     plan = plan_dispatch(weights, mask)
@@ -138,15 +138,24 @@ def gemms(args: argparse.Namespace, e: int, device: torch.device) -> list:
     for name, (k, n) in {"gate_up": (d, 2 * h), "down": (h, d)}.items():
         a = torch.randn(p, k, **bf16, requires_grad=True)
         g = torch.randn(p, n, **bf16)
+        # the same rows at the start of a buffer sized for N * E pairs (dispatch: static)
+        a_cap = torch.zeros(args.tokens * e, k, **bf16)
+        a_cap[:p] = a.detach()
+        a_cap.requires_grad_()
+        g_cap = torch.zeros(args.tokens * e, n, **bf16)
+        g_cap[:p] = g
         cases = {
             "grouped (E,in,out)": torch.randn(e, k, n, **bf16),
+            "grouped static": torch.randn(e, k, n, **bf16),
             "grouped (E,out,in)^T": torch.randn(e, n, k, **bf16),
             "dense (out,in)": torch.randn(n, k, **bf16),
         }
         for case, w in cases.items():
             w.requires_grad_()
 
-            def fn(a=a, w=w, g=g, case=case) -> None:
+            static = case == "grouped static"
+
+            def fn(a=a_cap if static else a, w=w, g=g_cap if static else g, case=case) -> None:
                 a.grad = w.grad = None  # no accumulation kernels
                 if case.startswith("dense"):
                     out = F.linear(a, w)

@@ -62,22 +62,28 @@ class CosineThresholdRouter(RouterBase):
         cfg = self.cfg
         if self.num_experts > MAX_EXPERTS or not use_triton(x):
             return None
-        wn = F.normalize(self.weight.float(), dim=0, eps=1e-6)
+        w = self.weight.float()
+        norms = w.norm(dim=0)
+        wn = w / norms.clamp(min=1e-6)  # F.normalize(w, dim=0, eps=1e-6), norms kept for SDL
         topk = cfg.fallback == "topk"
         softmax = cfg.weighting == "softmax"
         weights, active, cos, unfired, per_token, counts = CosineRoute.apply(
             x, wn, self.threshold, self.enabled, cfg.tau, cfg.min_experts, topk, softmax
         )
-        aux = self.aux_losses()
+        aux = self.aux_losses(norms, wn)
         if cfg.sparsity_weight:
             aux["sparsity"] = cfg.sparsity_weight * sparsity_loss(per_token, cfg.sparsity_target)
         stats = {"fallback_tokens": unfired / max(len(x), 1), "expert_counts": counts}
         return weights, active, cos, aux, stats
 
-    def aux_losses(self) -> dict[str, Tensor]:
+    def aux_losses(
+        self, norms: Tensor | None = None, unit: Tensor | None = None
+    ) -> dict[str, Tensor]:
+        """The weighted SDL loss (``norms``, ``unit``: the prototypes' column norms and unit
+        columns where the caller computed them)."""
         if not self.cfg.sdl_weight:
             return {}
-        diversity, simplicity = sdl_loss(self.weight)
+        diversity, simplicity = sdl_loss(self.weight, norms, unit)
         return {"sdl": self.cfg.sdl_weight * (diversity + simplicity)}
 
     def route(self, x: Tensor) -> RouteResult:
