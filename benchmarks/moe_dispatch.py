@@ -7,8 +7,8 @@ the tokens (mean k about 2). Timed, forward + backward of the layer on (1, N, D)
 - ``dynmoe``: ponderkit's sparse dispatch (grouped GEMM on CUDA bf16; ``loop`` is the
   per-expert fallback, shown for reference), with ``dispatch: exact`` (pair buffers sized
   per batch: one host sync) and ``dispatch: static`` (sized for N * E pairs: no sync);
-- (a) ``dense_ffn``: one SwiGLU of hidden width round(mean k * H) on every token, i.e. the
-  same active FLOPs without any routing;
+- (a) ``dense_ffn``: one SwiGLU of hidden width mean k * H (to a multiple of 16) on every
+  token, i.e. the same active FLOPs without any routing;
 - (b) ``dense_masked``: the research code's way: the same router, every expert on every token
   (batched matmul), outputs weighted by the masked routing weights and summed.
 
@@ -172,7 +172,9 @@ def measure(args: argparse.Namespace, experts: int, x: Tensor) -> dict:
     with torch.no_grad():
         mask = moe.router(x).mask
     mean_k = float(mask.sum(-1).float().mean())
-    dense_hidden = max(8, round(mean_k * args.hidden / 8) * 8)
+    # a multiple of 16: cuBLAS picks slow kernels for some widths that are not (1624 took 1.20
+    # ms against 0.98 for 1616), which would flatter the routed layer
+    dense_hidden = max(16, round(mean_k * args.hidden / 16) * 16)
     dense = SwiGLU(args.d_model, dense_hidden).to(device=x.device, dtype=x.dtype)
     h = x.unsqueeze(0).detach().requires_grad_()
     static = build_dynmoe(args, experts, x, "auto", dispatch="static")
@@ -233,7 +235,7 @@ def profile(args: argparse.Namespace, experts: int, x: Tensor) -> None:
     if args.profile == "dense":  # (a), for the cost of its GEMMs and SwiGLU
         with torch.no_grad():
             mean_k = float(moe.router(x).mask.sum(-1).float().mean())
-        hidden = max(8, round(mean_k * args.hidden / 8) * 8)
+        hidden = max(16, round(mean_k * args.hidden / 16) * 16)
         moe = SwiGLU(args.d_model, hidden).to(device=x.device, dtype=x.dtype)
     h = x.unsqueeze(0).detach().requires_grad_()
     grad = torch.randn_like(h)
