@@ -38,6 +38,10 @@ from torch.nn import functional as F
 
 GroupedMode = Literal["auto", "loop"]
 
+#: the plan's kernels hold a block of tokens' whole rows of experts; more experts than this
+#: plan (and dispatch) through torch
+MAX_KERNEL_EXPERTS = 1024
+
 _GROUPED_MM = getattr(F, "grouped_mm", None) or getattr(torch, "_grouped_mm", None)
 
 
@@ -93,7 +97,7 @@ def plan_dispatch(weights: Tensor, mask: Tensor, capacity: int | None = None) ->
     hold, e.g. N * E) and keep the counts on the device (no host sync)."""
     n, e = mask.shape
     slots = None
-    if use_triton(weights):  # three kernels: block counts, their scan, the maps
+    if use_triton(weights) and e <= MAX_KERNEL_EXPERTS:  # block counts, their scan, the maps
         pos, offsets, slots = plan_positions(mask)
     else:
         # One scan over the expert-major (transposed) mask: the running count at (e, n) is

@@ -98,6 +98,15 @@ def check_plan(n: int, e: int, density: float, scan_chunk: int = 4096) -> None:
     print(f"ok {name}")
 
 
+os.environ["PONDERKIT_TRITON"] = "1"
+many = torch.rand(3, 1100, generator=gen) < 0.01  # past the kernels' expert limit
+if (
+    plan_dispatch(many.float(), many).slots is not None
+    or plan_dispatch(many[:, :1024].float(), many[:, :1024]).slots is None
+):
+    sys.exit("plan: expected the kernels up to 1024 experts and torch past them")
+print("ok plan: kernels for 1024 experts, torch for 1100")
+
 for n, e, density, chunk in [
     (0, 4, 0.5, 4096), (1, 3, 1.0, 4096), (700, 5, 0.3, 4096), (700, 5, 0.3, 32),
     (300, 40, 0.1, 4096), (257, 16, 0.0, 4096),
