@@ -1,16 +1,19 @@
 """The ``cosine_threshold`` router as one Triton kernel forward and one backward (not a plugin
 module; :mod:`.cosine_threshold` uses it on CUDA when Triton runs).
 
-Forward, per block of tokens with all E experts in registers: cos = (x . w_e) / |x| (fp32
-products, the prototypes normalised by the caller), fired = cos > G_e on enabled experts, the
+Forward, per block of tokens with all E experts in registers: cos = (x . w_e) / |x| (the
+prototypes normalised by the caller; fp32 products for fp32 tokens, tf32 tensor-core products
+for half-precision ones, see :data:`TUNING`), fired = cos > G_e on enabled experts, the
 top-``min_experts`` fallback where nothing fired, then the weights (1/K, or a softmax of
 tau * cos over the active experts). Backward: the straight-through gradient through
 sigmoid(tau * (cos - G)), the softmax's own gradient, and the chain through cos = dot / |x| in
-the same pass, with the input gradient; the prototype gradient is one cuBLAS call.
+the same pass, with the input gradient and each block's share of the threshold gradient; the
+prototype gradient is one cuBLAS call. The forward also counts tokens per expert and active
+experts per token (the router's statistics and the sparsity loss need no torch reductions).
 
 The routing equals the torch expressions of :class:`CosineThresholdRouter` (tested through
-Triton's interpreter), except that ties between equal cosines in the fallback may break
-differently.
+Triton's interpreter, in fp32), except that ties between equal cosines in the fallback may break
+differently; for half-precision tokens, cosines within about 1e-6 of a threshold may too.
 """
 
 from __future__ import annotations

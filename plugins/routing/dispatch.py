@@ -3,7 +3,8 @@
 1. :func:`plan_dispatch` turns a routing (weights, mask (N,E)) into a position map: pair
    (token n, expert e) is row ``pos[n, e]`` of the expert-sorted pair rows (expert 0's tokens
    first, each expert's tokens in ascending order), -1 where e is not active for n. Computed
-   with one cumulative sum over tokens, no sort and no nonzero.
+   with one cumulative sum over tokens (three Triton kernels on CUDA, which also pack each
+   token's pairs into slots), no sort and no nonzero.
 2. :func:`gather` writes each token's row to its k expert rows (P, D).
 3. :func:`grouped_linear` multiplies each expert's contiguous slice by that expert's weight:
    one grouped GEMM (``torch.nn.functional.grouped_mm`` / ``torch._grouped_mm``) on CUDA in

@@ -24,10 +24,9 @@ from torch import Tensor
 triton, tl, block_size = kernels.triton, kernels.tl, kernels.block_size
 
 if triton is not None:
-    # Every kernel visits a token's active pairs only, through its slots: the
-    # j-th active expert of token n and the row of that pair, j < k_n. So a token costs its k
-    # pairs, not all E entries of the position map (the cost a routed layer must have: what is
-    # active).
+    # Every kernel visits a token's active pairs only, through its slots: the j-th active
+    # expert of token n and the row of that pair, j < k_n. So a token costs its k pairs, not
+    # all E entries of the position map (the cost a routed layer must have: what is active).
 
     # The plan in three kernels: counts per block of tokens and expert, one program scanning
     # those counts (expert-major), then each block writing its position map and slots.
