@@ -13,6 +13,8 @@ tokens).
 
 - :func:`gather_swiglu_mm`: gu[r] = x[src[r]] @ W[e(r)] for W (E, D, 2H) = [gate | up], and
   h[r] = silu(gate) * up in the same kernel's epilogue (two accumulators per tile);
+- :func:`swiglu_bwd_mm`: dh[r] = dy[r] @ down[e(r)]^T, and SwiGLU's backward in the epilogue:
+  the gate/up gradient straight from the down projection's output gradient;
 - :func:`gather_wgrad_mm`: dW[e] = sum over e's rows r of x[src[r]]^T g[r] (the weight
   gradient of the first projection, again reading the tokens through ``src``); an expert
   without rows gets 0.
@@ -75,6 +77,38 @@ if triton is not None:
             tl.store(h_ptr + at, hidden.to(h_ptr.dtype.element_ty), mask=keep)
 
     @triton.jit
+    def _swiglu_bwd_mm(
+        dy_ptr, w_ptr, offsets_ptr, gu_ptr, dgu_ptr, K, H, E,
+        BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, BLOCK_E: tl.constexpr,
+    ):  # fmt: skip
+        e, row0, end = _expert_tile(offsets_ptr, tl.program_id(0), E, BM, BLOCK_E)
+        if e < E:
+            rows = row0 + tl.arange(0, BM)
+            rin = rows < end
+            rows = rows.to(tl.int64)
+            cols = tl.program_id(1) * BN + tl.arange(0, BN)
+            cin = cols < H
+            w = w_ptr + e.to(tl.int64) * H * K  # down (E, H, D): B[d, h] = down[e, h, d]
+            dh = tl.zeros([BM, BN], dtype=tl.float32)
+            for k0 in range(0, K, BK):
+                ks = k0 + tl.arange(0, BK)
+                kin = ks < K
+                a = tl.load(
+                    dy_ptr + rows[:, None] * K + ks[None, :], rin[:, None] & kin[None, :], 0
+                )
+                b = tl.load(w + cols[None, :] * K + ks[:, None], kin[:, None] & cin[None, :], 0)
+                dh = tl.dot(a, b, dh)
+            # SwiGLU's backward in the epilogue: h = silu(gate) * up
+            at = rows[:, None] * 2 * H + cols[None, :]
+            keep = rin[:, None] & cin[None, :]
+            gate = tl.load(gu_ptr + at, mask=keep, other=0.0).to(tl.float32)
+            up = tl.load(gu_ptr + at + H, mask=keep, other=0.0).to(tl.float32)
+            sig = tl.sigmoid(gate)
+            dgate = dh * up * sig * (1.0 + gate * (1.0 - sig))
+            tl.store(dgu_ptr + at, dgate.to(dgu_ptr.dtype.element_ty), mask=keep)
+            tl.store(dgu_ptr + at + H, (dh * gate * sig).to(dgu_ptr.dtype.element_ty), mask=keep)
+
+    @triton.jit
     def _gather_wgrad_mm(
         x_ptr, src_ptr, g_ptr, offsets_ptr, dw_ptr, K, N, E,
         BR: tl.constexpr, BK: tl.constexpr, BN: tl.constexpr,
@@ -121,6 +155,23 @@ def gather_swiglu_mm(
             BM=bm, BN=bn, BK=bk, BLOCK_E=block_size(e, cap=1 << 30),
         )  # fmt: skip
     return gu, hidden
+
+
+def swiglu_bwd_mm(dy: Tensor, down: Tensor, gate_up: Tensor, offsets: Tensor, rows: int) -> Tensor:
+    """The gradient of the gate/up rows (rows, 2H) of a SwiGLU expert layer from the gradient
+    ``dy`` (rows, D) of its output: dh = dy @ down[e]^T, then SwiGLU's backward on
+    ``gate_up`` (rows, 2H) in the same kernel's epilogue (no (rows, H) hidden gradient in
+    memory); rows past ``offsets[-1]`` are left unwritten."""
+    e, h, d = down.shape
+    dgu = gate_up.new_empty(rows, 2 * h)
+    bm, bn, bk = TILES["swiglu"]
+    if rows:
+        grid = (triton.cdiv(rows, bm) + e, triton.cdiv(h, bn))
+        _swiglu_bwd_mm[grid](
+            dy.contiguous(), down.to(dy.dtype).contiguous(), offsets, gate_up.contiguous(), dgu,
+            d, h, e, BM=bm, BN=bn, BK=bk, BLOCK_E=block_size(e, cap=1 << 30),
+        )  # fmt: skip
+    return dgu
 
 
 def gather_wgrad_mm(x: Tensor, src: Tensor, grad: Tensor, offsets: Tensor) -> Tensor:

@@ -11,7 +11,11 @@ import torch
 from ponderkit import kernels, swiglu
 from ponderkit.plugins.routing.cosine_threshold import CosineThresholdConfig, CosineThresholdRouter
 from ponderkit.plugins.routing.dispatch import combine, gather, grouped_linear, plan_dispatch
-from ponderkit.plugins.routing.grouped_gemm import gather_swiglu_mm, gather_wgrad_mm
+from ponderkit.plugins.routing.grouped_gemm import (
+    gather_swiglu_mm,
+    gather_wgrad_mm,
+    swiglu_bwd_mm,
+)
 from ponderkit.plugins.routing.kernels import plan_positions
 
 assert kernels.INTERPRET, "run with TRITON_INTERPRET=1"
@@ -136,12 +140,22 @@ def check_grouped_gemm(n: int, e: int, d: int, h: int, density: float) -> None:
         gu_ref[start:end] = xs[start:end] @ weight[expert]
         dw_ref[expert] = xs[start:end].T @ grad[start:end]
     h_ref = torch.nn.functional.silu(gu_ref[:, :h]) * gu_ref[:, h:]
+    # SwiGLU's backward from the down projection's output gradient (through autograd)
+    down = torch.randn(e, h, d, generator=gen) / h**0.5
+    dy = torch.randn(plan.rows, d, generator=gen)
+    leaf = gu_ref.clone().requires_grad_()
+    hidden_ref = torch.nn.functional.silu(leaf[:, :h]) * leaf[:, h:]
+    y_ref = torch.zeros(plan.rows, d)
+    for expert, (start, end) in enumerate(zip([0, *ends[:-1]], ends, strict=True)):
+        y_ref[start:end] = hidden_ref[start:end] @ down[expert]
+    y_ref.backward(dy)
     spare = 5  # rows past the last offset stay unwritten
     gu, hidden = gather_swiglu_mm(x, src, weight, plan.offsets, plan.rows + spare)
     dw = gather_wgrad_mm(x, src, grad, plan.offsets)
+    dgu = swiglu_bwd_mm(dy, down, gu_ref, plan.offsets, plan.rows + spare)
     name = f"grouped gemm n={n} e={e} d={d} h={h} rows={plan.rows}"
     for what, a, b in [("gu", gu[: plan.rows], gu_ref), ("h", hidden[: plan.rows], h_ref),
-                       ("dw", dw, dw_ref)]:  # fmt: skip
+                       ("dw", dw, dw_ref), ("dgu", dgu[: plan.rows], leaf.grad)]:  # fmt: skip
         err = (a - b).abs().max().item() if a.numel() else 0.0
         if not err <= 1e-4 * max(1.0, b.abs().max().item()):
             sys.exit(f"{name}: {what} differs by {err}")

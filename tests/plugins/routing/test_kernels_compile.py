@@ -60,6 +60,11 @@ CASES = {
         },
         [{"BM": 128, "BN": 64, "BK": 64, "BLOCK_E": 16}],
     ),  # fmt: skip
+    "swiglu_bwd_mm": (
+        grouped_gemm._swiglu_bwd_mm,
+        {"dy_ptr": BF16, "w_ptr": BF16, "offsets_ptr": I32, "gu_ptr": BF16, "dgu_ptr": BF16},
+        [{"BM": 128, "BN": 64, "BK": 64, "BLOCK_E": 16}],
+    ),
     "gather_wgrad_mm": (
         grouped_gemm._gather_wgrad_mm,
         {"x_ptr": BF16, "src_ptr": I32, "g_ptr": BF16, "offsets_ptr": I32, "dw_ptr": F32},
