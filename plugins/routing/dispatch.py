@@ -37,7 +37,7 @@ from ponderkit.plugins.routing.kernels import Combine, ScatterRows, Slots, plan_
 from torch import Tensor
 from torch.nn import functional as F
 
-GroupedMode = Literal["auto", "loop"]
+GroupedMode = Literal["auto", "loop", "fused"]
 
 #: the plan's kernels hold a block of tokens' whole rows of experts; more experts than this
 #: plan (and dispatch) through torch
@@ -59,6 +59,8 @@ class DispatchPlan:
     - ``rows``: rows of the pair buffers: the number of pairs, or the capacity.
     - ``slots``: each token's active pairs packed to the front, for the Triton kernels
       (:func:`~.kernels.plan_positions`), or None where they do not run.
+    - ``sources``: the token of each pair row (int32, unset past the last pair), with
+      ``slots``.
     """
 
     weights: Tensor
@@ -68,6 +70,7 @@ class DispatchPlan:
     offsets: Tensor
     rows: int
     slots: Slots | None = None
+    sources: Tensor | None = None
 
     @property
     def num_tokens(self) -> int:
@@ -97,9 +100,9 @@ def plan_dispatch(weights: Tensor, mask: Tensor, capacity: int | None = None) ->
     ``capacity``: size the pair buffers for this many rows (at least the pairs ``mask`` can
     hold, e.g. N * E) and keep the counts on the device (no host sync)."""
     n, e = mask.shape
-    slots = None
+    slots = sources = None
     if use_triton(weights) and e <= MAX_KERNEL_EXPERTS:  # block counts, their scan, the maps
-        pos, offsets, slots = plan_positions(mask)
+        pos, offsets, slots, sources = plan_positions(mask)
     else:
         # One scan over the expert-major (transposed) mask: the running count at (e, n) is
         # 1 + the row of pair (n, e), and at the end of expert e's stretch the end of its
@@ -114,7 +117,7 @@ def plan_dispatch(weights: Tensor, mask: Tensor, capacity: int | None = None) ->
         rows = ends[-1] if ends else 0
     else:
         counts, rows = None, capacity
-    return DispatchPlan(weights, mask, pos, counts, offsets, rows, slots)
+    return DispatchPlan(weights, mask, pos, counts, offsets, rows, slots, sources)
 
 
 def gather(x: Tensor, plan: DispatchPlan) -> Tensor:
@@ -138,7 +141,7 @@ def combine(y: Tensor, plan: DispatchPlan) -> Tensor:
 
 def grouped_gemm_ok(x: Tensor, weight: Tensor, mode: GroupedMode = "auto") -> bool:
     """Whether :func:`grouped_linear` can use the fused grouped GEMM for these operands."""
-    if mode != "auto" or _GROUPED_MM is None or not x.is_cuda:
+    if mode == "loop" or _GROUPED_MM is None or not x.is_cuda:
         return False
     bf16 = x.dtype == torch.bfloat16 or (
         torch.is_autocast_enabled("cuda") and torch.get_autocast_dtype("cuda") == torch.bfloat16

@@ -9,6 +9,7 @@ import sys
 
 import torch
 from ponderkit import kernels, swiglu
+from ponderkit.plugins.dynmoe.experts import FusedSwiGLUExperts
 from ponderkit.plugins.routing.cosine_threshold import CosineThresholdConfig, CosineThresholdRouter
 from ponderkit.plugins.routing.dispatch import combine, gather, grouped_linear, plan_dispatch
 from ponderkit.plugins.routing.grouped_gemm import (
@@ -88,7 +89,10 @@ def check_plan(n: int, e: int, density: float, scan_chunk: int = 4096) -> None:
         mask[0] = False
     os.environ["PONDERKIT_TRITON"] = "0"
     ref = plan_dispatch(mask.float(), mask)
-    pos, offsets, (rows, experts, k) = plan_positions(mask, scan_chunk)
+    pos, offsets, (rows, experts, k), sources = plan_positions(mask, scan_chunk)
+    pairs = int(mask.sum())
+    if not torch.equal(sources[:pairs].long(), ref.pairs()[0][ref.pairs()[2].argsort()]):
+        sys.exit(f"plan n={n} e={e}: the row -> token map is wrong")
     name = f"plan n={n} e={e} density={density} scan_chunk={scan_chunk}"
     if not (torch.equal(pos, ref.pos) and torch.equal(offsets, ref.offsets)):
         sys.exit(f"{name}: position map or offsets differ from the torch cumsum")
@@ -183,6 +187,32 @@ for n, e, d, h, density in [(10, 4, 24, 16, 0.4), (1, 3, 8, 8, 1.0), (5, 3, 8, 8
     gate_up = torch.randn(e, d, 2 * h, generator=gen) / d**0.5
     down = torch.randn(e, h, d, generator=gen) / h**0.5
     check(f"static dispatch n={n} e={e}", static_moe(mask), x, w, gate_up, down, tol=1e-4)
+
+
+def fused_moe(mask):
+    """The experimental fused expert path (Triton plan) against gather + loop + SwiGLU."""
+
+    def fn(x, w, gate_up, down):
+        plan = plan_dispatch(w * mask, mask, capacity=mask.numel())
+        if os.environ["PONDERKIT_TRITON"] == "1" and plan.sources is None:
+            sys.exit("fused experts: the Triton plan has no row -> token map")
+        if plan.sources is not None:
+            rows = FusedSwiGLUExperts.apply(x, gate_up, down, plan)
+        else:
+            hidden = swiglu(grouped_linear(gather(x, plan), gate_up, plan, "loop"), plan.filled)
+            rows = grouped_linear(hidden, down, plan, "loop")
+        return combine(rows, plan)
+
+    return fn
+
+
+for n, e, d, h, density in [(40, 3, 24, 16, 0.5), (5, 4, 16, 16, 0.3)]:
+    mask = torch.rand(n, e, generator=gen) < density
+    mask[:, -1] = False  # an expert without tokens: zero weight gradient
+    x, w = torch.randn(n, d, generator=gen), torch.rand(n, e, generator=gen)
+    gate_up = torch.randn(e, d, 2 * h, generator=gen) / d**0.5
+    down = torch.randn(e, h, d, generator=gen) / h**0.5
+    check(f"fused experts n={n} e={e}", fused_moe(mask), x, w, gate_up, down, tol=1e-4)
 
 
 def route_once(router, x, triton: bool):

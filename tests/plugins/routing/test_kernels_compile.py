@@ -45,6 +45,7 @@ CASES = {
             "rows_ptr": I32,
             "experts_ptr": I32,
             "k_ptr": I32,
+            "src_ptr": I32,
         },
         [{"TOKENS": 256, "BLOCK_E": 16}, {"TOKENS": 32, "BLOCK_E": 128}],
     ),
