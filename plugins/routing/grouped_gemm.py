@@ -46,17 +46,21 @@ if triton is not None:
         return e, row0, tl.sum(tl.where(pick, ends, 0), 0)
 
     @triton.jit
+    def _tile(offsets_ptr, E, H, BM: tl.constexpr, BN: tl.constexpr, BLOCK_E: tl.constexpr):
+        """This program's expert, its rows (int64) and columns of H, with their masks."""
+        e, row0, end = _expert_tile(offsets_ptr, tl.program_id(0), E, BM, BLOCK_E)
+        rows = row0 + tl.arange(0, BM)
+        cols = tl.program_id(1) * BN + tl.arange(0, BN)
+        return e, rows.to(tl.int64), rows < end, cols, cols < H
+
+    @triton.jit
     def _gather_swiglu_mm(
         x_ptr, src_ptr, w_ptr, offsets_ptr, gu_ptr, h_ptr, K, H, E,
         BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, BLOCK_E: tl.constexpr,
     ):  # fmt: skip
-        e, row0, end = _expert_tile(offsets_ptr, tl.program_id(0), E, BM, BLOCK_E)
+        e, rows, rin, cols, cin = _tile(offsets_ptr, E, H, BM, BN, BLOCK_E)
         if e < E:
-            rows = row0 + tl.arange(0, BM)
-            rin = rows < end
             src = tl.load(src_ptr + rows, mask=rin, other=0).to(tl.int64)
-            cols = tl.program_id(1) * BN + tl.arange(0, BN)
-            cin = cols < H
             w = w_ptr + e.to(tl.int64) * K * 2 * H
             gate = tl.zeros([BM, BN], dtype=tl.float32)
             up = tl.zeros([BM, BN], dtype=tl.float32)
@@ -68,12 +72,12 @@ if triton is not None:
                 both = kin[:, None] & cin[None, :]
                 gate = tl.dot(a, tl.load(w + at, mask=both, other=0.0), gate)
                 up = tl.dot(a, tl.load(w + at + H, mask=both, other=0.0), up)
-            out = rows[:, None].to(tl.int64) * 2 * H + cols[None, :]
+            out = rows[:, None] * 2 * H + cols[None, :]
             keep = rin[:, None] & cin[None, :]
             tl.store(gu_ptr + out, gate.to(gu_ptr.dtype.element_ty), mask=keep)
             tl.store(gu_ptr + out + H, up.to(gu_ptr.dtype.element_ty), mask=keep)
             hidden = gate * tl.sigmoid(gate) * up
-            at = rows[:, None].to(tl.int64) * H + cols[None, :]
+            at = rows[:, None] * H + cols[None, :]
             tl.store(h_ptr + at, hidden.to(h_ptr.dtype.element_ty), mask=keep)
 
     @triton.jit
@@ -81,13 +85,8 @@ if triton is not None:
         dy_ptr, w_ptr, offsets_ptr, gu_ptr, dgu_ptr, K, H, E,
         BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, BLOCK_E: tl.constexpr,
     ):  # fmt: skip
-        e, row0, end = _expert_tile(offsets_ptr, tl.program_id(0), E, BM, BLOCK_E)
+        e, rows, rin, cols, cin = _tile(offsets_ptr, E, H, BM, BN, BLOCK_E)
         if e < E:
-            rows = row0 + tl.arange(0, BM)
-            rin = rows < end
-            rows = rows.to(tl.int64)
-            cols = tl.program_id(1) * BN + tl.arange(0, BN)
-            cin = cols < H
             w = w_ptr + e.to(tl.int64) * H * K  # down (E, H, D): B[d, h] = down[e, h, d]
             dh = tl.zeros([BM, BN], dtype=tl.float32)
             for k0 in range(0, K, BK):
