@@ -15,9 +15,7 @@ its time is shown with the bandwidth it reaches over the bytes it must read and 
 H200's HBM3e peak is 4.8 TB/s; a copy reaches about 3.3). The fastest block size is what
 ``ponderkit.plugins.routing.kernels.TOKENS`` should hold. Then, on CUDA:
 
-- the expert GEMMs: torch's grouped GEMM against a dense GEMM of the same FLOPs, and the
-  experimental fused kernels of :mod:`ponderkit.plugins.routing.grouped_gemm` (the gather and
-  SwiGLU inside the GEMM) against what the layer runs now;
+- the expert GEMMs: torch's grouped GEMM against a dense GEMM of the same FLOPs;
 - the ``cosine_threshold`` kernels over their launch settings
   (``ponderkit.plugins.routing.cosine_kernel.TUNING``).
 
@@ -36,12 +34,10 @@ from pathlib import Path
 
 import attrs
 import torch
-from ponderkit import swiglu
 from ponderkit.plugins.routing import kernels
 from ponderkit.plugins.routing.cosine_kernel import TUNING, CosineRoute
 from ponderkit.plugins.routing.cosine_threshold import CosineThresholdConfig, CosineThresholdRouter
 from ponderkit.plugins.routing.dispatch import _GROUPED_MM, combine, gather, plan_dispatch
-from ponderkit.plugins.routing.grouped_gemm import gather_swiglu_mm, gather_wgrad_mm
 from torch.nn import functional as F
 
 REPO = Path(__file__).resolve().parent.parent
@@ -178,47 +174,6 @@ def gemms(args: argparse.Namespace, e: int, device: torch.device) -> list:
             rows.append(
                 {"experts": e, "gemm": name, "case": case, "us": us, "tflops": flops / us / 1e6}
             )
-    return rows + fused_gemms(args, e, plan)
-
-
-def fused_gemms(args: argparse.Namespace, e: int, plan) -> list:
-    """The experimental fused kernels (:mod:`ponderkit.plugins.routing.grouped_gemm`) against
-    what the layer runs now: gather + grouped GEMM + SwiGLU (forward), and the first
-    projection's weight gradient from the gathered rows."""
-    d, h, p = args.d_model, args.hidden, plan.rows
-    bf16 = dict(device=plan.mask.device, dtype=torch.bfloat16)
-    x = torch.randn(args.tokens, d, **bf16)
-    weight = torch.randn(e, d, 2 * h, **bf16)
-    grad = torch.randn(p, 2 * h, **bf16)
-    tokens, _, where = plan.pairs()
-    src = torch.empty(p, dtype=torch.int32, device=x.device)
-    src[where] = tokens.int()
-    xs = gather(x, plan)
-    cases = {
-        ("gate_up+swiglu fwd", "gather, grouped, swiglu"): lambda: swiglu(
-            _GROUPED_MM(gather(x, plan), weight, offs=plan.offsets)
-        ),
-        ("gate_up+swiglu fwd", "fused triton"): lambda: gather_swiglu_mm(
-            x, src, weight, plan.offsets, p
-        ),
-        ("gate_up weight grad", "grouped (rows gathered)"): lambda: _GROUPED_MM(
-            xs.t(), grad, offs=plan.offsets
-        ),
-        ("gate_up weight grad", "fused triton"): lambda: gather_wgrad_mm(
-            x, src, grad, plan.offsets
-        ),
-    }
-    rows = []
-    for (gemm, case), fn in cases.items():
-        try:
-            us = time_us(fn, args.reps)
-        except Exception as exc:  # report it and go on
-            print(f"{gemm} / {case}: {type(exc).__name__}: {str(exc)[:160]}")
-            us = float("nan")
-        flops = 2 * p * d * 2 * h
-        rows.append(
-            {"experts": e, "gemm": gemm, "case": case, "us": us, "tflops": flops / us / 1e6}
-        )
     return rows
 
 

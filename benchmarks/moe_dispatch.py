@@ -9,9 +9,6 @@ the tokens (mean k about 2). Timed, forward + backward of the layer on (1, N, D)
   per batch: one host sync) and ``dispatch: static`` (sized for N * E pairs: no sync);
 - (a) ``dense_ffn``: one SwiGLU of hidden width mean k * H (to a multiple of 16) on every
   token, i.e. the same active FLOPs without any routing;
-- ``dynmoe_fused_static``: the same with the experimental ``grouped_gemm: fused`` (Triton
-  GEMMs with the gather and SwiGLU inside), eager and as a CUDA graph, with its largest
-  difference to the static layer's output;
 - (b) ``dense_masked``: the research code's way: the same router, every expert on every token
   (batched matmul), outputs weighted by the masked routing weights and summed.
 
@@ -197,24 +194,8 @@ def measure(args: argparse.Namespace, experts: int, x: Tensor) -> dict:
             for name in ("dynmoe_static_graph", "dense_ffn_graph", "dense_masked_graph"):
                 layers.pop(name, None)
             torch.cuda.synchronize()
-    fused_error = None
-    if x.is_cuda and not args.compile and args.graphs and args.fused:
-        try:  # the experimental fused expert GEMMs, same weights as the static layer
-            fused = build_dynmoe(args, experts, x, "fused", dispatch="static")
-            fused.load_state_dict(static.state_dict())
-            with torch.no_grad():
-                ref, got = static(h, None), fused(h, None)
-            fused_error = f"max |fused - static| = {float((got - ref).abs().max()):.3g}"
-            fused(h, None).float().square().mean().backward()  # its backward runs too
-            h.grad = None
-            layers["dynmoe_fused_static"] = fused
-            layers["dynmoe_fused_static_graph"] = graphed(fused, h)
-        except Exception as exc:  # report it in the table rather than lose the other rows
-            fused_error = f"{type(exc).__name__}: {str(exc)[:300]}"
-            torch.cuda.synchronize()
     row = {
         "graph_error": graph_error,
-        "fused_check": fused_error,
         "experts": experts,
         "mean_k": mean_k,
         "tokens_without_expert_before_fallback": float((~mask.any(-1)).float().mean()),
@@ -399,12 +380,6 @@ def main() -> None:
     )
     parser.add_argument("--compile", action="store_true", help="torch.compile every layer")
     parser.add_argument(
-        "--no-fused",
-        dest="fused",
-        action="store_false",
-        help="skip the experimental fused expert GEMMs (grouped_gemm: fused)",
-    )
-    parser.add_argument(
         "--no-graphs", dest="graphs", action="store_false", help="skip the CUDA-graph timings"
     )
     parser.add_argument(
@@ -494,15 +469,6 @@ def main() -> None:
             )
         if r["graph_error"]:
             print(f"{'':>14}CUDA graph capture failed: {r['graph_error']}")
-        if r.get("fused_check"):
-            fused = r.get("dynmoe_fused_static_graph_ms")
-            times = (
-                f"{r['dynmoe_fused_static_ms']:.2f} ms eager static, {fused:.2f} ms graph "
-                f"({fused / r['dense_ffn_graph_ms']:.2f}x (a)); "
-                if fused
-                else ""
-            )
-            print(f"{'':>14}fused GEMMs (experimental): {times}{r['fused_check']}")
         if "dynmoe_loop_ms" in r:
             print(f"{'':>14}loop fallback {r['dynmoe_loop_ms']:.2f} ms")
     print(f"wrote {out_path}")

@@ -31,9 +31,7 @@ class DynMoEConfig:
         default=None, validator=attrs.validators.optional(attrs.validators.gt(0))
     )
     expansion: float = attrs.field(default=1.0, validator=attrs.validators.gt(0))
-    #: ``fused``: EXPERIMENTAL, not yet timed on a GPU: Triton grouped GEMMs with the gather
-    #: and SwiGLU inside (CUDA with Triton; elsewhere as ``auto``)
-    grouped_gemm: Literal["auto", "loop", "fused"] = "auto"
+    grouped_gemm: Literal["auto", "loop"] = "auto"
     dispatch: Literal["exact", "static"] = "exact"
     #: ``global``: every dynmoe of the model with the same shape shares one expert library
     #: (ADR-0005); each keeps its own router
@@ -57,10 +55,7 @@ class DynMoE(nn.Module):
         routing = self.router(x, ctx)
         capacity = len(x) * self.router.max_active if self.dispatch == "static" else None
         plan = plan_dispatch(routing.weights, routing.mask, capacity)
-        rows = self.experts.fused(x, plan)  # the experimental fused GEMMs, where chosen
-        if rows is None:
-            rows = self.experts(gather(x, plan), plan)
-        y = combine(rows, plan)  # (N, D)
+        y = combine(self.experts(gather(x, plan), plan), plan)  # (N, D)
         return y.view(shape)
 
     def reset_experts(self, experts: Tensor, weights: bool) -> list[tuple[nn.Parameter, int]]:

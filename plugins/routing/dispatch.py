@@ -37,7 +37,7 @@ from ponderkit.plugins.routing.kernels import Combine, ScatterRows, Slots, plan_
 from torch import Tensor
 from torch.nn import functional as F
 
-GroupedMode = Literal["auto", "loop", "fused"]
+GroupedMode = Literal["auto", "loop"]
 
 #: the plan's kernels hold a block of tokens' whole rows of experts; more experts than this
 #: plan (and dispatch) through torch
@@ -59,8 +59,6 @@ class DispatchPlan:
     - ``rows``: rows of the pair buffers: the number of pairs, or the capacity.
     - ``slots``: each token's active pairs packed to the front, for the Triton kernels
       (:func:`~.kernels.plan_positions`), or None where they do not run.
-    - ``sources``: the token of each pair row (int32, unset past the last pair), with
-      ``slots``.
     """
 
     weights: Tensor
@@ -70,7 +68,6 @@ class DispatchPlan:
     offsets: Tensor
     rows: int
     slots: Slots | None = None
-    sources: Tensor | None = None
 
     @property
     def num_tokens(self) -> int:
@@ -100,9 +97,9 @@ def plan_dispatch(weights: Tensor, mask: Tensor, capacity: int | None = None) ->
     ``capacity``: size the pair buffers for this many rows (at least the pairs ``mask`` can
     hold, e.g. N * E) and keep the counts on the device (no host sync)."""
     n, e = mask.shape
-    slots = sources = None
+    slots = None
     if use_triton(weights) and e <= MAX_KERNEL_EXPERTS:  # block counts, their scan, the maps
-        pos, offsets, slots, sources = plan_positions(mask)
+        pos, offsets, slots = plan_positions(mask)
     else:
         # One scan over the expert-major (transposed) mask: the running count at (e, n) is
         # 1 + the row of pair (n, e), and at the end of expert e's stretch the end of its
@@ -117,7 +114,7 @@ def plan_dispatch(weights: Tensor, mask: Tensor, capacity: int | None = None) ->
         rows = ends[-1] if ends else 0
     else:
         counts, rows = None, capacity
-    return DispatchPlan(weights, mask, pos, counts, offsets, rows, slots, sources)
+    return DispatchPlan(weights, mask, pos, counts, offsets, rows, slots)
 
 
 def gather(x: Tensor, plan: DispatchPlan) -> Tensor:

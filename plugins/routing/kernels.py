@@ -63,7 +63,7 @@ if triton is not None:
 
     @triton.jit
     def _plan_write(
-        mask_ptr, base_ptr, pos_ptr, rows_ptr, experts_ptr, k_ptr, src_ptr, N, E,
+        mask_ptr, base_ptr, pos_ptr, rows_ptr, experts_ptr, k_ptr, N, E,
         TOKENS: tl.constexpr, BLOCK_E: tl.constexpr,
     ):  # fmt: skip
         tokens = tl.program_id(0) * TOKENS + tl.arange(0, TOKENS)
@@ -80,7 +80,6 @@ if triton is not None:
         tl.store(rows_ptr + out, pos, mask=both & (m != 0))
         tl.store(experts_ptr + out, ex[None, :] + 0 * slot, mask=both & (m != 0))
         tl.store(k_ptr + tokens, tl.sum(m, 1), mask=tin)
-        tl.store(src_ptr + pos, tokens[:, None] + 0 * pos, mask=both & (m != 0))  # row -> token
 
     # Each program takes TOKENS tokens (a [TOKENS, BLOCK] tile of rows) and loops over slot j
     # up to the block's largest k: the rows of TOKENS pairs are in flight at once, rather than
@@ -161,18 +160,16 @@ TOKENS = {"scatter": 2, "gather_sum": 2, "combine_backward": 2}
 
 def plan_positions(
     mask: Tensor, scan_chunk: int = 4096
-) -> tuple[Tensor, Tensor, tuple[Tensor, Tensor, Tensor], Tensor]:
+) -> tuple[Tensor, Tensor, tuple[Tensor, Tensor, Tensor]]:
     """The position map of ``mask`` (N, E) (see :func:`.dispatch.plan_dispatch`), the
     offsets (E,) (cumulative pairs per expert) and the slots (rows (N, E), experts (N, E),
     k (N,)), int32: slot j < k[n] of token n is its j-th active expert (ascending) and the row
-    of that pair; slots from k[n] on are unset. Last the token of each row (N * E,) int32,
-    unset past the last pair."""
+    of that pair; slots from k[n] on are unset."""
     n, e = mask.shape
     mask = mask.contiguous()
     i32 = dict(dtype=torch.int32, device=mask.device)
     pos, rows, experts = (torch.empty(n, e, **i32) for _ in range(3))
     k, offsets = torch.empty(n, **i32), torch.zeros(e, **i32)
-    sources = torch.empty(n * e, **i32)
     if n:
         block_e = block_size(e)
         tokens = max(16, min(256, 4096 // block_e))
@@ -182,9 +179,9 @@ def plan_positions(
         chunk = max(1, min(block_size(blocks), scan_chunk // block_e))
         _plan_scan[(1,)](counts, base, offsets, blocks, e, CHUNK=chunk, BLOCK_E=block_e)
         _plan_write[(blocks,)](
-            mask, base, pos, rows, experts, k, sources, n, e, TOKENS=tokens, BLOCK_E=block_e
+            mask, base, pos, rows, experts, k, n, e, TOKENS=tokens, BLOCK_E=block_e
         )
-    return pos, offsets, (rows, experts, k), sources
+    return pos, offsets, (rows, experts, k)
 
 
 Slots = tuple[Tensor, Tensor, Tensor]

@@ -9,14 +9,8 @@ import sys
 
 import torch
 from ponderkit import kernels, swiglu
-from ponderkit.plugins.dynmoe.experts import FusedSwiGLUExperts
 from ponderkit.plugins.routing.cosine_threshold import CosineThresholdConfig, CosineThresholdRouter
 from ponderkit.plugins.routing.dispatch import combine, gather, grouped_linear, plan_dispatch
-from ponderkit.plugins.routing.grouped_gemm import (
-    gather_swiglu_mm,
-    gather_wgrad_mm,
-    swiglu_bwd_mm,
-)
 from ponderkit.plugins.routing.kernels import plan_positions
 
 assert kernels.INTERPRET, "run with TRITON_INTERPRET=1"
@@ -89,10 +83,7 @@ def check_plan(n: int, e: int, density: float, scan_chunk: int = 4096) -> None:
         mask[0] = False
     os.environ["PONDERKIT_TRITON"] = "0"
     ref = plan_dispatch(mask.float(), mask)
-    pos, offsets, (rows, experts, k), sources = plan_positions(mask, scan_chunk)
-    pairs = int(mask.sum())
-    if not torch.equal(sources[:pairs].long(), ref.pairs()[0][ref.pairs()[2].argsort()]):
-        sys.exit(f"plan n={n} e={e}: the row -> token map is wrong")
+    pos, offsets, (rows, experts, k) = plan_positions(mask, scan_chunk)
     name = f"plan n={n} e={e} density={density} scan_chunk={scan_chunk}"
     if not (torch.equal(pos, ref.pos) and torch.equal(offsets, ref.offsets)):
         sys.exit(f"{name}: position map or offsets differ from the torch cumsum")
@@ -123,53 +114,6 @@ for n, e, density, chunk in [
     check_plan(n, e, density, chunk)
 
 
-def check_grouped_gemm(n: int, e: int, d: int, h: int, density: float) -> None:
-    """The experimental fused grouped GEMMs against per-expert torch products: the gathered
-    gate/up projection with SwiGLU, and the gathered weight gradient (0 for idle experts)."""
-    mask = torch.rand(n, e, generator=gen) < density
-    mask[:, -1] = False  # an expert without rows
-    os.environ["PONDERKIT_TRITON"] = "0"
-    plan = plan_dispatch(mask.float(), mask)
-    tokens, _, rows = plan.pairs()
-    src = torch.empty(plan.rows, dtype=torch.int32)
-    src[rows] = tokens.int()
-    x = torch.randn(n, d, generator=gen)
-    weight = torch.randn(e, d, 2 * h, generator=gen) / d**0.5
-    grad = torch.randn(plan.rows, 2 * h, generator=gen)
-    xs = x[src.long()]
-    ends = plan.offsets.tolist()
-    gu_ref = torch.zeros(plan.rows, 2 * h)
-    dw_ref = torch.zeros(e, d, 2 * h)
-    for expert, (start, end) in enumerate(zip([0, *ends[:-1]], ends, strict=True)):
-        gu_ref[start:end] = xs[start:end] @ weight[expert]
-        dw_ref[expert] = xs[start:end].T @ grad[start:end]
-    h_ref = torch.nn.functional.silu(gu_ref[:, :h]) * gu_ref[:, h:]
-    # SwiGLU's backward from the down projection's output gradient (through autograd)
-    down = torch.randn(e, h, d, generator=gen) / h**0.5
-    dy = torch.randn(plan.rows, d, generator=gen)
-    leaf = gu_ref.clone().requires_grad_()
-    hidden_ref = torch.nn.functional.silu(leaf[:, :h]) * leaf[:, h:]
-    y_ref = torch.zeros(plan.rows, d)
-    for expert, (start, end) in enumerate(zip([0, *ends[:-1]], ends, strict=True)):
-        y_ref[start:end] = hidden_ref[start:end] @ down[expert]
-    y_ref.backward(dy)
-    spare = 5  # rows past the last offset stay unwritten
-    gu, hidden = gather_swiglu_mm(x, src, weight, plan.offsets, plan.rows + spare)
-    dw = gather_wgrad_mm(x, src, grad, plan.offsets)
-    dgu = swiglu_bwd_mm(dy, down, gu_ref, plan.offsets, plan.rows + spare)
-    name = f"grouped gemm n={n} e={e} d={d} h={h} rows={plan.rows}"
-    for what, a, b in [("gu", gu[: plan.rows], gu_ref), ("h", hidden[: plan.rows], h_ref),
-                       ("dw", dw, dw_ref), ("dgu", dgu[: plan.rows], leaf.grad)]:  # fmt: skip
-        err = (a - b).abs().max().item() if a.numel() else 0.0
-        if not err <= 1e-4 * max(1.0, b.abs().max().item()):
-            sys.exit(f"{name}: {what} differs by {err}")
-    print(f"ok {name}")
-
-
-for n, e, d, h, density in [(300, 3, 40, 72, 0.6), (20, 4, 16, 16, 0.3), (1, 2, 16, 16, 1.0)]:
-    check_grouped_gemm(n, e, d, h, density)
-
-
 def static_moe(mask):
     """Expert layer through a plan with spare rows (no host sync): buffers for N * E pairs."""
 
@@ -187,32 +131,6 @@ for n, e, d, h, density in [(10, 4, 24, 16, 0.4), (1, 3, 8, 8, 1.0), (5, 3, 8, 8
     gate_up = torch.randn(e, d, 2 * h, generator=gen) / d**0.5
     down = torch.randn(e, h, d, generator=gen) / h**0.5
     check(f"static dispatch n={n} e={e}", static_moe(mask), x, w, gate_up, down, tol=1e-4)
-
-
-def fused_moe(mask):
-    """The experimental fused expert path (Triton plan) against gather + loop + SwiGLU."""
-
-    def fn(x, w, gate_up, down):
-        plan = plan_dispatch(w * mask, mask, capacity=mask.numel())
-        if os.environ["PONDERKIT_TRITON"] == "1" and plan.sources is None:
-            sys.exit("fused experts: the Triton plan has no row -> token map")
-        if plan.sources is not None:
-            rows = FusedSwiGLUExperts.apply(x, gate_up, down, plan)
-        else:
-            hidden = swiglu(grouped_linear(gather(x, plan), gate_up, plan, "loop"), plan.filled)
-            rows = grouped_linear(hidden, down, plan, "loop")
-        return combine(rows, plan)
-
-    return fn
-
-
-for n, e, d, h, density in [(40, 3, 24, 16, 0.5), (5, 4, 16, 16, 0.3)]:
-    mask = torch.rand(n, e, generator=gen) < density
-    mask[:, -1] = False  # an expert without tokens: zero weight gradient
-    x, w = torch.randn(n, d, generator=gen), torch.rand(n, e, generator=gen)
-    gate_up = torch.randn(e, d, 2 * h, generator=gen) / d**0.5
-    down = torch.randn(e, h, d, generator=gen) / h**0.5
-    check(f"fused experts n={n} e={e}", fused_moe(mask), x, w, gate_up, down, tol=1e-4)
 
 
 def route_once(router, x, triton: bool):

@@ -9,7 +9,7 @@ import pytest
 triton = pytest.importorskip("triton", reason="needs Triton (a dev dependency)")
 
 from ponderkit import kernels  # noqa: E402
-from ponderkit.plugins.routing import cosine_kernel, grouped_gemm  # noqa: E402
+from ponderkit.plugins.routing import cosine_kernel  # noqa: E402
 from ponderkit.plugins.routing import kernels as dispatch_kernels  # noqa: E402
 
 BF16, F32, I32, I8, BOOL = "*bf16", "*fp32", "*i32", "*i8", "*i1"
@@ -45,31 +45,8 @@ CASES = {
             "rows_ptr": I32,
             "experts_ptr": I32,
             "k_ptr": I32,
-            "src_ptr": I32,
         },
         [{"TOKENS": 256, "BLOCK_E": 16}, {"TOKENS": 32, "BLOCK_E": 128}],
-    ),
-    "gather_swiglu_mm": (
-        grouped_gemm._gather_swiglu_mm,
-        {
-            "x_ptr": BF16,
-            "src_ptr": I32,
-            "w_ptr": BF16,
-            "offsets_ptr": I32,
-            "gu_ptr": BF16,
-            "h_ptr": BF16,
-        },
-        [{"BM": 128, "BN": 64, "BK": 64, "BLOCK_E": 16}],
-    ),  # fmt: skip
-    "swiglu_bwd_mm": (
-        grouped_gemm._swiglu_bwd_mm,
-        {"dy_ptr": BF16, "w_ptr": BF16, "offsets_ptr": I32, "gu_ptr": BF16, "dgu_ptr": BF16},
-        [{"BM": 128, "BN": 64, "BK": 64, "BLOCK_E": 16}],
-    ),
-    "gather_wgrad_mm": (
-        grouped_gemm._gather_wgrad_mm,
-        {"x_ptr": BF16, "src_ptr": I32, "g_ptr": BF16, "offsets_ptr": I32, "dw_ptr": F32},
-        [{"BR": 64, "BK": 64, "BN": 128}],
     ),
     "scatter_rows": (
         dispatch_kernels._scatter_rows,
