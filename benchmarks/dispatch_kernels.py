@@ -184,11 +184,11 @@ def router(args: argparse.Namespace, e: int, device: torch.device) -> list:
     cfg = CosineThresholdConfig(weighting="softmax", fallback="topk")
     layer = CosineThresholdRouter(d, e, cfg).to(device)
     x = torch.randn(n, d, device=device, dtype=torch.bfloat16, requires_grad=True)
-    wn = F.normalize(layer.weight.detach(), dim=0).requires_grad_()
+    w = layer.weight.detach().requires_grad_()
     g = torch.randn(n, e, device=device)
 
-    def forward():
-        return CosineRoute.apply(x, wn, layer.threshold, layer.enabled, 10.0, 1, True, True)
+    def forward():  # with the SDL loss's terms, as the router runs it
+        return CosineRoute.apply(x, w, layer.threshold, layer.enabled, 10.0, 1, True, True, True)
 
     weights = forward()[0]
     sweeps = {
@@ -203,7 +203,7 @@ def router(args: argparse.Namespace, e: int, device: torch.device) -> list:
     }  # fmt: skip
     fns = {
         "route_fwd": forward,
-        "route_bwd": lambda: torch.autograd.grad(weights, (x, wn), g, retain_graph=True),
+        "route_bwd": lambda: torch.autograd.grad(weights, (x, w), g, retain_graph=True),
     }
     rows = []
     for name, settings in sweeps.items():

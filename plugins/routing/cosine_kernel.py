@@ -167,27 +167,41 @@ def _blocks(e: int, tokens: int | None) -> tuple[int, int]:
     return block_e, tokens or (128 if block_e <= 32 else 32)  # (experts, tokens) per program
 
 
+def _prototypes(w: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """(fp32 prototypes, their column norms, unit columns w / max(norm, 1e-6)) of ``w`` (D,E)."""
+    wf = w.float()
+    norms = torch.linalg.vector_norm(wf, dim=0)
+    return wf, norms, wf / norms.clamp(min=1e-6)
+
+
 class CosineRoute(torch.autograd.Function):
-    """(x (N,D), unit prototypes wn (D,E), thresholds G (E,), enabled (E,)) -> weights (N,E)
-    fp32, active mask (N,E) bool, cos (N,E) fp32, tokens where nothing fired (a 0-dim int),
-    and k (N,) fp32: active experts per token, whose gradient is that of the straight-through
-    sum over enabled experts (what the sparsity loss needs)."""
+    """(x (N,D), prototypes w (D,E), thresholds G (E,), enabled (E,)) -> weights (N,E) fp32,
+    active mask (N,E) bool, cos (N,E) fp32, tokens where nothing fired (a 0-dim int), k (N,)
+    fp32: active experts per token, whose gradient is that of the straight-through sum over
+    enabled experts (what the sparsity loss needs), the tokens per expert (E,), and, when
+    ``sdl``, the SDL loss's two terms over the same prototypes (0-dim fp32: diversity
+    ||W_n^T W_n - I||_F and simplicity mean_e ||w_e||; else zeros).
+
+    The prototypes are normalised (and SDL computed) inside, with their gradients in one
+    closed form in the backward, rather than as a dozen small autograd operations."""
 
     @staticmethod
     def forward(
         ctx: Any,
         x: Tensor,
-        wn: Tensor,
+        w: Tensor,
         threshold: Tensor,
         enabled: Tensor,
         tau: float,
         min_experts: int,
         topk: bool,
         softmax: bool,
-    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        sdl: bool = False,
+    ) -> tuple[Tensor, ...]:
         x = x.contiguous()  # itself when already contiguous
         n, d = x.shape
-        e = wn.shape[1]
+        e = w.shape[1]
+        wf, norms, wn = _prototypes(w)
         f32 = dict(dtype=torch.float32, device=x.device)
         weights, cos = torch.empty(n, e, **f32), torch.empty(n, e, **f32)
         active = torch.empty(n, e, dtype=torch.int8, device=x.device)
@@ -197,7 +211,7 @@ class CosineRoute(torch.autograd.Function):
         block_e, block_n = _blocks(e, TUNING["fwd_tokens"])
         if n:
             _route_fwd[(triton.cdiv(n, block_n),)](
-                x, wn.float().contiguous(), threshold.contiguous(), enabled.contiguous(),
+                x, wn, threshold.contiguous(), enabled.contiguous(),
                 weights, active, cos, norm, counts, k,
                 n, d, e, float(tau), MIN_K=min(min_experts, e), TOPK=topk, SOFTMAX=softmax,
                 BLOCK_N=block_n, BLOCK_D=TUNING["fwd_cols"], BLOCK_E=block_e,
@@ -205,10 +219,16 @@ class CosineRoute(torch.autograd.Function):
             )  # fmt: skip
         mask = active.view(torch.bool)
         counts, unfired = counts[:e], counts[e]
-        ctx.save_for_backward(x, wn, threshold, enabled, weights, active, cos, norm)
-        ctx.tau, ctx.softmax = float(tau), softmax
+        gram = wn.t() @ wn if sdl else wn.new_zeros(0, 0)  # (E, E), then minus the identity
+        gram.diagonal().sub_(1.0)
+        diversity = torch.linalg.matrix_norm(gram) if sdl else wn.new_zeros(())
+        simplicity = norms.mean() if sdl else wn.new_zeros(())
+        ctx.save_for_backward(
+            x, wf, norms, wn, threshold, enabled, weights, active, cos, norm, gram, diversity
+        )
+        ctx.tau, ctx.softmax, ctx.w_dtype = float(tau), softmax, w.dtype
         ctx.mark_non_differentiable(mask, unfired, counts)
-        return weights, mask, cos, unfired, k, counts
+        return weights, mask, cos, unfired, k, counts, diversity, simplicity
 
     @staticmethod
     def backward(
@@ -219,8 +239,12 @@ class CosineRoute(torch.autograd.Function):
         _unfired: Any,
         g_k: Tensor | None,
         _counts: Any,
+        g_diversity: Tensor | None,
+        g_simplicity: Tensor | None,
     ):
-        x, wn, threshold, enabled, weights, active, cos, norm = ctx.saved_tensors
+        x, wf, norms, wn, threshold, enabled, weights, active, cos, norm, gram, diversity = (
+            ctx.saved_tensors
+        )
         (n, e), d = weights.shape, x.shape[1]
         f32 = dict(dtype=torch.float32, device=x.device)
         # ddot in the tokens' dtype: the prototype gradient x^T @ ddot is then a half-precision
@@ -236,11 +260,22 @@ class CosineRoute(torch.autograd.Function):
                 g_weights.contiguous(), g_cos.contiguous() if g_cos is not None else cos,
                 g_k.contiguous() if g_k is not None else norm, weights, active, cos, norm,
                 threshold.contiguous(), enabled.contiguous(), ddot, dthreshold, x,
-                wn.float().contiguous(), dx, n, d, e, ctx.tau, HAS_GC=g_cos is not None,
+                wn, dx, n, d, e, ctx.tau, HAS_GC=g_cos is not None,
                 HAS_GK=g_k is not None, SOFTMAX=ctx.softmax, BLOCK_N=block_n,
                 BLOCK_D=TUNING["bwd_cols"], BLOCK_E=block_e,
                 PRECISION=_precision(x, "bwd_precision_half"),
             )  # fmt: skip
-        dwn = (x.t() @ ddot).to(wn.dtype)
+        dwn = (x.t() @ ddot).float()
+        dnorms = torch.zeros_like(norms)
+        if gram.numel() and g_diversity is not None:
+            # d||A||_F = <A, dA> / ||A||_F with A = W_n^T W_n - I symmetric: 2 W_n A / ||A||_F
+            scale = torch.where(diversity > 0, 2 * g_diversity / diversity, 0.0)
+            dwn += scale * (wn @ gram)
+        if gram.numel() and g_simplicity is not None:
+            dnorms += g_simplicity / e
+        # wn = wf / max(norms, 1e-6): through the clamp only where it passes the norm
+        clamped = norms.clamp(min=1e-6)
+        dnorms -= torch.where(norms >= 1e-6, (dwn * wf).sum(0) / clamped.square(), 0.0)
+        dw = dwn / clamped + wf * torch.where(norms > 0, dnorms / norms, 0.0)
         dthreshold = dthreshold.sum(0).to(threshold.dtype)
-        return dx, dwn, dthreshold, None, None, None, None, None
+        return dx, dw.to(ctx.w_dtype), dthreshold, None, None, None, None, None, None

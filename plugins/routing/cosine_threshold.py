@@ -62,28 +62,26 @@ class CosineThresholdRouter(RouterBase):
         cfg = self.cfg
         if self.num_experts > MAX_EXPERTS or not use_triton(x):
             return None
-        w = self.weight.float()
-        norms = w.norm(dim=0)
-        wn = w / norms.clamp(min=1e-6)  # F.normalize(w, dim=0, eps=1e-6), norms kept for SDL
         topk = cfg.fallback == "topk"
         softmax = cfg.weighting == "softmax"
-        weights, active, cos, unfired, per_token, counts = CosineRoute.apply(
-            x, wn, self.threshold, self.enabled, cfg.tau, cfg.min_experts, topk, softmax
-        )
-        aux = self.aux_losses(norms, wn)
+        sdl = bool(cfg.sdl_weight)
+        weights, active, cos, unfired, per_token, counts, diversity, simplicity = (
+            CosineRoute.apply(
+                x, self.weight, self.threshold, self.enabled, cfg.tau, cfg.min_experts, topk,
+                softmax, sdl,
+            )
+        )  # fmt: skip
+        aux = {"sdl": cfg.sdl_weight * (diversity + simplicity)} if sdl else {}
         if cfg.sparsity_weight:
             aux["sparsity"] = cfg.sparsity_weight * sparsity_loss(per_token, cfg.sparsity_target)
         stats = {"fallback_tokens": unfired / max(len(x), 1), "expert_counts": counts}
         return weights, active, cos, aux, stats
 
-    def aux_losses(
-        self, norms: Tensor | None = None, unit: Tensor | None = None
-    ) -> dict[str, Tensor]:
-        """The weighted SDL loss (``norms``, ``unit``: the prototypes' column norms and unit
-        columns where the caller computed them)."""
+    def aux_losses(self) -> dict[str, Tensor]:
+        """The weighted SDL loss."""
         if not self.cfg.sdl_weight:
             return {}
-        diversity, simplicity = sdl_loss(self.weight, norms, unit)
+        diversity, simplicity = sdl_loss(self.weight)
         return {"sdl": self.cfg.sdl_weight * (diversity + simplicity)}
 
     def route(self, x: Tensor) -> RouteResult:

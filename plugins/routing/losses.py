@@ -15,15 +15,10 @@ import torch
 from torch import Tensor
 
 
-def sdl_loss(
-    prototypes: Tensor, norms: Tensor | None = None, unit: Tensor | None = None
-) -> tuple[Tensor, Tensor]:
-    """(diversity, simplicity) for prototype columns ``prototypes`` (D, E); ``norms`` (E,)
-    and ``unit`` (D, E), their column norms and the columns over max(norm, 1e-6), when the
-    caller has them already."""
-    if norms is None or unit is None:
-        norms = prototypes.norm(dim=0)
-        unit = prototypes / norms.clamp(min=1e-6)
+def sdl_loss(prototypes: Tensor) -> tuple[Tensor, Tensor]:
+    """(diversity, simplicity) for prototype columns ``prototypes`` (D, E)."""
+    norms = prototypes.norm(dim=0)
+    unit = prototypes / norms.clamp(min=1e-6)
     gram = unit.T @ unit  # (E, E)
     eye = torch.eye(gram.shape[0], dtype=gram.dtype, device=gram.device)
     return torch.linalg.matrix_norm(gram - eye), norms.mean()

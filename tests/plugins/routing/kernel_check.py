@@ -154,6 +154,8 @@ for n, e, d, cfg, state in [
     (1, 3, 5, {"weighting": "softmax", "fallback": "topk", "min_experts": 1}, "removed"),
     (0, 3, 5, {"weighting": "mean", "fallback": "topk"}, "live"),
     (21, 6, 12, {"weighting": "mean", "sparsity_weight": 0.5, "sparsity_target": 1.0}, "live"),
+    (12, 7, 9, {"weighting": "mean", "sdl_weight": 1.0}, "live"),
+    (12, 4, 9, {"weighting": "mean", "sdl_weight": 0.0}, "live"),
     (
         15,
         5,
@@ -181,6 +183,11 @@ for n, e, d, cfg, state in [
         err = (a - b).abs().max().item() if a.numel() else 0.0
         if not err <= 1e-4:
             sys.exit(f"{name}: {what} differs by {err}")
+    if got.aux.keys() != ref.aux.keys():
+        sys.exit(f"{name}: aux losses {sorted(got.aux)} != {sorted(ref.aux)}")
+    for key in got.aux:  # the values (their gradients reach grad 1 through the loss)
+        if abs(float(got.aux[key].detach()) - float(ref.aux[key].detach())) > 1e-5:
+            sys.exit(f"{name}: aux loss {key} differs")
     for key in ("fallback_tokens", "experts_per_token", "dead_experts"):
         if abs(float(got.stats[key]) - float(ref.stats[key])) > 1e-6:
             sys.exit(f"{name}: stat {key} differs")
