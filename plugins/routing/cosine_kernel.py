@@ -146,6 +146,94 @@ if triton is not None:
             dx = coef[:, None] * xt + tl.dot(ddot, wt.to(tl.float32), input_precision=PRECISION)
             tl.store(dx_ptr + xat, dx.to(dx_ptr.dtype.element_ty), mask=xin)
 
+    # The prototypes (D, E) and the SDL loss in one program each way (D x E is small): unit
+    # columns, norms and W_n^T W_n - I forward; the prototype gradient from the unit columns'
+    # gradient, SDL's terms and the normalisation backward.
+
+    @triton.jit
+    def _prototypes_fwd(
+        w_ptr, wn_ptr, norms_ptr, gram_ptr, sdl_ptr, D, E,
+        SDL: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_E: tl.constexpr,
+    ):  # fmt: skip
+        ex = tl.arange(0, BLOCK_E)
+        ein = ex < E
+        sq = tl.zeros([BLOCK_E], dtype=tl.float32)
+        for d0 in range(0, D, BLOCK_D):
+            dd = d0 + tl.arange(0, BLOCK_D)
+            at = dd[:, None] * E + ex[None, :]
+            v = tl.load(w_ptr + at, mask=(dd < D)[:, None] & ein[None, :], other=0.0)
+            v = v.to(tl.float32)
+            sq += tl.sum(v * v, 0)
+        norms = tl.sqrt(sq)
+        clamped = tl.maximum(norms, 1e-6)
+        tl.store(norms_ptr + ex, norms, mask=ein)
+        gram = tl.zeros([BLOCK_E, BLOCK_E], dtype=tl.float32)
+        for d0 in range(0, D, BLOCK_D):
+            dd = d0 + tl.arange(0, BLOCK_D)
+            at = dd[:, None] * E + ex[None, :]
+            both = (dd < D)[:, None] & ein[None, :]
+            v = tl.load(w_ptr + at, mask=both, other=0.0).to(tl.float32) / clamped[None, :]
+            tl.store(wn_ptr + at, v, mask=both)
+            if SDL:
+                gram = tl.dot(tl.trans(v), v, gram, input_precision="ieee")
+        if SDL:
+            valid = ein[:, None] & ein[None, :]
+            gram -= tl.where(valid & (ex[:, None] == ex[None, :]), 1.0, 0.0)
+            tl.store(gram_ptr + ex[:, None] * E + ex[None, :], gram, mask=valid)
+            tl.store(sdl_ptr, tl.sqrt(tl.sum(tl.sum(gram * gram, 1), 0)))
+            tl.store(sdl_ptr + 1, tl.sum(tl.where(ein, norms, 0.0), 0) / E)
+
+    @triton.jit
+    def _prototypes_unit_grad(
+        dwn_ptr, wn_ptr, gram_ptr, dd, ex, both, E, scale, SDL_GRAD: tl.constexpr
+    ):
+        """The unit columns' gradient at rows ``dd``: the routes' plus SDL diversity's
+        scale * W_n A (A = W_n^T W_n - I, symmetric)."""
+        at = dd[:, None] * E + ex[None, :]
+        g = tl.load(dwn_ptr + at, mask=both, other=0.0)
+        if SDL_GRAD:
+            wn = tl.load(wn_ptr + at, mask=both, other=0.0)
+            ein = ex < E
+            a = tl.load(gram_ptr + ex[:, None] * E + ex[None, :],
+                        mask=ein[:, None] & ein[None, :], other=0.0)  # fmt: skip
+            g += scale * tl.dot(wn, a, input_precision="ieee")
+        return g
+
+    @triton.jit
+    def _prototypes_bwd(
+        dwn_ptr, w_ptr, wn_ptr, norms_ptr, gram_ptr, sdl_ptr, gsdl_ptr, dw_ptr, D, E,
+        SDL_GRAD: tl.constexpr, SIMPLICITY_GRAD: tl.constexpr,
+        BLOCK_D: tl.constexpr, BLOCK_E: tl.constexpr,
+    ):  # fmt: skip
+        ex = tl.arange(0, BLOCK_E)
+        ein = ex < E
+        norms = tl.load(norms_ptr + ex, mask=ein, other=1.0)
+        clamped = tl.maximum(norms, 1e-6)
+        scale = 0.0
+        if SDL_GRAD:  # d||A||_F = <A, dA> / ||A||_F
+            diversity = tl.load(sdl_ptr)
+            scale = tl.where(diversity > 0, 2.0 * tl.load(gsdl_ptr) / diversity, 0.0)
+        dot = tl.zeros([BLOCK_E], dtype=tl.float32)  # sum over D of the unit grad * w
+        for d0 in range(0, D, BLOCK_D):
+            dd = d0 + tl.arange(0, BLOCK_D)
+            both = (dd < D)[:, None] & ein[None, :]
+            g = _prototypes_unit_grad(dwn_ptr, wn_ptr, gram_ptr, dd, ex, both, E, scale, SDL_GRAD)
+            w = tl.load(w_ptr + dd[:, None] * E + ex[None, :], mask=both, other=0.0)
+            dot += tl.sum(g * w.to(tl.float32), 0)
+        # wn = w / max(norm, 1e-6): the norm's gradient (through the clamp where it passes)
+        dnorms = tl.where(norms >= 1e-6, -dot / (clamped * clamped), 0.0)
+        if SIMPLICITY_GRAD:
+            dnorms += tl.load(gsdl_ptr + 1) / E
+        per_w = tl.where(norms > 0, dnorms / norms, 0.0)
+        for d0 in range(0, D, BLOCK_D):
+            dd = d0 + tl.arange(0, BLOCK_D)
+            both = (dd < D)[:, None] & ein[None, :]
+            g = _prototypes_unit_grad(dwn_ptr, wn_ptr, gram_ptr, dd, ex, both, E, scale, SDL_GRAD)
+            at = dd[:, None] * E + ex[None, :]
+            w = tl.load(w_ptr + at, mask=both, other=0.0).to(tl.float32)
+            dw = g / clamped[None, :] + w * per_w[None, :]
+            tl.store(dw_ptr + at, dw.to(dw_ptr.dtype.element_ty), mask=both)
+
 
 #: launch settings (benchmarks/dispatch_kernels.py sweeps them); tokens per program None:
 #: 128 up to 32 experts, else 32. The products with the prototypes run in fp32 for fp32
@@ -167,11 +255,48 @@ def _blocks(e: int, tokens: int | None) -> tuple[int, int]:
     return block_e, tokens or (128 if block_e <= 32 else 32)  # (experts, tokens) per program
 
 
-def _prototypes(w: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """(fp32 prototypes, their column norms, unit columns w / max(norm, 1e-6)) of ``w`` (D,E)."""
-    wf = w.float()
-    norms = torch.linalg.vector_norm(wf, dim=0)
-    return wf, norms, wf / norms.clamp(min=1e-6)
+def _prototype_blocks(d: int, e: int) -> tuple[int, int, int]:
+    """(rows per step, experts, warps) of the one-program prototype kernels."""
+    block_e = max(16, 1 << max(e - 1, 0).bit_length())
+    return (
+        max(16, min(1 << max(d - 1, 0).bit_length(), 4096 // block_e)),
+        block_e,
+        4 if block_e <= 32 else 8,
+    )
+
+
+def prototypes(w: Tensor, sdl: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Of prototypes ``w`` (D, E): unit columns w / max(norm, 1e-6) (D, E) fp32, the column
+    norms (E,), and with ``sdl`` W_n^T W_n - I (E, E) and the SDL loss's terms (2,):
+    diversity ||W_n^T W_n - I||_F and simplicity mean_e ||w_e|| (zeros without)."""
+    d, e = w.shape
+    f32 = dict(dtype=torch.float32, device=w.device)
+    wn, norms = torch.empty(d, e, **f32), torch.empty(e, **f32)
+    gram, terms = torch.empty(e if sdl else 0, e, **f32), torch.zeros(2, **f32)
+    block_d, block_e, warps = _prototype_blocks(d, e)
+    _prototypes_fwd[(1,)](
+        w.contiguous(), wn, norms, gram, terms, d, e, SDL=sdl, BLOCK_D=block_d,
+        BLOCK_E=block_e, num_warps=warps,
+    )  # fmt: skip
+    return wn, norms, gram, terms
+
+
+def prototypes_backward(
+    dwn: Tensor, w: Tensor, wn: Tensor, norms: Tensor, gram: Tensor, terms: Tensor,
+    g_terms: Tensor | None,
+) -> Tensor:  # fmt: skip
+    """The gradient of ``w`` from that of the unit columns ``dwn`` (D, E) fp32 and of the SDL
+    terms ``g_terms`` (2,) (None: no SDL gradient), in the dtype of ``w``."""
+    d, e = w.shape
+    dw = torch.empty_like(w)
+    sdl = g_terms is not None and gram.numel() > 0
+    block_d, block_e, warps = _prototype_blocks(d, e)
+    _prototypes_bwd[(1,)](
+        dwn.contiguous(), w.contiguous(), wn, norms, gram, terms,
+        g_terms.contiguous() if sdl else terms, dw, d, e, SDL_GRAD=sdl, SIMPLICITY_GRAD=sdl,
+        BLOCK_D=block_d, BLOCK_E=block_e, num_warps=warps,
+    )  # fmt: skip
+    return dw
 
 
 class CosineRoute(torch.autograd.Function):
@@ -179,11 +304,11 @@ class CosineRoute(torch.autograd.Function):
     active mask (N,E) bool, cos (N,E) fp32, tokens where nothing fired (a 0-dim int), k (N,)
     fp32: active experts per token, whose gradient is that of the straight-through sum over
     enabled experts (what the sparsity loss needs), the tokens per expert (E,), and, when
-    ``sdl``, the SDL loss's two terms over the same prototypes (0-dim fp32: diversity
+    ``sdl``, the SDL loss's two terms over the same prototypes ((2,) fp32: diversity
     ||W_n^T W_n - I||_F and simplicity mean_e ||w_e||; else zeros).
 
-    The prototypes are normalised (and SDL computed) inside, with their gradients in one
-    closed form in the backward, rather than as a dozen small autograd operations."""
+    The prototypes are normalised (and SDL computed) by one small kernel each way
+    (:func:`prototypes`), rather than by two dozen small autograd operations."""
 
     @staticmethod
     def forward(
@@ -201,7 +326,7 @@ class CosineRoute(torch.autograd.Function):
         x = x.contiguous()  # itself when already contiguous
         n, d = x.shape
         e = w.shape[1]
-        wf, norms, wn = _prototypes(w)
+        wn, norms, gram, terms = prototypes(w, sdl)
         f32 = dict(dtype=torch.float32, device=x.device)
         weights, cos = torch.empty(n, e, **f32), torch.empty(n, e, **f32)
         active = torch.empty(n, e, dtype=torch.int8, device=x.device)
@@ -219,16 +344,12 @@ class CosineRoute(torch.autograd.Function):
             )  # fmt: skip
         mask = active.view(torch.bool)
         counts, unfired = counts[:e], counts[e]
-        gram = wn.t() @ wn if sdl else wn.new_zeros(0, 0)  # (E, E), then minus the identity
-        gram.diagonal().sub_(1.0)
-        diversity = torch.linalg.matrix_norm(gram) if sdl else wn.new_zeros(())
-        simplicity = norms.mean() if sdl else wn.new_zeros(())
         ctx.save_for_backward(
-            x, wf, norms, wn, threshold, enabled, weights, active, cos, norm, gram, diversity
+            x, w, norms, wn, threshold, enabled, weights, active, cos, norm, gram, terms
         )
-        ctx.tau, ctx.softmax, ctx.w_dtype = float(tau), softmax, w.dtype
+        ctx.tau, ctx.softmax = float(tau), softmax
         ctx.mark_non_differentiable(mask, unfired, counts)
-        return weights, mask, cos, unfired, k, counts, diversity, simplicity
+        return weights, mask, cos, unfired, k, counts, terms
 
     @staticmethod
     def backward(
@@ -239,10 +360,9 @@ class CosineRoute(torch.autograd.Function):
         _unfired: Any,
         g_k: Tensor | None,
         _counts: Any,
-        g_diversity: Tensor | None,
-        g_simplicity: Tensor | None,
+        g_terms: Tensor | None,
     ):
-        x, wf, norms, wn, threshold, enabled, weights, active, cos, norm, gram, diversity = (
+        x, w, norms, wn, threshold, enabled, weights, active, cos, norm, gram, terms = (
             ctx.saved_tensors
         )
         (n, e), d = weights.shape, x.shape[1]
@@ -266,16 +386,6 @@ class CosineRoute(torch.autograd.Function):
                 PRECISION=_precision(x, "bwd_precision_half"),
             )  # fmt: skip
         dwn = (x.t() @ ddot).float()
-        dnorms = torch.zeros_like(norms)
-        if gram.numel() and g_diversity is not None:
-            # d||A||_F = <A, dA> / ||A||_F with A = W_n^T W_n - I symmetric: 2 W_n A / ||A||_F
-            scale = torch.where(diversity > 0, 2 * g_diversity / diversity, 0.0)
-            dwn += scale * (wn @ gram)
-        if gram.numel() and g_simplicity is not None:
-            dnorms += g_simplicity / e
-        # wn = wf / max(norms, 1e-6): through the clamp only where it passes the norm
-        clamped = norms.clamp(min=1e-6)
-        dnorms -= torch.where(norms >= 1e-6, (dwn * wf).sum(0) / clamped.square(), 0.0)
-        dw = dwn / clamped + wf * torch.where(norms > 0, dnorms / norms, 0.0)
+        dw = prototypes_backward(dwn, w, wn, norms, gram, terms, g_terms)
         dthreshold = dthreshold.sum(0).to(threshold.dtype)
-        return dx, dw.to(ctx.w_dtype), dthreshold, None, None, None, None, None, None
+        return dx, dw, dthreshold, None, None, None, None, None, None

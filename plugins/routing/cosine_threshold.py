@@ -65,13 +65,11 @@ class CosineThresholdRouter(RouterBase):
         topk = cfg.fallback == "topk"
         softmax = cfg.weighting == "softmax"
         sdl = bool(cfg.sdl_weight)
-        weights, active, cos, unfired, per_token, counts, diversity, simplicity = (
-            CosineRoute.apply(
-                x, self.weight, self.threshold, self.enabled, cfg.tau, cfg.min_experts, topk,
-                softmax, sdl,
-            )
+        weights, active, cos, unfired, per_token, counts, sdl_terms = CosineRoute.apply(
+            x, self.weight, self.threshold, self.enabled, cfg.tau, cfg.min_experts, topk,
+            softmax, sdl,
         )  # fmt: skip
-        aux = {"sdl": cfg.sdl_weight * (diversity + simplicity)} if sdl else {}
+        aux = {"sdl": cfg.sdl_weight * sdl_terms.sum()} if sdl else {}
         if cfg.sparsity_weight:
             aux["sparsity"] = cfg.sparsity_weight * sparsity_loss(per_token, cfg.sparsity_target)
         stats = {"fallback_tokens": unfired / max(len(x), 1), "expert_counts": counts}

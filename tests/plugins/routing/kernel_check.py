@@ -156,6 +156,7 @@ for n, e, d, cfg, state in [
     (21, 6, 12, {"weighting": "mean", "sparsity_weight": 0.5, "sparsity_target": 1.0}, "live"),
     (12, 7, 9, {"weighting": "mean", "sdl_weight": 1.0}, "live"),
     (12, 4, 9, {"weighting": "mean", "sdl_weight": 0.0}, "live"),
+    (20, 40, 600, {"weighting": "softmax", "sdl_weight": 0.5}, "removed"),  # D in 10 steps
     (
         15,
         5,
@@ -167,6 +168,9 @@ for n, e, d, cfg, state in [
     router = CosineThresholdRouter(d, e, CosineThresholdConfig(**cfg)).train()
     with torch.no_grad():
         router.threshold.copy_(torch.rand(e, generator=gen) * 0.4 - 0.2)
+        # off the orthogonal init, where W_n^T W_n - I is rounding noise and the diversity
+        # term's gradient A / ||A||_F a direction of noise (each implementation its own)
+        router.weight.add_(0.2 * torch.randn(d, e, generator=gen))
         if state == "dead":
             router.threshold.fill_(2.0)  # nothing fires: every token takes the fallback
         if state == "removed":

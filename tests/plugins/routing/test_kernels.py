@@ -21,4 +21,4 @@ def test_triton_kernels_match_torch_under_the_interpreter():
     )
     assert done.returncode == 0, done.stdout + done.stderr
     checks = [line for line in done.stdout.splitlines() if line.startswith("ok ")]
-    assert len(checks) == 30, done.stdout
+    assert len(checks) == 31, done.stdout
