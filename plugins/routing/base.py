@@ -46,16 +46,18 @@ class RouterBase(nn.Module):
     """Bookkeeping for a router over ``num_experts`` experts.
 
     Buffers: ``enabled`` (E,) bool, experts that may be selected at all (a removed expert is
-    never active); ``activation_counts`` (E,) and ``tokens_seen`` (), accumulated in training
-    mode and read (then cleared) by the ``expert_reset`` callback.
+    never active); ``activation_counts`` (E,) and ``tokens_seen`` (), int64 (exact, and kept
+    so when the module is cast to a half-precision dtype), accumulated in training mode and
+    read (then cleared) by the ``expert_reset`` callback.
     """
 
     def __init__(self, num_experts: int):
         super().__init__()
         self.num_experts = num_experts
         self.register_buffer("enabled", torch.ones(num_experts, dtype=torch.bool))
-        self.register_buffer("activation_counts", torch.zeros(num_experts), persistent=False)
-        self.register_buffer("tokens_seen", torch.zeros(()), persistent=False)
+        i64 = torch.int64
+        self.register_buffer("activation_counts", torch.zeros(num_experts, dtype=i64), False)
+        self.register_buffer("tokens_seen", torch.zeros((), dtype=i64), persistent=False)
 
     def forward(self, x: Tensor, ctx: ForwardContext | None = None) -> Routing:
         """Route tokens ``x`` (N, D) outside autocast: the router's fused kernels where it has
@@ -119,16 +121,19 @@ class RouterBase(nn.Module):
         extra_stats: dict[str, Tensor] | None = None,
     ) -> Routing:
         """Count activations, report aux losses and stats to ``ctx``, return the Routing.
-        ``extra_stats`` may hold the ``expert_counts`` (E,) a fused route counted itself."""
+        ``extra_stats`` may hold the ``expert_counts`` (E,) and the other statistics of
+        :func:`routing_stats` where a fused route computed them itself."""
         extra_stats = dict(extra_stats or {})
-        counts = extra_stats.pop("expert_counts", None)
+        counts = extra_stats.get("expert_counts")
         if counts is None:
             counts = mask.sum(0)
         if self.training:
             with torch.no_grad():
                 self.activation_counts += counts
                 self.tokens_seen += mask.shape[0]
-        stats = {**routing_stats(counts, mask.shape[0], self.enabled), **extra_stats}
+        if not {"experts_per_token", "dead_experts"} <= extra_stats.keys():
+            extra_stats = {**routing_stats(counts, mask.shape[0], self.enabled), **extra_stats}
+        stats = extra_stats
         if ctx is not None:
             for name, value in aux.items():
                 ctx.add_loss(f"router/{name}", value)

@@ -201,12 +201,21 @@ if triton is not None:
 
     @triton.jit
     def _prototypes_bwd(
-        dwn_ptr, w_ptr, wn_ptr, norms_ptr, gram_ptr, sdl_ptr, gsdl_ptr, dw_ptr, D, E,
+        dwn_ptr, w_ptr, wn_ptr, norms_ptr, gram_ptr, sdl_ptr, gsdl_ptr, dw_ptr,
+        dthr_ptr, dthreshold_ptr, D, E, B,
         SDL_GRAD: tl.constexpr, SIMPLICITY_GRAD: tl.constexpr,
         BLOCK_D: tl.constexpr, BLOCK_E: tl.constexpr,
     ):  # fmt: skip
         ex = tl.arange(0, BLOCK_E)
         ein = ex < E
+        # the thresholds' gradient: the sum of the route kernel's B per-block shares (B, E)
+        dthr = tl.zeros([BLOCK_E], dtype=tl.float32)
+        for b0 in range(0, B, BLOCK_D):
+            bb = b0 + tl.arange(0, BLOCK_D)
+            part = tl.load(dthr_ptr + bb[:, None] * E + ex[None, :],
+                           mask=(bb < B)[:, None] & ein[None, :], other=0.0)  # fmt: skip
+            dthr += tl.sum(part, 0)
+        tl.store(dthreshold_ptr + ex, dthr.to(dthreshold_ptr.dtype.element_ty), mask=ein)
         norms = tl.load(norms_ptr + ex, mask=ein, other=1.0)
         clamped = tl.maximum(norms, 1e-6)
         scale = 0.0
@@ -234,6 +243,20 @@ if triton is not None:
             dw = g / clamped[None, :] + w * per_w[None, :]
             tl.store(dw_ptr + at, dw.to(dw_ptr.dtype.element_ty), mask=both)
 
+    @triton.jit
+    def _route_stats(counts_ptr, en_ptr, out_ptr, N, E, BLOCK_E: tl.constexpr):
+        """From the tokens per expert (E,) and the unfired count after them: experts per
+        token, dead experts (enabled, no token), the fallback's share of tokens."""
+        ex = tl.arange(0, BLOCK_E)
+        ein = ex < E
+        counts = tl.load(counts_ptr + ex, mask=ein, other=0)
+        enabled = tl.load(en_ptr + ex, mask=ein, other=0) != 0
+        tokens = tl.maximum(N, 1).to(tl.float32)  # divided as torch does (rounded once)
+        tl.store(out_ptr, tl.math.div_rn(tl.sum(counts, 0).to(tl.float32), tokens))
+        dead = tl.sum((ein & enabled & (counts == 0)).to(tl.float32), 0)
+        tl.store(out_ptr + 1, dead)
+        tl.store(out_ptr + 2, tl.math.div_rn(tl.load(counts_ptr + E).to(tl.float32), tokens))
+
 
 #: launch settings (benchmarks/dispatch_kernels.py sweeps them); tokens per program None:
 #: 128 up to 32 experts, else 32. The products with the prototypes run in fp32 for fp32
@@ -253,6 +276,20 @@ def _precision(x: Tensor, key: str) -> str:
 def _blocks(e: int, tokens: int | None) -> tuple[int, int]:
     block_e = max(16, 1 << max(e - 1, 0).bit_length())
     return block_e, tokens or (128 if block_e <= 32 else 32)  # (experts, tokens) per program
+
+
+def route_stats(counts: Tensor, enabled: Tensor, n: int) -> dict[str, Tensor]:
+    """The routing statistics (0-dim fp32) from ``counts`` (E + 1,): tokens per expert, then
+    the tokens where no expert fired; one kernel (see ``RouterBase.finish``)."""
+    e = enabled.shape[0]
+    out = torch.empty(3, dtype=torch.float32, device=counts.device)
+    _route_stats[(1,)](counts, enabled, out, n, e, BLOCK_E=max(16, 1 << max(e - 1, 0).bit_length()))
+    return {
+        "expert_counts": counts[:e],
+        "experts_per_token": out[0],
+        "dead_experts": out[1],
+        "fallback_tokens": out[2],
+    }
 
 
 def _prototype_blocks(d: int, e: int) -> tuple[int, int, int]:
@@ -283,27 +320,29 @@ def prototypes(w: Tensor, sdl: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
 
 def prototypes_backward(
     dwn: Tensor, w: Tensor, wn: Tensor, norms: Tensor, gram: Tensor, terms: Tensor,
-    g_terms: Tensor | None,
-) -> Tensor:  # fmt: skip
-    """The gradient of ``w`` from that of the unit columns ``dwn`` (D, E) fp32 and of the SDL
-    terms ``g_terms`` (2,) (None: no SDL gradient), in the dtype of ``w``."""
+    g_terms: Tensor | None, dthreshold_blocks: Tensor, threshold: Tensor,
+) -> tuple[Tensor, Tensor]:  # fmt: skip
+    """The gradients of ``w`` (from that of the unit columns ``dwn`` (D, E) fp32 and of the
+    SDL terms ``g_terms`` (2,), None: no SDL gradient) and of the thresholds (the sum of the
+    route kernel's per-block shares ``dthreshold_blocks`` (B, E)), in their dtypes."""
     d, e = w.shape
-    dw = torch.empty_like(w)
+    dw, dthreshold = torch.empty_like(w), torch.empty_like(threshold)
     sdl = g_terms is not None and gram.numel() > 0
     block_d, block_e, warps = _prototype_blocks(d, e)
     _prototypes_bwd[(1,)](
         dwn.contiguous(), w.contiguous(), wn, norms, gram, terms,
-        g_terms.contiguous() if sdl else terms, dw, d, e, SDL_GRAD=sdl, SIMPLICITY_GRAD=sdl,
-        BLOCK_D=block_d, BLOCK_E=block_e, num_warps=warps,
+        g_terms.contiguous() if sdl else terms, dw, dthreshold_blocks, dthreshold, d, e,
+        dthreshold_blocks.shape[0], SDL_GRAD=sdl, SIMPLICITY_GRAD=sdl, BLOCK_D=block_d,
+        BLOCK_E=block_e, num_warps=warps,
     )  # fmt: skip
-    return dw
+    return dw, dthreshold
 
 
 class CosineRoute(torch.autograd.Function):
     """(x (N,D), prototypes w (D,E), thresholds G (E,), enabled (E,)) -> weights (N,E) fp32,
-    active mask (N,E) bool, cos (N,E) fp32, tokens where nothing fired (a 0-dim int), k (N,)
-    fp32: active experts per token, whose gradient is that of the straight-through sum over
-    enabled experts (what the sparsity loss needs), the tokens per expert (E,), and, when
+    active mask (N,E) bool, cos (N,E) fp32, k (N,) fp32: active experts per token, whose
+    gradient is that of the straight-through sum over enabled experts (what the sparsity loss
+    needs), the tokens per expert (E,) followed by the tokens where nothing fired, and, when
     ``sdl``, the SDL loss's two terms over the same prototypes ((2,) fp32: diversity
     ||W_n^T W_n - I||_F and simplicity mean_e ||w_e||; else zeros).
 
@@ -343,13 +382,13 @@ class CosineRoute(torch.autograd.Function):
                 PRECISION=_precision(x, "fwd_precision_half"),
             )  # fmt: skip
         mask = active.view(torch.bool)
-        counts, unfired = counts[:e], counts[e]
         ctx.save_for_backward(
             x, w, norms, wn, threshold, enabled, weights, active, cos, norm, gram, terms
         )
         ctx.tau, ctx.softmax = float(tau), softmax
-        ctx.mark_non_differentiable(mask, unfired, counts)
-        return weights, mask, cos, unfired, k, counts, terms
+        ctx.mark_non_differentiable(mask, counts)
+        ctx.set_materialize_grads(False)  # unused outputs' gradients stay None, not zeros
+        return weights, mask, cos, k, counts, terms
 
     @staticmethod
     def backward(
@@ -357,7 +396,6 @@ class CosineRoute(torch.autograd.Function):
         g_weights: Tensor,
         _mask: Any,
         g_cos: Tensor | None,
-        _unfired: Any,
         g_k: Tensor | None,
         _counts: Any,
         g_terms: Tensor | None,
@@ -386,6 +424,7 @@ class CosineRoute(torch.autograd.Function):
                 PRECISION=_precision(x, "bwd_precision_half"),
             )  # fmt: skip
         dwn = (x.t() @ ddot).float()
-        dw = prototypes_backward(dwn, w, wn, norms, gram, terms, g_terms)
-        dthreshold = dthreshold.sum(0).to(threshold.dtype)
+        dw, dthreshold = prototypes_backward(
+            dwn, w, wn, norms, gram, terms, g_terms, dthreshold, threshold
+        )
         return dx, dw, dthreshold, None, None, None, None, None, None

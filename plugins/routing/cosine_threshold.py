@@ -14,7 +14,7 @@ from ponderkit.plugins.routing.base import (
     orthogonal_columns,
     topk_fallback,
 )
-from ponderkit.plugins.routing.cosine_kernel import MAX_EXPERTS, CosineRoute
+from ponderkit.plugins.routing.cosine_kernel import MAX_EXPERTS, CosineRoute, route_stats
 from ponderkit.plugins.routing.losses import sdl_loss, sparsity_loss
 from torch import Tensor, nn
 from torch.nn import functional as F
@@ -65,15 +65,14 @@ class CosineThresholdRouter(RouterBase):
         topk = cfg.fallback == "topk"
         softmax = cfg.weighting == "softmax"
         sdl = bool(cfg.sdl_weight)
-        weights, active, cos, unfired, per_token, counts, sdl_terms = CosineRoute.apply(
+        weights, active, cos, per_token, counts, sdl_terms = CosineRoute.apply(
             x, self.weight, self.threshold, self.enabled, cfg.tau, cfg.min_experts, topk,
             softmax, sdl,
         )  # fmt: skip
         aux = {"sdl": cfg.sdl_weight * sdl_terms.sum()} if sdl else {}
         if cfg.sparsity_weight:
             aux["sparsity"] = cfg.sparsity_weight * sparsity_loss(per_token, cfg.sparsity_target)
-        stats = {"fallback_tokens": unfired / max(len(x), 1), "expert_counts": counts}
-        return weights, active, cos, aux, stats
+        return weights, active, cos, aux, route_stats(counts, self.enabled, len(x))
 
     def aux_losses(self) -> dict[str, Tensor]:
         """The weighted SDL loss."""

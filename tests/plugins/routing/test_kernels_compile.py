@@ -133,6 +133,11 @@ CASES = {
             },
         ],
     ),
+    "route_stats": (
+        cosine_kernel._route_stats,
+        {"counts_ptr": I32, "en_ptr": BOOL},
+        [{"BLOCK_E": 16}, {"BLOCK_E": 128}],
+    ),
     "prototypes_fwd": (
         cosine_kernel._prototypes_fwd,
         {"w_ptr": BF16},
@@ -144,7 +149,7 @@ CASES = {
     ),
     "prototypes_bwd": (
         cosine_kernel._prototypes_bwd,
-        {"w_ptr": BF16, "dw_ptr": BF16},
+        {"w_ptr": BF16, "dw_ptr": BF16, "dthreshold_ptr": BF16},
         [
             {"SDL_GRAD": True, "SIMPLICITY_GRAD": True, "BLOCK_D": 256, "BLOCK_E": 16},
             {"SDL_GRAD": False, "SIMPLICITY_GRAD": False, "BLOCK_D": 64, "BLOCK_E": 64},
