@@ -188,7 +188,7 @@ def router(args: argparse.Namespace, e: int, device: torch.device) -> list:
     g = torch.randn(n, e, device=device)
 
     def forward():  # with the SDL loss's terms, as the router runs it
-        return CosineRoute.apply(x, w, layer.threshold, layer.enabled, 10.0, 1, True, True, True)
+        return CosineRoute.apply(x, w, layer.threshold, layer.enabled, 10.0, 1, True, True, 0.01)
 
     weights = forward()[0]
     sweeps = {

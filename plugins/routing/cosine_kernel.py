@@ -152,7 +152,7 @@ if triton is not None:
 
     @triton.jit
     def _prototypes_fwd(
-        w_ptr, wn_ptr, norms_ptr, gram_ptr, sdl_ptr, D, E,
+        w_ptr, wn_ptr, norms_ptr, gram_ptr, sdl_ptr, D, E, sdl_weight,
         SDL: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_E: tl.constexpr,
     ):  # fmt: skip
         ex = tl.arange(0, BLOCK_E)
@@ -180,8 +180,11 @@ if triton is not None:
             valid = ein[:, None] & ein[None, :]
             gram -= tl.where(valid & (ex[:, None] == ex[None, :]), 1.0, 0.0)
             tl.store(gram_ptr + ex[:, None] * E + ex[None, :], gram, mask=valid)
-            tl.store(sdl_ptr, tl.sqrt(tl.sum(tl.sum(gram * gram, 1), 0)))
-            tl.store(sdl_ptr + 1, tl.sum(tl.where(ein, norms, 0.0), 0) / E)
+            diversity = tl.sqrt(tl.sum(tl.sum(gram * gram, 1), 0))
+            simplicity = tl.sum(tl.where(ein, norms, 0.0), 0) / E
+            tl.store(sdl_ptr, diversity)
+            tl.store(sdl_ptr + 1, simplicity)
+            tl.store(sdl_ptr + 2, sdl_weight * (diversity + simplicity))  # the aux loss
 
     @triton.jit
     def _prototypes_unit_grad(
@@ -202,8 +205,8 @@ if triton is not None:
     @triton.jit
     def _prototypes_bwd(
         dwn_ptr, w_ptr, wn_ptr, norms_ptr, gram_ptr, sdl_ptr, gsdl_ptr, dw_ptr,
-        dthr_ptr, dthreshold_ptr, D, E, B,
-        SDL_GRAD: tl.constexpr, SIMPLICITY_GRAD: tl.constexpr,
+        dthr_ptr, dthreshold_ptr, D, E, B, sdl_weight,
+        SDL_GRAD: tl.constexpr,
         BLOCK_D: tl.constexpr, BLOCK_E: tl.constexpr,
     ):  # fmt: skip
         ex = tl.arange(0, BLOCK_E)
@@ -219,9 +222,11 @@ if triton is not None:
         norms = tl.load(norms_ptr + ex, mask=ein, other=1.0)
         clamped = tl.maximum(norms, 1e-6)
         scale = 0.0
-        if SDL_GRAD:  # d||A||_F = <A, dA> / ||A||_F
+        g_sdl = 0.0
+        if SDL_GRAD:  # d||A||_F = <A, dA> / ||A||_F; the loss is sdl_weight * (||A|| + mean)
+            g_sdl = sdl_weight * tl.load(gsdl_ptr)
             diversity = tl.load(sdl_ptr)
-            scale = tl.where(diversity > 0, 2.0 * tl.load(gsdl_ptr) / diversity, 0.0)
+            scale = tl.where(diversity > 0, 2.0 * g_sdl / diversity, 0.0)
         dot = tl.zeros([BLOCK_E], dtype=tl.float32)  # sum over D of the unit grad * w
         for d0 in range(0, D, BLOCK_D):
             dd = d0 + tl.arange(0, BLOCK_D)
@@ -231,8 +236,8 @@ if triton is not None:
             dot += tl.sum(g * w.to(tl.float32), 0)
         # wn = w / max(norm, 1e-6): the norm's gradient (through the clamp where it passes)
         dnorms = tl.where(norms >= 1e-6, -dot / (clamped * clamped), 0.0)
-        if SIMPLICITY_GRAD:
-            dnorms += tl.load(gsdl_ptr + 1) / E
+        if SDL_GRAD:
+            dnorms += g_sdl / E
         per_w = tl.where(norms > 0, dnorms / norms, 0.0)
         for d0 in range(0, D, BLOCK_D):
             dd = d0 + tl.arange(0, BLOCK_D)
@@ -302,17 +307,20 @@ def _prototype_blocks(d: int, e: int) -> tuple[int, int, int]:
     )
 
 
-def prototypes(w: Tensor, sdl: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+def prototypes(w: Tensor, sdl_weight: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Of prototypes ``w`` (D, E): unit columns w / max(norm, 1e-6) (D, E) fp32, the column
-    norms (E,), and with ``sdl`` W_n^T W_n - I (E, E) and the SDL loss's terms (2,):
-    diversity ||W_n^T W_n - I||_F and simplicity mean_e ||w_e|| (zeros without)."""
+    norms (E,), and when ``sdl_weight`` > 0 W_n^T W_n - I (E, E) and the SDL loss's terms
+    (3,): diversity ||W_n^T W_n - I||_F, simplicity mean_e ||w_e||, and the loss
+    sdl_weight * (diversity + simplicity) (zeros without)."""
+    sdl = sdl_weight > 0
     d, e = w.shape
     f32 = dict(dtype=torch.float32, device=w.device)
     wn, norms = torch.empty(d, e, **f32), torch.empty(e, **f32)
-    gram, terms = torch.empty(e if sdl else 0, e, **f32), torch.zeros(2, **f32)
+    gram = torch.empty(e if sdl else 0, e, **f32)
+    terms = (torch.empty if sdl else torch.zeros)(3, **f32)  # the kernel writes them with SDL
     block_d, block_e, warps = _prototype_blocks(d, e)
     _prototypes_fwd[(1,)](
-        w.contiguous(), wn, norms, gram, terms, d, e, SDL=sdl, BLOCK_D=block_d,
+        w.contiguous(), wn, norms, gram, terms, d, e, float(sdl_weight), SDL=sdl, BLOCK_D=block_d,
         BLOCK_E=block_e, num_warps=warps,
     )  # fmt: skip
     return wn, norms, gram, terms
@@ -320,19 +328,19 @@ def prototypes(w: Tensor, sdl: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
 
 def prototypes_backward(
     dwn: Tensor, w: Tensor, wn: Tensor, norms: Tensor, gram: Tensor, terms: Tensor,
-    g_terms: Tensor | None, dthreshold_blocks: Tensor, threshold: Tensor,
+    g_sdl: Tensor | None, sdl_weight: float, dthreshold_blocks: Tensor, threshold: Tensor,
 ) -> tuple[Tensor, Tensor]:  # fmt: skip
     """The gradients of ``w`` (from that of the unit columns ``dwn`` (D, E) fp32 and of the
-    SDL terms ``g_terms`` (2,), None: no SDL gradient) and of the thresholds (the sum of the
+    SDL loss ``g_sdl`` (0-dim), None: no SDL gradient) and of the thresholds (the sum of the
     route kernel's per-block shares ``dthreshold_blocks`` (B, E)), in their dtypes."""
     d, e = w.shape
     dw, dthreshold = torch.empty_like(w), torch.empty_like(threshold)
-    sdl = g_terms is not None and gram.numel() > 0
+    sdl = g_sdl is not None and gram.numel() > 0
     block_d, block_e, warps = _prototype_blocks(d, e)
     _prototypes_bwd[(1,)](
         dwn.contiguous(), w.contiguous(), wn, norms, gram, terms,
-        g_terms.contiguous() if sdl else terms, dw, dthreshold_blocks, dthreshold, d, e,
-        dthreshold_blocks.shape[0], SDL_GRAD=sdl, SIMPLICITY_GRAD=sdl, BLOCK_D=block_d,
+        g_sdl if sdl else terms, dw, dthreshold_blocks, dthreshold, d, e,
+        dthreshold_blocks.shape[0], float(sdl_weight), SDL_GRAD=sdl, BLOCK_D=block_d,
         BLOCK_E=block_e, num_warps=warps,
     )  # fmt: skip
     return dw, dthreshold
@@ -343,8 +351,8 @@ class CosineRoute(torch.autograd.Function):
     active mask (N,E) bool, cos (N,E) fp32, k (N,) fp32: active experts per token, whose
     gradient is that of the straight-through sum over enabled experts (what the sparsity loss
     needs), the tokens per expert (E,) followed by the tokens where nothing fired, and, when
-    ``sdl``, the SDL loss's two terms over the same prototypes ((2,) fp32: diversity
-    ||W_n^T W_n - I||_F and simplicity mean_e ||w_e||; else zeros).
+    ``sdl_weight`` > 0, the SDL loss over the same prototypes (0-dim fp32:
+    sdl_weight * (||W_n^T W_n - I||_F + mean_e ||w_e||); else 0).
 
     The prototypes are normalised (and SDL computed) by one small kernel each way
     (:func:`prototypes`), rather than by two dozen small autograd operations."""
@@ -360,12 +368,12 @@ class CosineRoute(torch.autograd.Function):
         min_experts: int,
         topk: bool,
         softmax: bool,
-        sdl: bool = False,
+        sdl_weight: float = 0.0,
     ) -> tuple[Tensor, ...]:
         x = x.contiguous()  # itself when already contiguous
         n, d = x.shape
         e = w.shape[1]
-        wn, norms, gram, terms = prototypes(w, sdl)
+        wn, norms, gram, terms = prototypes(w, sdl_weight)
         f32 = dict(dtype=torch.float32, device=x.device)
         weights, cos = torch.empty(n, e, **f32), torch.empty(n, e, **f32)
         active = torch.empty(n, e, dtype=torch.int8, device=x.device)
@@ -385,10 +393,10 @@ class CosineRoute(torch.autograd.Function):
         ctx.save_for_backward(
             x, w, norms, wn, threshold, enabled, weights, active, cos, norm, gram, terms
         )
-        ctx.tau, ctx.softmax = float(tau), softmax
+        ctx.tau, ctx.softmax, ctx.sdl_weight = float(tau), softmax, float(sdl_weight)
         ctx.mark_non_differentiable(mask, counts)
         ctx.set_materialize_grads(False)  # unused outputs' gradients stay None, not zeros
-        return weights, mask, cos, k, counts, terms
+        return weights, mask, cos, k, counts, terms[2]
 
     @staticmethod
     def backward(
@@ -398,7 +406,7 @@ class CosineRoute(torch.autograd.Function):
         g_cos: Tensor | None,
         g_k: Tensor | None,
         _counts: Any,
-        g_terms: Tensor | None,
+        g_sdl: Tensor | None,
     ):
         x, w, norms, wn, threshold, enabled, weights, active, cos, norm, gram, terms = (
             ctx.saved_tensors
@@ -425,6 +433,6 @@ class CosineRoute(torch.autograd.Function):
             )  # fmt: skip
         dwn = (x.t() @ ddot).float()
         dw, dthreshold = prototypes_backward(
-            dwn, w, wn, norms, gram, terms, g_terms, dthreshold, threshold
+            dwn, w, wn, norms, gram, terms, g_sdl, ctx.sdl_weight, dthreshold, threshold
         )
         return dx, dw, dthreshold, None, None, None, None, None, None

@@ -64,12 +64,11 @@ class CosineThresholdRouter(RouterBase):
             return None
         topk = cfg.fallback == "topk"
         softmax = cfg.weighting == "softmax"
-        sdl = bool(cfg.sdl_weight)
-        weights, active, cos, per_token, counts, sdl_terms = CosineRoute.apply(
+        weights, active, cos, per_token, counts, sdl = CosineRoute.apply(
             x, self.weight, self.threshold, self.enabled, cfg.tau, cfg.min_experts, topk,
-            softmax, sdl,
+            softmax, cfg.sdl_weight,
         )  # fmt: skip
-        aux = {"sdl": cfg.sdl_weight * sdl_terms.sum()} if sdl else {}
+        aux = {"sdl": sdl} if cfg.sdl_weight else {}
         if cfg.sparsity_weight:
             aux["sparsity"] = cfg.sparsity_weight * sparsity_loss(per_token, cfg.sparsity_target)
         return weights, active, cos, aux, route_stats(counts, self.enabled, len(x))

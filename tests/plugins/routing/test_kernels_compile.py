@@ -151,9 +151,9 @@ CASES = {
         cosine_kernel._prototypes_bwd,
         {"w_ptr": BF16, "dw_ptr": BF16, "dthreshold_ptr": BF16},
         [
-            {"SDL_GRAD": True, "SIMPLICITY_GRAD": True, "BLOCK_D": 256, "BLOCK_E": 16},
-            {"SDL_GRAD": False, "SIMPLICITY_GRAD": False, "BLOCK_D": 64, "BLOCK_E": 64},
-            {"SDL_GRAD": True, "SIMPLICITY_GRAD": True, "BLOCK_D": 32, "BLOCK_E": 128},
+            {"SDL_GRAD": True, "BLOCK_D": 256, "BLOCK_E": 16},
+            {"SDL_GRAD": False, "BLOCK_D": 64, "BLOCK_E": 64},
+            {"SDL_GRAD": True, "BLOCK_D": 32, "BLOCK_E": 128},
         ],
     ),
 }
