@@ -123,17 +123,16 @@ class RouterBase(nn.Module):
         """Count activations, report aux losses and stats to ``ctx``, return the Routing.
         ``extra_stats`` may hold the ``expert_counts`` (E,) and the other statistics of
         :func:`routing_stats` where a fused route computed them itself."""
-        extra_stats = dict(extra_stats or {})
-        counts = extra_stats.get("expert_counts")
+        stats = dict(extra_stats or {})
+        counts = stats.get("expert_counts")
         if counts is None:
             counts = mask.sum(0)
         if self.training:
             with torch.no_grad():
                 self.activation_counts += counts
                 self.tokens_seen += mask.shape[0]
-        if not {"experts_per_token", "dead_experts"} <= extra_stats.keys():
-            extra_stats = {**routing_stats(counts, mask.shape[0], self.enabled), **extra_stats}
-        stats = extra_stats
+        if not {"experts_per_token", "dead_experts"} <= stats.keys():
+            stats = {**routing_stats(counts, mask.shape[0], self.enabled), **stats}
         if ctx is not None:
             for name, value in aux.items():
                 ctx.add_loss(f"router/{name}", value)

@@ -151,20 +151,26 @@ if triton is not None:
     # gradient, SDL's terms and the normalisation backward.
 
     @triton.jit
+    def _column_sums(ptr, R, E, ex, SQUARES: tl.constexpr, BLOCK_R: tl.constexpr):
+        """Per column ``ex`` of a row-major (R, E) table: the sum over its rows (of the
+        squares when SQUARES), fp32."""
+        total = tl.zeros(ex.shape, dtype=tl.float32)
+        for r0 in range(0, R, BLOCK_R):
+            rr = r0 + tl.arange(0, BLOCK_R)
+            v = tl.load(ptr + rr[:, None] * E + ex[None, :],
+                        mask=(rr < R)[:, None] & (ex < E)[None, :], other=0.0)  # fmt: skip
+            v = v.to(tl.float32)
+            total += tl.sum(v * v if SQUARES else v, 0)
+        return total
+
+    @triton.jit
     def _prototypes_fwd(
         w_ptr, wn_ptr, norms_ptr, gram_ptr, sdl_ptr, D, E, sdl_weight,
         SDL: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_E: tl.constexpr,
     ):  # fmt: skip
         ex = tl.arange(0, BLOCK_E)
         ein = ex < E
-        sq = tl.zeros([BLOCK_E], dtype=tl.float32)
-        for d0 in range(0, D, BLOCK_D):
-            dd = d0 + tl.arange(0, BLOCK_D)
-            at = dd[:, None] * E + ex[None, :]
-            v = tl.load(w_ptr + at, mask=(dd < D)[:, None] & ein[None, :], other=0.0)
-            v = v.to(tl.float32)
-            sq += tl.sum(v * v, 0)
-        norms = tl.sqrt(sq)
+        norms = tl.sqrt(_column_sums(w_ptr, D, E, ex, True, BLOCK_D))
         clamped = tl.maximum(norms, 1e-6)
         tl.store(norms_ptr + ex, norms, mask=ein)
         gram = tl.zeros([BLOCK_E, BLOCK_E], dtype=tl.float32)
@@ -212,12 +218,7 @@ if triton is not None:
         ex = tl.arange(0, BLOCK_E)
         ein = ex < E
         # the thresholds' gradient: the sum of the route kernel's B per-block shares (B, E)
-        dthr = tl.zeros([BLOCK_E], dtype=tl.float32)
-        for b0 in range(0, B, BLOCK_D):
-            bb = b0 + tl.arange(0, BLOCK_D)
-            part = tl.load(dthr_ptr + bb[:, None] * E + ex[None, :],
-                           mask=(bb < B)[:, None] & ein[None, :], other=0.0)  # fmt: skip
-            dthr += tl.sum(part, 0)
+        dthr = _column_sums(dthr_ptr, B, E, ex, False, BLOCK_D)
         tl.store(dthreshold_ptr + ex, dthr.to(dthreshold_ptr.dtype.element_ty), mask=ein)
         norms = tl.load(norms_ptr + ex, mask=ein, other=1.0)
         clamped = tl.maximum(norms, 1e-6)
