@@ -289,7 +289,7 @@ def route_stats(counts: Tensor, enabled: Tensor, n: int) -> dict[str, Tensor]:
     the tokens where no expert fired; one kernel (see ``RouterBase.finish``)."""
     e = enabled.shape[0]
     out = torch.empty(3, dtype=torch.float32, device=counts.device)
-    _route_stats[(1,)](counts, enabled, out, n, e, BLOCK_E=max(16, 1 << max(e - 1, 0).bit_length()))
+    _route_stats[(1,)](counts, enabled, out, n, e, BLOCK_E=kernels.block_size(e))
     return {
         "expert_counts": counts[:e],
         "experts_per_token": out[0],
@@ -300,12 +300,8 @@ def route_stats(counts: Tensor, enabled: Tensor, n: int) -> dict[str, Tensor]:
 
 def _prototype_blocks(d: int, e: int) -> tuple[int, int, int]:
     """(rows per step, experts, warps) of the one-program prototype kernels."""
-    block_e = max(16, 1 << max(e - 1, 0).bit_length())
-    return (
-        max(16, min(1 << max(d - 1, 0).bit_length(), 4096 // block_e)),
-        block_e,
-        4 if block_e <= 32 else 8,
-    )
+    block_e = kernels.block_size(e)  # e <= MAX_EXPERTS
+    return kernels.block_size(d, cap=max(16, 4096 // block_e)), block_e, 4 if block_e <= 32 else 8
 
 
 def prototypes(w: Tensor, sdl_weight: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
