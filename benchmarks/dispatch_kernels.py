@@ -13,7 +13,7 @@ events, the GPU's time only:
 Each runs with several token-block sizes (tokens per program, ``--tokens-per-program``), and
 its time is shown with the bandwidth it reaches over the bytes it must read and write (the
 H200's HBM3e peak is 4.8 TB/s; a copy reaches about 3.3). The fastest block size is what
-``ponderkit.plugins.routing.kernels.TOKENS`` should hold. Then, on CUDA:
+``ponderkit.plugins.dynmoe.dispatch_kernels.TOKENS`` should hold. Then, on CUDA:
 
 - the expert GEMMs: torch's grouped GEMM against a dense GEMM of the same FLOPs;
 - the ``cosine_threshold`` kernels over their launch settings
@@ -34,10 +34,10 @@ from pathlib import Path
 
 import attrs
 import torch
-from ponderkit.plugins.routing import kernels
+from ponderkit.plugins.dynmoe import dispatch_kernels as kernels
+from ponderkit.plugins.dynmoe.dispatch import _GROUPED_MM, combine, gather, plan_dispatch
 from ponderkit.plugins.routing.cosine_kernel import TUNING, CosineRoute
 from ponderkit.plugins.routing.cosine_threshold import CosineThresholdConfig, CosineThresholdRouter
-from ponderkit.plugins.routing.dispatch import _GROUPED_MM, combine, gather, plan_dispatch
 from torch.nn import functional as F
 
 REPO = Path(__file__).resolve().parent.parent

@@ -42,11 +42,11 @@ from pathlib import Path
 
 import torch
 from ponderkit import ForwardContext, use_triton
+from ponderkit.plugins.dynmoe.dispatch import grouped_gemm_ok
 from ponderkit.plugins.dynmoe.experts import SwiGLUExperts
 from ponderkit.plugins.dynmoe.moe import DynMoE
 from ponderkit.plugins.layers.swiglu import SwiGLU
 from ponderkit.plugins.routing.cosine_threshold import CosineThresholdConfig, CosineThresholdRouter
-from ponderkit.plugins.routing.dispatch import grouped_gemm_ok
 from torch import Tensor, nn
 from torch.nn import functional as F
 
@@ -273,7 +273,7 @@ def profile(args: argparse.Namespace, experts: int, x: Tensor) -> None:
 def overhead(args: argparse.Namespace, experts: int, x: Tensor) -> None:
     """Host time per call of each piece of a dynmoe layer on few tokens (GPU work tiny, so the
     time per call is what the CPU spends launching it)."""
-    from ponderkit.plugins.routing.dispatch import combine, gather, grouped_linear, plan_dispatch
+    from ponderkit.plugins.dynmoe.dispatch import combine, gather, grouped_linear, plan_dispatch
 
     x = x[:1024]
     moe = build_dynmoe(args, experts, x, "auto")
@@ -319,7 +319,7 @@ def capture_check(args: argparse.Namespace, experts: int, x: Tensor) -> None:
     ``torch.cuda.graph`` (forward and backward together are captured by
     ``make_graphed_callables`` in the timed ``cuda_graph`` rows; a plain capture of a backward
     pass trips over autograd's gradient accumulation on another stream)."""
-    from ponderkit.plugins.routing.dispatch import combine, gather, grouped_linear, plan_dispatch
+    from ponderkit.plugins.dynmoe.dispatch import combine, gather, grouped_linear, plan_dispatch
 
     moe = build_dynmoe(args, experts, x, "auto", dispatch="static")
     h = x.unsqueeze(0).detach().requires_grad_()

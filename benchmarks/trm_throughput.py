@@ -19,10 +19,10 @@ import time
 from pathlib import Path
 
 import torch
+from ponderkit.engine.nn import parameter_count
+from ponderkit.engine.train import Trainer
 from ponderkit.experiment import load_experiment
 from ponderkit.loading import Plugins
-from ponderkit.nn import parameter_count
-from ponderkit.train import Trainer
 from torch.utils.flop_counter import FlopCounterMode
 
 REPO = Path(__file__).resolve().parent.parent

@@ -106,27 +106,27 @@ _WHERE = {
     "Batch": "interfaces",
     "Carry": "interfaces",
     "IGNORE_LABEL": "interfaces",
-    "Linear": "nn",
-    "rms_norm": "nn",
-    "apply_rope": "nn",
-    "trunc_normal_": "nn",
-    "swiglu_width": "nn",
-    "parameter_count": "nn",
-    "sequence_loss": "losses",
-    "step_metrics": "losses",
-    "token_losses": "losses",
-    "stablemax_log_probs": "losses",
-    "accuracy": "losses",
-    "swiglu": "kernels",
-    "use_triton": "kernels",
-    "ReasoningModel": "model",
-    "Trainer": "train",
+    "Linear": "engine.nn",
+    "rms_norm": "engine.nn",
+    "apply_rope": "engine.nn",
+    "trunc_normal_": "engine.nn",
+    "swiglu_width": "engine.nn",
+    "parameter_count": "engine.nn",
+    "sequence_loss": "engine.losses",
+    "step_metrics": "engine.losses",
+    "token_losses": "engine.losses",
+    "stablemax_log_probs": "engine.losses",
+    "accuracy": "engine.losses",
+    "swiglu": "engine.kernels",
+    "use_triton": "engine.kernels",
+    "ReasoningModel": "engine.model",
+    "Trainer": "engine.train",
 }
 
 
 def __getattr__(name: str) -> Any:
     if name in ("datacache", "kernels"):
-        return importlib.import_module(f".{name}", __name__)
+        return importlib.import_module(f".engine.{name}", __name__)
     if name in _WHERE:
         value = getattr(importlib.import_module(f".{_WHERE[name]}", __name__), name)
         globals()[name] = value

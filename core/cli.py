@@ -213,9 +213,9 @@ def count_parameters(config: object, registry: object, with_prefix_table: bool =
     """Build the model on the meta device (no memory, no init cost) and count parameters."""
     import torch
 
+    from .engine.model import ReasoningModel
+    from .engine.nn import parameter_count
     from .interfaces import BuildContext
-    from .model import ReasoningModel
-    from .nn import parameter_count
 
     task = BuildContext(registry, seed=config.seed).build(config.task)  # type: ignore[attr-defined]
     try:
@@ -233,9 +233,9 @@ def count_parameters(config: object, registry: object, with_prefix_table: bool =
 
 
 def cmd_run(args: argparse.Namespace, plugins: Plugins) -> int:
+    from .engine.runs import create_run_dir, default_run_dir
+    from .engine.train import Trainer
     from .experiment import load_experiment
-    from .runs import create_run_dir, default_run_dir
-    from .train import Trainer
 
     exp = load_experiment(args.file, args.overrides, registry=plugins.registry)
     if args.resume:
@@ -262,8 +262,8 @@ def cmd_run(args: argparse.Namespace, plugins: Plugins) -> int:
 
 
 def cmd_eval(args: argparse.Namespace, plugins: Plugins) -> int:
-    from .runs import write_json_atomic
-    from .train import load_trainer
+    from .engine.runs import write_json_atomic
+    from .engine.train import load_trainer
 
     trainer = load_trainer(args.run_dir, plugins.registry, args.checkpoint)
     full = trainer.evaluate(early_exit=False)
@@ -284,8 +284,8 @@ def cmd_eval(args: argparse.Namespace, plugins: Plugins) -> int:
 
 
 def cmd_ablate(args: argparse.Namespace, plugins: Plugins) -> int:
-    from .ablation import load_ablation
-    from .ablation_run import prepare, run_grid, select, worker_command
+    from .lab.ablation import load_ablation
+    from .lab.grid import prepare, run_grid, select, worker_command
 
     ablation = load_ablation(args.file, registry=plugins.registry)
     out = args.out or Path("runs") / ablation.name
@@ -309,7 +309,7 @@ def cmd_ablate(args: argparse.Namespace, plugins: Plugins) -> int:
         plan_runs=None if args.worker else every,
     )
     if not args.worker:
-        from .report import write_report
+        from .lab.report import write_report
 
         print(f"report: {write_report(out)}")
     if failed:
@@ -319,7 +319,7 @@ def cmd_ablate(args: argparse.Namespace, plugins: Plugins) -> int:
 
 
 def cmd_report(args: argparse.Namespace, plugins: Plugins) -> int:
-    from .report import write_report
+    from .lab.report import write_report
 
     if not (args.dir / "ablation.json").exists() and not any(args.dir.glob("*/seed*/config.yaml")):
         raise PonderkitError(f"{args.dir} is not an ablation directory (no ablation.json)")
@@ -328,7 +328,7 @@ def cmd_report(args: argparse.Namespace, plugins: Plugins) -> int:
 
 
 def cmd_compare(args: argparse.Namespace, plugins: Plugins) -> int:
-    from .report import compare_table
+    from .lab.report import compare_table
 
     missing = [str(d) for d in args.run_dirs if not (d / "metrics.jsonl").exists()]
     if missing:
@@ -342,9 +342,9 @@ def resume_trainer(config: object, run_dir: Path, registry: object, quiet: bool 
 
     A directory that does not exist or is empty starts a new run; one holding a different
     config is refused, so a resumed run never mixes two experiments."""
+    from .engine.runs import create_run_dir
+    from .engine.train import Trainer, latest_checkpoint
     from .experiment import load_experiment
-    from .runs import create_run_dir
-    from .train import Trainer, latest_checkpoint
 
     run_dir = Path(run_dir)
     if not run_dir.exists() or not any(run_dir.iterdir()):

@@ -13,9 +13,12 @@ def test_every_package_directory_is_listed_in_pyproject():
     listed = set(
         tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
     )
-    found = {"ponderkit"} | {
+    found = {
         "ponderkit." + ".".join(p.parent.relative_to(REPO).parts)
         for p in (REPO / "plugins").rglob("__init__.py")
+    } | {
+        ".".join(("ponderkit", *p.parent.relative_to(REPO / "core").parts))
+        for p in (REPO / "core").rglob("__init__.py")
     }
     assert found == listed
 

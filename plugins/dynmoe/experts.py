@@ -10,7 +10,7 @@ import math
 
 import torch
 from ponderkit import swiglu, trunc_normal_
-from ponderkit.plugins.routing.dispatch import DispatchPlan, GroupedMode, grouped_linear
+from ponderkit.plugins.dynmoe.dispatch import DispatchPlan, GroupedMode, grouped_linear
 from torch import Tensor, nn
 
 

@@ -6,8 +6,8 @@ from typing import Literal
 
 import attrs
 from ponderkit import BuildContext, ForwardContext, Spec, component, hookimpl
+from ponderkit.plugins.dynmoe.dispatch import combine, gather, plan_dispatch
 from ponderkit.plugins.dynmoe.experts import SwiGLUExperts
-from ponderkit.plugins.routing.dispatch import combine, gather, plan_dispatch
 from torch import Tensor, nn
 
 

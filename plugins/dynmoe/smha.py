@@ -6,9 +6,9 @@ from typing import Literal
 
 import attrs
 from ponderkit import BuildContext, ForwardContext, Spec, apply_rope, component, hookimpl
+from ponderkit.plugins.dynmoe.dispatch import combine, gather, grouped_linear, plan_dispatch
 from ponderkit.plugins.dynmoe.experts import expert_weight, reinit_experts
 from ponderkit.plugins.layers.attention import check_attention
-from ponderkit.plugins.routing.dispatch import combine, gather, grouped_linear, plan_dispatch
 from torch import Tensor, nn
 from torch.nn import functional as F
 

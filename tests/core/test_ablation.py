@@ -6,10 +6,10 @@ import json
 import textwrap
 
 import pytest
-from ponderkit import ablation_run
-from ponderkit.ablation import load_ablation
 from ponderkit.cli import main
 from ponderkit.errors import ConfigError
+from ponderkit.lab import grid as ablation_run
+from ponderkit.lab.ablation import load_ablation
 from ponderkit.plugins.schedules.supervised import Supervised
 
 TINY = "overrides: {train.log_every: 5, train.eval_every: 10, train.checkpoint_every: 10}\n"

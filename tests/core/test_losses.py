@@ -6,7 +6,7 @@ import numpy as np
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from ponderkit.losses import accuracy, sequence_loss, token_losses
+from ponderkit.engine.losses import accuracy, sequence_loss, token_losses
 
 
 def reference_stablemax_nll(logits: np.ndarray, label: int) -> float:

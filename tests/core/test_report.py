@@ -7,9 +7,9 @@ import math
 
 import pytest
 from ponderkit.cli import main
-from ponderkit.report import write_report
-from ponderkit.run_analysis import summarize_run, training_seconds
-from ponderkit.stats import describe, difference
+from ponderkit.lab.report import write_report
+from ponderkit.lab.run_analysis import summarize_run, training_seconds
+from ponderkit.lab.stats import describe, difference
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

@@ -7,8 +7,8 @@ import json
 import pytest
 import torch
 from ponderkit.cli import main
+from ponderkit.engine.train import Trainer, lr_factor
 from ponderkit.experiment import load_experiment
-from ponderkit.train import Trainer, lr_factor
 from safetensors.torch import load_file
 
 

@@ -9,9 +9,9 @@ import numpy as np
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from ponderkit.engine.train import Trainer
 from ponderkit.experiment import load_experiment
 from ponderkit.plugins.dynsiha.mixer import SparseProtoLinear
-from ponderkit.train import Trainer
 
 REPO = Path(__file__).resolve().parents[2]
 

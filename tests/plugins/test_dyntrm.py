@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ponderkit.engine.train import Trainer
 from ponderkit.experiment import load_experiment
-from ponderkit.train import Trainer
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -12,13 +12,13 @@ from collections.abc import Callable
 import torch
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
+from ponderkit.plugins.dynmoe.dispatch import combine, gather, plan_dispatch
 from ponderkit.plugins.dynmoe.experts import SwiGLUExperts
 from ponderkit.plugins.routing.cosine_threshold import (
     CosineThresholdConfig,
     CosineThresholdRouter,
 )
 from ponderkit.plugins.routing.dense import DenseRouter, DenseRouterConfig
-from ponderkit.plugins.routing.dispatch import combine, gather, plan_dispatch
 from ponderkit.plugins.routing.spl import SPLRouter, SPLRouterConfig
 from ponderkit.plugins.routing.topk_softmax import TopKSoftmaxConfig, TopKSoftmaxRouter
 

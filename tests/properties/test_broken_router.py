@@ -11,8 +11,8 @@ import attrs
 import pytest
 import torch
 from hypothesis import given, settings
+from ponderkit.plugins.dynmoe.dispatch import combine
 from ponderkit.plugins.routing.cosine_threshold import CosineThresholdRouter
-from ponderkit.plugins.routing.dispatch import combine
 from routing_props import (
     PROPERTY,
     check_dispatch_matches_brute_force,

@@ -9,9 +9,9 @@ import sys
 
 import torch
 from ponderkit import kernels, swiglu
+from ponderkit.plugins.dynmoe.dispatch import combine, gather, grouped_linear, plan_dispatch
+from ponderkit.plugins.dynmoe.dispatch_kernels import plan_positions
 from ponderkit.plugins.routing.cosine_threshold import CosineThresholdConfig, CosineThresholdRouter
-from ponderkit.plugins.routing.dispatch import combine, gather, grouped_linear, plan_dispatch
-from ponderkit.plugins.routing.kernels import plan_positions
 
 assert kernels.INTERPRET, "run with TRITON_INTERPRET=1"
 

@@ -9,8 +9,8 @@ import pytest
 triton = pytest.importorskip("triton", reason="needs Triton (a dev dependency)")
 
 from ponderkit import kernels  # noqa: E402
+from ponderkit.plugins.dynmoe import dispatch_kernels  # noqa: E402
 from ponderkit.plugins.routing import cosine_kernel  # noqa: E402
-from ponderkit.plugins.routing import kernels as dispatch_kernels  # noqa: E402
 
 BF16, F32, I32, I8, BOOL = "*bf16", "*fp32", "*i32", "*i8", "*i1"
 

@@ -9,8 +9,8 @@ import pytest
 import torch
 from ponderkit import BuildContext, ConfigError, ForwardContext
 from ponderkit.cli import main
+from ponderkit.engine.train import Trainer
 from ponderkit.experiment import load_experiment
-from ponderkit.train import Trainer
 
 REPO = Path(__file__).resolve().parents[3]
 ROUTERS = ["cosine_threshold", "topk_softmax", "spl", "dense"]

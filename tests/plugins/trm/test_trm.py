@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 from ponderkit.cli import count_parameters, main
+from ponderkit.engine.train import Trainer
 from ponderkit.experiment import load_experiment
-from ponderkit.train import Trainer
 
 REPO = Path(__file__).resolve().parents[3]
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import attrs
 
-from .runs import write_json_atomic, write_text_atomic
+from ..engine.runs import write_json_atomic, write_text_atomic
 
 DENSE = "dense: every parameter is used by every token"
 ROUTED = (
@@ -55,8 +55,8 @@ def analyse_run(run_dir: Path, registry: Any) -> dict[str, Any]:
     """Per-sample halting steps and active parameters of ``run_dir``'s final checkpoint."""
     import torch
 
-    from .losses import accuracy
-    from .train import load_trainer
+    from ..engine.losses import accuracy
+    from ..engine.train import load_trainer
 
     trainer = load_trainer(run_dir, registry)
     model = trainer.model.eval()
@@ -88,7 +88,7 @@ def analyse_run(run_dir: Path, registry: Any) -> dict[str, Any]:
         }
         for name, (counts, tokens) in routing.items()
     }
-    from .nn import parameter_count
+    from ..engine.nn import parameter_count
 
     active, method = active_parameters(model, routers)
     params = {
@@ -153,7 +153,7 @@ def active_parameters(model: Any, routers: dict[str, dict]) -> tuple[float, str]
     A module with an ``active_parameters()`` method reports its own count; a module with a
     ``router`` over E experts whose mean experts per token k was measured contributes its
     parameters with leading dimension E (the stacked expert weights) scaled by k/E."""
-    from .nn import parameter_count
+    from ..engine.nn import parameter_count
 
     total = float(parameter_count(model))
     inactive, methods, handled = 0.0, set(), []

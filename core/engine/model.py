@@ -11,8 +11,8 @@ import math
 import torch
 from torch import Tensor, nn
 
-from .experiment import ModelConfig
-from .interfaces import Batch, BuildContext, Carry, ForwardContext, Task
+from ..experiment import ModelConfig
+from ..interfaces import Batch, BuildContext, Carry, ForwardContext, Task
 from .losses import accuracy
 from .nn import Linear, trunc_normal_
 

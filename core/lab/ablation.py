@@ -28,11 +28,11 @@ from typing import Any
 
 import attrs
 
-from .config import Structurer
-from .errors import ConfigError, Issue, dotted, suggestion
-from .experiment import ExperimentConfig, experiment_from_document
-from .registry import Registry
-from .yamlio import Document, apply_overrides, load_document
+from ..config import Structurer
+from ..errors import ConfigError, Issue, dotted, suggestion
+from ..experiment import ExperimentConfig, experiment_from_document
+from ..registry import Registry
+from ..yamlio import Document, apply_overrides, load_document
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 RESERVED = {"plots", "logs"}  # subdirectories of an ablation directory

@@ -33,7 +33,7 @@ from typing import Literal
 import attrs
 import torch
 from ponderkit import use_triton
-from ponderkit.plugins.routing.kernels import Combine, ScatterRows, Slots, plan_positions
+from ponderkit.plugins.dynmoe.dispatch_kernels import Combine, ScatterRows, Slots, plan_positions
 from torch import Tensor
 from torch.nn import functional as F
 

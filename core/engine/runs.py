@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from .errors import PonderkitError
+from ..errors import PonderkitError
 
 
 class RunDirExists(PonderkitError):
@@ -69,7 +69,7 @@ def write_meta(
 ) -> None:
     import torch
 
-    from .loading import ponderkit_version
+    from ..loading import ponderkit_version
 
     meta = {
         "ponderkit": ponderkit_version(),

@@ -18,10 +18,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from ..engine.runs import write_json_atomic, write_text_atomic
+from ..errors import PonderkitError, suggestion
 from .ablation import Ablation, Run
-from .errors import PonderkitError, suggestion
 from .run_analysis import analyse_run, read_json
-from .runs import write_json_atomic, write_text_atomic
 
 Say = Callable[[str], None]
 
@@ -64,8 +64,8 @@ def write_plan(ablation: Ablation, runs: Sequence[Run], out: Path) -> None:
 def config_digest(config: Any) -> str:
     import hashlib
 
-    from .config import unstructure
-    from .yamlio import dump
+    from ..config import unstructure
+    from ..yamlio import dump
 
     return hashlib.sha256(dump(unstructure(config)).encode()).hexdigest()[:16]
 
@@ -76,7 +76,7 @@ def measure_step_flops(config: Any, registry: Any) -> float:
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    from .train import Trainer
+    from ..engine.train import Trainer
 
     trainer = Trainer(config, registry, run_dir=None, quiet=True)
     batches = (
@@ -139,7 +139,7 @@ def run_state(run: Run, run_dir: Path, registry: Any) -> str:
     """``new``, ``resume``, ``analyse`` (trained, halting.json missing) or ``done``.
 
     Raises when the directory holds a run of another config (the ablation file changed)."""
-    from .experiment import load_experiment
+    from ..experiment import load_experiment
 
     if not run_dir.exists() or not any(run_dir.iterdir()):
         return "new"
@@ -159,8 +159,8 @@ def run_state(run: Run, run_dir: Path, registry: Any) -> str:
 
 def train_run(run: Run, run_dir: Path, registry: Any, time_budget: float | None = None) -> None:
     """Train ``run`` into ``run_dir`` from scratch or from its latest checkpoint, then analyse."""
-    from .runs import create_run_dir
-    from .train import Trainer, latest_checkpoint
+    from ..engine.runs import create_run_dir
+    from ..engine.train import Trainer, latest_checkpoint
 
     if run_state(run, run_dir, registry) in ("new", "resume"):
         fresh = not run_dir.exists() or not any(run_dir.iterdir())

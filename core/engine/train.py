@@ -16,14 +16,14 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .config import iter_specs, unstructure
-from .experiment import ExperimentConfig, OptimizerConfig
-from .interfaces import Batch, BuildContext
+from ..config import iter_specs, unstructure
+from ..experiment import ExperimentConfig, OptimizerConfig
+from ..interfaces import Batch, BuildContext
+from ..yamlio import dump
 from .losses import accuracy
 from .model import ReasoningModel
 from .nn import parameter_count
 from .runs import MetricsLog, save_checkpoint, write_meta, write_text_atomic
-from .yamlio import dump
 
 
 def resolve_device(name: str) -> torch.device:
@@ -307,8 +307,8 @@ class Trainer:
 
 def load_trainer(run_dir: Path, registry: Any, checkpoint: str = "final") -> Trainer:
     """A trainer for ``run_dir``'s resolved config with a checkpoint's evaluation weights."""
-    from .errors import PonderkitError
-    from .experiment import load_experiment
+    from ..errors import PonderkitError
+    from ..experiment import load_experiment
     from .runs import load_checkpoint
 
     run_dir = Path(run_dir)

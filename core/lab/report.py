@@ -9,8 +9,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from ..engine.runs import write_text_atomic
 from .run_analysis import DENSE, RunSummary, read_json, summarize_run
-from .runs import write_text_atomic
 from .stats import Delta, Stat, describe, difference
 
 
