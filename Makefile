@@ -7,16 +7,11 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TORCH_VERSION ?= 2.13.0
 
-# Never pull a multi-GB CUDA build onto a machine without a GPU: on Linux without nvidia-smi,
-# install the CPU wheel, from pip's local wheel folders (find-links) when one holds it, else
-# from PyTorch's CPU index. Override with `make TORCH_PIP_ARGS=...`.
-LOCAL_CPU_WHEEL := $(shell for d in $$($(PYTHON) -m pip config get global.find-links 2>/dev/null); do ls $$d/torch-$(TORCH_VERSION)+cpu-*.whl 2>/dev/null; done | head -n 1)
-NEEDS_CPU_INDEX := $(shell [ "$$(uname -s)" = Linux ] && ! command -v nvidia-smi >/dev/null 2>&1 && echo yes)
-ifeq ($(LOCAL_CPU_WHEEL),)
-ifeq ($(NEEDS_CPU_INDEX),yes)
-TORCH_PIP_ARGS ?= --index-url https://download.pytorch.org/whl/cpu --extra-index-url https://pypi.org/simple
-endif
-endif
+# Extra pip arguments for the torch install. On a machine without an NVIDIA GPU whose pip would
+# otherwise fetch the multi-GB CUDA build, point them at PyTorch's CPU wheel index, e.g.
+# `make test TORCH_PIP_ARGS="--index-url <PyTorch's CPU wheel index>"` (the address is in
+# PyTorch's installation guide); machines whose pip is configured with a local CPU wheel need none.
+TORCH_PIP_ARGS ?=
 
 .PHONY: demo test lint format clean
 

@@ -44,6 +44,13 @@ __all__ = [
     "Schedule",
     "Task",
     "Callback",
+    "TrainerServices",
+    "WeighsSteps",
+    "NextStepTarget",
+    "TransposedMixer",
+    "ResettableRouter",
+    "RoutedLayer",
+    "CALLBACK_HOOKS",
     "ForwardContext",
     "BuildContext",
     "Batch",
@@ -53,6 +60,7 @@ __all__ = [
     "Linear",
     "rms_norm",
     "apply_rope",
+    "attend",
     "trunc_normal_",
     "swiglu_width",
     "parameter_count",
@@ -68,6 +76,8 @@ __all__ = [
     # model and training
     "ReasoningModel",
     "Trainer",
+    "load_model",
+    "evaluate",
     "datacache",
 ]
 
@@ -101,6 +111,13 @@ _WHERE = {
     "Schedule": "interfaces",
     "Task": "interfaces",
     "Callback": "interfaces",
+    "TrainerServices": "interfaces",
+    "WeighsSteps": "interfaces",
+    "NextStepTarget": "interfaces",
+    "TransposedMixer": "interfaces",
+    "ResettableRouter": "interfaces",
+    "RoutedLayer": "interfaces",
+    "CALLBACK_HOOKS": "interfaces",
     "ForwardContext": "interfaces",
     "BuildContext": "interfaces",
     "Batch": "interfaces",
@@ -109,6 +126,7 @@ _WHERE = {
     "Linear": "engine.nn",
     "rms_norm": "engine.nn",
     "apply_rope": "engine.nn",
+    "attend": "engine.nn",
     "trunc_normal_": "engine.nn",
     "swiglu_width": "engine.nn",
     "parameter_count": "engine.nn",
@@ -121,6 +139,8 @@ _WHERE = {
     "use_triton": "engine.kernels",
     "ReasoningModel": "engine.model",
     "Trainer": "engine.train",
+    "load_model": "engine.evaluate",
+    "evaluate": "engine.evaluate",
 }
 
 

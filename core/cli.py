@@ -48,8 +48,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("list", parents=[common], help="list registered components")
     p.add_argument("kind", nargs="?", help=f"only this kind ({', '.join(KINDS)})")
 
-    p = sub.add_parser("show", parents=[common], help="describe one component: KIND/NAME")
-    p.add_argument("key", metavar="KIND/NAME")
+    p = sub.add_parser(
+        "show", parents=[common], help="a kind's contract (KIND) or one component (KIND/NAME)"
+    )
+    p.add_argument("key", metavar="KIND|KIND/NAME")
 
     p = sub.add_parser(
         "validate",
@@ -165,6 +167,8 @@ def cmd_show(args: argparse.Namespace, plugins: Plugins) -> int:
 
     from .config import DEFAULT_KEY, KIND_KEY, fields_of, type_name
 
+    if "/" not in args.key:
+        return show_kind(args.key, plugins)
     try:
         kind, name = split_key(args.key)
     except ValueError as exc:
@@ -199,49 +203,132 @@ def cmd_show(args: argparse.Namespace, plugins: Plugins) -> int:
     return 0
 
 
+def show_kind(kind: str, plugins: Plugins) -> int:
+    """Print ``kind``'s contract: its Protocol with every member, the optional capabilities,
+    how a builder is called, and which built-ins provide each capability."""
+    import inspect
+
+    from .interfaces import CALLBACK_HOOKS, CAPABILITIES, MODULE_KINDS, PROTOCOLS
+    from .interfaces import protocol_members as members
+
+    if kind not in KINDS:
+        owners = [f"{k}/{kind}" for k in KINDS if kind in plugins.registry.names(k)]
+        hint = f"did you mean {' or '.join(owners)}?" if owners else suggestion(kind, KINDS)
+        raise PonderkitError(
+            f"unknown kind {kind!r}" + (f"; {hint}" if hint else "") + f" (kinds: "
+            f"{', '.join(KINDS)}); show takes a KIND or a KIND/NAME"
+        )
+    protocol = PROTOCOLS[kind]
+    print(
+        f"{kind}: ponderkit.{protocol.__name__}"
+        + (" (a torch.nn.Module)" if kind in MODULE_KINDS else "")
+    )
+    print()
+    print(inspect.cleandoc(protocol.__doc__ or ""))
+    print()
+    print("members:" if kind != "callback" else "hooks (any, at least one):")
+    for name in members(protocol):
+        print(f"  {_member_signature(protocol, name)}")
+    if kind == "callback":
+        for signature in CALLBACK_HOOKS.values():
+            print(f"  {signature}")
+    print()
+    print(
+        "register: registry.add(" + repr(kind) + ", NAME, ConfigClass, builder) in a "
+        "@ponderkit.hookimpl ponderkit_register(registry); ConfigClass is @attrs.frozen;"
+    )
+    extra = ", num_experts=E" if kind == "router" else ""
+    print(f"builder(config, ctx: ponderkit.BuildContext{extra}) -> the {kind}; checked when built")
+    if kind == "router":
+        from .interfaces import Routing
+
+        print()
+        print("forward returns ponderkit.Routing:")
+        print(inspect.cleandoc(Routing.__doc__ or ""))
+    kit = {"ffn": "check_ffn", "mixer": "check_mixer", "block": "check_block"}.get(kind)
+    kit = kit or {"router": "check_router", "recursion": "check_recursion"}.get(kind)
+    kit = kit or {"halting": "check_halting", "task": "check_task"}.get(kind)
+    if kit:
+        print()
+        print(f"conformance test: ponderkit.testing.{kit}(factory) (README: The plugin contract)")
+    caps = CAPABILITIES.get(kind, ())
+    reg = plugins.registry
+    names = reg.names(kind)
+    if caps:
+        print()
+        print("optional capabilities:")
+        for cap in caps:
+            print(f"  ponderkit.{cap.__name__}: {', '.join(members(cap))}")
+    print()
+    print("built-in and installed components:")
+    width = max((len(n) for n in names), default=0)
+    for name in names:
+        provides = []
+        if caps:
+            cls = _built_class(reg.get(kind, name))
+            provides = [c.__name__ for c in caps if cls is not None and _class_has(cls, c)]
+        shown = f"  (+ {', '.join(provides)})" if provides else ""
+        print(f"  {name:<{width}}  [{reg.origin(kind, name)}]{shown}")
+    return 0
+
+
+def _member_signature(protocol: type, name: str) -> str:
+    import inspect
+
+    value = protocol.__dict__.get(name)
+    if callable(value):
+        return f"{name}{inspect.signature(value)}".replace("(self, ", "(").replace("(self)", "()")
+    annotation = protocol.__annotations__.get(name, "")
+    return f"{name}: {annotation}"
+
+
+def _built_class(component: object) -> type | None:
+    import typing
+
+    try:
+        hints = typing.get_type_hints(component.builder)  # type: ignore[attr-defined]
+    except Exception:
+        return None
+    cls = hints.get("return")
+    return cls if isinstance(cls, type) else None
+
+
+def _class_has(cls: type, capability: type) -> bool:
+    """Whether instances of ``cls`` have ``capability``, judged from the class: its methods
+    (data members are usually set in ``__init__``; a data-only capability needs a class
+    attribute)."""
+    from .interfaces import protocol_members
+
+    data = set(capability.__annotations__)
+    methods = [n for n in protocol_members(capability) if n not in data]
+    if methods:
+        return all(callable(getattr(cls, n, None)) for n in methods)
+    return all(hasattr(cls, n) for n in data)
+
+
 def cmd_validate(args: argparse.Namespace, plugins: Plugins) -> int:
+    from .engine.build import check_buildable
     from .experiment import load_experiment
 
     exp = load_experiment(args.file, args.overrides, registry=plugins.registry)
-    count, table = count_parameters(exp.config, plugins.registry, with_prefix_table=True)
+    count, table = check_buildable(exp, plugins.registry)
     extra = f" ({count - table} without the puzzle-embedding table)" if table else ""
     print(f"ok: {count} parameters{extra}")
     return 0
 
 
-def count_parameters(config: object, registry: object, with_prefix_table: bool = False):
-    """Build the model on the meta device (no memory, no init cost) and count parameters."""
-    import torch
-
-    from .engine.model import ReasoningModel
-    from .engine.nn import parameter_count
-    from .interfaces import BuildContext
-
-    task = BuildContext(registry, seed=config.seed).build(config.task)  # type: ignore[attr-defined]
-    try:
-        with torch.device("meta"):
-            model = ReasoningModel(config.model, task, registry)  # type: ignore[attr-defined]
-    except PonderkitError:
-        raise
-    except Exception as exc:
-        raise PonderkitError(f"building the model failed: {type(exc).__name__}: {exc}") from exc
-    total = parameter_count(model)
-    if with_prefix_table:
-        table = model.puzzle_emb.weight.numel() if model.puzzle_emb is not None else 0
-        return total, table
-    return total
-
-
 def cmd_run(args: argparse.Namespace, plugins: Plugins) -> int:
+    from .engine.build import check_buildable
     from .engine.runs import create_run_dir, default_run_dir
-    from .engine.train import Trainer
+    from .engine.train import Trainer, resume_or_start
     from .experiment import load_experiment
 
     exp = load_experiment(args.file, args.overrides, registry=plugins.registry)
+    check_buildable(exp, plugins.registry)  # builder mistakes end here, before any directory
     if args.resume:
         if not args.out:
             raise PonderkitError("--resume needs --out DIR, the run directory to continue")
-        trainer = resume_trainer(exp.config, args.out, plugins.registry, quiet=args.quiet)
+        trainer = resume_or_start(exp.config, args.out, plugins.registry, quiet=args.quiet)
         if trainer is None:
             print(f"{args.out} already finished; nothing to do")
             return 0
@@ -262,15 +349,15 @@ def cmd_run(args: argparse.Namespace, plugins: Plugins) -> int:
 
 
 def cmd_eval(args: argparse.Namespace, plugins: Plugins) -> int:
+    from .engine.evaluate import load_model
     from .engine.runs import write_json_atomic
-    from .engine.train import load_trainer
 
-    trainer = load_trainer(args.run_dir, plugins.registry, args.checkpoint)
-    full = trainer.evaluate(early_exit=False)
+    run = load_model(args.run_dir, plugins.registry, args.checkpoint)
+    full = run.evaluate(early_exit=False)
     result = {"checkpoint": args.checkpoint, "full": full}
     print(_eval_line("all steps", full))
     if args.early_exit:
-        early = trainer.evaluate(early_exit=True)
+        early = run.evaluate(early_exit=True)
         saved = 1.0 - early["steps"] / max(full["steps"], 1e-9)
         delta = early["exact_acc"] - full["exact_acc"]
         result.update(early_exit=early, steps_saved=saved, exact_acc_change=delta)
@@ -335,37 +422,6 @@ def cmd_compare(args: argparse.Namespace, plugins: Plugins) -> int:
         raise PonderkitError(f"not a run directory (no metrics.jsonl): {', '.join(missing)}")
     print(compare_table(args.run_dirs))
     return 0
-
-
-def resume_trainer(config: object, run_dir: Path, registry: object, quiet: bool = False):
-    """A trainer continuing ``run_dir`` (None when it already finished).
-
-    A directory that does not exist or is empty starts a new run; one holding a different
-    config is refused, so a resumed run never mixes two experiments."""
-    from .engine.runs import create_run_dir
-    from .engine.train import Trainer, latest_checkpoint
-    from .experiment import load_experiment
-
-    run_dir = Path(run_dir)
-    if not run_dir.exists() or not any(run_dir.iterdir()):
-        return Trainer(config, registry, create_run_dir(run_dir), quiet=quiet)
-    saved = run_dir / "config.yaml"
-    if not saved.exists():
-        raise PonderkitError(f"{run_dir} is not a run directory (no config.yaml); cannot resume")
-    if load_experiment(saved, registry=registry).config != config:
-        raise PonderkitError(
-            f"{run_dir} holds a run of a different config; resume it with the "
-            f"same file and overrides, or choose another --out"
-        )
-    trainer = Trainer(config, registry, run_dir, quiet=quiet)
-    checkpoint = latest_checkpoint(run_dir)
-    if checkpoint is not None:
-        trainer.restore(checkpoint)
-    elif trainer.metrics_log:  # interrupted before its first checkpoint: start the log afresh
-        trainer.metrics_log.truncate_after(0)
-    if trainer.step >= config.train.steps:  # type: ignore[attr-defined]
-        return None
-    return trainer
 
 
 def _eval_line(label: str, metrics: dict[str, float]) -> str:

@@ -11,13 +11,15 @@ report its load-balance loss without any global state.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping
+from contextlib import AbstractContextManager
 from typing import Any, Protocol, runtime_checkable
 
 import attrs
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from .config import Spec
+from .errors import ConfigError, Issue
 
 Batch = dict[str, Tensor]
 """A batch: ``inputs`` (B,T) long, ``labels`` (B,T) long with -100 where ignored, and
@@ -46,6 +48,20 @@ class ForwardContext:
     def add_stat(self, name: str, value: Tensor) -> None:
         """Record a statistic (detached); values of one name are averaged when logged."""
         self.stats.setdefault(name, []).append(value.detach())
+
+    def add_routing(self, routing: Routing, prefix: str = "router") -> None:
+        """Report a router's result: each ``routing.aux`` loss joins the training loss and each
+        ``routing.stats`` value the logged metrics, as ``{prefix}/{name}``. Called by the
+        routed layer (``dynmoe``, ``dynsmha``) once per router call; routers never call it."""
+        for name, value in routing.aux.items():
+            self.add_loss(f"{prefix}/{name}", value)
+        for name, value in routing.stats.items():
+            self.add_stat(f"{prefix}/{name}", value)
+
+    def metrics(self) -> dict[str, Tensor]:
+        """What a schedule logs from this context: each auxiliary loss (detached) and each
+        statistic averaged over its records."""
+        return {**{k: v.detach() for k, v in self.losses.items()}, **self.stat_means()}
 
     def stat_means(self) -> dict[str, Tensor]:
         """Each recorded statistic averaged over its records (for a schedule's metrics)."""
@@ -88,12 +104,18 @@ class Routing:
     stats: Mapping[str, Tensor] = attrs.field(factory=dict)
 
 
+# -- one Protocol per kind: every member the runtime calls -------------------------------------
+# A builder's result is checked against its kind's Protocol (and ``nn.Module`` where marked in
+# MODULE_KINDS) when the model is built, before any run directory exists. Members a kind may
+# have but need not are the small capability Protocols further down.
+
+
 @runtime_checkable
 class Mixer(Protocol):
     """Token mixing: ``forward(h (B,T,D), ctx) -> (B,T,D)``. Must not change the shape.
 
     Non-causal unless the component says otherwise; position information comes from ``ctx``
-    (RoPE) or from the embedding (learned positions)."""
+    (RoPE tables) or from the embedding (learned positions). An ``nn.Module``."""
 
     def forward(self, h: Tensor, ctx: ForwardContext) -> Tensor: ...
 
@@ -102,7 +124,9 @@ class Mixer(Protocol):
 class Ffn(Protocol):
     """Channel mixing applied to each position: ``forward(h (B,T,D), ctx) -> (B,T,D)``.
 
-    Routed FFNs report their router's aux losses and stats through ``ctx``."""
+    An ``nn.Module``. A routed ffn reports its router's :class:`Routing` to ``ctx`` with
+    :meth:`ForwardContext.add_routing` (see :class:`RoutedLayer`). The built-in ``ffn/none``
+    stands for no layer: it is registered with ``absent=True`` and its builder returns None."""
 
     def forward(self, h: Tensor, ctx: ForwardContext) -> Tensor: ...
 
@@ -110,23 +134,36 @@ class Ffn(Protocol):
 @runtime_checkable
 class Block(Protocol):
     """The re-entrant unit: ``forward(h (B,T,D), ctx) -> (B,T,D)``, built from one mixer and
-    one ffn (either may be ``none``). It may be applied many times with the same weights."""
+    one ffn (either may be absent). It may be applied many times with the same weights. An
+    ``nn.Module``."""
 
     def forward(self, h: Tensor, ctx: ForwardContext) -> Tensor: ...
 
 
 @runtime_checkable
 class Router(Protocol):
-    """``forward(x (N,D), ctx) -> Routing``; see :class:`Routing` for the invariants."""
+    """Tokens to experts: ``forward(x (N,D), ctx) -> Routing`` (see :class:`Routing` for the
+    invariants the conformance kit checks). An ``nn.Module``.
+
+    - built as ``builder(config, ctx, num_experts=E)``: the routed layer passes its expert count;
+    - ``num_experts``: E;
+    - ``max_active``: the most experts one token can use (E for top-any, k for top-k); sizes
+      static dispatch buffers (N * max_active pairs), so it must be a true bound;
+    - the router does not report to ``ctx`` itself: the routed layer that calls it hands the
+      returned :class:`Routing` to :meth:`ForwardContext.add_routing`, which adds ``aux`` to
+      the training loss and ``stats`` to the logged metrics.
+    A router that can be reset by ``callback/expert_reset`` also implements
+    :class:`ResettableRouter`."""
 
     num_experts: int
+    max_active: int
 
     def forward(self, x: Tensor, ctx: ForwardContext) -> Routing: ...
 
 
 @runtime_checkable
 class Recursion(Protocol):
-    """How blocks are applied in depth, one *step* at a time.
+    """How blocks are applied in depth, one *step* at a time. An ``nn.Module``.
 
     - ``initial_carry(x) -> Carry``: the state before the first step for inputs ``x``
       (B,T,D); an empty dict when the recursion keeps no state (``stacked``).
@@ -143,7 +180,7 @@ class Recursion(Protocol):
 
 @runtime_checkable
 class Halting(Protocol):
-    """When recursion stops, and the loss that teaches it.
+    """When recursion stops, and the loss that teaches it. An ``nn.Module``.
 
     - ``max_steps``: the most steps a sample may take (N_sup for TRM).
     - ``forward(y (B,T,D), ctx) -> dict`` of halting signals for this step (e.g. ``q_halt``
@@ -152,8 +189,9 @@ class Halting(Protocol):
       stops after this step; must be True wherever ``steps >= max_steps``.
     - ``loss(signals, correct (B,) bool, next_signals=None, steps=None) -> (loss, metrics)``:
       the weighted halting loss for this step given whether each sample's current prediction
-      is exactly right. A policy with ``needs_next_step = True`` (HRM's bootstrapped
-      q_continue) also gets the next step's signals, computed under no_grad.
+      is exactly right.
+    Optional: :class:`WeighsSteps` (ACT, PonderNet), :class:`NextStepTarget` (HRM's
+    bootstrapped q_continue).
     """
 
     max_steps: int
@@ -191,31 +229,215 @@ class Task(Protocol):
 
 
 @runtime_checkable
+class TrainerServices(Protocol):
+    """The services a schedule (and a callback) may call on the trainer.
+
+    - ``model``: the :class:`~ponderkit.ReasoningModel` being trained; ``optimizer``; ``step``:
+      optimizer steps done; ``config``: the experiment.
+    - ``optimize(loss) -> grad_norm``: backward, clip, optimizer step, zero grads. A schedule's
+      ``train_step`` calls it exactly once.
+    - ``autocast()``: the precision context for forward passes; ``to_device(batch)``.
+    - ``parameters_reset(touched, index)``: announce re-initialised parameter slices (callbacks
+      holding weight copies, such as EMA, follow)."""
+
+    model: Any
+    optimizer: Any
+    step: int
+    config: Any
+
+    def optimize(self, loss: Tensor) -> Tensor: ...
+
+    def autocast(self) -> AbstractContextManager: ...
+
+    def to_device(self, batch: Batch) -> Batch: ...
+
+    def parameters_reset(self, touched: list[tuple[Any, int]], index: Any) -> None: ...
+
+
+@runtime_checkable
 class Schedule(Protocol):
-    """How batches become optimizer steps. ``train_step`` performs exactly one optimizer step
-    through ``trainer.optimize(loss)`` and returns scalar metrics (``loss``, ``token_acc``,
-    ``exact_acc``, ``steps`` ...). A schedule owns any state that spans optimizer steps (the
-    deep-supervision carry) and saves it with ``state_dict``/``load_state_dict``."""
+    """How batches become optimizer steps. ``train_step(model, batches, trainer)`` performs
+    exactly one optimizer step through ``trainer.optimize(loss)`` (see :class:`TrainerServices`) and
+    returns scalar metrics (``loss``, ``token_acc``, ``exact_acc`` ...). A schedule owns any
+    state that spans optimizer steps (the deep-supervision carry) and saves it with
+    ``state_dict``/``load_state_dict``."""
 
     def train_step(
-        self, model: Any, batches: Iterator[Batch], trainer: Any
-    ) -> dict[str, float]: ...
+        self, model: Any, batches: Iterator[Batch], trainer: TrainerServices
+    ) -> dict[str, Any]: ...
 
     def state_dict(self) -> dict[str, Any]: ...
 
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
 
-@runtime_checkable
+#: Callback hooks by name, with their signatures; a callback defines any of them (at least one).
+CALLBACK_HOOKS: dict[str, str] = {
+    "on_train_start": "on_train_start(trainer) -> None",
+    "on_step_end": "on_step_end(trainer, step, metrics) -> None  (may add to metrics)",
+    "eval_weights": "eval_weights(trainer) -> context manager swapping in evaluation weights",
+    "on_parameters_reset": "on_parameters_reset(trainer, touched, index) -> None",
+    "state_dict": "state_dict() -> dict",
+    "load_state_dict": "load_state_dict(state) -> None",
+}
+
+
 class Callback(Protocol):
-    """Work between steps. Every hook is optional:
+    """Work between steps. Every hook is optional, but a callback defines at least one, and
+    any public method named ``on_*`` must be one of :data:`CALLBACK_HOOKS` (a misspelt hook
+    is refused when the callback is built, not silently never called):
     ``on_train_start(trainer)``, ``on_step_end(trainer, step, metrics)`` (may add metrics),
     ``eval_weights(trainer)`` (a context manager swapping in weights for evaluation and
     checkpoints, e.g. EMA), ``on_parameters_reset(trainer, touched, index)`` (slices of
     parameters were re-initialised: ``touched`` lists (parameter, dim) pairs, ``index`` the
-    positions along ``dim``; announced with :meth:`Trainer.parameters_reset`, e.g. by an
+    positions along ``dim``; announced with :meth:`TrainerServices.parameters_reset`, e.g. by an
     expert reset, so that copies of the weights such as EMA's follow),
     ``state_dict()``/``load_state_dict(state)``."""
+
+
+# -- optional capabilities ---------------------------------------------------------------------
+
+
+@runtime_checkable
+class WeighsSteps(Protocol):
+    """A halting policy that weighs all steps' outputs (ACT, PonderNet) instead of keeping the
+    output of the step where a sample halted.
+
+    - ``combine(logits_steps, signals_steps) -> (logits (B,T,V), steps (B,))``: the output
+      and the steps each sample counts as used; must not depend on how many steps ran past
+      the halting point (inference stops early only when ``halted_after`` says all halted);
+    - ``halted_after(signals_steps) -> (B,) bool``;
+    - ``unrolled_loss(logits_steps, signals_steps, labels, loss_kind) -> (task_loss,
+      halting_loss, metrics, logits)``: the training loss over an unrolled schedule."""
+
+    def combine(
+        self, logits_steps: list[Tensor], signals_steps: list[dict[str, Tensor]]
+    ) -> tuple[Tensor, Tensor]: ...
+
+    def halted_after(self, signals_steps: list[dict[str, Tensor]]) -> Tensor: ...
+
+    def unrolled_loss(
+        self,
+        logits_steps: list[Tensor],
+        signals_steps: list[dict[str, Tensor]],
+        labels: Tensor,
+        loss_kind: str,
+    ) -> tuple[Tensor, Tensor, dict[str, Tensor], Tensor]: ...
+
+
+@runtime_checkable
+class NextStepTarget(Protocol):
+    """A halting policy whose loss needs the next step's signals (HRM's bootstrapped
+    q_continue): when ``needs_next_step`` is True, ``loss`` gets ``next_signals`` computed
+    under no_grad."""
+
+    needs_next_step: bool
+
+
+@runtime_checkable
+class TransposedMixer(Protocol):
+    """A mixer over positions (TRM's ``mlp_t``): a post-norm block applies its residual and
+    norm in the transposed (B, D, T) frame via ``forward_transposed(ht (B,D,T)) -> (B,D,T)``."""
+
+    def forward_transposed(self, ht: Tensor) -> Tensor: ...
+
+
+@runtime_checkable
+class ResettableRouter(Protocol):
+    """A router ``callback/expert_reset`` can revive.
+
+    - ``enabled`` (E,) bool buffer: experts that may be selected at all;
+    - ``activation_counts`` (E,) int64 and ``tokens_seen`` () int64: accumulated in training
+      mode since the last ``clear_counts()``;
+    - ``reset_experts(experts (K,) long) -> [(parameter, dim), ...]``: fresh routing parameters
+      for those experts; returns the slices it touched (their optimizer state is cleared)."""
+
+    enabled: Tensor
+    activation_counts: Tensor
+    tokens_seen: Tensor
+
+    def clear_counts(self) -> None: ...
+
+    def reset_experts(self, experts: Tensor) -> list[tuple[Any, int]]: ...
+
+
+@runtime_checkable
+class RoutedLayer(Protocol):
+    """A layer that owns a router and a set of experts (``dynmoe``, ``dynsmha``).
+
+    - ``router``: its :class:`Router`;
+    - ``reset_experts(experts, weights: bool) -> [(parameter, dim), ...]``: fresh router slots
+      for ``experts`` and, when ``weights``, fresh expert weights."""
+
+    router: Any
+
+    def reset_experts(self, experts: Tensor, weights: bool) -> list[tuple[Any, int]]: ...
+
+
+#: The Protocol a builder's result must satisfy, per kind.
+PROTOCOLS: dict[str, type] = {
+    "block": Block,
+    "mixer": Mixer,
+    "ffn": Ffn,
+    "router": Router,
+    "recursion": Recursion,
+    "halting": Halting,
+    "schedule": Schedule,
+    "task": Task,
+    "callback": Callback,
+}
+
+#: Kinds whose components are ``torch.nn.Module``s (their parameters join the model).
+MODULE_KINDS = frozenset({"block", "mixer", "ffn", "router", "recursion", "halting"})
+
+#: Optional capabilities per kind, for ``ponderkit show KIND``.
+CAPABILITIES: dict[str, tuple[type, ...]] = {
+    "mixer": (TransposedMixer, RoutedLayer),
+    "ffn": (RoutedLayer,),
+    "router": (ResettableRouter,),
+    "halting": (WeighsSteps, NextStepTarget),
+}
+
+
+def contract_problem(kind: str, obj: Any) -> str | None:
+    """Why ``obj`` does not satisfy ``kind``'s contract, or None when it does."""
+    if obj is None:
+        return "None"
+    if kind in MODULE_KINDS and not isinstance(obj, nn.Module):
+        return f"a {type(obj).__name__}, not a torch.nn.Module"
+    if kind == "callback":
+        return _callback_problem(obj)
+    protocol = PROTOCOLS[kind]
+    missing = [m for m in protocol_members(protocol) if not hasattr(obj, m)]
+    if missing:
+        return f"a {type(obj).__name__} without {', '.join(missing)}"
+    return None
+
+
+def protocol_members(protocol: type) -> list[str]:
+    """The attributes and methods a Protocol requires, in declaration order."""
+    names = list(getattr(protocol, "__annotations__", {}))
+    names += [
+        n
+        for n, v in vars(protocol).items()
+        if callable(v) and not n.startswith("_") and n not in names
+    ]
+    return names
+
+
+def _callback_problem(obj: Any) -> str | None:
+    from .errors import suggestion
+
+    public = [n for n in dir(obj) if not n.startswith("_") and callable(getattr(obj, n, None))]
+    for name in public:
+        if name.startswith("on_") and name not in CALLBACK_HOOKS:
+            hint = suggestion(name, CALLBACK_HOOKS)
+            return f"a {type(obj).__name__} with an unknown hook {name!r}" + (
+                f" ({hint})" if hint else f" (hooks: {', '.join(CALLBACK_HOOKS)})"
+            )
+    if not any(name in CALLBACK_HOOKS for name in public):
+        return f"a {type(obj).__name__} with none of the hooks {', '.join(CALLBACK_HOOKS)}"
+    return None
 
 
 @attrs.frozen
@@ -223,7 +445,9 @@ class BuildContext:
     """Handed to every builder: model width, task shape, and a way to build nested components.
 
     ``shared`` is a dict that lives for one model build, for components that share parameters
-    across blocks or iterations (a global expert library)."""
+    across blocks or iterations (a global expert library). ``paths`` maps each config
+    :class:`Spec` (by identity) to its dotted path in the experiment, so a builder's failure is
+    reported where the component is configured."""
 
     registry: Any
     d_model: int = 0
@@ -231,10 +455,36 @@ class BuildContext:
     seq_len: int = 0
     seed: int = 0
     shared: dict[str, Any] = attrs.field(factory=dict)
+    paths: dict[int, tuple] = attrs.field(factory=dict, eq=False, repr=False)
 
     def build(self, spec: Spec | None, **kwargs: Any) -> Any:
-        """Build the component ``spec`` names, passing this context along."""
+        """Build the component ``spec`` names, passing this context along, and check the
+        result against its kind's contract (:data:`PROTOCOLS`). A builder that raises or
+        returns something else is reported as a :class:`~ponderkit.ConfigError` naming the
+        component, its plugin and the config path."""
         if spec is None:
             return None
         comp = self.registry.get(spec.kind, spec.name)
-        return comp.builder(spec.config, self, **kwargs)
+        where = f"{comp.key} (plugin {comp.origin.plugin})"
+        try:
+            built = comp.builder(spec.config, self, **kwargs)
+        except ConfigError:
+            raise  # a nested component's failure, already located
+        except Exception as exc:
+            message = f"{where}: building failed: {type(exc).__name__}: {exc}"
+            raise self._error(spec, message) from None
+        if comp.absent:
+            if built is not None:
+                raise self._error(spec, f"{where}: an absent component's builder must return None")
+            return None
+        problem = contract_problem(spec.kind, built)
+        if problem is not None:
+            raise self._error(
+                spec,
+                f"{where}: the builder returned {problem}; a {spec.kind} must satisfy "
+                f"ponderkit.{PROTOCOLS[spec.kind].__name__} (see `ponderkit show {spec.kind}`)",
+            )
+        return built
+
+    def _error(self, spec: Spec, message: str) -> ConfigError:
+        return ConfigError([Issue(self.paths.get(id(spec), ()), message)])

@@ -58,6 +58,7 @@ class Component:
     requires: frozenset[str] = frozenset()
     provides: frozenset[str] = frozenset()
     check: Callable[..., Iterable[Any]] | None = None
+    absent: bool = False
 
     @property
     def key(self) -> str:
@@ -138,8 +139,14 @@ class Registry:
         requires: Iterable[str] = (),
         provides: Iterable[str] = (),
         check: Callable[..., Iterable[Any]] | None = None,
+        absent: bool = False,
     ) -> Component:
-        """Register ``kind/name``. Call only from a ``ponderkit_register`` hook."""
+        """Register ``kind/name``. Call only from a ``ponderkit_register`` hook.
+
+        ``config_cls`` must be a frozen attrs class; ``builder(config, ctx, **kwargs)`` returns
+        an object satisfying the kind's Protocol (``ponderkit show KIND``), or None for a
+        component registered with ``absent=True`` (one that stands for no layer, ``ffn/none``).
+        """
         origin = self._origin or Origin("<direct>")
         where = f"plugin {origin.plugin}"
         self._check_kind(kind, f"{where} registering {kind}/{name}")
@@ -150,6 +157,11 @@ class Registry:
                 f"{where}: the config class of {kind}/{name} must be an attrs class "
                 f"(@attrs.frozen), got {config_cls!r}"
             )
+        if not _is_frozen(config_cls):
+            raise PluginError(
+                f"{where}: the config class {config_cls.__name__} of {kind}/{name} must be "
+                "frozen: declare it with @attrs.frozen, not @attrs.define"
+            )
         if not callable(builder):
             raise PluginError(f"{where}: the builder of {kind}/{name} is not callable")
         key = (kind, name)
@@ -157,13 +169,15 @@ class Registry:
         if existing is not None:
             raise PluginError(
                 f"duplicate component {kind}/{name}: registered by {existing.origin.plugin} "
-                f"and again by {origin.plugin}"
+                f"and again by {origin.plugin} (uninstall or rename one; "
+                "PONDERKIT_DISABLE_PLUGIN_AUTOLOAD=1 skips installed plugins meanwhile)"
             )
         declared = self._declared.get(key)
         if declared is not None and declared.module != origin.plugin:
             raise PluginError(
                 f"duplicate component {kind}/{name}: built in ({declared.module}, registry.yaml) "
-                f"and registered again by {origin.plugin}"
+                f"and registered again by {origin.plugin} (rename it; "
+                "PONDERKIT_DISABLE_PLUGIN_AUTOLOAD=1 skips installed plugins meanwhile)"
             )
         component = Component(
             kind=kind,
@@ -175,6 +189,7 @@ class Registry:
             requires=frozenset(requires),
             provides=frozenset(provides),
             check=check,
+            absent=absent,
         )
         if self._staged is not None:
             self._staged[key] = component
@@ -257,6 +272,11 @@ class Registry:
             hits = did_you_mean(kind, KINDS)
             hint = f"; did you mean {hits[0]!r}?" if hits else ""
             raise error(f"{context}: unknown kind {kind!r}{hint} (kinds: {', '.join(KINDS)})")
+
+
+def _is_frozen(cls: type) -> bool:
+    """Whether attrs class ``cls`` refuses attribute assignment (``@attrs.frozen``)."""
+    return getattr(cls.__setattr__, "__name__", "") == "_frozen_setattrs"
 
 
 def _kind_order(key: tuple[str, str]) -> tuple[int, str]:

@@ -12,13 +12,14 @@ import hashlib
 import json
 import multiprocessing
 import os
-import tempfile
 import warnings
 import zipfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
+
+from .runs import atomic_write
 
 __all__ = ["cache_key", "cached_arrays", "default_cache_dir", "generate_distinct"]
 
@@ -53,23 +54,6 @@ def cache_key(namespace: str, params: dict) -> str:
             "pass plain ints, floats, strings, lists and dicts"
         ) from exc
     return hashlib.sha256(f"{namespace}\0{canon}".encode()).hexdigest()
-
-
-def _atomic_write(path: Path, write: Callable[[object], None]) -> None:
-    """Write through ``write(fileobj)`` to a temp file next to ``path``, then rename."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
 
 
 def _load(path: Path) -> dict[str, np.ndarray]:
@@ -112,7 +96,7 @@ def cached_arrays(
         if arr.dtype == object:
             raise TypeError(f"array {name!r} for {namespace!r} has dtype object; cannot cache it")
     folder.mkdir(parents=True, exist_ok=True)
-    _atomic_write(path, lambda f: np.savez(f, **arrays))
+    atomic_write(path, lambda f: np.savez(f, **arrays))
     meta = {
         "namespace": namespace,
         "key": key,
@@ -120,7 +104,7 @@ def cached_arrays(
         "arrays": {k: {"shape": list(v.shape), "dtype": str(v.dtype)} for k, v in arrays.items()},
     }
     text = json.dumps(meta, sort_keys=True, indent=1).encode()
-    _atomic_write(path.with_suffix(".json"), lambda f: f.write(text))
+    atomic_write(path.with_suffix(".json"), lambda f: f.write(text))
     return arrays
 
 

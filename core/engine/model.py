@@ -7,20 +7,24 @@ is the halting plugin's, and how steps become optimizer updates is the schedule'
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterator
 
+import attrs
 import torch
 from torch import Tensor, nn
 
 from ..experiment import ModelConfig
-from ..interfaces import Batch, BuildContext, Carry, ForwardContext, Task
+from ..interfaces import Batch, BuildContext, Carry, ForwardContext, Task, WeighsSteps
 from .losses import accuracy
 from .nn import Linear, trunc_normal_
+
+StepFn = Callable[[Carry, Tensor, ForwardContext], tuple[Carry, Tensor, dict[str, Tensor]]]
 
 
 class ReasoningModel(nn.Module):
     """Token (+ optional puzzle prefix) embedding -> recursion steps -> head, with halting."""
 
-    def __init__(self, cfg: ModelConfig, task: Task, registry: object, seed: int = 0):
+    def __init__(self, cfg: ModelConfig, task: Task, ctx: BuildContext):
         super().__init__()
         self.cfg = cfg
         d = cfg.d_model
@@ -39,9 +43,8 @@ class ReasoningModel(nn.Module):
         if cfg.positions == "learned":
             self.pos_emb = nn.Embedding(total_len, d)
             trunc_normal_(self.pos_emb.weight, 1.0 / math.sqrt(d))
-        ctx = BuildContext(
-            registry, d_model=d, vocab_size=task.vocab_size, seq_len=total_len, seed=seed
-        )
+        # the experiment's one build context, with this model's shapes (same shared library)
+        ctx = attrs.evolve(ctx, d_model=d, vocab_size=task.vocab_size, seq_len=total_len)
         self.recursion = ctx.build(cfg.recursion)
         self.head = Linear(d, task.vocab_size)
         self.halting = ctx.build(cfg.halting)
@@ -80,30 +83,39 @@ class ReasoningModel(nn.Module):
         carry, y = self.recursion(carry, x, ctx)
         return carry, self.output(y), self.halting(y, ctx)
 
+    def unroll(
+        self, carry: Carry, x: Tensor, ctx: ForwardContext, steps: int, step: StepFn | None = None
+    ) -> Iterator[tuple[Carry, Tensor, dict[str, Tensor]]]:
+        """The step loop: up to ``steps`` recursion steps from ``carry``, yielding (carry,
+        logits, halting signals) after each. Inference and every unrolling schedule run this
+        loop; ``step`` replaces :meth:`step` (e.g. with an activation-checkpointed one)."""
+        step = step or self.step
+        for _ in range(steps):
+            carry, logits, signals = step(carry, x, ctx)
+            yield carry, logits, signals
+
     @torch.no_grad()
     def infer(self, batch: Batch, early_exit: bool = False) -> tuple[Tensor, Tensor]:
         """Predict logits (B,T,V) and the steps each sample used (B,).
 
         Without ``early_exit`` every sample runs ``halting.max_steps`` steps (as TRM evaluates);
         with it each sample keeps the prediction of the step where its policy halted, and the
-        loop ends once all have halted. A policy that weighs steps (ACT, PonderNet) defines
-        ``combine(logits_steps, signals_steps) -> (logits, steps)`` and
-        ``halted_after(signals_steps) -> (B,) bool``; its output does not depend on early exit,
-        only the compute does.
+        loop ends once all have halted. A policy that weighs steps (:class:`WeighsSteps`: ACT,
+        PonderNet) combines all steps' outputs; its output does not depend on early exit, only
+        the compute does.
         """
         ctx = self.context()
         x = self.embed(batch)
         carry = self.initial_carry(x)
-        combine = getattr(self.halting, "combine", None)
-        if combine is not None:
+        n = self.halting.max_steps
+        if isinstance(self.halting, WeighsSteps):
             logits_steps, history = [], []
-            for _ in range(self.halting.max_steps):
-                carry, logits, signals = self.step(carry, x, ctx)
+            for _, logits, signals in self.unroll(carry, x, ctx, n):
                 logits_steps.append(logits)
                 history.append(signals)
                 if early_exit and bool(self.halting.halted_after(history).all()):
                     break
-            logits, halt_steps = combine(logits_steps, history)
+            logits, halt_steps = self.halting.combine(logits_steps, history)
             if not early_exit:  # every sample ran all steps; report the compute used
                 halt_steps = torch.full_like(halt_steps, len(logits_steps))
             return logits, halt_steps
@@ -111,8 +123,7 @@ class ReasoningModel(nn.Module):
         steps = torch.zeros(b, dtype=torch.long, device=x.device)
         halted = torch.zeros(b, dtype=torch.bool, device=x.device)
         final: Tensor | None = None
-        for _ in range(self.halting.max_steps):
-            carry, logits, signals = self.step(carry, x, ctx)
+        for _, logits, signals in self.unroll(carry, x, ctx, n):
             steps = torch.where(halted, steps, steps + 1)
             final = logits if final is None else torch.where(halted[:, None, None], final, logits)
             if early_exit:

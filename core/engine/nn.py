@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.nn import functional as F
 
 
 def trunc_normal_(tensor: Tensor, std: float, generator: torch.Generator | None = None) -> Tensor:
@@ -59,3 +61,12 @@ def swiglu_width(expansion: float, d_model: int, multiple: int = 256) -> int:
 
 def parameter_count(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
+
+
+def attend(q: Tensor, k: Tensor, v: Tensor, ctx: Any, causal: bool = False) -> Tensor:
+    """Scaled dot-product attention of heads q, k, v (B, H, T, Dh) -> (B, H, T, Dh), with
+    rotary embeddings on q and k when the model uses RoPE (``ctx.positions``)."""
+    if ctx is not None and ctx.positions == "rope":
+        cos, sin = ctx.rope(q.shape[-2], q.shape[-1], q.device)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+    return F.scaled_dot_product_attention(q, k, v, is_causal=causal)

@@ -18,20 +18,12 @@ from torch import Tensor, nn
 
 from ..config import iter_specs, unstructure
 from ..experiment import ExperimentConfig, OptimizerConfig
-from ..interfaces import Batch, BuildContext
+from ..interfaces import Batch
 from ..yamlio import dump
-from .losses import accuracy
-from .model import ReasoningModel
+from .build import build_components
+from .evaluate import autocast, evaluate, resolve_device, to_device
 from .nn import parameter_count
 from .runs import MetricsLog, save_checkpoint, write_meta, write_text_atomic
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        return torch.device("cpu")
-    return torch.device(name)
 
 
 def seed_everything(seed: int) -> None:
@@ -61,14 +53,6 @@ def lr_factor(step: int, total: int, cfg: OptimizerConfig) -> float:
     return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def batch_metrics(logits: Tensor, labels: Tensor) -> dict[str, Tensor]:
-    correct, exact, valid = accuracy(logits, labels)
-    return {
-        "token_acc": correct.sum() / valid.sum().clamp(min=1),
-        "exact_acc": exact.float().mean(),
-    }
-
-
 class Trainer:
     """Owns device, model, optimizer, LR schedule, callbacks and the run directory."""
 
@@ -88,14 +72,12 @@ class Trainer:
             torch.set_num_threads(train.threads)
         self.device = resolve_device(train.device)
         seed_everything(config.seed)
-        ctx = BuildContext(registry, seed=config.seed)
-        self.task = ctx.build(config.task)
-        self.model = ReasoningModel(config.model, self.task, registry, config.seed).to(self.device)
+        built = build_components(config, registry)
+        self.task, self.schedule, self.callbacks = built.task, built.schedule, built.callbacks
+        self.model = built.model.to(self.device)
         self.optimizer = build_optimizer(self.model, config.optimizer)
         if train.compile:
             self.model.recursion.compile()  # in place: parameter names stay the same
-        self.schedule = ctx.build(config.schedule)
-        self.callbacks = [ctx.build(spec) for spec in config.callbacks]
         self.step = 0
         self.elapsed_before = 0.0  # training seconds spent before a resume
         self._t0: float | None = None
@@ -110,12 +92,10 @@ class Trainer:
             _call(cb, "on_parameters_reset", self, touched, index)
 
     def autocast(self) -> contextlib.AbstractContextManager:
-        if self.config.train.precision == "bf16":
-            return torch.autocast(self.device.type, dtype=torch.bfloat16)
-        return contextlib.nullcontext()
+        return autocast(self.config.train.precision, self.device)
 
     def to_device(self, batch: Batch) -> Batch:
-        return {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+        return to_device(batch, self.device)
 
     def optimize(self, loss: Tensor) -> Tensor:
         """Backward, clip, step, zero the gradients; returns the pre-clip gradient norm."""
@@ -231,36 +211,26 @@ class Trainer:
         for batch in self.task.train_batches(self.config.train.batch_size, self.config.seed):
             yield self.to_device(batch)
 
-    @torch.no_grad()
     def evaluate(self, early_exit: bool = False) -> dict[str, float]:
-        """Token and exact accuracy and mean steps on the task's held-out set."""
-        self.model.eval()
+        """Token and exact accuracy and mean steps on the task's held-out set, with the
+        evaluation weights (EMA's where a callback keeps them)."""
         with self._eval_weights():
-            totals: dict[str, float] = {}
-            count = 0
-            for batch in self.task.eval_batches(self.config.train.eval_batch_size):
-                batch = self.to_device(batch)
-                with self.autocast():
-                    logits, steps = self.model.infer(batch, early_exit=early_exit)
-                correct, exact, valid = accuracy(logits, batch["labels"])
-                n = batch["inputs"].shape[0]
-                per_sample = {
-                    "token_acc": correct.sum(-1) / valid.sum(-1).clamp(min=1),
-                    "exact_acc": exact.float(),
-                    "steps": steps.float(),
-                    **self.task.score(logits.argmax(-1), batch),
-                }
-                for k, v in per_sample.items():
-                    totals[k] = totals.get(k, 0.0) + float(v.float().sum())
-                count += n
-        self.model.train()
-        return {k: v / max(count, 1) for k, v in totals.items()}
+            result = evaluate(
+                self.model,
+                self.task,
+                batch_size=self.config.train.eval_batch_size,
+                device=self.device,
+                precision=self.config.train.precision,
+                early_exit=early_exit,
+            )
+        return result
 
     def _eval_weights(self) -> contextlib.AbstractContextManager:
         stack = contextlib.ExitStack()
         for cb in self.callbacks:
-            if hasattr(cb, "eval_weights"):
-                stack.enter_context(cb.eval_weights(self))
+            hook = getattr(cb, "eval_weights", None)  # hooks by name: CALLBACK_HOOKS
+            if hook is not None:
+                stack.enter_context(hook(self))
         return stack
 
     # -- run directory ---------------------------------------------------------------------
@@ -305,30 +275,36 @@ class Trainer:
         return save_checkpoint(self.run_dir, name, weights, state)
 
 
-def load_trainer(run_dir: Path, registry: Any, checkpoint: str = "final") -> Trainer:
-    """A trainer for ``run_dir``'s resolved config with a checkpoint's evaluation weights."""
+def resume_or_start(
+    config: ExperimentConfig, run_dir: Path, registry: Any, quiet: bool = False
+) -> Trainer | None:
+    """A trainer continuing ``run_dir`` (None when it already finished).
+
+    A directory that does not exist or is empty starts a new run; one holding a different
+    config is refused, so a resumed run never mixes two experiments."""
     from ..errors import PonderkitError
     from ..experiment import load_experiment
-    from .runs import load_checkpoint
+    from .runs import create_run_dir
 
     run_dir = Path(run_dir)
-    ckpt = run_dir / "checkpoints" / checkpoint
-    if not (run_dir / "config.yaml").exists():
-        raise PonderkitError(f"{run_dir} is not a run directory (no config.yaml)")
-    if not (ckpt / "model.safetensors").exists():
-        found = (
-            sorted(p.name for p in (run_dir / "checkpoints").glob("*"))
-            if (run_dir / "checkpoints").exists()
-            else []
-        )
+    if not run_dir.exists() or not any(run_dir.iterdir()):
+        return Trainer(config, registry, create_run_dir(run_dir), quiet=quiet)
+    saved = run_dir / "config.yaml"
+    if not saved.exists():
+        raise PonderkitError(f"{run_dir} is not a run directory (no config.yaml); cannot resume")
+    if load_experiment(saved, registry=registry).config != config:
         raise PonderkitError(
-            f"no checkpoint {checkpoint!r} in {run_dir} (found: {', '.join(found) or 'none'})"
+            f"{run_dir} holds a run of a different config; resume it with the "
+            f"same file and overrides, or choose another --out"
         )
-    config = load_experiment(run_dir / "config.yaml", registry=registry).config
-    trainer = Trainer(config, registry, run_dir=None, quiet=True)
-    weights, _ = load_checkpoint(ckpt)
-    trainer.model.load_state_dict(weights)
-    trainer.callbacks = [cb for cb in trainer.callbacks if not hasattr(cb, "eval_weights")]
+    trainer = Trainer(config, registry, run_dir, quiet=quiet)
+    checkpoint = latest_checkpoint(run_dir)
+    if checkpoint is not None:
+        trainer.restore(checkpoint)
+    elif trainer.metrics_log:  # interrupted before its first checkpoint: start the log afresh
+        trainer.metrics_log.truncate_after(0)
+    if trainer.step >= config.train.steps:
+        return None
     return trainer
 
 

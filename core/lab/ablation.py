@@ -29,8 +29,9 @@ from typing import Any
 import attrs
 
 from ..config import Structurer
+from ..engine.build import check_buildable
 from ..errors import ConfigError, Issue, dotted, suggestion
-from ..experiment import ExperimentConfig, experiment_from_document
+from ..experiment import Experiment, ExperimentConfig, experiment_from_document
 from ..registry import Registry
 from ..yamlio import Document, apply_overrides, load_document
 
@@ -162,8 +163,10 @@ class Run:
         return Path(out) / self.variant / f"seed{self.seed}"
 
 
-def load_ablation(path: str | Path, *, registry: Registry) -> Ablation:
-    """Load and validate an ablation file and every variant's experiment; one ConfigError."""
+def load_ablation(path: str | Path, *, registry: Registry, build: bool = True) -> Ablation:
+    """Load and validate an ablation file and every variant's experiment; one ConfigError.
+    With ``build``, every variant's components are also built (the model on the meta device)
+    and checked against their contracts."""
     path = Path(path)
     doc = load_document(path)
     structurer = Structurer(registry)
@@ -204,7 +207,10 @@ def load_ablation(path: str | Path, *, registry: Registry) -> Ablation:
     for name, overrides in named.items():
         all_overrides = (*common, *overrides, *budget, *first)
         try:
-            config = variant_config(base_doc, all_overrides, registry)
+            exp = variant_experiment(base_doc, all_overrides, registry)
+            if build:  # builder mistakes too, before any run directory exists
+                check_buildable(exp, registry)
+            config = exp.config
         except ConfigError as exc:
             per_variant[name] = exc.issues
             continue
@@ -248,6 +254,13 @@ def variant_config(
     base_doc: Document, overrides: Sequence[Override], registry: Registry
 ) -> ExperimentConfig:
     """The base experiment with ``overrides`` applied, each error located where it was written."""
+    return variant_experiment(base_doc, overrides, registry).config
+
+
+def variant_experiment(
+    base_doc: Document, overrides: Sequence[Override], registry: Registry
+) -> Experiment:
+    """As :func:`variant_config`, with the document the variant's config came from."""
     doc = Document(copy.deepcopy(base_doc.data), dict(base_doc.positions), base_doc.source)
     for o in overrides:
         try:
@@ -259,7 +272,7 @@ def variant_config(
         for sub in [k for k in doc.positions if k[:n] == o.path]:
             doc.positions[sub] = o.where
         doc.positions.update({(*o.path, *rel): w for rel, w in o.inner.items()})
-    return experiment_from_document(doc, registry).config
+    return experiment_from_document(doc, registry)
 
 
 def _name_variants(per_variant: dict[str, list[Issue]]) -> list[Issue]:

@@ -159,20 +159,12 @@ def run_state(run: Run, run_dir: Path, registry: Any) -> str:
 
 def train_run(run: Run, run_dir: Path, registry: Any, time_budget: float | None = None) -> None:
     """Train ``run`` into ``run_dir`` from scratch or from its latest checkpoint, then analyse."""
-    from ..engine.runs import create_run_dir
-    from ..engine.train import Trainer, latest_checkpoint
+    from ..engine.train import resume_or_start
 
     if run_state(run, run_dir, registry) in ("new", "resume"):
-        fresh = not run_dir.exists() or not any(run_dir.iterdir())
-        trainer = Trainer(
-            run.config, registry, create_run_dir(run_dir) if fresh else run_dir, quiet=True
-        )
-        checkpoint = None if fresh else latest_checkpoint(run_dir)
-        if checkpoint is not None:
-            trainer.restore(checkpoint)
-        elif trainer.metrics_log is not None:
-            trainer.metrics_log.truncate_after(0)  # restarted from scratch: drop the old log
-        trainer.fit()
+        trainer = resume_or_start(run.config, run_dir, registry, quiet=True)
+        if trainer is not None:
+            trainer.fit()
         del trainer
     analyse_run(run_dir, registry)
 
@@ -309,6 +301,8 @@ def _result(run_dir: Path) -> str:
 
 
 def worker_command(file: Path, out: Path, plugin_args: Sequence[str]) -> list[str]:
-    """The command a subprocess job runs (``--only RUN`` is appended per run)."""
-    return [sys.executable, "-m", "ponderkit", *plugin_args, "ablate", str(file), "--out",
+    """The command a subprocess job runs (``--only RUN`` is appended per run). ``-P``: the
+    working directory is not put on ``sys.path``, so a folder named ``ponderkit`` there cannot
+    shadow the installed package."""
+    return [sys.executable, "-P", "-m", "ponderkit", *plugin_args, "ablate", str(file), "--out",
             str(out), "--worker"]  # fmt: skip

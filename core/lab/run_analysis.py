@@ -15,7 +15,7 @@ from typing import Any
 
 import attrs
 
-from ..engine.runs import write_json_atomic, write_text_atomic
+from ..engine.runs import MetricsLog, write_json_atomic, write_text_atomic
 
 DENSE = "dense: every parameter is used by every token"
 ROUTED = (
@@ -26,10 +26,7 @@ BY_MODULE = "reported by the modules' active_parameters()"
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
-    path = Path(run_dir) / "metrics.jsonl"
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text("utf-8").splitlines() if line.strip()]
+    return MetricsLog(Path(run_dir) / "metrics.jsonl").read()
 
 
 def read_json(path: Path) -> dict[str, Any]:
@@ -55,17 +52,17 @@ def analyse_run(run_dir: Path, registry: Any) -> dict[str, Any]:
     """Per-sample halting steps and active parameters of ``run_dir``'s final checkpoint."""
     import torch
 
+    from ..engine.evaluate import load_model
     from ..engine.losses import accuracy
-    from ..engine.train import load_trainer
 
-    trainer = load_trainer(run_dir, registry)
-    model = trainer.model.eval()
+    run = load_model(run_dir, registry)
+    model = run.model
     counter = _RoutingCounter(model)
     adaptive = model.halting.max_steps > 1
     steps, exact, token, exact_all, token_all = [], [], [], [], []
-    with torch.no_grad(), trainer.autocast():
-        for batch in trainer.task.eval_batches(trainer.config.train.eval_batch_size):
-            batch = trainer.to_device(batch)
+    with torch.no_grad(), run.autocast():
+        for batch in run.task.eval_batches(run.config.train.eval_batch_size):
+            batch = run.to_device(batch)
             counter.enabled = not adaptive  # count routing in the all-steps pass
             logits, used = model.infer(batch, early_exit=True)
             correct, ok, valid = accuracy(logits, batch["labels"])

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Literal
 
 import attrs
-from ponderkit import BuildContext, ForwardContext, Spec, component, hookimpl
+from ponderkit import BuildContext, ForwardContext, Spec, component, hookimpl, swiglu_width
 from ponderkit.plugins.dynmoe.dispatch import combine, gather, plan_dispatch
 from ponderkit.plugins.dynmoe.experts import SwiGLUExperts
 from torch import Tensor, nn
@@ -41,7 +41,7 @@ class DynMoEConfig:
 def expert_hidden(cfg_hidden: int | None, expansion: float, d_model: int) -> int:
     if cfg_hidden is not None:
         return cfg_hidden
-    return -(-round(expansion * d_model * 2 / 3) // 16) * 16
+    return swiglu_width(expansion, d_model, multiple=16)
 
 
 class DynMoE(nn.Module):
@@ -53,6 +53,8 @@ class DynMoE(nn.Module):
         shape = h.shape
         x = h.reshape(-1, shape[-1])  # (N, D)
         routing = self.router(x, ctx)
+        if ctx is not None:
+            ctx.add_routing(routing)
         capacity = len(x) * self.router.max_active if self.dispatch == "static" else None
         plan = plan_dispatch(routing.weights, routing.mask, capacity)
         y = combine(self.experts(gather(x, plan), plan), plan)  # (N, D)

@@ -13,7 +13,7 @@ import math
 
 import attrs
 import torch
-from ponderkit import BuildContext, ForwardContext, apply_rope, hookimpl, trunc_normal_
+from ponderkit import BuildContext, ForwardContext, attend, hookimpl, trunc_normal_
 from ponderkit.plugins.routing.spl import mas_normalize
 from torch import Tensor, nn
 from torch.nn import functional as F
@@ -60,10 +60,7 @@ class DynSIHA(nn.Module):
             return z.view(b, t, self.heads, self.head_dim).transpose(1, 2)  # (B, H, T, Dh)
 
         q, k, v = split(self.q(h, ctx)), split(self.k(h, ctx)), split(self.v(h, ctx))
-        if ctx.positions == "rope":
-            cos, sin = ctx.rope(t, self.head_dim, h.device)
-            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        attn = F.scaled_dot_product_attention(q, k, v)  # (B, H, T, Dh)
+        attn = attend(q, k, v, ctx)  # (B, H, T, Dh)
         return self.o(attn.transpose(1, 2).reshape(b, t, d), ctx)
 
 

@@ -29,6 +29,9 @@ class QHeadConfig:
 
 
 class QHead(nn.Module):
+    #: HRM mode bootstraps q_continue from the next step (ponderkit.NextStepTarget)
+    needs_next_step: bool = False
+
     def __init__(self, cfg: QHeadConfig, d_model: int):
         super().__init__()
         self.max_steps, self.exploration, self.mode = cfg.max_steps, cfg.exploration, cfg.mode

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import attrs
-from ponderkit import BuildContext, ForwardContext, Linear, apply_rope, hookimpl
+from ponderkit import BuildContext, ForwardContext, Linear, attend, hookimpl
 from torch import Tensor, nn
-from torch.nn import functional as F
 
 
 @attrs.frozen
@@ -30,10 +29,7 @@ class Attention(nn.Module):
         b, t, _ = h.shape
         qkv = self.qkv(h).view(b, t, 3, self.heads, self.head_dim)
         q, k, v = qkv.permute(2, 0, 3, 1, 4)  # each (B, H, T, Dh)
-        if ctx.positions == "rope":
-            cos, sin = ctx.rope(t, self.head_dim, h.device)
-            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        o = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal)  # (B, H, T, Dh)
+        o = attend(q, k, v, ctx, self.causal)  # (B, H, T, Dh)
         return self.out(o.transpose(1, 2).reshape(b, t, self.heads * self.head_dim))
 
 

@@ -71,5 +71,5 @@ def build_none(cfg: NoFfnConfig, ctx: BuildContext) -> None:
 @hookimpl
 def ponderkit_register(registry) -> None:
     registry.add("ffn", "swiglu", SwiGLUConfig, build_swiglu)
-    registry.add("ffn", "none", NoFfnConfig, build_none)
+    registry.add("ffn", "none", NoFfnConfig, build_none, absent=True)
     registry.add("mixer", "mlp_t", MlpTConfig, build_mlp_t)

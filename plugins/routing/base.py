@@ -68,7 +68,7 @@ class RouterBase(nn.Module):
             if routed is None:
                 dtype = torch.promote_types(x.dtype, torch.float32)
                 routed = self._route_fn(x)(x.to(dtype))
-        return self.finish(*routed[:4], ctx, routed[4])
+        return self.finish(*routed)
 
     def route_fused(self, x: Tensor) -> RouteResult | None:
         """:meth:`route` as fused kernels for ``x`` in its own dtype, where a router has them
@@ -117,10 +117,10 @@ class RouterBase(nn.Module):
         mask: Tensor,
         logits: Tensor,
         aux: dict[str, Tensor],
-        ctx: ForwardContext | None,
         extra_stats: dict[str, Tensor] | None = None,
     ) -> Routing:
-        """Count activations, report aux losses and stats to ``ctx``, return the Routing.
+        """Count activations and return the Routing (the routed layer reports its aux losses
+        and stats with ``ctx.add_routing``).
         ``extra_stats`` may hold the ``expert_counts`` (E,) and the other statistics of
         :func:`routing_stats` where a fused route computed them itself."""
         stats = dict(extra_stats or {})
@@ -133,11 +133,6 @@ class RouterBase(nn.Module):
                 self.tokens_seen += mask.shape[0]
         if not {"experts_per_token", "dead_experts"} <= stats.keys():
             stats = {**routing_stats(counts, mask.shape[0], self.enabled), **stats}
-        if ctx is not None:
-            for name, value in aux.items():
-                ctx.add_loss(f"router/{name}", value)
-            for name, value in stats.items():
-                ctx.add_stat(f"router/{name}", value)
         return Routing(weights=weights, mask=mask, logits=logits, aux=aux, stats=stats)
 
 

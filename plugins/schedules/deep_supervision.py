@@ -13,7 +13,16 @@ from typing import Any
 
 import attrs
 import torch
-from ponderkit import Batch, BuildContext, accuracy, hookimpl, sequence_loss
+from ponderkit import (
+    Batch,
+    BuildContext,
+    NextStepTarget,
+    TrainerServices,
+    accuracy,
+    hookimpl,
+    sequence_loss,
+    step_metrics,
+)
 from torch import Tensor
 
 
@@ -35,33 +44,39 @@ class DeepSupervision:
         self.steps: Tensor | None = None
         self.halted: Tensor | None = None
 
-    def refill(self, model: Any, fresh: Batch, x: Tensor) -> tuple[Batch, dict[str, Tensor]]:
-        """Replace halted slots by ``fresh`` samples and reset their state; keep the others."""
-        init = model.initial_carry(x)
+    def refill(self, fresh: Batch) -> Batch:
+        """The batch of this step: halted slots take ``fresh`` samples, the others keep theirs."""
         if self.batch is None:
-            self.steps = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
-            return fresh, init
+            self.steps = torch.zeros(
+                len(fresh["inputs"]), dtype=torch.long, device=fresh["inputs"].device
+            )
+            return fresh
         h = self.halted
-        batch = {k: _where(h, fresh[k], self.batch[k]) for k in fresh}
-        carry = {k: _where(h, init[k], self.carry[k]) for k in init}
         self.steps = torch.where(h, torch.zeros_like(self.steps), self.steps)
-        return batch, carry
+        return {k: _where(h, fresh[k], self.batch[k]) for k in fresh}
 
-    def train_step(self, model: Any, batches: Iterator[Batch], trainer: Any) -> dict[str, Any]:
-        fresh = next(batches)
+    def carry_for(self, model: Any, x: Tensor) -> dict[str, Tensor]:
+        """The recursion state: fresh for new samples, carried for the others."""
+        init = model.initial_carry(x)
+        if self.carry is None:
+            return init
+        return {k: _where(self.halted, init[k], self.carry[k]) for k in init}
+
+    def train_step(
+        self, model: Any, batches: Iterator[Batch], trainer: TrainerServices
+    ) -> dict[str, Any]:
         halting = model.halting
+        batch = self.refill(next(batches))
         with trainer.autocast():
             ctx = model.context()
-            x_fresh = model.embed(fresh)
-            batch, carry = self.refill(model, fresh, x_fresh)
-            x = model.embed(batch) if self.batch is not None else x_fresh
-            carry, logits, signals = model.step(carry, x, ctx)
+            x = model.embed(batch)  # once per step: kept samples re-embed their own inputs
+            carry, logits, signals = model.step(self.carry_for(model, x), x, ctx)
             self.steps = self.steps + 1
             labels = batch["labels"]
             lm_loss = sequence_loss(logits, labels, model.loss_kind).mean()
-            correct, exact, valid = accuracy(logits.detach(), labels)
+            _, exact, _ = accuracy(logits.detach(), labels)
             next_signals = None
-            if getattr(halting, "needs_next_step", False):
+            if isinstance(halting, NextStepTarget) and halting.needs_next_step:
                 with torch.no_grad():
                     _, _, next_signals = model.step(carry, x, ctx)
             halt_loss, halt_metrics = halting.loss(
@@ -76,15 +91,11 @@ class DeepSupervision:
             )
         done = halted.float()
         metrics = {
-            "loss": loss.detach(),
-            "lm_loss": lm_loss.detach(),
-            "token_acc": correct.sum() / valid.sum().clamp(min=1),
-            "exact_acc": exact.float().mean(),
+            **step_metrics(loss, lm_loss, logits, labels, grad_norm),
             "halted_frac": done.mean(),
             # mean supervision steps of the samples that finished at this step
             "sup_steps": (self.steps.float() * done).sum() / done.sum().clamp(min=1),
-            "grad_norm": grad_norm,
-            **ctx.stat_means(),
+            **ctx.metrics(),
             **halt_metrics,
         }
         self.batch, self.halted = batch, halted

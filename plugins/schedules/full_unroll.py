@@ -7,7 +7,15 @@ from typing import Any
 
 import attrs
 import torch
-from ponderkit import Batch, BuildContext, hookimpl, sequence_loss, step_metrics
+from ponderkit import (
+    Batch,
+    BuildContext,
+    TrainerServices,
+    WeighsSteps,
+    hookimpl,
+    sequence_loss,
+    step_metrics,
+)
 from torch.utils.checkpoint import checkpoint
 
 
@@ -29,7 +37,9 @@ class FullUnroll:
     def __init__(self, cfg: FullUnrollConfig):
         self.checkpoint = cfg.checkpoint
 
-    def train_step(self, model: Any, batches: Iterator[Batch], trainer: Any) -> dict[str, Any]:
+    def train_step(
+        self, model: Any, batches: Iterator[Batch], trainer: TrainerServices
+    ) -> dict[str, Any]:
         batch = next(batches)
         labels = batch["labels"]
         halting = model.halting
@@ -37,17 +47,17 @@ class FullUnroll:
             ctx = model.context()
             x = model.embed(batch)
             carry = model.initial_carry(x)
+            step = None
+            if self.checkpoint:
+
+                def step(carry, x, ctx):
+                    return checkpoint(model.step, carry, x, ctx, use_reentrant=False)
+
             logits_steps, signals_steps = [], []
-            for _ in range(halting.max_steps):
-                if self.checkpoint:
-                    carry, logits, signals = checkpoint(
-                        model.step, carry, x, ctx, use_reentrant=False
-                    )
-                else:
-                    carry, logits, signals = model.step(carry, x, ctx)
+            for _, logits, signals in model.unroll(carry, x, ctx, halting.max_steps, step):
                 logits_steps.append(logits)
                 signals_steps.append(signals)
-            if self.weigh_steps and hasattr(halting, "unrolled_loss"):
+            if self.weigh_steps and isinstance(halting, WeighsSteps):
                 task, halt_loss, metrics, logits = halting.unrolled_loss(
                     logits_steps, signals_steps, labels, model.loss_kind
                 )
@@ -60,7 +70,7 @@ class FullUnroll:
         grad_norm = trainer.optimize(loss)
         return {
             **step_metrics(loss, task, logits, labels, grad_norm),
-            **ctx.stat_means(),
+            **ctx.metrics(),
             **metrics,
         }
 

@@ -219,3 +219,20 @@ def test_one_job_per_gpu_or_a_share_of_the_cpu_cores(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(ablation_run.os, "cpu_count", lambda: 8)
     assert [env for _, env in ablation_run._device_slots(3)] == [{"OMP_NUM_THREADS": "2"}] * 3
+
+
+def test_workers_are_not_shadowed_by_a_ponderkit_folder_in_the_working_directory(tmp_path):
+    """`ablate --jobs` workers start from the user's directory; one holding a folder named
+    `ponderkit` must not replace the installed package (all runs failed before)."""
+    import subprocess
+    from pathlib import Path
+
+    shadow = tmp_path / "ponderkit"
+    shadow.mkdir()
+    (shadow / "__init__.py").write_text("raise ImportError('the shadow package was imported')\n")
+    (shadow / "__main__.py").write_text("raise SystemExit(3)\n")
+    command = ablation_run.worker_command(Path("abl.yaml"), Path("out"), [])
+    prefix = command[: command.index("ponderkit") + 1]  # python -P -m ponderkit
+    result = subprocess.run([*prefix, "list", "task"], cwd=tmp_path, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "sort" in result.stdout

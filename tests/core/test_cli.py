@@ -50,7 +50,21 @@ def test_show_unknown_component(capsys):
     assert main(["show", "mixer/atention"]) == 1
     assert "did you mean 'attention'" in capsys.readouterr().err
     assert main(["show", "attention"]) == 1
-    assert "KIND/NAME" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "KIND/NAME" in err and "did you mean mixer/attention?" in err
+
+
+def test_show_kind_prints_the_contract(capsys):
+    assert main(["show", "router"]) == 0
+    out = capsys.readouterr().out
+    for member in ("num_experts: int", "max_active: int", "forward(x: 'Tensor', ctx"):
+        assert member in out
+    assert "num_experts=E" in out and "ForwardContext.add_routing" in out
+    assert "ponderkit.ResettableRouter: enabled, activation_counts" in out
+    assert "cosine_threshold" in out and "ponderkit.testing.check_router" in out
+    assert main(["show", "callback"]) == 0
+    out = capsys.readouterr().out
+    assert "on_step_end(trainer, step, metrics)" in out
 
 
 def test_validate_prints_parameter_count(sort_yaml, capsys):

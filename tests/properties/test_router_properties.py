@@ -54,7 +54,7 @@ def test_router_learns_from_its_aux_loss(name, overrides, loss):
     with torch.no_grad():
         router.weight.add_(0.1 * torch.randn_like(router.weight))  # off the orthogonal optimum
     ctx = ForwardContext()
-    router(torch.randn(64, 16), ctx)
+    ctx.add_routing(router(torch.randn(64, 16), ctx))  # as a routed layer reports it
     assert set(ctx.losses) == {loss}
     ctx.losses[loss].backward()
     assert router.weight.grad is not None and router.weight.grad.abs().sum() > 0

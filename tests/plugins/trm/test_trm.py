@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from ponderkit.cli import count_parameters, main
+from ponderkit.cli import main
+from ponderkit.engine.build import experiment_parameters
 from ponderkit.engine.train import Trainer
 from ponderkit.experiment import load_experiment
 
@@ -25,7 +26,7 @@ def experiment(name, registry, overrides=()):
 def test_parameter_counts_match_the_paper(name, paper, registry, capsys):
     cfg = experiment(name, registry)
     prefix_table = 1 * cfg.model.puzzle_emb_len * cfg.model.d_model  # one shared prefix row
-    count = count_parameters(cfg, registry) - prefix_table
+    count = experiment_parameters(cfg, registry) - prefix_table
     assert abs(count - paper) / paper < 0.01, count
     assert main(["validate", str(REPO / "experiments" / name)]) == 0
     out = capsys.readouterr().out

@@ -1,0 +1,131 @@
+"""Evaluating a model on its task's held-out set, and loading a finished run to evaluate.
+
+``load_model`` is how everything after training gets a run's model (``eval``, run analysis,
+reports): the resolved config, the task, and the model with a checkpoint's evaluation weights
+(EMA's where the run kept an average), built through one build context and without any of the
+training machinery (optimizer, schedule, callbacks).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Any
+
+import attrs
+import torch
+from torch import Tensor
+
+from ..errors import PonderkitError
+from ..experiment import ExperimentConfig, load_experiment
+from ..interfaces import Batch, Task
+from .build import build_components
+from .losses import accuracy
+from .model import ReasoningModel
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def autocast(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
+    """The forward-pass precision context of a run (``train.precision``)."""
+    if precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def to_device(batch: Batch, device: torch.device) -> Batch:
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+
+@torch.no_grad()
+def evaluate(
+    model: ReasoningModel,
+    task: Task,
+    *,
+    batch_size: int,
+    device: torch.device,
+    precision: str = "fp32",
+    early_exit: bool = False,
+) -> dict[str, float]:
+    """Token and exact accuracy, mean steps and the task's own metrics on the held-out set,
+    each averaged over samples."""
+    was_training = model.training
+    model.eval()
+    totals: dict[str, float] = {}
+    count = 0
+    for batch in task.eval_batches(batch_size):
+        batch = to_device(batch, device)
+        with autocast(precision, device):
+            logits, steps = model.infer(batch, early_exit=early_exit)
+        correct, exact, valid = accuracy(logits, batch["labels"])
+        per_sample: dict[str, Tensor] = {
+            "token_acc": correct.sum(-1) / valid.sum(-1).clamp(min=1),
+            "exact_acc": exact.float(),
+            "steps": steps.float(),
+            **task.score(logits.argmax(-1), batch),
+        }
+        for k, v in per_sample.items():
+            totals[k] = totals.get(k, 0.0) + float(v.float().sum())
+        count += batch["inputs"].shape[0]
+    model.train(was_training)
+    return {k: v / max(count, 1) for k, v in totals.items()}
+
+
+@attrs.frozen
+class LoadedRun:
+    """A finished run's config, task and model (evaluation weights, in eval mode)."""
+
+    config: ExperimentConfig
+    task: Task
+    model: ReasoningModel
+    device: torch.device
+
+    def evaluate(self, early_exit: bool = False) -> dict[str, float]:
+        train = self.config.train
+        return evaluate(
+            self.model,
+            self.task,
+            batch_size=train.eval_batch_size,
+            device=self.device,
+            precision=train.precision,
+            early_exit=early_exit,
+        )
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        return autocast(self.config.train.precision, self.device)
+
+    def to_device(self, batch: Batch) -> Batch:
+        return to_device(batch, self.device)
+
+
+def load_model(
+    run_dir: str | Path, registry: Any, checkpoint: str = "final", device: str | None = None
+) -> LoadedRun:
+    """The model of ``run_dir`` with ``checkpoint``'s evaluation weights, on ``device`` (the
+    run's ``train.device`` when None)."""
+    from .runs import load_checkpoint
+
+    run_dir = Path(run_dir)
+    ckpt = run_dir / "checkpoints" / checkpoint
+    if not (run_dir / "config.yaml").exists():
+        raise PonderkitError(f"{run_dir} is not a run directory (no config.yaml)")
+    if not (ckpt / "model.safetensors").exists():
+        found = (
+            sorted(p.name for p in (run_dir / "checkpoints").glob("*"))
+            if (run_dir / "checkpoints").exists()
+            else []
+        )
+        raise PonderkitError(
+            f"no checkpoint {checkpoint!r} in {run_dir} (found: {', '.join(found) or 'none'})"
+        )
+    config = load_experiment(run_dir / "config.yaml", registry=registry).config
+    torch.manual_seed(config.seed)
+    built = build_components(config, registry, training=False)
+    weights, _ = load_checkpoint(ckpt)
+    built.model.load_state_dict(weights)
+    target = resolve_device(device or config.train.device)
+    return LoadedRun(config, built.task, built.model.to(target).eval(), target)

@@ -1,0 +1,364 @@
+"""The conformance kit: checks that a component keeps its kind's contract.
+
+A third-party plugin calls these from its own tests; the built-ins' property tests use them
+too. Each ``check_*`` takes a *factory* that builds a fresh component for a given shape, draws
+shapes, dtypes and inputs with Hypothesis (a dev dependency: ``pip install hypothesis``) and
+raises ``AssertionError`` naming the broken rule::
+
+    from ponderkit.testing import check_router
+
+    def test_my_router_keeps_the_contract():
+        check_router(lambda d_model, num_experts: MyRouter(d_model, num_experts, MyConfig()))
+
+``routing_invariants(router, x)`` and the other ``*_invariants`` functions check one input
+without Hypothesis, for a test that draws its own cases.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .interfaces import (
+    PROTOCOLS,
+    ForwardContext,
+    ResettableRouter,
+    Routing,
+    WeighsSteps,
+    contract_problem,
+)
+
+__all__ = [
+    "check_router",
+    "check_block",
+    "check_mixer",
+    "check_ffn",
+    "check_recursion",
+    "check_halting",
+    "check_task",
+    "routing_invariants",
+    "token_layer_invariants",
+]
+
+RouterFactory = Callable[[int, int], nn.Module]
+LayerFactory = Callable[[int], nn.Module]
+
+
+def _hypothesis() -> Any:
+    try:
+        import hypothesis
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise ImportError("ponderkit.testing needs hypothesis: pip install hypothesis") from exc
+    return hypothesis
+
+
+def _settings(max_examples: int) -> Any:
+    h = _hypothesis()
+    return h.settings(
+        max_examples=max_examples,
+        deadline=None,
+        suppress_health_check=[h.HealthCheck.too_slow],
+        database=None,
+    )
+
+
+def _contract(kind: str, obj: Any) -> None:
+    problem = contract_problem(kind, obj)
+    assert problem is None, (
+        f"the factory returned {problem}; a {kind} must satisfy "
+        f"ponderkit.{PROTOCOLS[kind].__name__}"
+    )
+
+
+# -- routers ------------------------------------------------------------------------------------
+def routing_invariants(router: nn.Module, x: Tensor, atol: float = 1e-5) -> Routing:
+    """Assert DESIGN.md's routing invariants for ``router`` on tokens ``x`` (N, D); returns
+    the Routing. Checks shapes and dtypes, weights >= 0 and 0 off the mask, per-token sums (1
+    when any expert is active, else 0), at most ``max_active`` experts a token, removed
+    experts never selected (for a :class:`~ponderkit.ResettableRouter`), aux losses finite
+    scalars, determinism and equivariance to permutations of the tokens."""
+    n, e = x.shape[0], router.num_experts
+    r = router(x, ForwardContext())
+    assert isinstance(r, Routing), f"forward returned {type(r).__name__}, not ponderkit.Routing"
+    w, mask = r.weights.detach(), r.mask
+    assert w.shape == (n, e), f"weights have shape {tuple(w.shape)}, expected {(n, e)}"
+    assert mask.shape == (n, e) and r.logits.shape == (n, e), "mask/logits must be (N, E)"
+    assert mask.dtype == torch.bool, f"mask must be bool, got {mask.dtype}"
+    assert torch.isfinite(w).all(), "weights must be finite"
+    assert (w >= 0).all(), "weights must be >= 0"
+    assert (w[~mask] == 0).all(), "weights must be 0 where the mask is off"
+    sums = w.float().sum(-1)
+    active = mask.any(-1)
+    assert torch.allclose(sums[active], torch.ones_like(sums[active]), atol=atol), (
+        "a token's weights must sum to 1 when any expert is active"
+    )
+    assert (sums[~active] == 0).all(), "a token without experts must have weights 0"
+    assert (mask.sum(-1) <= router.max_active).all(), "a token has more experts than max_active"
+    if isinstance(router, ResettableRouter):
+        assert not (mask & ~router.enabled).any(), "a removed (disabled) expert was selected"
+    for name, value in r.aux.items():
+        assert isinstance(value, Tensor) and value.ndim == 0, f"aux {name!r} must be a scalar"
+        assert torch.isfinite(value), f"aux {name!r} is not finite"
+    again = router(x, ForwardContext())
+    assert torch.equal(again.mask, mask), "routing is not deterministic"
+    assert torch.allclose(again.weights.detach(), w), "routing is not deterministic"
+    if n > 1:
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(n))
+        permuted = router(x[perm], ForwardContext())
+        assert torch.equal(permuted.mask, mask[perm]), "routing is not permutation equivariant"
+        assert torch.allclose(permuted.weights.detach(), w[perm], atol=atol), (
+            "routing weights are not permutation equivariant"
+        )
+    return r
+
+
+def _router_learns(router: nn.Module, x: Tensor, seed: int) -> None:
+    params = [p for p in router.parameters() if p.requires_grad]
+    if not params or x.shape[0] < 2 or min(router.num_experts, router.max_active) < 2:
+        return  # one choice per token: weights of 1 carry no gradient (top-1 gates)
+    signal = torch.randn(router.num_experts, generator=torch.Generator().manual_seed(seed))
+    r = router(x, ForwardContext())
+    loss = (r.weights * signal.to(r.weights)).sum() + sum(r.aux.values(), torch.zeros(()))
+    if not loss.requires_grad:
+        raise AssertionError("neither the weights nor the aux losses depend on the parameters")
+    loss.backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in params), (
+        "no gradient reaches the router's parameters"
+    )
+
+
+def check_router(factory: RouterFactory, max_examples: int = 40) -> None:
+    """Check the router ``factory(d_model, num_experts)`` builds: the Router Protocol, the
+    routing invariants over random token counts (0 included), widths, expert counts, float32
+    and float64 tokens and scales, removed experts when it is resettable, and that a gradient
+    reaches its parameters (from the weights or the aux losses, where a token can use two or
+    more experts)."""
+    h = _hypothesis()
+    st = h.strategies
+
+    @_settings(max_examples)
+    @h.given(
+        n=st.integers(0, 24),
+        d=st.integers(2, 16),
+        e=st.integers(1, 8),
+        dtype=st.sampled_from([torch.float32, torch.float64]),
+        scale=st.sampled_from([1e-3, 1.0, 30.0]),
+        remove=st.booleans(),
+        seed=st.integers(0, 2**31 - 1),
+    )
+    def run(n, d, e, dtype, scale, remove, seed):
+        torch.manual_seed(seed)
+        router = factory(d, e)
+        _contract("router", router)
+        assert router.num_experts == e, f"num_experts is {router.num_experts}, built with {e}"
+        router = router.to(dtype)
+        gen = torch.Generator().manual_seed(seed)
+        if remove and isinstance(router, ResettableRouter):
+            with torch.no_grad():
+                router.enabled.copy_(torch.rand(e, generator=gen) < 0.5)
+        x = (torch.randn(n, d, generator=gen, dtype=torch.float64) * scale).to(dtype)
+        routing_invariants(router, x, atol=1e-5 if dtype == torch.float32 else 1e-9)
+        if not remove:  # with experts removed, a token may be left a single choice
+            _router_learns(router, x, seed)
+
+    run()
+
+
+# -- token layers: blocks, mixers, ffns -----------------------------------------------------------
+def token_layer_invariants(
+    layer: nn.Module, h: Tensor, ctx: ForwardContext, per_position: bool = False
+) -> Tensor:
+    """Assert that ``layer`` maps (B,T,D) to (B,T,D) finitely and deterministically, treats the
+    samples of a batch independently (changing sample 0 leaves the others unchanged) and, when
+    ``per_position``, the positions independently too (an ffn); returns the output."""
+    out = layer(h, ctx)
+    assert isinstance(out, Tensor), f"forward returned {type(out).__name__}, not a Tensor"
+    assert out.shape == h.shape, f"output shape {tuple(out.shape)} != input {tuple(h.shape)}"
+    assert torch.isfinite(out).all(), "output is not finite"
+    assert torch.equal(layer(h, ctx), out), "forward is not deterministic"
+    if h.shape[0] > 1:
+        changed = h.clone()
+        changed[0] = torch.randn_like(changed[0])
+        assert torch.allclose(layer(changed, ctx)[1:], out[1:], atol=1e-5), (
+            "changing one sample changed another sample's output"
+        )
+    if per_position and h.shape[1] > 1:
+        changed = h.clone()
+        changed[:, 0] = torch.randn_like(changed[:, 0])
+        assert torch.allclose(layer(changed, ctx)[:, 1:], out[:, 1:], atol=1e-5), (
+            "changing one position changed another position's output"
+        )
+    return out
+
+
+def _check_token_layer(
+    kind: str, factory: LayerFactory, per_position: bool, max_examples: int, seq_len: int | None
+) -> None:
+    h_ = _hypothesis()
+    st = h_.strategies
+
+    @_settings(max_examples)
+    @h_.given(
+        b=st.integers(1, 3),
+        t=st.integers(1, 6) if seq_len is None else st.just(seq_len),
+        heads=st.integers(1, 2),
+        seed=st.integers(0, 2**31 - 1),
+    )
+    def run(b, t, heads, seed):
+        torch.manual_seed(seed)
+        d = 8 * heads
+        layer = factory(d)
+        _contract(kind, layer)
+        layer = layer.double()
+        h = torch.randn(b, t, d, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
+        out = token_layer_invariants(layer, h, ForwardContext(), per_position)
+        params = [p for p in layer.parameters() if p.requires_grad]
+        if params:
+            out.square().sum().backward()
+            assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in params), (
+                "no gradient reaches the parameters"
+            )
+
+    run()
+
+
+def check_block(factory: LayerFactory, max_examples: int = 20, seq_len: int | None = None) -> None:
+    """Check the block ``factory(d_model)`` builds (d_model a multiple of 8): the Block
+    Protocol, shape, determinism, independence of samples, gradients. ``seq_len`` fixes T for
+    blocks built for one length (``mlp_t``)."""
+    _check_token_layer("block", factory, False, max_examples, seq_len)
+
+
+def check_mixer(factory: LayerFactory, max_examples: int = 20, seq_len: int | None = None) -> None:
+    """As :func:`check_block`, for a mixer."""
+    _check_token_layer("mixer", factory, False, max_examples, seq_len)
+
+
+def check_ffn(factory: LayerFactory, max_examples: int = 20) -> None:
+    """As :func:`check_block`, for an ffn; positions must also be independent."""
+    _check_token_layer("ffn", factory, True, max_examples, None)
+
+
+# -- recursion and halting -----------------------------------------------------------------------
+def check_recursion(
+    factory: LayerFactory, max_examples: int = 10, steps: int = 3, seq_len: int | None = None
+) -> None:
+    """Check the recursion ``factory(d_model)`` builds: ``initial_carry`` gives tensors with the
+    batch first, ``forward`` keeps the carry's keys and shapes and returns y (B,T,D), for
+    ``steps`` steps in a row. ``seq_len`` fixes T for recursions over blocks built for one
+    length (``mlp_t``)."""
+    h_ = _hypothesis()
+    st = h_.strategies
+    lengths = st.integers(1, 5) if seq_len is None else st.just(seq_len)
+
+    @_settings(max_examples)
+    @h_.given(b=st.integers(1, 3), t=lengths, seed=st.integers(0, 2**31 - 1))
+    def run(b, t, seed):
+        torch.manual_seed(seed)
+        rec = factory(16)
+        _contract("recursion", rec)
+        x = torch.randn(b, t, 16)
+        carry = rec.initial_carry(x)
+        assert isinstance(carry, dict), "initial_carry must return a dict of tensors"
+        shapes = {k: v.shape for k, v in carry.items()}
+        assert all(s[0] == b for s in shapes.values()), "carry tensors must have the batch first"
+        for _ in range(steps):
+            carry, y = rec(carry, x, ForwardContext())
+            assert y.shape == x.shape, f"y has shape {tuple(y.shape)}, expected {tuple(x.shape)}"
+            assert {k: v.shape for k, v in carry.items()} == shapes, "the carry changed shape"
+            assert torch.isfinite(y).all(), "y is not finite"
+
+    run()
+
+
+def check_halting(factory: LayerFactory, max_examples: int = 30) -> None:
+    """Check the halting policy ``factory(d_model)`` builds: signals with the batch first,
+    ``should_halt`` a (B,) bool that is True wherever steps >= max_steps, a finite scalar loss;
+    for a :class:`~ponderkit.WeighsSteps` policy, ``combine``/``halted_after`` shapes and steps
+    within 1..max_steps."""
+    h_ = _hypothesis()
+    st = h_.strategies
+
+    @_settings(max_examples)
+    @h_.given(
+        b=st.integers(1, 5),
+        t=st.integers(1, 4),
+        training=st.booleans(),
+        seed=st.integers(0, 2**31 - 1),
+    )
+    def run(b, t, training, seed):
+        torch.manual_seed(seed)
+        policy = factory(8)
+        _contract("halting", policy)
+        n = policy.max_steps
+        assert isinstance(n, int) and n >= 1, f"max_steps must be an int >= 1, got {n!r}"
+        signals_steps, logits_steps = [], []
+        for step in range(1, n + 1):
+            y = torch.randn(b, t, 8)
+            signals = policy(y, ForwardContext())
+            assert isinstance(signals, dict), "forward must return a dict of signals"
+            for k, v in signals.items():
+                assert v.shape[0] == b, f"signal {k!r} must have the batch first"
+            steps = torch.randint(1, n + 2, (b,))
+            halt = policy.should_halt(signals, steps, training)
+            assert halt.shape == (b,) and halt.dtype == torch.bool, "should_halt: (B,) bool"
+            assert halt[steps >= n].all(), "should_halt must be True wherever steps >= max_steps"
+            loss, metrics = policy.loss(
+                signals, torch.rand(b) < 0.5, next_signals=signals, steps=steps
+            )
+            assert loss.ndim == 0 and torch.isfinite(loss), "loss must be a finite scalar"
+            assert isinstance(metrics, dict), "loss must return (loss, metrics dict)"
+            signals_steps.append(signals)
+            logits_steps.append(torch.randn(b, t, 5))
+            del step
+        if isinstance(policy, WeighsSteps):
+            logits, used = policy.combine(logits_steps, signals_steps)
+            assert logits.shape == (b, t, 5), "combine: logits (B,T,V)"
+            assert used.shape == (b,) and ((used >= 1) & (used <= n)).all(), (
+                "combine: steps (B,) within 1..max_steps"
+            )
+            assert policy.halted_after(signals_steps).shape == (b,), "halted_after: (B,) bool"
+
+    run()
+
+
+# -- tasks ------------------------------------------------------------------------------------------
+def check_task(task: Any, batch_size: int = 4, batches: int = 3) -> None:
+    """Check a built task: the Task Protocol, batch shapes, token ids within the vocabulary,
+    labels within it or -100, reproducible training batches for a seed, a fixed evaluation set,
+    and ``score`` giving (B,) metrics."""
+    _contract("task", task)
+    it, again = task.train_batches(batch_size, 0), task.train_batches(batch_size, 0)
+    for _ in range(batches):
+        batch, twin = next(it), next(again)
+        _check_batch(task, batch)
+        assert all(torch.equal(batch[k], twin[k]) for k in batch), (
+            "train_batches is not reproducible for a seed"
+        )
+    first = [b["inputs"] for b in task.eval_batches(batch_size)]
+    second = [b["inputs"] for b in task.eval_batches(batch_size)]
+    assert first and len(first) == len(second), "eval_batches must be a fixed, non-empty set"
+    assert all(torch.equal(a, b) for a, b in zip(first, second, strict=True)), (
+        "eval_batches changes between calls"
+    )
+    batch = next(iter(task.eval_batches(batch_size)))
+    _check_batch(task, batch)
+    scores = task.score(batch["inputs"], batch)
+    for name, value in scores.items():
+        assert value.shape == (batch["inputs"].shape[0],), f"score {name!r} must be (B,)"
+
+
+def _check_batch(task: Any, batch: dict[str, Tensor]) -> None:
+    inputs, labels = batch["inputs"], batch["labels"]
+    assert inputs.shape == labels.shape and inputs.shape[1] == task.seq_len, (
+        f"inputs/labels must be (B, seq_len={task.seq_len}), got {tuple(inputs.shape)}"
+    )
+    assert inputs.min() >= 0 and inputs.max() < task.vocab_size, "input ids outside vocab"
+    ok = (labels == -100) | ((labels >= 0) & (labels < task.vocab_size))
+    assert ok.all(), "labels must be token ids or -100"
+    if "puzzle_ids" in batch:
+        ids = batch["puzzle_ids"]
+        assert ids.min() >= 0 and ids.max() < max(task.num_puzzle_ids, 1), "puzzle id range"
