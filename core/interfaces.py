@@ -33,30 +33,79 @@ IGNORE_LABEL = -100
 
 @attrs.define
 class ForwardContext:
-    """Per-forward information and collectors shared by every module of one model call."""
+    """Per-forward information and collectors shared by every module of one model call.
+
+    Auxiliary losses are counted once per optimizer step (one context per step):
+
+    - ``add_loss(name, value)``: summed as given;
+    - ``add_routing(routing, source)``: per router (``source``, by identity), each token-
+      dependent term of ``routing.aux`` is averaged over the router's calls weighted by the
+      tokens still running in each (see ``running``), so a router applied at every step of an
+      unrolled recursion counts its terms once, over the steps each sample actually ran; the
+      parameter-only terms of ``routing.param_aux`` (they are the same at every call) count
+      once. Terms of one name are then summed over routers.
+
+    ``running`` (B,) bool, when set by a schedule, marks the samples whose current step counts
+    (not yet halted); routers weigh their token-dependent terms by it
+    (:meth:`tokens_running`)."""
 
     positions: str = "rope"
     rope_theta: float = 10000.0
-    losses: dict[str, Tensor] = attrs.field(factory=dict)
+    running: Tensor | None = None
+    _plain: dict[str, Tensor] = attrs.field(factory=dict)
+    _routed: dict[tuple[int, str], list] = attrs.field(factory=dict)
+    _once: dict[tuple[int, str], Tensor] = attrs.field(factory=dict)
     stats: dict[str, list[Tensor]] = attrs.field(factory=dict)
     _rope_cache: dict[tuple, tuple[Tensor, Tensor]] = attrs.field(factory=dict)
 
     def add_loss(self, name: str, value: Tensor) -> None:
         """Accumulate an auxiliary loss (already weighted); summed into the total loss."""
-        self.losses[name] = self.losses[name] + value if name in self.losses else value
+        self._plain[name] = self._plain[name] + value if name in self._plain else value
 
     def add_stat(self, name: str, value: Tensor) -> None:
         """Record a statistic (detached); values of one name are averaged when logged."""
         self.stats.setdefault(name, []).append(value.detach())
 
-    def add_routing(self, routing: Routing, prefix: str = "router") -> None:
-        """Report a router's result: each ``routing.aux`` loss joins the training loss and each
-        ``routing.stats`` value the logged metrics, as ``{prefix}/{name}``. Called by the
-        routed layer (``dynmoe``, ``dynsmha``) once per router call; routers never call it."""
+    def tokens_running(self, n: int) -> Tensor | None:
+        """``running`` expanded to ``n`` tokens flattened batch-first (B*T,), or None when
+        every token runs."""
+        if self.running is None:
+            return None
+        b = self.running.shape[0]
+        if n % max(b, 1):
+            raise ValueError(f"{n} tokens cannot be split over a batch of {b}")
+        return self.running.repeat_interleave(n // max(b, 1))
+
+    def add_routing(
+        self, routing: Routing, source: object = None, prefix: str = "router", tokens: int = 0
+    ) -> None:
+        """Report a router's result (``source``: the router): its losses as described in the
+        class docstring, its ``stats`` to the logged metrics, as ``{prefix}/{name}``. Called by
+        the routed layer (``dynmoe``, ``dynsmha``) once per router call; routers never call
+        it. ``tokens``: how many tokens the call routed (default: the Routing's rows)."""
+        key = id(source) if source is not None else id(routing)
+        n = tokens or routing.weights.shape[0]
+        running = self.tokens_running(n)
+        weight = float(running.sum()) if running is not None else float(n)
         for name, value in routing.aux.items():
-            self.add_loss(f"{prefix}/{name}", value)
+            self._routed.setdefault((key, f"{prefix}/{name}"), []).append((weight, value))
+        for name, value in routing.param_aux.items():
+            self._once.setdefault((key, f"{prefix}/{name}"), value)
         for name, value in routing.stats.items():
             self.add_stat(f"{prefix}/{name}", value)
+
+    @property
+    def losses(self) -> dict[str, Tensor]:
+        """Every auxiliary loss of this step by name (already weighted)."""
+        out = dict(self._plain)
+        for (_, name), calls in self._routed.items():
+            total = sum(w for w, _ in calls)
+            if total > 0:
+                value = sum(w * v for w, v in calls) / total
+                out[name] = out[name] + value if name in out else value
+        for (_, name), value in self._once.items():
+            out[name] = out[name] + value if name in out else value
+        return out
 
     def metrics(self) -> dict[str, Tensor]:
         """What a schedule logs from this context: each auxiliary loss (detached) and each
@@ -93,7 +142,10 @@ class Routing:
       any expert is active, else to 0 (or the router's documented fallback fires).
     - ``mask`` (N,E) bool: which experts each token uses (variable count per token allowed).
     - ``logits`` (N,E): the scores before selection (for z-loss, logging).
-    - ``aux``: named auxiliary losses, already weighted, to add to the training loss.
+    - ``aux``: named auxiliary losses that depend on the tokens, already weighted, to add to
+      the training loss (averaged over a router's calls in one step).
+    - ``param_aux``: named losses that depend only on the router's parameters (SDL), counted
+      once per optimizer step however often the router runs.
     - ``stats``: ``expert_counts`` (E,), ``experts_per_token`` (scalar), ``dead_experts`` (scalar).
     """
 
@@ -102,6 +154,7 @@ class Routing:
     logits: Tensor
     aux: Mapping[str, Tensor] = attrs.field(factory=dict)
     stats: Mapping[str, Tensor] = attrs.field(factory=dict)
+    param_aux: Mapping[str, Tensor] = attrs.field(factory=dict)
 
 
 # -- one Protocol per kind: every member the runtime calls -------------------------------------

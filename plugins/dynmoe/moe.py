@@ -54,7 +54,7 @@ class DynMoE(nn.Module):
         x = h.reshape(-1, shape[-1])  # (N, D)
         routing = self.router(x, ctx)
         if ctx is not None:
-            ctx.add_routing(routing)
+            ctx.add_routing(routing, self.router)
         capacity = len(x) * self.router.max_active if self.dispatch == "static" else None
         plan = plan_dispatch(routing.weights, routing.mask, capacity)
         y = combine(self.experts(gather(x, plan), plan), plan)  # (N, D)

@@ -48,7 +48,7 @@ class DynSMHA(nn.Module):
         x = h.reshape(b * t, d)
         routing = self.router(x, ctx)
         if ctx is not None:
-            ctx.add_routing(routing)
+            ctx.add_routing(routing, self.router)
         plan = plan_dispatch(routing.weights, routing.mask)  # shared by qkv and out
         qkv = combine(grouped_linear(gather(x, plan), self.qkv, plan, self.mode), plan)
         q, k, v = qkv.view(b, t, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)

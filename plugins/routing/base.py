@@ -51,9 +51,16 @@ class RouterBase(nn.Module):
     read (then cleared) by the ``expert_reset`` callback.
     """
 
+    #: names of this router's aux losses that depend on its parameters only (counted once per
+    #: optimizer step: ``Routing.param_aux``); the others depend on the tokens
+    param_aux_names: frozenset[str] = frozenset()
+
     def __init__(self, num_experts: int):
         super().__init__()
         self.num_experts = num_experts
+        #: (N,) weights of the tokens whose step counts, for the token-dependent aux losses
+        #: (None: all); set from ``ctx.running`` for the duration of one forward
+        self.token_weights: Tensor | None = None
         self.register_buffer("enabled", torch.ones(num_experts, dtype=torch.bool))
         i64 = torch.int64
         self.register_buffer("activation_counts", torch.zeros(num_experts, dtype=i64), False)
@@ -63,11 +70,16 @@ class RouterBase(nn.Module):
         """Route tokens ``x`` (N, D) outside autocast: the router's fused kernels where it has
         them for ``x``, else :meth:`route` in float32 at least (float64 stays float64, for
         exact tests); then bookkeeping and reporting."""
-        with torch.autocast(x.device.type, enabled=False):
-            routed = self.route_fused(x)
-            if routed is None:
-                dtype = torch.promote_types(x.dtype, torch.float32)
-                routed = self._route_fn(x)(x.to(dtype))
+        running = ctx.tokens_running(len(x)) if ctx is not None else None
+        self.token_weights = None if running is None else running.to(torch.float32)
+        try:
+            with torch.autocast(x.device.type, enabled=False):
+                routed = self.route_fused(x)
+                if routed is None:
+                    dtype = torch.promote_types(x.dtype, torch.float32)
+                    routed = self._route_fn(x)(x.to(dtype))
+        finally:
+            self.token_weights = None
         return self.finish(*routed)
 
     def route_fused(self, x: Tensor) -> RouteResult | None:
@@ -133,7 +145,9 @@ class RouterBase(nn.Module):
                 self.tokens_seen += mask.shape[0]
         if not {"experts_per_token", "dead_experts"} <= stats.keys():
             stats = {**routing_stats(counts, mask.shape[0], self.enabled), **stats}
-        return Routing(weights=weights, mask=mask, logits=logits, aux=aux, stats=stats)
+        param_aux = {k: v for k, v in aux.items() if k in self.param_aux_names}
+        aux = {k: v for k, v in aux.items() if k not in self.param_aux_names}
+        return Routing(weights, mask, logits, aux=aux, stats=stats, param_aux=param_aux)
 
 
 def routing_stats(counts: Tensor, num_tokens: int, enabled: Tensor) -> dict[str, Tensor]:

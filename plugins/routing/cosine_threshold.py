@@ -44,6 +44,8 @@ class CosineThresholdConfig:
 
 
 class CosineThresholdRouter(RouterBase):
+    param_aux_names = frozenset({"sdl"})
+
     def __init__(self, d_model: int, num_experts: int, cfg: CosineThresholdConfig):
         super().__init__(num_experts)
         self.cfg = cfg
@@ -70,7 +72,9 @@ class CosineThresholdRouter(RouterBase):
         )  # fmt: skip
         aux = {"sdl": sdl} if cfg.sdl_weight else {}
         if cfg.sparsity_weight:
-            aux["sparsity"] = cfg.sparsity_weight * sparsity_loss(per_token, cfg.sparsity_target)
+            aux["sparsity"] = cfg.sparsity_weight * sparsity_loss(
+                per_token, cfg.sparsity_target, self.token_weights
+            )
         return weights, active, cos, aux, route_stats(counts, self.enabled, len(x))
 
     def aux_losses(self) -> dict[str, Tensor]:
@@ -100,7 +104,9 @@ class CosineThresholdRouter(RouterBase):
         aux = self.aux_losses()
         if cfg.sparsity_weight:
             per_token = (straight_through * self.enabled).sum(-1)  # forward: K per token
-            aux["sparsity"] = cfg.sparsity_weight * sparsity_loss(per_token, cfg.sparsity_target)
+            aux["sparsity"] = cfg.sparsity_weight * sparsity_loss(
+                per_token, cfg.sparsity_target, self.token_weights
+            )
         unfired = (~fired.any(-1)).sum() / max(x.shape[0], 1)  # the fallback's share
         return weights, active, cos, aux, {"fallback_tokens": unfired}
 

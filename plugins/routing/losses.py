@@ -24,25 +24,34 @@ def sdl_loss(prototypes: Tensor) -> tuple[Tensor, Tensor]:
     return torch.linalg.matrix_norm(gram - eye), norms.mean()
 
 
-def sparsity_loss(experts_per_token: Tensor, target: float) -> Tensor:
+def token_mean(values: Tensor, weights: Tensor | None = None) -> Tensor:
+    """Mean of ``values`` (N, ...) over tokens, weighted by ``weights`` (N,) when given (the
+    tokens whose step counts); 0 for no tokens."""
+    if weights is None:
+        return values.sum(0) / max(values.shape[0], 1)
+    w = weights.to(values.dtype).view(-1, *([1] * (values.ndim - 1)))
+    return (values * w).sum(0) / w.sum().clamp(min=1)
+
+
+def sparsity_loss(
+    experts_per_token: Tensor, target: float, weights: Tensor | None = None
+) -> Tensor:
     """L1 distance of the mean of ``experts_per_token`` (N,) (differentiable) to ``target``."""
-    mean = experts_per_token.sum() / max(experts_per_token.shape[0], 1)
-    return (mean - target).abs()
+    return (token_mean(experts_per_token, weights) - target).abs()
 
 
-def load_balance_loss(probs: Tensor, mask: Tensor) -> Tensor:
+def load_balance_loss(probs: Tensor, mask: Tensor, weights: Tensor | None = None) -> Tensor:
     """Switch load balance E * sum_e f_e P_e: ``probs`` (N,E) softmax over all experts,
-    ``mask`` (N,E) the dispatch; f_e is the share of dispatched pairs that go to e."""
+    ``mask`` (N,E) the dispatch; f_e is the share of dispatched pairs that go to e (tokens
+    weighted by ``weights`` (N,) when given)."""
     e = probs.shape[-1]
-    n = max(probs.shape[0], 1)
-    dispatched = mask.to(probs.dtype).sum(0)
-    share = dispatched / dispatched.sum().clamp(min=1)
-    return e * (share * probs.sum(0) / n).sum()
+    dispatched = token_mean(mask.to(probs.dtype), weights)
+    share = dispatched / dispatched.sum().clamp(min=1e-12)
+    return e * (share * token_mean(probs, weights)).sum()
 
 
-def z_loss(logits: Tensor, enabled: Tensor) -> Tensor:
+def z_loss(logits: Tensor, enabled: Tensor, weights: Tensor | None = None) -> Tensor:
     """mean over tokens of logsumexp(logits)^2 over the ``enabled`` (E,) experts."""
-    n = max(logits.shape[0], 1)
     lse = torch.logsumexp(logits.masked_fill(~enabled, float("-inf")), dim=-1)
     lse = torch.where(torch.isfinite(lse), lse, torch.zeros_like(lse))
-    return lse.pow(2).sum() / n
+    return token_mean(lse.pow(2), weights)

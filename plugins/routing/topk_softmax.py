@@ -53,9 +53,11 @@ class TopKSoftmaxRouter(RouterBase):
         weights = masked_softmax(logits, mask) + picked - picked.detach()  # forward: top-k softmax
         aux: dict[str, Tensor] = {}
         if cfg.load_balance_weight:
-            aux["load_balance"] = cfg.load_balance_weight * load_balance_loss(probs, mask)
+            aux["load_balance"] = cfg.load_balance_weight * load_balance_loss(
+                probs, mask, self.token_weights
+            )
         if cfg.z_loss_weight:
-            aux["z_loss"] = cfg.z_loss_weight * z_loss(logits, self.enabled)
+            aux["z_loss"] = cfg.z_loss_weight * z_loss(logits, self.enabled, self.token_weights)
         return weights, mask, logits, aux, {}
 
     @torch.no_grad()

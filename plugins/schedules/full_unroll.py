@@ -24,7 +24,10 @@ class FullUnrollConfig:
     """Fixed-step unroll to max_steps with gradients through every step (ADR-0005 training).
 
     The halting policy weighs the steps (ACT: weighted output and ponder cost; PonderNet:
-    expected loss and KL to its prior; fixed: the last step). ``checkpoint: true`` recomputes
+    expected loss and KL to its prior; fixed: the last step). Every step runs for every
+    sample, but a routed layer's token-dependent aux losses count only the steps a sample ran
+    before its policy halted it (``ForwardContext.running``), and parameter-only terms (SDL)
+    count once, however many steps unroll. ``checkpoint: true`` recomputes
     each step in the backward pass to bound activation memory (stats are then recorded twice)."""
 
     checkpoint: bool = False
@@ -54,10 +57,15 @@ class FullUnroll:
                     return checkpoint(model.step, carry, x, ctx, use_reentrant=False)
 
             logits_steps, signals_steps = [], []
+            weighs = self.weigh_steps and isinstance(halting, WeighsSteps)
             for _, logits, signals in model.unroll(carry, x, ctx, halting.max_steps, step):
                 logits_steps.append(logits)
                 signals_steps.append(signals)
-            if self.weigh_steps and isinstance(halting, WeighsSteps):
+                if weighs:  # the next step counts for the samples not yet halted
+                    with torch.no_grad():
+                        ctx.running = ~halting.halted_after(signals_steps)
+            ctx.running = None
+            if weighs:
                 task, halt_loss, metrics, logits = halting.unrolled_loss(
                     logits_steps, signals_steps, labels, model.loss_kind
                 )
