@@ -24,11 +24,11 @@ import json
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import attrs
 
-from ..config import Structurer
+from ..config import Structurer, unstructure
 from ..engine.build import check_buildable
 from ..errors import ConfigError, Issue, dotted, suggestion
 from ..experiment import Experiment, ExperimentConfig, experiment_from_document
@@ -83,6 +83,11 @@ class AblationFile:
     overrides: Any = None
     name: str = ""
     description: str = ""
+    #: the dotted config path(s) this ablation varies (``model.recursion``); resolved-config
+    #: differences between a variant and the baseline outside them are confounds
+    factor: Any = None
+    #: ``warn``: confounds are listed in the report; ``error``: they are refused before any run
+    confounds: Literal["warn", "error"] = "warn"
 
 
 @attrs.frozen
@@ -119,6 +124,7 @@ class Ablation:
     seeds: tuple[int, ...]
     budget: Budget
     common: tuple[Override, ...]
+    factor: tuple[str, ...] = ()
 
     def variant(self, name: str) -> Variant:
         return next(v for v in self.variants if v.name == name)
@@ -146,6 +152,17 @@ class Ablation:
             "budget_text": self.budget.describe(),
             "common_overrides": [o.text for o in self.common],
             "variants": {v.name: [o.text for o in v.overrides] for v in self.variants},
+            "factor": list(self.factor),
+            "differences": {
+                v.name: config_differences(self.variant(self.baseline).config, v.config)
+                for v in self.variants
+                if v.name != self.baseline
+            },
+            "confounds": {
+                v.name: confounds(self.variant(self.baseline).config, v.config, self.factor)
+                for v in self.variants
+                if v.name != self.baseline
+            },
         }
 
 
@@ -215,6 +232,21 @@ def load_ablation(path: str | Path, *, registry: Registry, build: bool = True) -
             per_variant[name] = exc.issues
             continue
         variants.append(Variant(name, tuple(overrides), config))
+    factor = _factor(spec.factor, doc, issues)
+    reference = next((v for v in variants if v.name == baseline), None)
+    if spec.confounds == "error" and reference is not None:
+        for v in variants:
+            found = confounds(reference.config, v.config, factor)
+            if v.name != baseline and found:
+                what = f"outside the factor ({', '.join(factor)})" if factor else "(no factor set)"
+                issues.append(
+                    _at(
+                        doc,
+                        ("variants", v.name),
+                        f"differs from the baseline {baseline!r} {what} in: {', '.join(found)}",
+                        "confounds: error refuses this; name it in `factor` or remove it",
+                    )
+                )
     if issues or per_variant:
         raise ConfigError(issues + _name_variants(per_variant))
     order = sorted(variants, key=lambda v: v.name != baseline)  # baseline first
@@ -228,6 +260,7 @@ def load_ablation(path: str | Path, *, registry: Registry, build: bool = True) -
         seeds=tuple(seeds),
         budget=spec.budget,
         common=tuple(common),
+        factor=tuple(factor),
     )
 
 
@@ -273,6 +306,48 @@ def variant_experiment(
             doc.positions[sub] = o.where
         doc.positions.update({(*o.path, *rel): w for rel, w in o.inner.items()})
     return experiment_from_document(doc, registry)
+
+
+def flat_config(config: ExperimentConfig) -> dict[str, Any]:
+    """The resolved config as ``{dotted.key: value}`` (lists and tuples are leaves)."""
+    out: dict[str, Any] = {}
+
+    def walk(value: Any, path: tuple[str, ...]) -> None:
+        if isinstance(value, dict) and value:
+            for k, v in value.items():
+                walk(v, (*path, str(k)))
+        else:
+            out[".".join(path)] = value
+
+    walk(unstructure(config), ())
+    return out
+
+
+def config_differences(base: ExperimentConfig, other: ExperimentConfig) -> dict[str, list]:
+    """Every resolved-config key whose value differs: ``{key: [base value, other value]}``
+    (``seed`` and ``name`` excluded; a key missing on one side shows as None)."""
+    a, b = flat_config(base), flat_config(other)
+    return {
+        k: [a.get(k), b.get(k)]
+        for k in sorted(a.keys() | b.keys())
+        if k not in ("seed", "name") and a.get(k) != b.get(k)
+    }
+
+
+def confounds(base: ExperimentConfig, other: ExperimentConfig, factor: Sequence[str]) -> list[str]:
+    """Keys that differ from the baseline outside every ``factor`` path."""
+    inside = lambda k: any(k == f or k.startswith(f + ".") for f in factor)  # noqa: E731
+    return [k for k in config_differences(base, other) if not inside(k)]
+
+
+def _factor(value: Any, doc: Document, issues: list[Issue]) -> list[str]:
+    if value is None:
+        return []
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list | tuple) or not all(isinstance(i, str) and i for i in items):
+        issues.append(_at(doc, ("factor",), "expected a dotted config path or a list of them"))
+        return []
+    return list(items)
 
 
 def _name_variants(per_variant: dict[str, list[Issue]]) -> list[Issue]:

@@ -158,7 +158,7 @@ def render(plan: dict[str, Any], groups: dict[str, list[RunSummary]], plots: lis
     elif total and importlib.util.find_spec("matplotlib") is None:
         out += ["## Plots", "", "matplotlib is not installed here: no plots (install it and run "
                 "`ponderkit report DIR`).", ""]  # fmt: skip
-    out += _variants(plan) + _runs(groups) + _method(done)
+    out += _variants(plan) + _arms(plan) + _runs(groups) + _method(done)
     return "\n".join(out).rstrip() + "\n"
 
 
@@ -240,6 +240,31 @@ def _variants(plan: dict[str, Any]) -> list[str]:
     ]
     return ["## Variants", "", f"Applied to every variant: {common}.", "",
             table(["variant", "overrides"], rows), ""]  # fmt: skip
+
+
+def _arms(plan: dict[str, Any]) -> list[str]:
+    """Every resolved-config key in which a variant differs from the baseline, confounds (keys
+    outside the ablation's ``factor``) flagged: arms should differ only in the factor."""
+    differences = plan.get("differences")
+    if differences is None:
+        return []
+    factor = ", ".join(f"`{f}`" for f in plan.get("factor") or []) or "none named"
+    flagged = {v: set(keys) for v, keys in (plan.get("confounds") or {}).items()}
+    rows = []
+    for variant, keys in differences.items():
+        for key, (base_value, value) in keys.items():
+            mark = "**confound**" if key in flagged.get(variant, ()) else "factor"
+            rows.append([f"`{variant}`", f"`{key}`", f"`{base_value}`", f"`{value}`", mark])
+    out = ["## Fair arms", "", f"Factor: {factor}. Resolved-config keys in which each variant "
+           f"differs from the baseline `{plan.get('baseline', '')}`; a difference outside the "
+           "factor is a confound (`confounds: error` in the ablation file refuses them).", ""]  # fmt: skip
+    n = sum(len(k) for k in flagged.values())
+    if n:
+        out += [f"**{n} confound(s)**: the comparison of those variants mixes the factor with "
+                "other differences.", ""]  # fmt: skip
+    out += [table(["variant", "key", "baseline", "variant value", ""], rows) if rows
+            else "No variant differs from the baseline.", ""]  # fmt: skip
+    return out
 
 
 def _runs(groups: dict[str, list[RunSummary]]) -> list[str]:

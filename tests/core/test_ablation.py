@@ -236,3 +236,47 @@ def test_workers_are_not_shadowed_by_a_ponderkit_folder_in_the_working_directory
     result = subprocess.run([*prefix, "list", "task"], cwd=tmp_path, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert "sort" in result.stdout
+
+
+def test_differences_outside_the_factor_are_confounds(grid, registry):
+    """A planted optimizer difference in a depth ablation is found and nothing else is."""
+    text = """
+        factor: model.recursion
+        variants:
+          deeper: {model.recursion.layers: 3}
+          deeper_lr: {model.recursion.layers: 3, optimizer.lr: 0.01}
+          attention_swap: {model.recursion.block.mixer: {name: attention, heads: 2}}
+        budget: {steps: 5}
+        """
+    plan = load_ablation(grid(text), registry=registry).plan()
+    assert plan["factor"] == ["model.recursion"]
+    assert plan["differences"]["deeper"] == {"model.recursion.layers": [2, 3]}
+    assert plan["differences"]["deeper_lr"] == {
+        "model.recursion.layers": [2, 3],
+        "optimizer.lr": [0.003, 0.01],
+    }
+    assert plan["differences"]["attention_swap"] == {"model.recursion.block.mixer.heads": [4, 2]}
+    assert plan["confounds"] == {"deeper": [], "deeper_lr": ["optimizer.lr"], "attention_swap": []}
+
+    strict = grid(text + "confounds: error\n", "strict.yaml")
+    with pytest.raises(ConfigError) as err:
+        load_ablation(strict, registry=registry)
+    (issue,) = err.value.issues
+    assert issue.path == ("variants", "deeper_lr") and "optimizer.lr" in issue.message
+
+
+def test_the_report_lists_the_arms_and_flags_confounds(grid, registry, tmp_path, capsys):
+    path = grid(
+        """
+        factor: model.recursion
+        variants:
+          deeper_lr: {model.recursion.layers: 3, optimizer.lr: 0.01}
+        budget: {steps: 2}
+        """
+    )
+    out = tmp_path / "out"
+    assert main(["ablate", str(path), "--out", str(out)]) == 0
+    report = (out / "report.md").read_text()
+    assert "## Fair arms" in report and "**1 confound(s)**" in report
+    assert "| `deeper_lr` | `optimizer.lr` | `0.003` | `0.01` | **confound** |" in report
+    assert "| `deeper_lr` | `model.recursion.layers` | `2` | `3` | factor |" in report
