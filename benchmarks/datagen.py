@@ -67,7 +67,7 @@ def run(n: int, n_extreme: int, workers: int, dist_n: int, seed: int, reference:
         ("sudoku 9x9 easy", n, lambda k: sudoku_gen.generate(k, 9, "easy", seed, workers)),
         ("sudoku 6x6 hard", n, lambda k: sudoku_gen.generate(k, 6, "hard", seed, workers)),
         ("sudoku 6x6 medium", n, lambda k: sudoku_gen.generate(k, 6, "medium", seed, workers)),
-        ("sudoku 4x4 hard", n, lambda k: sudoku_gen.generate(k, 4, "hard", seed, workers)),
+        ("sudoku 4x4 hard", n, lambda k: sudoku_gen.generate(k, 4, "hard", seed, workers, distinct="exact")),
         ("maze 30x30 hard (>110)", n, lambda k: maze_gen.generate(k, 30, 110, seed, workers)),
         ("maze 15x15 (>30)", n, lambda k: maze_gen.generate(k, 15, 30, seed, workers)),
         ("maze 9x9 (>12)", n, lambda k: maze_gen.generate(k, 9, 12, seed, workers)),

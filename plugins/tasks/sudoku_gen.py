@@ -239,9 +239,11 @@ def generate(
     seed: int,
     workers: int | None = None,
     min_guesses: int | None = None,
+    distinct: str = "canonical",
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Generate ``n`` puzzles, no two equal up to augmentation: ``(puzzles, solutions,
-    guesses)``.
+    guesses)`` (``distinct="exact"``: only no two identical; 4x4 has only about 40 minimal
+    puzzles up to augmentation, so larger 4x4 sets need it).
 
     Puzzles and solutions are int8 ``(n, size*size)``, guesses int32 ``(n,)``.  Sample ``i``
     is drawn from ``SeedSequence(seed, spawn_key=(i, attempt))`` (``attempt`` > 0 only to
@@ -260,7 +262,7 @@ def generate(
         return empty, empty.copy(), np.zeros(0, dtype=np.int32)
     make = functools.partial(_one, size, difficulty, min_guesses)
     puzzles, solutions, guesses, _ = datacache.generate_distinct(
-        make, n, seed, workers, key_field=3
+        make, n, seed, workers, key_field=3 if distinct == "canonical" else 0
     )
     return puzzles, solutions, guesses
 
