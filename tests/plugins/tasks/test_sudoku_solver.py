@@ -90,7 +90,7 @@ def _has_solution(grid: list[int], size: int) -> bool:
 @pytest.mark.parametrize("size", [4, 6, 9])
 def test_propagation_reaches_a_fixed_point(size):
     rng = np.random.default_rng(size)
-    for trial in range(40):
+    for _ in range(40):
         solution = sudoku_solver.random_solution(size, rng)
         keep = rng.random(size * size) < rng.uniform(0.2, 0.45)
         puzzle = np.where(keep, solution, 0).astype(np.int8)
