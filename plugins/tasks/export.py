@@ -20,7 +20,9 @@ from .file_formats import write_trm_split
 def generate(args: argparse.Namespace) -> tuple[np.ndarray, np.ndarray, int]:
     n = args.train + args.test
     if args.kind == "sudoku":
-        p, s, _ = sudoku_gen.generate(n, args.size, args.difficulty, args.seed, args.workers)
+        p, s, _ = sudoku_gen.generate(
+            n, args.size, args.difficulty, args.seed, args.workers, distinct=args.distinct
+        )
         return p.astype(np.int64) + 1, s.astype(np.int64) + 1, args.size + 2
     x, y = maze_gen.generate(n, args.size, args.min_path_len, args.seed, args.workers)
     return x.astype(np.int64), y.astype(np.int64), maze_gen.VOCAB
@@ -37,6 +39,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--workers", type=int, default=None)
     ap.add_argument("--format", choices=["trm", "npz"], default="trm")
+    ap.add_argument(
+        "--distinct",
+        choices=["canonical", "exact"],
+        default="canonical",
+        help="Sudoku: no two puzzles equal up to augmentation (default), or only not identical "
+        "(4x4 has about 40 minimal puzzles up to augmentation)",
+    )
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args(argv)
     x, y, vocab = generate(args)

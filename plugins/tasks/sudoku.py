@@ -24,7 +24,8 @@ class SudokuConfig:
     Tokens: 1 = blank, 2..S+1 = digits 1..S (TRM's encoding).  Tiers (see ``sudoku_gen``):
     ``easy`` (singles solve it), ``medium`` and ``hard`` (minimal puzzles below / at least
     ``HARD_MIN_GUESSES`` search guesses), ``extreme`` (9x9 only: hard puzzles hardened by
-    search to >= 60 guesses and <= 23 clues, harder than most of magictour_top1465).
+    search to >= 60 guesses and <= 23 clues; more search than the median magictour_top1465
+    puzzle by the same counter).
     Train and eval puzzles come from one seeded set in which no puzzle is an augmentation of
     another (checked with canonical fingerprints, ``sudoku_canon``); training augments with
     digit permutations, band/stack and row/column-within-band shuffles and (square boxes)
