@@ -38,7 +38,9 @@ def _timed(fn):
 def effort(puzzles: np.ndarray, guesses: np.ndarray) -> dict:
     clues = (puzzles != 0).sum(axis=1)
     hist, _ = np.histogram(guesses, bins=BINS)
-    labels = [f"{a}-{b - 1}" if b - 1 > a else f"{a}" for a, b in zip(BINS[:-1], BINS[1:], strict=True)]
+    labels = [
+        f"{a}-{b - 1}" if b - 1 > a else f"{a}" for a, b in zip(BINS[:-1], BINS[1:], strict=True)
+    ]
     labels[-1] = f">={BINS[-2]}"
     return {
         "clues_median": float(np.median(clues)),
@@ -61,13 +63,21 @@ def load_reference(path: Path) -> np.ndarray:
 
 def run(n: int, n_extreme: int, workers: int, dist_n: int, seed: int, reference: Path | None):
     cases = [
-        ("sudoku 9x9 extreme", n_extreme, lambda k: sudoku_gen.generate(k, 9, "extreme", seed, workers)),
+        (
+            "sudoku 9x9 extreme",
+            n_extreme,
+            lambda k: sudoku_gen.generate(k, 9, "extreme", seed, workers),
+        ),
         ("sudoku 9x9 hard", n, lambda k: sudoku_gen.generate(k, 9, "hard", seed, workers)),
         ("sudoku 9x9 medium", n, lambda k: sudoku_gen.generate(k, 9, "medium", seed, workers)),
         ("sudoku 9x9 easy", n, lambda k: sudoku_gen.generate(k, 9, "easy", seed, workers)),
         ("sudoku 6x6 hard", n, lambda k: sudoku_gen.generate(k, 6, "hard", seed, workers)),
         ("sudoku 6x6 medium", n, lambda k: sudoku_gen.generate(k, 6, "medium", seed, workers)),
-        ("sudoku 4x4 hard", n, lambda k: sudoku_gen.generate(k, 4, "hard", seed, workers, distinct="exact")),
+        (
+            "sudoku 4x4 hard",
+            n,
+            lambda k: sudoku_gen.generate(k, 4, "hard", seed, workers, distinct="exact"),
+        ),
         ("maze 30x30 hard (>110)", n, lambda k: maze_gen.generate(k, 30, 110, seed, workers)),
         ("maze 15x15 (>30)", n, lambda k: maze_gen.generate(k, 15, 30, seed, workers)),
         ("maze 9x9 (>12)", n, lambda k: maze_gen.generate(k, 9, 12, seed, workers)),

@@ -27,8 +27,8 @@ ROOT = Path(__file__).resolve().parent.parent
 EXP = ROOT / "experiments"
 RUNGS: dict[str, tuple[str, list[str]]] = {
     "sort": ("sort_demo.yaml", []),
-    "sudoku4": ("trm_sudoku4_cpu.yaml", ["train.steps=2000"]),
-    "sudoku6": ("trm_sudoku6_cpu.yaml", []),
+    "sudoku4": ("trm_sudoku4_cpu.yaml", ["train.steps=2000", "train.batch_size=64"]),
+    "sudoku6": ("trm_sudoku6_cpu.yaml", ["train.batch_size=64"]),
     "sudoku6-hard": ("trm_sudoku6_cpu.yaml", ["task.difficulty=hard"]),
     "maze9": ("trm_maze9_cpu.yaml", []),
     "maze15": ("trm_maze9_cpu.yaml", ["task.size=15", "task.min_path_len=30"]),

@@ -16,8 +16,10 @@ from .file_formats import DataError, Split, check_split, locate, read_split
 
 @attrs.frozen
 class FilesConfig:
-    """A data set read from ``path``: the TRM/HRM builder layout (``<split>/dataset.json`` and
-    ``all__*.npy``), ``<split>.npz`` (``inputs``, ``labels``, optional ``puzzle_ids``) or
+    """A data set from disk: the TRM/HRM builder layout, ``.npz`` or JSONL, one per split.
+
+    Under ``path``: the TRM/HRM layout (``<split>/dataset.json`` and ``all__*.npy``),
+    ``<split>.npz`` (``inputs``, ``labels``, optional ``puzzle_ids``) or
     ``<split>.jsonl`` (``{"input": [...], "label": [...]}`` per line); see ``file_formats``.
 
     Padding labels of the TRM/HRM layout (``ignore_label_id``, 0) are ignored in the loss and
@@ -105,6 +107,8 @@ def _side(x: np.ndarray) -> int:
 
 
 def _sudoku_augment(x: np.ndarray, y: np.ndarray, rng: np.random.Generator):
+    if (y < 1).any():
+        raise DataError("augment: sudoku needs every label to be a digit token (2 and up)")
     px, py = sudoku_gen.augment(x - 1, y - 1, _side(x), rng)
     return px + 1, py + 1
 

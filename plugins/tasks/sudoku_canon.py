@@ -69,7 +69,9 @@ def fingerprint(puzzle: np.ndarray, size: int) -> bytes:
     colour, adj = _graph(puzzle, size)
     for _ in range(_ROUNDS):
         # tuples of ints hash the same in every process (no string-hash randomisation)
-        colour = [hash((colour[v], tuple(sorted(colour[u] for u in adj[v])))) for v in range(len(adj))]
+        colour = [
+            hash((colour[v], tuple(sorted(colour[u] for u in adj[v])))) for v in range(len(adj))
+        ]
     digest = hashlib.blake2b(repr((size, sorted(colour))).encode(), digest_size=16)
     return digest.digest()
 
