@@ -85,6 +85,11 @@ def build_parser() -> argparse.ArgumentParser:
         "running every step",
     )
     p.add_argument("--checkpoint", default="final", help="checkpoint name (default final)")
+    p.add_argument(
+        "--data",
+        type=Path,
+        help="evaluate on this data set instead (a task/files path: TRM/HRM split, .npz, .jsonl)",
+    )
 
     p = sub.add_parser(
         "ablate",
@@ -349,12 +354,18 @@ def cmd_run(args: argparse.Namespace, plugins: Plugins) -> int:
 
 
 def cmd_eval(args: argparse.Namespace, plugins: Plugins) -> int:
+    import attrs
+
     from .engine.evaluate import load_model
     from .engine.runs import write_json_atomic
 
     run = load_model(args.run_dir, plugins.registry, args.checkpoint)
+    if args.data is not None:
+        run = attrs.evolve(run, task=_data_task(args.data, run, plugins.registry))
     full = run.evaluate(early_exit=False)
     result = {"checkpoint": args.checkpoint, "full": full}
+    if args.data is not None:
+        result["data"] = str(args.data)
     print(_eval_line("all steps", full))
     if args.early_exit:
         early = run.evaluate(early_exit=True)
@@ -366,8 +377,35 @@ def cmd_eval(args: argparse.Namespace, plugins: Plugins) -> int:
             f"early exit saves {saved:.1%} of the steps; exact accuracy changes by "
             f"{delta * 100:+.2f} points"
         )
-    write_json_atomic(args.run_dir / f"eval-{args.checkpoint}.json", result)
+    suffix = f"-{args.data.stem}" if args.data is not None else ""
+    write_json_atomic(args.run_dir / f"eval-{args.checkpoint}{suffix}.json", result)
     return 0
+
+
+def _data_task(data: Path, run: object, registry: object) -> object:
+    """The ``task/files`` evaluation split at ``data``, checked against the run's model."""
+    from .errors import Issue
+    from .interfaces import BuildContext
+
+    comp = registry.get("task", "files")  # type: ignore[attr-defined]
+    cfg = comp.config_cls(path=str(data), train_split=None)
+    model = run.model  # type: ignore[attr-defined]
+    try:
+        task = comp.builder(cfg, BuildContext(registry))
+    except PonderkitError as exc:
+        raise ConfigError([Issue(("--data",), str(exc))]) from None
+    want = (model.seq_len, model.token_emb.num_embeddings)
+    table = model.puzzle_emb.num_embeddings if model.puzzle_emb is not None else 1
+    problem = None
+    if task.seq_len != want[0]:
+        problem = f"sequences of {task.seq_len} tokens; the run's model takes {want[0]}"
+    elif task.vocab_size > want[1]:
+        problem = f"tokens up to {task.vocab_size - 1}; the run's vocabulary is [0, {want[1]})"
+    elif task.num_puzzle_ids > table:
+        problem = f"puzzle ids up to {task.num_puzzle_ids - 1}; the run's table has {table}"
+    if problem:
+        raise ConfigError([Issue(("--data",), f"{data}: {problem}")])
+    return task
 
 
 def cmd_ablate(args: argparse.Namespace, plugins: Plugins) -> int:

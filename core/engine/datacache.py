@@ -131,8 +131,11 @@ def generate_distinct(
     seed: int,
     workers: int | None = None,
     max_attempts: int = 50,
+    key_field: int = 0,
 ) -> list[np.ndarray]:
-    """Draw ``n`` samples with distinct first arrays; return each field stacked.
+    """Draw ``n`` samples with distinct ``key_field`` arrays (default the first); return
+    each field stacked.  A generator passes a canonical form as its key field to make
+    samples distinct up to augmentation.
 
     ``make(seed_sequence)`` returns one sample as a tuple of arrays (or scalars); sample ``i``
     uses ``SeedSequence(seed, spawn_key=(i, attempt))`` and is redrawn with the next
@@ -161,7 +164,7 @@ def generate_distinct(
             got = _run_jobs(make, seed, [(i, attempt) for i in todo], pool, workers)
             retry = []
             for i, sample in zip(todo, got, strict=True):
-                key = np.ascontiguousarray(sample[0]).tobytes()
+                key = np.ascontiguousarray(sample[key_field]).tobytes()
                 if key in seen:
                     retry.append(i)
                 else:

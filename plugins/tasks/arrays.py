@@ -30,8 +30,9 @@ class ArrayTask:
 
     @property
     def data(self) -> dict[str, np.ndarray]:
-        """``train_inputs``, ``train_labels``, ``eval_inputs``, ``eval_labels`` (made lazily,
-        so that building the task for `validate` generates nothing)."""
+        """``train_inputs``, ``train_labels``, ``eval_inputs``, ``eval_labels`` and optionally
+        ``train_puzzle_ids``/``eval_puzzle_ids`` (made lazily, so that building the task for
+        `validate` generates nothing)."""
         if self._data is None:
             self._data = self._load()
         return self._data
@@ -47,18 +48,23 @@ class ArrayTask:
             bx, by = x[idx], y[idx]
             if self._augment is not None:
                 bx, by = self._augment(bx, by, rng)
-            yield {
-                "inputs": torch.from_numpy(bx.astype(np.int64)),
-                "labels": torch.from_numpy(by.astype(np.int64)),
-            }
+            yield self._batch(bx, by, "train", idx)
 
     def eval_batches(self, batch_size: int) -> Iterator[Batch]:
         x, y = self.data["eval_inputs"], self.data["eval_labels"]
         for i in range(0, len(x), batch_size):
-            yield {
-                "inputs": torch.from_numpy(x[i : i + batch_size].astype(np.int64)),
-                "labels": torch.from_numpy(y[i : i + batch_size].astype(np.int64)),
-            }
+            part = slice(i, i + batch_size)
+            yield self._batch(x[part], y[part], "eval", part)
+
+    def _batch(self, x: np.ndarray, y: np.ndarray, split: str, idx) -> Batch:
+        batch = {
+            "inputs": torch.from_numpy(np.asarray(x, dtype=np.int64)),
+            "labels": torch.from_numpy(np.asarray(y, dtype=np.int64)),
+        }
+        ids = self.data.get(f"{split}_puzzle_ids")
+        if ids is not None:
+            batch["puzzle_ids"] = torch.from_numpy(np.asarray(ids[idx], dtype=np.int64))
+        return batch
 
     def score(self, predictions: torch.Tensor, batch: Batch) -> dict[str, torch.Tensor]:
         return {}

@@ -9,6 +9,7 @@ from ponderkit import Batch, BuildContext, datacache, hookimpl
 
 from . import maze_gen
 from .arrays import ArrayTask
+from .file_formats import DataError
 
 
 @attrs.frozen
@@ -17,7 +18,8 @@ class MazeConfig:
 
     Tokens: 1 wall, 2 space, 3 start, 4 goal, 5 path (0 is padding, unused).
     Every maze's shortest path is longer than ``min_path_len`` moves ("hard" 30x30: > 110).
-    Training augments with the 8 dihedral transforms; evaluation also reports ``valid_path``,
+    No eval maze is a rotation or reflection of a training maze (checked when the set is
+    built and loaded).  Training augments with the 8 dihedral transforms; evaluation also reports ``valid_path``,
     the share of predictions that are a valid start-to-goal path."""
 
     size: int = attrs.field(default=30, validator=attrs.validators.ge(4))
@@ -36,7 +38,7 @@ def load_maze(cfg: MazeConfig) -> dict[str, np.ndarray]:
         "min_path_len": cfg.min_path_len,
         "n": n,
         "seed": cfg.data_seed,
-        "version": 1,
+        "version": 2,
     }
 
     def build() -> dict[str, np.ndarray]:
@@ -52,6 +54,12 @@ def load_maze(cfg: MazeConfig) -> dict[str, np.ndarray]:
 
     arrays = datacache.cached_arrays("maze", params, build)
     t = cfg.train_size
+    leaked = maze_gen.leaks(arrays["inputs"][:t], arrays["inputs"][t:], cfg.size)
+    if leaked:
+        raise DataError(
+            f"maze set {params}: eval maze {leaked[0]} (and {len(leaked) - 1} more) is a "
+            "rotation or reflection of a training maze; delete its cache entry to regenerate"
+        )
     return {
         "train_inputs": arrays["inputs"][:t],
         "train_labels": arrays["targets"][:t],

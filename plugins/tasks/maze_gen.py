@@ -170,9 +170,23 @@ def _path_to(dist: list[int], size: int, goal: int) -> list[int]:
     return cells
 
 
+def canonical(grid: np.ndarray, size: int) -> np.ndarray:
+    """The lexicographically smallest of a maze's 8 dihedral images: equal for a maze and all
+    its augmentations, so a held-out maze that is one of them is caught (leak safety)."""
+    images = np.stack([dihedral(grid, k, size) for k in range(8)])  # (8, size*size)
+    order = np.lexsort(images.T[::-1])
+    return images[order[0]]
+
+
+def leaks(train: np.ndarray, evaluation: np.ndarray, size: int) -> list[int]:
+    """Indices of ``evaluation`` mazes that are dihedral images of a ``train`` maze."""
+    seen = {canonical(x, size).tobytes() for x in np.asarray(train)}
+    return [i for i, x in enumerate(np.asarray(evaluation)) if canonical(x, size).tobytes() in seen]
+
+
 def _one(
     size: int, min_path_len: int, open_prob: float, ss: np.random.SeedSequence
-) -> tuple[np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     rng = np.random.default_rng(ss)
     for _ in range(_MAX_MAZES):
         grid = carve(size, rng, open_prob)
@@ -187,7 +201,7 @@ def _one(
                 inp[start], inp[goal] = START, GOAL
                 tgt = inp.copy()
                 tgt[_path_to(dist, size, goal)] = PATH
-                return inp, tgt
+                return inp, tgt, canonical(inp, size)
     raise RuntimeError(
         f"no {size}x{size} maze with a unique shortest path longer than {min_path_len} in "
         f"{_MAX_MAZES} draws; lower min_path_len or open_prob"
@@ -202,7 +216,8 @@ def generate(
     workers: int | None = None,
     open_prob: float = OPEN_PROB,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Generate ``n`` distinct mazes: ``(inputs, targets)``, each int8 ``(n, size*size)``.
+    """Generate ``n`` mazes, no two dihedral images of each other: ``(inputs, targets)``,
+    each int8 ``(n, size*size)``.
 
     Every maze has a unique shortest start-to-goal path of more than ``min_path_len`` moves.
     Sample ``i`` comes from ``SeedSequence(seed, spawn_key=(i, attempt))``, so the result
@@ -219,7 +234,7 @@ def generate(
         empty = np.zeros((0, size * size), dtype=np.int8)
         return empty, empty.copy()
     make = functools.partial(_one, size, min_path_len, open_prob)
-    inputs, targets = datacache.generate_distinct(make, n, seed, workers)
+    inputs, targets, _ = datacache.generate_distinct(make, n, seed, workers, key_field=2)
     return inputs, targets
 
 

@@ -183,3 +183,13 @@ def test_bad_arguments():
         maze_gen.generate(1, 5, 100, seed=0)
     with pytest.raises(ValueError, match="k must be"):
         maze_gen.dihedral(np.zeros(25), 8, 5)
+
+
+def test_leak_check_catches_planted_dihedral_images():
+    x, _ = maze_gen.generate(12, 9, 12, seed=3, workers=1)
+    train, evaluation = x[:6], x[6:].copy()
+    assert maze_gen.leaks(train, evaluation, 9) == []
+    rot = np.rot90(train[2].reshape(9, 9)).reshape(-1)
+    flip = train[4].reshape(9, 9)[:, ::-1].reshape(-1)
+    evaluation[1], evaluation[4] = rot, flip
+    assert maze_gen.leaks(train, evaluation, 9) == [1, 4]

@@ -10,18 +10,20 @@ from ponderkit.plugins.tasks import sudoku_gen
 
 # --- an independent reference solver (shares no code with the module under test) ---
 
+BOXES = {4: (2, 2), 6: (2, 3), 9: (3, 3)}  # box rows x box columns, as printed puzzles
+
 
 def _brute(puzzle, size: int, limit: int = 2) -> list[list[int]]:
     """Plain recursive backtracking on the emptiest-choice cell; up to ``limit`` solutions."""
-    box = int(round(size**0.5))
+    bh, bw = BOXES[size]
     g = [int(v) for v in np.asarray(puzzle).reshape(-1)]
     found: list[list[int]] = []
 
     def options(i: int) -> set[int]:
         r, c = divmod(i, size)
-        br, bc = r - r % box, c - c % box
+        br, bc = r - r % bh, c - c % bw
         used = {g[r * size + k] for k in range(size)} | {g[k * size + c] for k in range(size)}
-        used |= {g[(br + a) * size + bc + b] for a in range(box) for b in range(box)}
+        used |= {g[(br + a) * size + bc + b] for a in range(bh) for b in range(bw)}
         return set(range(1, size + 1)) - used
 
     def rec() -> None:
@@ -54,15 +56,15 @@ def _brute(puzzle, size: int, limit: int = 2) -> list[list[int]]:
 
 
 def _grid_ok(grid, size: int) -> bool:
-    box = int(round(size**0.5))
+    bh, bw = BOXES[size]
     m = np.asarray(grid).reshape(size, size)
     want = set(range(1, size + 1))
     rows = all(set(m[r].tolist()) == want for r in range(size))
     cols = all(set(m[:, c].tolist()) == want for c in range(size))
     boxes = all(
-        set(m[r : r + box, c : c + box].reshape(-1).tolist()) == want
-        for r in range(0, size, box)
-        for c in range(0, size, box)
+        set(m[r : r + bh, c : c + bw].reshape(-1).tolist()) == want
+        for r in range(0, size, bh)
+        for c in range(0, size, bw)
     )
     return rows and cols and boxes
 
@@ -111,7 +113,7 @@ def test_solver_basic_cases():
 
 def test_random_solution_valid():
     rng = np.random.default_rng(0)
-    for size in (4, 9):
+    for size in (4, 6, 9):
         grids = {sudoku_gen.random_solution(size, rng).tobytes() for _ in range(10)}
         assert len(grids) > 5
         assert all(_grid_ok(np.frombuffer(g, dtype=np.int8), size) for g in grids)
@@ -131,7 +133,8 @@ def test_is_valid_solution_rejects_broken_grid():
 
 
 @pytest.mark.parametrize(
-    ("size", "difficulty", "n"), [(4, "easy", 20), (4, "hard", 20), (9, "easy", 5)]
+    ("size", "difficulty", "n"),
+    [(4, "easy", 20), (4, "hard", 20), (6, "medium", 10), (6, "hard", 4), (9, "easy", 5)],
 )
 def test_generated_puzzles_unique(size, difficulty, n):
     p, s, g = sudoku_gen.generate(n, size, difficulty, seed=2, workers=1)
@@ -222,9 +225,18 @@ def test_hard_determinism_across_workers(hard9):
 
 
 def test_bad_arguments():
-    with pytest.raises(ValueError, match="size"):
-        sudoku_gen.generate(1, 6, "easy", seed=0)
+    with pytest.raises(ValueError, match="prime"):
+        sudoku_gen.generate(1, 7, "easy", seed=0)
     with pytest.raises(ValueError, match="difficulty"):
-        sudoku_gen.generate(1, 9, "extreme", seed=0)
+        sudoku_gen.generate(1, 9, "ultra", seed=0)
+    with pytest.raises(ValueError, match="9x9 only"):
+        sudoku_gen.generate(1, 4, "extreme", seed=0)
     p, s, g = sudoku_gen.generate(0, 9, "easy", seed=0)
     assert p.shape == (0, 81) and g.shape == (0,)
+
+
+def test_augment_6x6_keeps_2x3_boxes():
+    p, s, _ = sudoku_gen.generate(4, 6, "medium", seed=3, workers=1)
+    ap, a_s = sudoku_gen.augment(p, s, 6, np.random.default_rng(0))
+    for x, y in zip(ap, a_s, strict=True):
+        assert _grid_ok(y, 6) and _brute(x, 6) == [y.tolist()]
