@@ -53,10 +53,18 @@ class Issue:
 
 
 class PonderkitError(Exception):
-    """Base class of every error ponderkit reports to a user."""
+    """Base class of every error ponderkit reports to a user (exit status ``exit_code``)."""
+
+    exit_code = 1
 
 
-class ConfigError(PonderkitError):
+class InputError(PonderkitError):
+    """Input the user can fix (a file, a directory, a setting), found before work starts."""
+
+    exit_code = 2
+
+
+class ConfigError(InputError):
     """One or more configuration problems, all collected before anything was built."""
 
     def __init__(self, issues: Sequence[Issue]):

@@ -30,7 +30,13 @@ import attrs
 
 from ..config import Structurer
 from ..errors import ConfigError, Issue, dotted, suggestion
-from ..experiment import SEED_LIMIT, ExperimentConfig, experiment_from_document, plain_name
+from ..experiment import (
+    SEED_LIMIT,
+    Experiment,
+    ExperimentConfig,
+    experiment_from_document,
+    plain_name,
+)
 from ..registry import Registry
 from ..yamlio import Document, apply_overrides, load_document
 
@@ -104,6 +110,7 @@ class Variant:
     name: str
     overrides: tuple[Override, ...]
     config: ExperimentConfig  # for the first seed; others differ only in ``seed``
+    document: Document | None = attrs.field(default=None, eq=False, repr=False)  # its lines
 
 
 @attrs.frozen
@@ -197,11 +204,11 @@ def load_ablation(path: str | Path, *, registry: Registry) -> Ablation:
     for name, overrides in named.items():
         all_overrides = (*common, *overrides, *budget, *first)
         try:
-            config = variant_config(base_doc, all_overrides, registry)
+            exp = variant_experiment(base_doc, all_overrides, registry)
         except ConfigError as exc:
             per_variant[name] = exc.issues
             continue
-        variants.append(Variant(name, tuple(overrides), config))
+        variants.append(Variant(name, tuple(overrides), exp.config, exp.document))
     if issues or per_variant:
         raise ConfigError(issues + _name_variants(per_variant))
     order = sorted(variants, key=lambda v: v.name != baseline)  # baseline first
@@ -241,6 +248,26 @@ def variant_config(
     base_doc: Document, overrides: Sequence[Override], registry: Registry
 ) -> ExperimentConfig:
     """The base experiment with ``overrides`` applied, each error located where it was written."""
+    return variant_experiment(base_doc, overrides, registry).config
+
+
+def preflight_variants(ablation: Ablation, registry: Registry) -> None:
+    """What ``run`` would refuse (device, memory) for every variant, in one ConfigError."""
+    from ..engine.preflight import preflight
+
+    per_variant = {}
+    for v in ablation.variants:
+        issues = preflight(v.config, registry)
+        if issues:
+            per_variant[v.name] = [v.document.locate(i) if v.document else i for i in issues]
+    if per_variant:
+        raise ConfigError(_name_variants(per_variant))
+
+
+def variant_experiment(
+    base_doc: Document, overrides: Sequence[Override], registry: Registry
+) -> Experiment:
+    """:func:`variant_config` with the document that located it."""
     doc = Document(copy.deepcopy(base_doc.data), dict(base_doc.positions), base_doc.source)
     for o in overrides:
         try:
@@ -252,7 +279,7 @@ def variant_config(
         for sub in [k for k in doc.positions if k[:n] == o.path]:
             doc.positions[sub] = o.where
         doc.positions.update({(*o.path, *rel): w for rel, w in o.inner.items()})
-    return experiment_from_document(doc, registry).config
+    return experiment_from_document(doc, registry)
 
 
 def _name_variants(per_variant: dict[str, list[Issue]]) -> list[Issue]:

@@ -188,7 +188,7 @@ def test_a_changed_ablation_is_refused_before_anything_runs(grid, capsys):
     assert main(["ablate", str(path), "--out", str(out)]) == 0
     path.write_text(path.read_text().replace("steps: 10", "steps: 20"))
     capsys.readouterr()
-    assert main(["ablate", str(path), "--out", str(out)]) == 1
+    assert main(["ablate", str(path), "--out", str(out)]) == 2
     assert "base/seed0" in capsys.readouterr().err and steps_of(out / "base/seed0") == [5, 10]
 
 
