@@ -48,7 +48,7 @@ class Issue:
             if self.file and self.line
             else (f"{self.file}: " if self.file else "")
         )
-        text = f"{where}{dotted(self.path)}: {self.message}"
+        text = f"{where}{dotted(self.path)}: {self.message}" if self.path else where + self.message
         return f"{text} ({self.hint})" if self.hint else text
 
 

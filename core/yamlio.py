@@ -44,7 +44,7 @@ class Document:
 # memory or the interpreter's stack (an alias "billion laughs" expands 9 aliases 9 levels deep).
 MAX_FILE_BYTES = 4 * 2**20
 MAX_DEPTH = 64
-MAX_NODES = 200_000
+MAX_NODES = 100_000
 MAX_ALIASES = 1_000
 
 
@@ -83,13 +83,20 @@ class _BoundedLoader(yaml.SafeLoader):
 
 def _parse(text: str, source: str) -> tuple[Any, Positions]:
     """Parse YAML safely, returning data and the line of each mapping entry."""
-    loader = _BoundedLoader(text)
+    loader = None
     try:
+        loader = _BoundedLoader(text)  # its reader already refuses control characters
         node = loader.get_single_node()
+    except yaml.reader.ReaderError as exc:
+        char = exc.character if isinstance(exc.character, int) else ord(exc.character)
+        line = text[: exc.position].count("\n") + 1
+        message = f"YAML error: control character #x{char:04x} is not allowed in a config"
+        raise ConfigError([Issue((), message, file=source, line=line)]) from None
     except yaml.YAMLError as exc:
         raise ConfigError([_yaml_issue(exc, source)]) from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
     if node is None:
         return {}, {}
     positions: Positions = {}
@@ -106,6 +113,7 @@ class _Budget:
 
     def __init__(self) -> None:
         self.nodes = 0
+        self.loader = yaml.SafeLoader("")  # constructs scalars; one per document, not per value
 
     def spend(self, node: yaml.Node, depth: int) -> None:
         self.nodes += 1
@@ -131,7 +139,7 @@ def _construct(
         )
     if isinstance(node, yaml.MappingNode):
         out: dict[str, Any] = {}
-        loader = yaml.SafeLoader("")
+        loader = budget.loader
         own = [k for k, _ in node.value if k.tag != "tag:yaml.org,2002:merge"]
         seen: dict[str, yaml.Node] = {}
         for key_node in own:  # a key written twice: the last would silently win
@@ -153,7 +161,7 @@ def _construct(
             positions[(*path, i)] = (source, item.start_mark.line + 1)
             items.append(_construct(item, (*path, i), source, positions, budget))
         return items
-    return yaml.SafeLoader("").construct_object(node, deep=True)
+    return budget.loader.construct_object(node, deep=True)
 
 
 def _key(loader: yaml.SafeLoader, key_node: yaml.Node) -> str:

@@ -8,8 +8,10 @@ the device has free; activations come on top, so a refusal is certain, an ok onl
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -96,7 +98,7 @@ def count_parameters(config: Any, registry: Any, with_prefix_table: bool = False
 
     task = BuildContext(registry, seed=config.seed).build(config.task)
     try:
-        with torch.device("meta"):
+        with torch.device("meta"), _module_limit():
             model = ReasoningModel(config.model, task, registry)
     except PonderkitError:
         raise
@@ -107,6 +109,33 @@ def count_parameters(config: Any, registry: Any, with_prefix_table: bool = False
         table = model.puzzle_emb.weight.numel() if model.puzzle_emb is not None else 0
         return total, table
     return total
+
+
+MAX_MODULES = 20_000  # real models have thousands at most; `layers: 100000000` would hang
+
+
+@contextlib.contextmanager
+def _module_limit() -> Iterator[None]:
+    """Stop a build that registers absurdly many submodules: meta tensors cost nothing, but
+    a hundred million Python module objects still take hours and all memory."""
+    from torch.nn.modules.module import register_module_module_registration_hook
+
+    count = 0
+
+    def hook(module: Any, name: str, submodule: Any) -> None:
+        nonlocal count
+        count += 1
+        if count > MAX_MODULES:
+            raise InputError(
+                f"model: building it registers more than {MAX_MODULES} modules; a layer, "
+                "step or expert count is far too large"
+            )
+
+    handle = register_module_module_registration_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()
 
 
 def memory_issues(config: Any, registry: Any, parameters: int | None = None) -> list[Issue]:

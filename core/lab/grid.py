@@ -131,7 +131,7 @@ def select(runs: list[Run], only: Sequence[str] | None) -> list[Run]:
     for name in only:
         if name not in keys:
             hint = suggestion(name, keys) or "variants: " + ", ".join(keys[len(runs) :])
-            raise PonderkitError(f"--only {name!r} is no variant or run here ({hint})")
+            raise InputError(f"--only {name!r} is no variant or run here ({hint})")
     return [r for r in runs if r.key in only or r.variant in only]
 
 
