@@ -89,7 +89,7 @@ def load_groups(
     """The plan (``ablation.json``) and every variant's run summaries, complete or not."""
     plan = read_json(ablation_dir / "ablation.json")
     if not plan:  # no plan: read the layout <variant>/seed<k>/
-        names = sorted(p.parent.name for p in ablation_dir.glob("*/seed*/config.yaml"))
+        names = sorted(p.parent.parent.name for p in ablation_dir.glob("*/seed*/config.yaml"))
         variants = list(dict.fromkeys(names))
         plan = {"name": ablation_dir.name, "variants": {v: [] for v in variants}, "seeds": []}
         plan["baseline"] = "base" if "base" in variants else (variants[0] if variants else "")
