@@ -57,8 +57,11 @@ def cache_key(namespace: str, params: dict) -> str:
 
 def _atomic_write(path: Path, write: Callable[[object], None]) -> None:
     """Write through ``write(fileobj)`` to a temp file next to ``path``, then rename."""
+    from .runs import current_umask
+
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~current_umask())  # mkstemp makes 0600; a shared cache needs more
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()

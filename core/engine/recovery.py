@@ -49,10 +49,22 @@ def resume(trainer: Any, run_dir: Path, warn: Warn = _stderr) -> Path | None:
             then = f"falling back to {older}" if older else "no older checkpoint; starting over"
             warn(f"warning: {exc}; {then}")
             continue
+        _set_aside(candidates[:i], warn)
         return path
+    _set_aside(candidates, warn)
     if trainer.metrics_log is not None:  # nothing to continue from: start the log afresh
         trainer.metrics_log.truncate_after(0, warn)
     return None
+
+
+def _set_aside(damaged: list[Path], warn: Warn) -> None:
+    """Rename damaged checkpoints to ``.damaged-<name>``: kept for a post-mortem, but no longer
+    tried on every resume nor counted among the checkpoints that pruning keeps."""
+    for path in damaged:
+        target = path.with_name(f".damaged-{path.name}")
+        shutil.rmtree(target, ignore_errors=True)
+        path.rename(target)
+        warn(f"warning: {path} set aside as {target.name}")
 
 
 def prune(run_dir: Path, keep: int) -> list[Path]:

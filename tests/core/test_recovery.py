@@ -103,6 +103,7 @@ def test_resume_falls_back_past_a_truncated_newest_checkpoint(damaged, straight,
     assert "step_0000008/trainer.pt: cannot be loaded" in err
     assert "falling back to step_0000004" in err
     assert_same_as_straight(damaged, straight)
+    assert (damaged / "checkpoints" / ".damaged-step_0000008" / "trainer.pt").exists()  # kept
 
 
 def test_a_truncated_oldest_checkpoint_does_not_block(damaged, straight, sort_yaml, capsys):
