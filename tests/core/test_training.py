@@ -45,7 +45,7 @@ def test_run_writes_run_directory_and_refuses_to_overwrite(sort_yaml, tmp_path, 
         and "ponderkit.plugins.tasks.sort" in meta["plugins"]
     )
     weights = load_file(str(out / "checkpoints/final/model.safetensors"))
-    state = torch.load(out / "checkpoints/final/trainer.pt", weights_only=False)
+    state = torch.load(out / "checkpoints/final/trainer.pt", weights_only=True)
     assert state["step"] == 20 and state["optimizer"]["state"]
     assert any(k.startswith("recursion.blocks.1.") for k in weights)
     # the resolved config re-validates to the same experiment
