@@ -11,7 +11,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from .errors import ConfigError, PonderkitError, UnknownComponentError, suggestion
+from .errors import ConfigError, InputError, PonderkitError, UnknownComponentError, suggestion
 from .loading import Plugins
 from .registry import KINDS, split_key
 
@@ -133,17 +133,35 @@ def main(argv: Sequence[str] | None = None) -> int:
         plugins = Plugins(
             getattr(args, "plugin", None) or (), strict=getattr(args, "strict_plugins", False)
         )
-        return COMMANDS[args.command](args, plugins)
+        code = COMMANDS[args.command](args, plugins)
+        sys.stdout.flush()  # a closed pipe shows here, inside the handler below
+        return code
     except ConfigError as exc:
         for issue in exc.issues:
             print(f"error: {issue}", file=sys.stderr)
         return EXIT_CONFIG
     except PonderkitError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+        return exc.exit_code
+    except BrokenPipeError:  # `ponderkit list | head`: the reader left, which is fine
+        _silence_stdout()
+        return 0
+    except KeyboardInterrupt as exc:
+        signum = getattr(exc, "signum", 2)
+        if signum == 2 and not str(exc):
+            print("interrupted", file=sys.stderr)
+        return 128 + signum
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so that the interpreter's final flush raises nothing."""
+    import os
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
 
 
 def cmd_list(args: argparse.Namespace, plugins: Plugins) -> int:
@@ -313,41 +331,64 @@ def _class_has(cls: type, capability: type) -> bool:
 
 def cmd_validate(args: argparse.Namespace, plugins: Plugins) -> int:
     from .engine.build import check_buildable
+    from .engine.preflight import check_cache, memory_issues, preflight
     from .experiment import load_experiment
 
     exp = load_experiment(args.file, args.overrides, registry=plugins.registry)
+    check_cache()
+    issues = preflight(exp.config, plugins.registry, memory=False)
+    if issues:
+        raise ConfigError([exp.document.locate(i) for i in issues])
     count, table = check_buildable(exp, plugins.registry)
+    issues = memory_issues(exp.config, plugins.registry, count)
+    if issues:
+        raise ConfigError([exp.document.locate(i) for i in issues])
     extra = f" ({count - table} without the puzzle-embedding table)" if table else ""
     print(f"ok: {count} parameters{extra}")
     return 0
 
 
 def cmd_run(args: argparse.Namespace, plugins: Plugins) -> int:
+    import contextlib
+
     from .engine.build import check_buildable
-    from .engine.runs import create_run_dir, default_run_dir
+    from .engine.preflight import check_cache, preflight
+    from .engine.runlock import RunLock, is_empty_run_dir
+    from .engine.runs import create_run_dir, default_run_dir, ensure_new_run_dir
     from .engine.train import Trainer, resume_or_start
     from .experiment import load_experiment
 
     exp = load_experiment(args.file, args.overrides, registry=plugins.registry)
+    if args.resume and not args.out:
+        raise InputError("--resume needs --out DIR, the run directory to continue")
+    check_cache()
     check_buildable(exp, plugins.registry)  # builder mistakes end here, before any directory
-    if args.resume:
-        if not args.out:
-            raise PonderkitError("--resume needs --out DIR, the run directory to continue")
-        trainer = resume_or_start(exp.config, args.out, plugins.registry, quiet=args.quiet)
-        if trainer is None:
-            print(f"{args.out} already finished; nothing to do")
-            return 0
-        run_dir = args.out
-    else:
-        out = args.out or default_run_dir(exp.config.name or args.file.stem)
-        run_dir = create_run_dir(out)
-        trainer = Trainer(exp.config, plugins.registry, run_dir, quiet=args.quiet)
-    print(
-        f"run directory: {run_dir}  ({sum(p.numel() for p in trainer.model.parameters())} "
-        f"parameters, device {trainer.device})",
-        flush=True,
-    )
-    result = trainer.fit()
+    issues = preflight(exp.config, plugins.registry)
+    if issues:
+        raise ConfigError([exp.document.locate(i) for i in issues])
+    run_dir = Path(args.out or default_run_dir(exp.config.name or args.file.stem))
+    with contextlib.ExitStack() as held:
+        if args.resume and not is_empty_run_dir(run_dir):
+            if not run_dir.is_dir():
+                raise InputError(f"--out {run_dir} is a file, not a run directory")
+            held.enter_context(RunLock(run_dir))
+            trainer = resume_or_start(exp.config, run_dir, plugins.registry, quiet=args.quiet)
+            if trainer is None:
+                print(f"{run_dir} already finished; nothing to do")
+                return 0
+        else:
+            ensure_new_run_dir(run_dir)
+            # built before the directory exists: a failure here leaves nothing behind
+            trainer = Trainer(exp.config, plugins.registry, run_dir, quiet=args.quiet)
+            create_run_dir(run_dir)
+            held.enter_context(RunLock(run_dir))
+            ensure_new_run_dir(run_dir)  # another `run --out` may have got there first
+        print(
+            f"run directory: {run_dir}  ({sum(p.numel() for p in trainer.model.parameters())} "
+            f"parameters, device {trainer.device})",
+            flush=True,
+        )
+        result = trainer.fit()
     summary = " ".join(f"{k}={v:.4f}" for k, v in result.items())
     print(f"done: {summary}")
     return 0
@@ -409,34 +450,52 @@ def _data_task(data: Path, run: object, registry: object) -> object:
 
 
 def cmd_ablate(args: argparse.Namespace, plugins: Plugins) -> int:
-    from .lab.ablation import load_ablation
-    from .lab.grid import prepare, run_grid, select, worker_command
+    import contextlib
+
+    from .engine.preflight import check_cache
+    from .engine.runlock import RunLock
+    from .lab.ablation import load_ablation, preflight_variants
+    from .lab.grid import die_with_parent, prepare, run_grid, select, worker_command, worker_env
+    from .lab.report import write_report
 
     ablation = load_ablation(args.file, registry=plugins.registry)
     out = args.out or Path("runs") / ablation.name
+    if args.jobs < 1:
+        raise InputError(f"--jobs must be at least 1, got {args.jobs}")
     select(ablation.runs(), args.only)  # a bad --only fails before anything is measured
-    every = prepare(ablation, out, plugins.registry, measure=not args.worker)
-    if not args.worker:
-        print(
-            f"ablation {ablation.name}: {len(ablation.variants)} variants x "
-            f"{len(ablation.seeds)} seeds into {out} (budget: {ablation.budget.describe()})",
-            flush=True,
+    with contextlib.ExitStack() as held:
+        if args.worker:  # its parent checked everything and holds the ablation's lock
+            die_with_parent()
+        else:
+            check_cache()
+            preflight_variants(ablation, plugins.registry)
+            if out.exists() and not out.is_dir():
+                raise InputError(f"--out {out} is a file, not a directory")
+            out.mkdir(parents=True, exist_ok=True)
+            held.enter_context(RunLock(out))
+        every = prepare(ablation, out, plugins.registry, measure=not args.worker)
+        if not args.worker:
+            print(
+                f"ablation {ablation.name}: {len(ablation.variants)} variants x "
+                f"{len(ablation.seeds)} seeds into {out} (budget: {ablation.budget.describe()})",
+                flush=True,
+            )
+        modules = getattr(args, "plugin", None) or ()
+        failed = run_grid(
+            ablation,
+            select(every, args.only),
+            out,
+            plugins.registry,
+            jobs=args.jobs,
+            child_argv=worker_command(
+                args.file, out, [a for m in modules for a in ("--plugin", m)]
+            ),
+            child_env=worker_env(modules),
+            say=lambda text: print(text, flush=True),
+            plan_runs=None if args.worker else every,
         )
-    plugin_args = [a for m in getattr(args, "plugin", None) or () for a in ("--plugin", m)]
-    failed = run_grid(
-        ablation,
-        select(every, args.only),
-        out,
-        plugins.registry,
-        jobs=args.jobs,
-        child_argv=worker_command(args.file, out, plugin_args),
-        say=lambda text: print(text, flush=True),
-        plan_runs=None if args.worker else every,
-    )
-    if not args.worker:
-        from .lab.report import write_report
-
-        print(f"report: {write_report(out)}")
+        if not args.worker:
+            print(f"report: {write_report(out, warn=_warn)}")
     if failed:
         print(f"error: {len(failed)} run(s) failed: {', '.join(failed)}", file=sys.stderr)
         return 1
@@ -446,19 +505,25 @@ def cmd_ablate(args: argparse.Namespace, plugins: Plugins) -> int:
 def cmd_report(args: argparse.Namespace, plugins: Plugins) -> int:
     from .lab.report import write_report
 
+    if not args.dir.is_dir():
+        raise InputError(f"{args.dir} is not a directory")
     if not (args.dir / "ablation.json").exists() and not any(args.dir.glob("*/seed*/config.yaml")):
-        raise PonderkitError(f"{args.dir} is not an ablation directory (no ablation.json)")
-    print(f"report: {write_report(args.dir)}")
+        raise InputError(f"{args.dir} is not an ablation directory (no ablation.json)")
+    print(f"report: {write_report(args.dir, warn=_warn)}")
     return 0
+
+
+def _warn(text: str) -> None:
+    print(f"warning: {text}", file=sys.stderr)
 
 
 def cmd_compare(args: argparse.Namespace, plugins: Plugins) -> int:
     from .lab.report import compare_table
 
-    missing = [str(d) for d in args.run_dirs if not (d / "metrics.jsonl").exists()]
+    missing = [str(d) for d in args.run_dirs if not (d / "metrics.jsonl").is_file()]
     if missing:
-        raise PonderkitError(f"not a run directory (no metrics.jsonl): {', '.join(missing)}")
-    print(compare_table(args.run_dirs))
+        raise InputError(f"not a run directory (no metrics.jsonl): {', '.join(missing)}")
+    print(compare_table(args.run_dirs, warn=_warn))
     return 0
 
 

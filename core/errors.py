@@ -48,15 +48,23 @@ class Issue:
             if self.file and self.line
             else (f"{self.file}: " if self.file else "")
         )
-        text = f"{where}{dotted(self.path)}: {self.message}"
+        text = f"{where}{dotted(self.path)}: {self.message}" if self.path else where + self.message
         return f"{text} ({self.hint})" if self.hint else text
 
 
 class PonderkitError(Exception):
-    """Base class of every error ponderkit reports to a user."""
+    """Base class of every error ponderkit reports to a user (exit status ``exit_code``)."""
+
+    exit_code = 1
 
 
-class ConfigError(PonderkitError):
+class InputError(PonderkitError):
+    """Input the user can fix (a file, a directory, a setting), found before work starts."""
+
+    exit_code = 2
+
+
+class ConfigError(InputError):
     """One or more configuration problems, all collected before anything was built."""
 
     def __init__(self, issues: Sequence[Issue]):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -16,6 +18,33 @@ from .yamlio import Document, load_document
 
 positive = v.gt(0)
 non_negative = v.ge(0)
+SEED_LIMIT = 2**63  # torch.manual_seed takes a signed 64-bit seed
+# a run directory is runs/<name>-<time>: the name must stay one path component
+RUN_NAME_RE = re.compile(r"^([A-Za-z0-9][A-Za-z0-9_.-]*)?$")
+
+
+def finite(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+    """A float that is not inf or nan (``.inf`` is valid YAML, and trains nothing but NaN)."""
+    if value is not None and not math.isfinite(value):
+        raise ValueError(f"'{attribute.name}' must be a finite number, got {value!r}")
+
+
+def _betas(instance: Any, attribute: attrs.Attribute, value: tuple[float, float]) -> None:
+    if not all(0.0 <= b < 1.0 for b in value):
+        raise ValueError(f"'{attribute.name}' must both lie in [0, 1), got {list(value)}")
+
+
+def _seed(instance: Any, attribute: attrs.Attribute, value: int) -> None:
+    if not 0 <= value < SEED_LIMIT:
+        raise ValueError(f"'{attribute.name}' must lie in [0, 2**63), got {value}")
+
+
+def plain_name(instance: Any, attribute: attrs.Attribute, value: str) -> None:
+    if not RUN_NAME_RE.match(value):
+        raise ValueError(
+            f"'{attribute.name}' names the run directory (runs/<name>-<time>): use letters, "
+            f"digits, '_', '.', '-' and no '/', got {value!r}"
+        )
 
 
 @attrs.frozen
@@ -26,7 +55,7 @@ class ModelConfig:
     d_model: int = attrs.field(default=128, validator=positive)
     halting: Spec = component("halting", default="fixed", help="when recursion stops")
     positions: Literal["rope", "learned", "none"] = "rope"
-    rope_theta: float = attrs.field(default=10000.0, validator=positive)
+    rope_theta: float = attrs.field(default=10000.0, validator=[finite, positive])
     puzzle_emb_len: int = attrs.field(default=0, validator=non_negative)
     loss: Literal["softmax", "stablemax"] = "softmax"
 
@@ -35,13 +64,14 @@ class ModelConfig:
 class OptimizerConfig:
     """AdamW with linear warmup, then constant or cosine decay, and gradient clipping."""
 
-    lr: float = attrs.field(default=1e-3, validator=positive)
-    betas: tuple[float, float] = (0.9, 0.95)
-    weight_decay: float = attrs.field(default=0.1, validator=non_negative)
+    lr: float = attrs.field(default=1e-3, validator=[finite, positive])
+    betas: tuple[float, float] = attrs.field(default=(0.9, 0.95), validator=_betas)
+    weight_decay: float = attrs.field(default=0.1, validator=[finite, non_negative])
     warmup_steps: int = attrs.field(default=0, validator=non_negative)
     decay: Literal["constant", "cosine"] = "constant"
     min_lr_ratio: float = attrs.field(default=0.1, validator=[non_negative, v.le(1.0)])
-    grad_clip: float | None = 1.0
+    # null turns clipping off; a negative norm would flip every gradient
+    grad_clip: float | None = attrs.field(default=1.0, validator=v.optional([finite, positive]))
 
 
 @attrs.frozen
@@ -49,16 +79,20 @@ class TrainConfig:
     """Length of training, batch size, logging, evaluation and hardware settings."""
 
     steps: int = attrs.field(default=1000, validator=positive)
-    max_time_s: float | None = None  # stop early (and checkpoint) after this wall-clock time
+    # stop early (and checkpoint) after this wall-clock time
+    max_time_s: float | None = attrs.field(default=None, validator=v.optional([finite, positive]))
     batch_size: int = attrs.field(default=64, validator=positive)
     log_every: int = attrs.field(default=10, validator=positive)
     eval_every: int = attrs.field(default=0, validator=non_negative)
     eval_batch_size: int = attrs.field(default=256, validator=positive)
-    checkpoint_every: int = attrs.field(default=0, validator=non_negative)
+    checkpoint_every: int = attrs.field(default=0, validator=non_negative)  # steps; 0: off
+    # wall-clock cadence, so that a default run is resumable without costing a long one much
+    checkpoint_every_s: float = attrs.field(default=600.0, validator=[finite, non_negative])
+    keep_checkpoints: int = attrs.field(default=3, validator=non_negative)  # step_*; 0: all
     device: str = "auto"
     precision: Literal["fp32", "bf16"] = "fp32"
     compile: bool = False
-    threads: int | None = None
+    threads: int | None = attrs.field(default=None, validator=v.optional(positive))
 
 
 @attrs.frozen
@@ -71,8 +105,8 @@ class ExperimentConfig:
     optimizer: OptimizerConfig = attrs.field(factory=OptimizerConfig)
     train: TrainConfig = attrs.field(factory=TrainConfig)
     callbacks: tuple[Spec, ...] = components("callback")
-    seed: int = 0
-    name: str = ""
+    seed: int = attrs.field(default=0, validator=_seed)
+    name: str = attrs.field(default="", validator=plain_name)
     description: str = ""
 
 

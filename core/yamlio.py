@@ -40,23 +40,96 @@ class Document:
         return issue.located(file, line)
 
 
+# Limits on what a config file may be: far above any real config, far below what would exhaust
+# memory or the interpreter's stack (an alias "billion laughs" expands 9 aliases 9 levels deep).
+MAX_FILE_BYTES = 4 * 2**20
+MAX_DEPTH = 64
+MAX_NODES = 100_000
+MAX_ALIASES = 1_000
+
+
+class _LimitError(yaml.YAMLError):
+    def __init__(self, problem: str, mark: Any):
+        super().__init__(problem)
+        self.problem, self.problem_mark = problem, mark
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """A SafeLoader whose composer refuses deep nesting and floods of aliases.
+
+    PyYAML composes recursively, so 100k nested ``[`` would end in a RecursionError; here the
+    depth is counted and refused first, with the line where the limit was crossed."""
+
+    def __init__(self, stream: str):
+        super().__init__(stream)
+        self._depth = 0
+        self._aliases = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            self._aliases += 1
+            if self._aliases > MAX_ALIASES:
+                mark = self.peek_event().start_mark
+                raise _LimitError(f"more than {MAX_ALIASES} aliases (*name)", mark)
+        self._depth += 1
+        try:
+            if self._depth > MAX_DEPTH:
+                mark = self.peek_event().start_mark
+                raise _LimitError(f"nested deeper than {MAX_DEPTH} levels", mark)
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+
 def _parse(text: str, source: str) -> tuple[Any, Positions]:
     """Parse YAML safely, returning data and the line of each mapping entry."""
+    loader = None
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        loader = _BoundedLoader(text)  # its reader already refuses control characters
+        node = loader.get_single_node()
+    except yaml.reader.ReaderError as exc:
+        char = exc.character if isinstance(exc.character, int) else ord(exc.character)
+        line = text[: exc.position].count("\n") + 1
+        message = f"YAML error: control character #x{char:04x} is not allowed in a config"
+        raise ConfigError([Issue((), message, file=source, line=line)]) from None
     except yaml.YAMLError as exc:
         raise ConfigError([_yaml_issue(exc, source)]) from None
+    finally:
+        if loader is not None:
+            loader.dispose()
     if node is None:
         return {}, {}
     positions: Positions = {}
+    budget = _Budget()
     try:
-        data = _construct(node, (), source, positions)
+        data = _construct(node, (), source, positions, budget)
     except yaml.YAMLError as exc:
         raise ConfigError([_yaml_issue(exc, source)]) from None
     return data, positions
 
 
-def _construct(node: yaml.Node, path: Path_, source: str, positions: Positions) -> Any:
+class _Budget:
+    """Counts constructed nodes: aliases share nodes, so a small file can expand hugely."""
+
+    def __init__(self) -> None:
+        self.nodes = 0
+        self.loader = yaml.SafeLoader("")  # constructs scalars; one per document, not per value
+
+    def spend(self, node: yaml.Node, depth: int) -> None:
+        self.nodes += 1
+        if self.nodes > MAX_NODES:
+            raise _LimitError(
+                f"expands to more than {MAX_NODES} values (aliases repeated too often)",
+                node.start_mark,
+            )
+        if depth > MAX_DEPTH:  # a recursive alias (&a [*a]) or aliases stacked deep
+            raise _LimitError(f"nested deeper than {MAX_DEPTH} levels", node.start_mark)
+
+
+def _construct(
+    node: yaml.Node, path: Path_, source: str, positions: Positions, budget: _Budget
+) -> Any:
+    budget.spend(node, len(path))
     if isinstance(node, yaml.MappingNode | yaml.SequenceNode) and node.tag not in _PLAIN_TAGS:
         raise yaml.constructor.ConstructorError(
             None,
@@ -66,22 +139,37 @@ def _construct(node: yaml.Node, path: Path_, source: str, positions: Positions) 
         )
     if isinstance(node, yaml.MappingNode):
         out: dict[str, Any] = {}
-        loader = yaml.SafeLoader("")
-        loader.flatten_mapping(node)  # resolves YAML merge keys (<<)
+        loader = budget.loader
+        own = [k for k, _ in node.value if k.tag != "tag:yaml.org,2002:merge"]
+        seen: dict[str, yaml.Node] = {}
+        for key_node in own:  # a key written twice: the last would silently win
+            key = _key(loader, key_node)
+            if key in seen:
+                first = seen[key].start_mark.line + 1
+                raise _LimitError(f"duplicate key {key!r} (first set on line {first})",
+                                  key_node.start_mark)  # fmt: skip
+            seen[key] = key_node
+        loader.flatten_mapping(node)  # resolves YAML merge keys (<<); own keys come last
         for key_node, value_node in node.value:
-            key = loader.construct_object(key_node, deep=True)
-            if not isinstance(key, str):
-                key = str(key)
+            key = _key(loader, key_node)
             positions[(*path, key)] = (source, key_node.start_mark.line + 1)
-            out[key] = _construct(value_node, (*path, key), source, positions)
+            out[key] = _construct(value_node, (*path, key), source, positions, budget)
         return out
     if isinstance(node, yaml.SequenceNode):
         items = []
         for i, item in enumerate(node.value):
             positions[(*path, i)] = (source, item.start_mark.line + 1)
-            items.append(_construct(item, (*path, i), source, positions))
+            items.append(_construct(item, (*path, i), source, positions, budget))
         return items
-    return yaml.SafeLoader("").construct_object(node, deep=True)
+    return budget.loader.construct_object(node, deep=True)
+
+
+def _key(loader: yaml.SafeLoader, key_node: yaml.Node) -> str:
+    if not isinstance(key_node, yaml.ScalarNode):
+        raise _LimitError("a mapping key must be a plain value, not a list or mapping",
+                          key_node.start_mark)  # fmt: skip
+    key = loader.construct_object(key_node, deep=True)
+    return key if isinstance(key, str) else str(key)
 
 
 _PLAIN_TAGS = {"tag:yaml.org,2002:map", "tag:yaml.org,2002:seq"}
@@ -109,14 +197,7 @@ def _load_with_extends(path: Path, chain: tuple[Path, ...]) -> tuple[dict[str, A
     if resolved in chain:
         cycle = " -> ".join(str(p) for p in (*chain, resolved))
         raise ConfigError([Issue(("extends",), f"cyclic extends: {cycle}", file=str(path))])
-    try:
-        text = path.read_text("utf-8")
-    except FileNotFoundError:
-        referrer = str(chain[-1]) if chain else None
-        what = "extends file" if chain else "config file"
-        raise ConfigError(
-            [Issue(("extends",) if chain else (), f"{what} not found: {path}", file=referrer)]
-        ) from None
+    text = read_config_text(path, chain[-1] if chain else None)
     data, positions = _parse(text, str(path))
     if not isinstance(data, dict):
         raise ConfigError([Issue((), "the top level must be a mapping of keys", file=str(path))])
@@ -139,6 +220,43 @@ def _load_with_extends(path: Path, chain: tuple[Path, ...]) -> tuple[dict[str, A
     return merged, {**parent_pos, **positions}
 
 
+def read_config_text(path: Path, referrer: Path | None = None) -> str:
+    """The text of a config file, or one ConfigError saying why it cannot be read."""
+    what = "extends file" if referrer else "config file"
+    at = ("extends",) if referrer else ()
+    where = str(referrer) if referrer else None
+
+    def fail(message: str, file: str | None = where, line: int | None = None) -> ConfigError:
+        return ConfigError([Issue(at, message, file=file, line=line)])
+
+    try:
+        if path.is_dir():
+            raise fail(f"{what} {path} is a directory, not a file")
+        with path.open("rb") as f:
+            raw = f.read(MAX_FILE_BYTES + 1)
+    except FileNotFoundError:
+        raise fail(f"{what} not found: {path}") from None
+    except OSError as exc:
+        raise fail(f"cannot read {what} {path}: {exc.strerror or exc}") from None
+    if len(raw) > MAX_FILE_BYTES:
+        raise fail(f"{what} {path} is larger than {MAX_FILE_BYTES // 2**20} MiB; not a config")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        byte = raw[exc.start : exc.start + 1].hex()
+        raise ConfigError(
+            [
+                Issue(
+                    (),
+                    f"not UTF-8 text (byte 0x{byte} at offset {exc.start})",
+                    file=str(path),
+                    line=line,
+                )
+            ]  # fmt: skip
+        ) from None
+
+
 def deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
     """``top`` over ``base``; mappings merge key by key, a component's ``name`` change replaces.
 
@@ -159,6 +277,12 @@ def _same_component(a: dict[str, Any], b: dict[str, Any]) -> bool:
     return "name" not in b or a.get("name") == b.get("name")
 
 
+def parse_value(text: str) -> Any:
+    """One YAML value (an override's right-hand side) under the same limits as a file."""
+    data, _ = _parse(text, OVERRIDE_ORIGIN)
+    return None if data == {} and not text.strip().startswith("{") else data
+
+
 def apply_overrides(doc: Document, overrides: list[str] | tuple[str, ...]) -> None:
     """Apply ``a.b.c=value`` strings (value parsed as YAML) to ``doc`` in place."""
     issues = []
@@ -173,12 +297,16 @@ def apply_overrides(doc: Document, overrides: list[str] | tuple[str, ...]) -> No
             )
             continue
         try:
-            value = yaml.safe_load(raw) if raw.strip() else ""
-        except yaml.YAMLError as exc:
+            value = parse_value(raw) if raw.strip() else ""
+        except ConfigError as exc:
+            problem = exc.issues[0].message.removeprefix("YAML error: ")
+            shown = raw if len(raw) <= 60 else raw[:57] + "..."
             issues.append(
                 Issue(
-                    path, f"override value {raw!r} is not valid YAML: {exc}", file=OVERRIDE_ORIGIN
-                )
+                    path,
+                    f"override value {shown!r} is not valid YAML: {problem}",
+                    file=OVERRIDE_ORIGIN,
+                )  # fmt: skip
             )
             continue
         problem = _set_path(doc.data, path, value)
@@ -197,6 +325,8 @@ def _set_path(data: Any, path: Path_, value: Any) -> str | None:
     node = data
     for i, part in enumerate(path[:-1]):
         nxt = _child(node, part)
+        if nxt is _MISSING and isinstance(node, list):
+            return f"list index {part} out of range (the list has {len(node)} items)"
         if nxt is _MISSING:
             node[part] = nxt = {}
         elif isinstance(nxt, str) and isinstance(node, dict):  # bare component name

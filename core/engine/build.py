@@ -61,11 +61,13 @@ def check_buildable(exp: Experiment, registry: Any) -> tuple[int, int]:
     """Build every component of ``exp`` (the model on the meta device) and check each against
     its kind's contract; returns (parameters, of which the puzzle-embedding table). Raises a
     :class:`~ponderkit.ConfigError` located in the experiment's file."""
+    from .preflight import module_limit
+
     config = exp.config
     try:
         ctx = build_context(config, registry)
         task = ctx.build(config.task)
-        with torch.device("meta"):
+        with torch.device("meta"), module_limit():
             model = build_model(config, task, ctx)
         ctx.build(config.schedule)
         for spec in config.callbacks:

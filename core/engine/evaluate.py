@@ -16,7 +16,7 @@ import attrs
 import torch
 from torch import Tensor
 
-from ..errors import PonderkitError
+from ..errors import InputError
 from ..experiment import ExperimentConfig, load_experiment
 from ..interfaces import Batch, Task
 from .build import build_components
@@ -112,14 +112,14 @@ def load_model(
     run_dir = Path(run_dir)
     ckpt = run_dir / "checkpoints" / checkpoint
     if not (run_dir / "config.yaml").exists():
-        raise PonderkitError(f"{run_dir} is not a run directory (no config.yaml)")
+        raise InputError(f"{run_dir} is not a run directory (no config.yaml)")
     if not (ckpt / "model.safetensors").exists():
         found = (
             sorted(p.name for p in (run_dir / "checkpoints").glob("*"))
             if (run_dir / "checkpoints").exists()
             else []
         )
-        raise PonderkitError(
+        raise InputError(
             f"no checkpoint {checkpoint!r} in {run_dir} (found: {', '.join(found) or 'none'})"
         )
     config = load_experiment(run_dir / "config.yaml", registry=registry).config

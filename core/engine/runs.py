@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -14,11 +15,18 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from ..errors import PonderkitError
+import attrs
+
+from ..errors import InputError
+from .runlock import is_empty_run_dir
 
 
-class RunDirExists(PonderkitError):
+class RunDirExists(InputError):
     pass
+
+
+class CheckpointDamaged(InputError):
+    """A checkpoint file that cannot be read back (truncated, garbled, or not ours)."""
 
 
 def default_run_dir(name: str, root: str | Path = "runs") -> Path:
@@ -26,14 +34,20 @@ def default_run_dir(name: str, root: str | Path = "runs") -> Path:
     return Path(root) / f"{name}-{stamp}"
 
 
-def create_run_dir(path: str | Path) -> Path:
-    """Create ``path``; refuse one that already exists and holds anything."""
+def ensure_new_run_dir(path: str | Path) -> None:
+    """Refuse a ``path`` that already exists and holds anything (or is a file)."""
     path = Path(path)
-    if path.exists() and (not path.is_dir() or any(path.iterdir())):
+    if not is_empty_run_dir(path):
         raise RunDirExists(
             f"run directory {path} already exists and is not empty; "
             "a run directory is never overwritten (choose another --out)"
         )
+
+
+def create_run_dir(path: str | Path) -> Path:
+    """Create ``path``; refuse one that already exists and holds anything."""
+    path = Path(path)
+    ensure_new_run_dir(path)
     path.mkdir(parents=True, exist_ok=True)
     return path
 
@@ -97,20 +111,85 @@ def write_text_atomic(path: Path, text: str) -> None:
 
 def atomic_write(path: Path, write: Callable[[Any], object]) -> None:
     """Write through ``write(binary file)`` to a temp file next to ``path``, flush it to disk,
-    then rename it over ``path``: a reader sees the old file or the whole new one."""
+    then rename it over ``path``: a reader sees the old file or the whole new one. The file
+    gets the permissions the user's umask gives (mkstemp alone makes it 0600)."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~current_umask())
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        try:
+        with contextlib.suppress(OSError):
             os.unlink(tmp)
-        except OSError:
-            pass
         raise
+
+
+def current_umask() -> int:
+    """The process umask, read without changing it where Linux says it (/proc)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)  # elsewhere: set and restore (briefly process-wide)
+    os.umask(mask)
+    return mask
+
+
+@attrs.frozen
+class BadLine:
+    """A ``metrics.jsonl`` line that is no metrics record."""
+
+    line: int
+    reason: str
+    last: bool  # the final line without its newline: a write cut short (kill, full disk)
+
+    def describe(self, path: Path) -> str:
+        what = "half-written last line" if self.last else "line"
+        return f"{path}:{self.line}: {what} skipped ({self.reason})"
+
+
+def parse_metrics(text: str) -> tuple[list[dict[str, Any]], list[BadLine]]:
+    """Records of a ``metrics.jsonl`` text and the lines that are none, by line number."""
+    records, bad = [], []
+    lines = text.split("\n")
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        last = number == len(lines)  # no newline after it
+        try:
+            record = json.loads(line)
+        except ValueError as exc:
+            bad.append(BadLine(number, f"not JSON: {exc.msg}", last))
+            continue
+        problem = _record_problem(record)
+        if problem:
+            bad.append(BadLine(number, problem, last))
+            continue
+        records.append(record)
+    return records, bad
+
+
+def _record_problem(record: Any) -> str | None:
+    if not isinstance(record, dict):
+        return f"a JSON {type(record).__name__}, not an object"
+    step = record.get("step", 0)
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        return f"step {step!r} is not a step number"
+    for key, value in record.items():
+        if not isinstance(value, int | float | str | None):  # bool is an int
+            return f"{key} = {value!r} is not a number or a label"
+    return None
+
+
+def read_metrics_file(path: Path) -> tuple[list[dict[str, Any]], list[BadLine]]:
+    if not path.exists():
+        return [], []
+    return parse_metrics(path.read_bytes().decode("utf-8", errors="replace"))
 
 
 class MetricsLog:
@@ -123,15 +202,21 @@ class MetricsLog:
         with self.path.open("a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
 
-    def truncate_after(self, step: int) -> None:
-        """Drop records logged after ``step`` (a resumed run re-logs them)."""
-        kept = [r for r in self.read() if r.get("step", 0) <= step]
+    def truncate_after(self, step: int, warn: Callable[[str], None] | None = None) -> None:
+        """Drop records logged after ``step`` (a resumed run re-logs them) and lines that are
+        no records (a half-written last line after a kill), saying which."""
+        records, bad = read_metrics_file(self.path)
+        for b in bad:
+            (warn or _stderr)(f"warning: {b.describe(self.path)}; dropped on resume")
+        kept = [r for r in records if r.get("step", 0) <= step]
         write_text_atomic(self.path, "".join(json.dumps(r) + "\n" for r in kept))
 
     def read(self) -> list[dict[str, Any]]:
-        if not self.path.exists():
-            return []
-        return [json.loads(line) for line in self.path.read_text("utf-8").splitlines() if line]
+        return read_metrics_file(self.path)[0]
+
+
+def _stderr(text: str) -> None:
+    print(text, file=sys.stderr)
 
 
 def save_checkpoint(
@@ -145,6 +230,7 @@ def save_checkpoint(
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{name}."))
     try:
+        os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp makes 0700; honour the umask
         save_file(
             {k: v.detach().contiguous().cpu() for k, v in tensors.items()},
             str(tmp / "model.safetensors"),
@@ -163,10 +249,57 @@ def save_checkpoint(
     return final
 
 
+STATE_KEYS = ("step", "train_weights", "optimizer", "schedule", "callbacks", "rng")
+
+
 def load_checkpoint(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Weights and trainer state of ``checkpoints/<name>/``, read without running any code
+    (``weights_only``); raises :class:`CheckpointDamaged` naming the file and the fault."""
     import torch
     from safetensors.torch import load_file
 
-    return load_file(str(path / "model.safetensors")), torch.load(
-        path / "trainer.pt", weights_only=False
-    )
+    path = Path(path)
+    file = path / "model.safetensors"
+    try:
+        weights = load_file(str(file))
+        file = path / "trainer.pt"
+        state = torch.load(file, weights_only=True, map_location="cpu")
+    except Exception as exc:  # truncation, garbage, a pickle that is more than data
+        raise CheckpointDamaged(f"{file}: cannot be loaded ({_first_line(exc)})") from None
+    missing = [k for k in STATE_KEYS if not isinstance(state, dict) or k not in state]
+    if missing:
+        raise CheckpointDamaged(f"{file}: not a ponderkit trainer state (missing {missing})")
+    return weights, state
+
+
+def checkpoint_problem(path: Path) -> str | None:
+    """Why ``checkpoints/<name>/`` is not intact, cheaply (headers and sizes, no tensors read);
+    None when it looks whole. A full read is :func:`load_checkpoint`."""
+    import zipfile
+
+    weights, state = path / "model.safetensors", path / "trainer.pt"
+    for file in (weights, state):
+        if not file.is_file():
+            return f"{file} is missing"
+    try:
+        with weights.open("rb") as f:
+            size = weights.stat().st_size
+            n = int.from_bytes(f.read(8), "little")
+            if not 0 < n <= size - 8:
+                return f"{weights}: header length {n} does not fit a file of {size} bytes"
+            header = json.loads(f.read(n))
+        end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"),
+                  default=0)  # fmt: skip
+        if 8 + n + end != size:
+            return f"{weights}: holds {size} bytes, its header says {8 + n + end} (truncated?)"
+        with zipfile.ZipFile(state) as z:
+            if not z.namelist():
+                return f"{state}: empty archive"
+    except (OSError, ValueError, KeyError, TypeError, IndexError, zipfile.BadZipFile) as exc:
+        return f"{path}: unreadable ({_first_line(exc)})"
+    return None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0][:160]}" if text else type(exc).__name__

@@ -23,6 +23,7 @@ from ..yamlio import dump
 from .build import build_components
 from .evaluate import autocast, evaluate, resolve_device, to_device
 from .nn import parameter_count
+from .recovery import Interrupted, StopOnSignal, prune
 from .runs import MetricsLog, save_checkpoint, write_meta, write_text_atomic
 
 
@@ -122,7 +123,8 @@ class Trainer:
         # since the setting is process-wide.
         torch.set_flush_denormal(True)
         try:
-            return self._fit()
+            with StopOnSignal() as self._stop:  # Ctrl-C: checkpoint at the step boundary, exit
+                return self._fit()
         finally:
             torch.set_flush_denormal(False)
 
@@ -139,10 +141,14 @@ class Trainer:
         progress = _Progress(cfg.steps, enabled=not self.quiet)
         # a resumed run continues its clock: elapsed_s and max_time_s count all segments
         t0 = time.perf_counter() - self.elapsed_before
-        window_t, window_samples = t0, 0
+        # the speed window starts now, not at t0, which a resume moves into the past
+        window_t, window_samples = time.perf_counter(), 0
+        last_checkpoint_t = window_t
         self._t0 = t0
         deadline = t0 + cfg.max_time_s if cfg.max_time_s else float("inf")
         while self.step < cfg.steps:
+            if self._stop.signum is not None:
+                self._stop_on_signal(self._stop.signum)
             if time.perf_counter() > deadline:
                 if not self.quiet:
                     print(f"time limit of {cfg.max_time_s:.0f} s reached at step {self.step}")
@@ -178,12 +184,24 @@ class Trainer:
                     record.update({f"eval/{k}": v for k, v in last_eval.items()})
                 self._log(record)
                 progress.update(self.step, record)
-            if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
+            now = time.perf_counter()
+            due_s = cfg.checkpoint_every_s and now - last_checkpoint_t >= cfg.checkpoint_every_s
+            if (cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0) or due_s:
                 self.checkpoint(f"step_{self.step:07d}")
+                last_checkpoint_t = time.perf_counter()
         progress.close()
         if self.run_dir:
             self.checkpoint("final")
         return last_eval
+
+    def _stop_on_signal(self, signum: int) -> None:
+        import signal
+
+        name = signal.Signals(signum).name
+        where = self.checkpoint(f"step_{self.step:07d}") if self.step else None
+        saved = f"; checkpoint {where}, continue with --resume" if where else ""
+        print(f"{name} at step {self.step}{saved}", file=sys.stderr, flush=True)
+        raise Interrupted(signum, f"{name} at step {self.step}")
 
     def restore(self, checkpoint: Path) -> None:
         """Continue from ``checkpoint``: weights, optimizer, schedule and callback state, RNG,
@@ -199,7 +217,10 @@ class Trainer:
                 cb.load_state_dict(_to_device(cb_state, self.device))
         rng = state["rng"]
         torch.set_rng_state(rng["torch"])
-        np.random.set_state(rng["numpy"])
+        n = rng["numpy"]  # stored as tensors and numbers: weights_only loads no numpy arrays
+        np.random.set_state(
+            ("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"])
+        )
         random.setstate(rng["python"])
         self.step = state["step"]
         self.elapsed_before = float(state.get("elapsed_s", 0.0))
@@ -268,53 +289,55 @@ class Trainer:
             "callbacks": [_call(cb, "state_dict") for cb in self.callbacks],
             "rng": {
                 "torch": torch.get_rng_state(),
-                "numpy": np.random.get_state(),
+                "numpy": _numpy_rng_state(),
                 "python": random.getstate(),
             },
         }
-        return save_checkpoint(self.run_dir, name, weights, state)
+        path = save_checkpoint(self.run_dir, name, weights, state)
+        prune(self.run_dir, self.config.train.keep_checkpoints)
+        return path
 
 
 def resume_or_start(
     config: ExperimentConfig, run_dir: Path, registry: Any, quiet: bool = False
 ) -> Trainer | None:
-    """A trainer continuing ``run_dir`` (None when it already finished).
+    """A trainer continuing ``run_dir`` from its newest intact checkpoint (None when it already
+    finished); the caller holds the directory's lock (:class:`~ponderkit.engine.runlock.RunLock`).
 
     A directory that does not exist or is empty starts a new run; one holding a different
     config is refused, so a resumed run never mixes two experiments."""
-    from ..errors import PonderkitError
+    from ..errors import InputError
     from ..experiment import load_experiment
+    from . import recovery
+    from .runlock import is_empty_run_dir
     from .runs import create_run_dir
 
     run_dir = Path(run_dir)
-    if not run_dir.exists() or not any(run_dir.iterdir()):
+    if is_empty_run_dir(run_dir):
         return Trainer(config, registry, create_run_dir(run_dir), quiet=quiet)
     saved = run_dir / "config.yaml"
-    if not saved.exists():
-        raise PonderkitError(f"{run_dir} is not a run directory (no config.yaml); cannot resume")
+    if not saved.is_file():
+        raise InputError(f"{run_dir} is not a run directory (no config.yaml); cannot resume")
     if load_experiment(saved, registry=registry).config != config:
-        raise PonderkitError(
+        raise InputError(
             f"{run_dir} holds a run of a different config; resume it with the "
             f"same file and overrides, or choose another --out"
         )
     trainer = Trainer(config, registry, run_dir, quiet=quiet)
-    checkpoint = latest_checkpoint(run_dir)
-    if checkpoint is not None:
-        trainer.restore(checkpoint)
-    elif trainer.metrics_log:  # interrupted before its first checkpoint: start the log afresh
-        trainer.metrics_log.truncate_after(0)
+    recovery.resume(trainer, run_dir)
     if trainer.step >= config.train.steps:
         return None
     return trainer
 
 
-def latest_checkpoint(run_dir: Path) -> Path | None:
-    """The checkpoint of ``run_dir`` with the highest step, or None."""
-    found = []
-    for path in (Path(run_dir) / "checkpoints").glob("*/trainer.pt"):
-        step = torch.load(path, weights_only=False, map_location="cpu")["step"]
-        found.append((step, path.parent.name != "final", path.parent))
-    return max(found)[2] if found else None
+def _numpy_rng_state() -> dict[str, Any]:
+    _, keys, pos, has_gauss, gauss = np.random.get_state()
+    return {
+        "keys": torch.from_numpy(keys.astype(np.int64)),
+        "pos": int(pos),
+        "has_gauss": int(has_gauss),
+        "gauss": float(gauss),
+    }
 
 
 def _to_device(obj: Any, device: torch.device) -> Any:

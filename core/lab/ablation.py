@@ -31,12 +31,19 @@ import attrs
 from ..config import Structurer, unstructure
 from ..engine.build import check_buildable
 from ..errors import ConfigError, Issue, dotted, suggestion
-from ..experiment import Experiment, ExperimentConfig, experiment_from_document
+from ..experiment import (
+    SEED_LIMIT,
+    Experiment,
+    ExperimentConfig,
+    experiment_from_document,
+    plain_name,
+)
 from ..registry import Registry
 from ..yamlio import Document, apply_overrides, load_document
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 RESERVED = {"plots", "logs"}  # subdirectories of an ablation directory
+MAX_SEEDS = 1000  # `seeds: 1000000000` would otherwise expand into a billion runs
 BUDGET_KEYS = {"steps": ("train", "steps"), "time_s": ("train", "max_time_s"), "flops": None}
 Where = tuple[str | None, int | None]
 
@@ -81,7 +88,7 @@ class AblationFile:
     budget: Budget = attrs.field(factory=Budget)
     baseline: str | None = None
     overrides: Any = None
-    name: str = ""
+    name: str = attrs.field(default="", validator=plain_name)
     description: str = ""
     #: the dotted config path(s) this ablation varies (``model.recursion``); resolved-config
     #: differences between a variant and the baseline outside them are confounds
@@ -109,6 +116,7 @@ class Variant:
     name: str
     overrides: tuple[Override, ...]
     config: ExperimentConfig  # for the first seed; others differ only in ``seed``
+    document: Document | None = attrs.field(default=None, eq=False, repr=False)  # its lines
 
 
 @attrs.frozen
@@ -200,15 +208,7 @@ def load_ablation(path: str | Path, *, registry: Registry, build: bool = True) -
         issues.append(_at(doc, ("budget",), f"set one of steps, time_s, flops, not {budget_keys}"))
     common = _overrides(spec.overrides, ("overrides",), doc, issues)
     named, baseline = _variants(spec, doc, issues)
-    fixed = _budget_paths(budget_keys[0]) if budget_keys else []
-    for where, overrides in [(("overrides",), common)] + [
-        (("variants", n), o) for n, o in named.items()
-    ]:
-        for o in overrides:
-            if o.path[:2] in fixed or o.path == ("seed",):
-                what = "the seeds" if o.path == ("seed",) else f"the budget ({budget_keys[0]})"
-                message = f"{o.text!r} sets what {what} fixes for every variant"
-                issues.append(Issue(where, message, file=o.where[0], line=o.where[1]))
+    issues += _budget_conflicts(budget_keys[0] if budget_keys else None, common, named)
     written_in = Path(doc.where(("base",))[0] or path)  # relative to the file that says it
     base_path = written_in.parent / spec.base
     if not base_path.exists():
@@ -231,7 +231,7 @@ def load_ablation(path: str | Path, *, registry: Registry, build: bool = True) -
         except ConfigError as exc:
             per_variant[name] = exc.issues
             continue
-        variants.append(Variant(name, tuple(overrides), config))
+        variants.append(Variant(name, tuple(overrides), config, exp.document))
     factor = _factor(spec.factor, doc, issues)
     reference = next((v for v in variants if v.name == baseline), None)
     if spec.confounds == "error" and reference is not None:
@@ -290,10 +290,23 @@ def variant_config(
     return variant_experiment(base_doc, overrides, registry).config
 
 
+def preflight_variants(ablation: Ablation, registry: Registry) -> None:
+    """What ``run`` would refuse (device, memory) for every variant, in one ConfigError."""
+    from ..engine.preflight import preflight
+
+    per_variant = {}
+    for v in ablation.variants:
+        issues = preflight(v.config, registry)
+        if issues:
+            per_variant[v.name] = [v.document.locate(i) if v.document else i for i in issues]
+    if per_variant:
+        raise ConfigError(_name_variants(per_variant))
+
+
 def variant_experiment(
     base_doc: Document, overrides: Sequence[Override], registry: Registry
 ) -> Experiment:
-    """As :func:`variant_config`, with the document the variant's config came from."""
+    """:func:`variant_config` with the document that located it."""
     doc = Document(copy.deepcopy(base_doc.data), dict(base_doc.positions), base_doc.source)
     for o in overrides:
         try:
@@ -374,19 +387,24 @@ def _at(doc: Document, path: tuple, message: str, hint: str = "") -> Issue:
 
 
 def _seeds(value: Any, doc: Document, issues: list[Issue]) -> list[int]:
-    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+    def is_seed(s: Any) -> bool:
+        return isinstance(s, int) and not isinstance(s, bool) and 0 <= s < SEED_LIMIT
+
+    if isinstance(value, int) and not isinstance(value, bool) and 0 < value <= MAX_SEEDS:
         return list(range(value))
-    if (
-        isinstance(value, list | tuple)
-        and value
-        and all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in value)
-    ):
+    if isinstance(value, list | tuple) and 0 < len(value) <= MAX_SEEDS and all(map(is_seed, value)):
         if len(set(value)) == len(value):
             return list(value)
         issues.append(_at(doc, ("seeds",), f"seeds repeat: {list(value)}"))
         return list(dict.fromkeys(value))
+    shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
     issues.append(
-        _at(doc, ("seeds",), f"expected a list of seeds (ints >= 0) or a count, got {value!r}")
+        _at(
+            doc,
+            ("seeds",),
+            f"expected a list of seeds (ints in [0, 2**63)) or a count from 1 to {MAX_SEEDS}, "
+            f"got {shown}",
+        )
     )
     return [0]
 
@@ -398,6 +416,11 @@ def _overrides(value: Any, at: tuple, doc: Document, issues: list[Issue]) -> lis
     if isinstance(value, dict):
         out = []
         for k, v in value.items():
+            odd = _not_plain(v)
+            if odd is not None:  # e.g. an unquoted date, which YAML reads as a datetime
+                message = f"{k}: {odd!r} is a {type(odd).__name__}, not a config value; quote it"
+                issues.append(_at(doc, (*at, k), message))
+                continue
             n = len(at) + 1
             inner = {p[n:]: w for p, w in doc.positions.items() if p[:n] == (*at, k) and p[n:]}
             out.append(Override(f"{k}={json.dumps(v)}", doc.where((*at, k)), inner))
@@ -415,8 +438,40 @@ def _overrides(value: Any, at: tuple, doc: Document, issues: list[Issue]) -> lis
     return []
 
 
-def _budget_paths(key: str) -> list[tuple[str, str]]:
-    return [("train", "steps")] if key == "flops" else [BUDGET_KEYS[key]]
+def _not_plain(value: Any) -> Any:
+    """The first value inside ``value`` that is not JSON data (a date, a set...), or None."""
+    if isinstance(value, dict):
+        return next((x for x in map(_not_plain, [*value, *value.values()]) if x is not None), None)
+    if isinstance(value, list):
+        return next((x for x in map(_not_plain, value) if x is not None), None)
+    if value is None or isinstance(value, str | int | float | bool):
+        return None
+    return value
+
+
+def _budget_conflicts(
+    key: str | None, common: list[Override], named: dict[str, list[Override]]
+) -> list[Issue]:
+    """Overrides that would make the budget differ between variants.
+
+    The budget's own setting is fixed for everyone; under any budget a variant may not set the
+    other kind of limit either (a variant with ``train.max_time_s`` under a steps budget trains
+    for a different budget than the report says), nor replace the whole ``train`` mapping."""
+    issues = []
+    limits = [("train", "steps"), ("train", "max_time_s")]
+    own = [("train", "steps")] if key == "flops" else [BUDGET_KEYS[key]] if key else []
+    for where, overrides in [(("overrides",), common)] + [
+        (("variants", n), o) for n, o in named.items()
+    ]:
+        fixed = limits if key and where[0] == "variants" else own
+        for o in overrides:
+            p = o.path
+            sets = any(p[: len(f)] == f or f[: len(p)] == p for f in fixed)
+            if sets or p == ("seed",):
+                what = "the seeds" if p == ("seed",) else f"the budget ({key})"
+                message = f"{o.text!r} sets what {what} fixes for every variant"
+                issues.append(Issue(where, message, file=o.where[0], line=o.where[1]))
+    return issues
 
 
 def _budget_overrides(budget: Budget, doc: Document) -> list[Override]:

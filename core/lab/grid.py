@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ..engine.runs import write_json_atomic, write_text_atomic
-from ..errors import PonderkitError, suggestion
+from ..errors import InputError, PonderkitError, suggestion
 from .ablation import Ablation, Run
 from .run_analysis import analyse_run, read_json
 
@@ -131,7 +131,7 @@ def select(runs: list[Run], only: Sequence[str] | None) -> list[Run]:
     for name in only:
         if name not in keys:
             hint = suggestion(name, keys) or "variants: " + ", ".join(keys[len(runs) :])
-            raise PonderkitError(f"--only {name!r} is no variant or run here ({hint})")
+            raise InputError(f"--only {name!r} is no variant or run here ({hint})")
     return [r for r in runs if r.key in only or r.variant in only]
 
 
@@ -139,15 +139,16 @@ def run_state(run: Run, run_dir: Path, registry: Any) -> str:
     """``new``, ``resume``, ``analyse`` (trained, halting.json missing) or ``done``.
 
     Raises when the directory holds a run of another config (the ablation file changed)."""
+    from ..engine.runlock import is_empty_run_dir
     from ..experiment import load_experiment
 
-    if not run_dir.exists() or not any(run_dir.iterdir()):
+    if is_empty_run_dir(run_dir):
         return "new"
     saved = run_dir / "config.yaml"
     if not saved.exists():
-        raise PonderkitError(f"{run.key}: {run_dir} is not empty and not a run directory")
+        raise InputError(f"{run.key}: {run_dir} is not empty and not a run directory")
     if load_experiment(saved, registry=registry).config != run.config:
-        raise PonderkitError(
+        raise InputError(
             f"{run.key}: {run_dir} holds a run of a different config (the ablation or base "
             "file changed since it ran); move it away or choose another --out"
         )
@@ -158,15 +159,22 @@ def run_state(run: Run, run_dir: Path, registry: Any) -> str:
 
 
 def train_run(run: Run, run_dir: Path, registry: Any, time_budget: float | None = None) -> None:
-    """Train ``run`` into ``run_dir`` from scratch or from its latest checkpoint, then analyse."""
+    """Train ``run`` into ``run_dir`` from scratch or from its newest intact checkpoint, then
+    analyse; the run directory is locked throughout (a second writer is refused)."""
+    from ..engine.runlock import RunLock
     from ..engine.train import resume_or_start
 
-    if run_state(run, run_dir, registry) in ("new", "resume"):
-        trainer = resume_or_start(run.config, run_dir, registry, quiet=True)
-        if trainer is not None:
-            trainer.fit()
-        del trainer
-    analyse_run(run_dir, registry)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with RunLock(run_dir):
+        state = run_state(run, run_dir, registry)  # again, now that no one else can write it
+        if state == "done":
+            return
+        if state in ("new", "resume"):
+            trainer = resume_or_start(run.config, run_dir, registry, quiet=True)
+            if trainer is not None:
+                trainer.fit()
+            del trainer
+        analyse_run(run_dir, registry)
 
 
 def run_grid(
@@ -177,6 +185,7 @@ def run_grid(
     *,
     jobs: int = 1,
     child_argv: Sequence[str] = (),
+    child_env: dict[str, str] | None = None,
     say: Say = print,
     plan_runs: Sequence[Run] | None = None,
 ) -> list[str]:
@@ -202,13 +211,13 @@ def run_grid(
         else:
             todo.append((run, state))
     if problems:
-        raise PonderkitError("\n".join(problems))
+        raise InputError("\n".join(problems))
     if plan_runs is not None:
         write_plan(ablation, plan_runs, out)
     time_budget = ablation.budget.time_s
     if jobs <= 1 or len(todo) <= 1:
         return _in_process(todo, out, registry, time_budget, log)
-    return _subprocesses(todo, out, jobs, child_argv, log)
+    return _subprocesses(todo, out, jobs, child_argv, child_env or {}, log)
 
 
 def _in_process(todo: list, out: Path, registry: Any, time_budget: float | None, log) -> list:
@@ -230,7 +239,9 @@ def _in_process(todo: list, out: Path, registry: Any, time_budget: float | None,
     return failed
 
 
-def _subprocesses(todo: list, out: Path, jobs: int, child_argv: Sequence[str], log) -> list:
+def _subprocesses(
+    todo: list, out: Path, jobs: int, child_argv: Sequence[str], child_env: dict[str, str], log
+) -> list:
     slots = _device_slots(jobs)
     (out / "logs").mkdir(exist_ok=True)
     pending, running, failed = list(todo), {}, []
@@ -241,7 +252,7 @@ def _subprocesses(todo: list, out: Path, jobs: int, child_argv: Sequence[str], l
                 slot = next(s for s in slots if s[0] not in busy)
                 run, state = pending.pop(0)
                 logfile = out / "logs" / f"{run.variant}-seed{run.seed}.log"
-                env = {**os.environ, **slot[1]}
+                env = {**os.environ, **child_env, **slot[1], PARENT_ENV: str(os.getpid())}
                 with logfile.open("a") as f:
                     cmd = [*child_argv, "--only", run.key]
                     proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env)
@@ -301,8 +312,60 @@ def _result(run_dir: Path) -> str:
 
 
 def worker_command(file: Path, out: Path, plugin_args: Sequence[str]) -> list[str]:
-    """The command a subprocess job runs (``--only RUN`` is appended per run). ``-P``: the
-    working directory is not put on ``sys.path``, so a folder named ``ponderkit`` there cannot
-    shadow the installed package."""
-    return [sys.executable, "-P", "-m", "ponderkit", *plugin_args, "ablate", str(file), "--out",
-            str(out), "--worker"]  # fmt: skip
+    """The command a subprocess job runs (``--only RUN`` is appended per run).
+
+    ``-P`` keeps the working directory off ``sys.path``: a folder named ``ponderkit`` there
+    would otherwise be imported in place of the installed package."""
+    return [sys.executable, "-P", "-m", "ponderkit", *plugin_args, "ablate", str(file),
+            "--out", str(out), "--worker"]  # fmt: skip
+
+
+PARENT_ENV = "PONDERKIT_PARENT_PID"
+
+
+def worker_env(plugin_modules: Sequence[str]) -> dict[str, str]:
+    """``PYTHONPATH`` for workers: where this process found each ``--plugin`` module (``-P``
+    hides the working directory, where an ad-hoc plugin module often lives)."""
+    folders = []
+    for name in plugin_modules:
+        module = sys.modules.get(name.split(".")[0])
+        file = getattr(module, "__file__", None)
+        if not file:
+            continue
+        here = Path(file).resolve().parent
+        folders.append(str(here.parent if Path(file).name == "__init__.py" else here))
+    if not folders:
+        return {}
+    old = os.environ.get("PYTHONPATH")
+    return {"PYTHONPATH": os.pathsep.join(dict.fromkeys([*folders, *([old] if old else [])]))}
+
+
+def die_with_parent(poll_s: float = 1.0) -> None:
+    """Make this worker stop when the ``ablate`` that started it dies, even by ``kill -9``.
+
+    Linux delivers SIGTERM on the parent's death (``prctl(PR_SET_PDEATHSIG)``); a thread that
+    polls the parent pid covers other systems and a parent that died before the prctl. The
+    SIGTERM makes training checkpoint at its next step and exit, so nothing runs orphaned."""
+    import signal
+    import threading
+
+    parent = int(os.environ.get(PARENT_ENV, "0") or 0)
+    if not parent:
+        return
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(1, int(signal.SIGTERM), 0, 0, 0)  # 1: PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(poll_s)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    if os.getppid() != parent:  # already orphaned
+        os.kill(os.getpid(), signal.SIGTERM)
+    threading.Thread(target=watch, name="ponderkit-parent-watch", daemon=True).start()

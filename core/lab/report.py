@@ -83,11 +83,13 @@ def stat(runs: Sequence[RunSummary], key: str) -> Stat | None:
 
 
 # -- the ablation report ------------------------------------------------------------------------
-def load_groups(ablation_dir: Path) -> tuple[dict[str, Any], dict[str, list[RunSummary]]]:
+def load_groups(
+    ablation_dir: Path, warn: Callable[[str], None] | None = None
+) -> tuple[dict[str, Any], dict[str, list[RunSummary]]]:
     """The plan (``ablation.json``) and every variant's run summaries, complete or not."""
     plan = read_json(ablation_dir / "ablation.json")
     if not plan:  # no plan: read the layout <variant>/seed<k>/
-        names = sorted(p.parent.name for p in ablation_dir.glob("*/seed*/config.yaml"))
+        names = sorted(p.parent.parent.name for p in ablation_dir.glob("*/seed*/config.yaml"))
         variants = list(dict.fromkeys(names))
         plan = {"name": ablation_dir.name, "variants": {v: [] for v in variants}, "seeds": []}
         plan["baseline"] = "base" if "base" in variants else (variants[0] if variants else "")
@@ -95,15 +97,18 @@ def load_groups(ablation_dir: Path) -> tuple[dict[str, Any], dict[str, list[RunS
     for variant in plan["variants"]:
         dirs = sorted((ablation_dir / variant).glob("seed*"), key=lambda p: p.name)
         groups[variant] = [summarize_run(d) for d in dirs if (d / "config.yaml").exists()]
+        for run in groups[variant]:
+            for problem in run.problems if warn else ():
+                warn(problem)
     return plan, groups
 
 
-def write_report(ablation_dir: str | Path) -> Path:
+def write_report(ablation_dir: str | Path, warn: Callable[[str], None] | None = None) -> Path:
     """Write ``report.md`` and ``plots/*.png`` for the ablation in ``ablation_dir``."""
     from .report_plots import write_plots
 
     ablation_dir = Path(ablation_dir)
-    plan, groups = load_groups(ablation_dir)
+    plan, groups = load_groups(ablation_dir, warn)
     done = {v: [r for r in runs if r.complete] for v, runs in groups.items()}
     plots = write_plots(done, ablation_dir / "plots")
     text = render(plan, groups, [p.relative_to(ablation_dir) for p in plots])
@@ -304,11 +309,13 @@ def _method(done: dict[str, list[RunSummary]]) -> list[str]:
 
 
 # -- ad hoc comparison --------------------------------------------------------------------------
-def compare_table(run_dirs: Sequence[str | Path]) -> str:
+def compare_table(run_dirs: Sequence[str | Path], warn: Callable[[str], None] | None = None) -> str:
     """A markdown table of any run directories, one row each."""
     rows = []
     for d in run_dirs:
         r = summarize_run(Path(d))
+        for problem in r.problems if warn else ():
+            warn(problem)
         rows.append([f"`{d}`", r.status, str(r.step)] + [
             f(r.values[k]) if k in r.values else "–" for k, _, f in COLUMNS
         ])  # fmt: skip

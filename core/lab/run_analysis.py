@@ -15,7 +15,12 @@ from typing import Any
 
 import attrs
 
-from ..engine.runs import MetricsLog, write_json_atomic, write_text_atomic
+from ..engine.runs import (
+    checkpoint_problem,
+    read_metrics_file,
+    write_json_atomic,
+    write_text_atomic,
+)
 
 DENSE = "dense: every parameter is used by every token"
 ROUTED = (
@@ -26,7 +31,8 @@ BY_MODULE = "reported by the modules' active_parameters()"
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
-    return MetricsLog(Path(run_dir) / "metrics.jsonl").read()
+    """The records of ``run_dir/metrics.jsonl``; lines that are none are skipped."""
+    return read_metrics_file(Path(run_dir) / "metrics.jsonl")[0]
 
 
 def read_json(path: Path) -> dict[str, Any]:
@@ -190,6 +196,7 @@ class RunSummary:
     halting: dict[str, Any]
     params: dict[str, Any]
     meta: dict[str, Any]
+    problems: tuple[str, ...] = ()  # skipped metrics lines, a damaged final checkpoint
 
     @property
     def complete(self) -> bool:
@@ -198,7 +205,9 @@ class RunSummary:
 
 def summarize_run(run_dir: Path) -> RunSummary:
     run_dir = Path(run_dir)
-    records = read_metrics(run_dir)
+    path = run_dir / "metrics.jsonl"
+    records, bad = read_metrics_file(path)
+    problems = [b.describe(path) for b in bad]
     meta, halting = read_json(run_dir / "meta.json"), read_json(run_dir / "halting.json")
     params = read_json(run_dir / "active_params.json")
     evals = [r for r in records if "eval/exact_acc" in r]
@@ -226,7 +235,14 @@ def summarize_run(run_dir: Path) -> RunSummary:
     stopped = bool(records and records[-1].get("stopped"))
     # halting.json is written from the final checkpoint, so it also marks a finished run
     # whose checkpoints were left behind (a run directory copied without them)
-    final = bool(halting) or (run_dir / "checkpoints" / "final" / "model.safetensors").exists()
+    final_dir = run_dir / "checkpoints" / "final"
+    final = bool(halting) or (final_dir / "model.safetensors").exists()
+    damage = checkpoint_problem(final_dir) if final_dir.exists() else None
+    if damage:  # a final checkpoint that does not load is no finished run
+        final = False
+        problems.append(f"final checkpoint damaged, run counted incomplete: {damage}")
     status = "time limit" if stopped and final else "finished" if final else "incomplete"
     step = max((r.get("step", 0) for r in records), default=0)
-    return RunSummary(run_dir, status, step, values, records, halting, params, meta)
+    return RunSummary(
+        run_dir, status, step, values, records, halting, params, meta, tuple(problems)
+    )

@@ -188,13 +188,19 @@ def test_a_changed_ablation_is_refused_before_anything_runs(grid, capsys):
     assert main(["ablate", str(path), "--out", str(out)]) == 0
     path.write_text(path.read_text().replace("steps: 10", "steps: 20"))
     capsys.readouterr()
-    assert main(["ablate", str(path), "--out", str(out)]) == 1
+    assert main(["ablate", str(path), "--out", str(out)]) == 2
     assert "base/seed0" in capsys.readouterr().err and steps_of(out / "base/seed0") == [5, 10]
 
 
-def test_parallel_jobs_run_as_subprocesses(grid, capsys):
+def test_parallel_jobs_run_as_subprocesses(grid, capsys, monkeypatch):
     path = grid("seeds: [0, 1]\nbudget: {steps: 10}\n" + TINY)
     out = path.parent / "out"
+    # workers start with -P: a folder named ponderkit in the working directory is not imported
+    shadow = path.parent / "ponderkit"
+    shadow.mkdir()
+    (shadow / "__init__.py").write_text("raise ImportError('the shadow package was imported')\n")
+    (shadow / "__main__.py").write_text("raise SystemExit('the shadow package ran')\n")
+    monkeypatch.chdir(path.parent)
     assert main(["ablate", str(path), "--out", str(out), "--jobs", "2"]) == 0
     printed = capsys.readouterr().out
     assert printed.count("OMP_NUM_THREADS=") == 2 and "finished base/seed1" in printed

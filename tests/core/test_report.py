@@ -6,7 +6,9 @@ import json
 import math
 
 import pytest
+import torch
 from ponderkit.cli import main
+from ponderkit.engine.runs import save_checkpoint
 from ponderkit.lab.report import write_report
 from ponderkit.lab.run_analysis import summarize_run, training_seconds
 from ponderkit.lab.stats import describe, difference
@@ -18,7 +20,7 @@ def make_run(root, variant, seed, *, exact, loss, steps=(1, 2, 2, 3), final=True
     """A run directory: config, meta, metrics (3 logs) and, when ``final``, halting.json and a
     final checkpoint. The last log holds ``exact`` and ``loss``."""
     run = root / variant / f"seed{seed}"
-    (run / "checkpoints" / "final").mkdir(parents=True)
+    run.mkdir(parents=True)
     (run / "config.yaml").write_text("name: synthetic\n")
     (run / "meta.json").write_text(json.dumps({"seed": seed, "parameters": 1000, "git": {}}))
     records = [
@@ -34,7 +36,7 @@ def make_run(root, variant, seed, *, exact, loss, steps=(1, 2, 2, 3), final=True
                "token_acc_all_steps": 0.9}  # fmt: skip
     if final:  # an interrupted run has neither
         (run / "halting.json").write_text(json.dumps(halting))
-        (run / "checkpoints" / "final" / "model.safetensors").write_bytes(b"x")
+        save_checkpoint(run, "final", {"w": torch.zeros(2)}, {"step": 30})
     return run
 
 
@@ -151,5 +153,5 @@ def test_report_and_compare_commands(ablation_dir, capsys):
     assert out[0].startswith("| run | status | steps | exact acc (%)")
     assert out[2].startswith(f"| `{runs[0]}` | finished | 30 | 50.00 |")
     assert f"| `{runs[1]}` | incomplete |" in out[3]
-    assert main(["compare", str(ablation_dir)]) == 1  # not a run directory
+    assert main(["compare", str(ablation_dir)]) == 2  # not a run directory: bad input
     assert summarize_run(ablation_dir / "single" / "seed0").values["exact_acc"] == 0.25

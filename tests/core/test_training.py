@@ -45,14 +45,14 @@ def test_run_writes_run_directory_and_refuses_to_overwrite(sort_yaml, tmp_path, 
         and "ponderkit.plugins.tasks.sort" in meta["plugins"]
     )
     weights = load_file(str(out / "checkpoints/final/model.safetensors"))
-    state = torch.load(out / "checkpoints/final/trainer.pt", weights_only=False)
+    state = torch.load(out / "checkpoints/final/trainer.pt", weights_only=True)
     assert state["step"] == 20 and state["optimizer"]["state"]
     assert any(k.startswith("recursion.blocks.1.") for k in weights)
     # the resolved config re-validates to the same experiment
     assert "train:" in (out / "config.yaml").read_text()
 
     capsys.readouterr()
-    assert main(["run", str(sort_yaml), "--out", str(out), "--quiet"]) == 1
+    assert main(["run", str(sort_yaml), "--out", str(out), "--quiet"]) == 2
     assert "already exists" in capsys.readouterr().err
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 2  # nothing lost
 
@@ -146,4 +146,4 @@ def test_interrupted_run_resumes_to_the_same_result(sort_yaml, tmp_path, registr
         main(["run", str(sort_yaml), "--out", str(broken), "--quiet", "--resume", *overrides]) == 0
     )  # finished: nothing to do
     other = main(["run", str(sort_yaml), "--out", str(broken), "--resume", "train.steps=40"])
-    assert other == 1  # a different config is refused
+    assert other == 2  # a different config is refused (bad input)
