@@ -20,6 +20,7 @@ from ..config import iter_specs, unstructure
 from ..experiment import ExperimentConfig, OptimizerConfig
 from ..interfaces import Batch, BuildContext
 from ..yamlio import dump
+from .generate import SequenceTask, free_running_metrics
 from .losses import accuracy
 from .model import ReasoningModel
 from .nn import parameter_count
@@ -233,7 +234,8 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self, early_exit: bool = False) -> dict[str, float]:
-        """Token and exact accuracy and mean steps on the task's held-out set."""
+        """Token and exact accuracy and mean steps on the task's held-out set; on a serialized
+        task also the free-running (generated) token and exact accuracy."""
         self.model.eval()
         with self._eval_weights():
             totals: dict[str, float] = {}
@@ -250,6 +252,11 @@ class Trainer:
                     "steps": steps.float(),
                     **self.task.score(logits.argmax(-1), batch),
                 }
+                if isinstance(self.task, SequenceTask) and self.task.free_running_eval:
+                    with self.autocast():  # the output generated, not teacher-forced
+                        per_sample.update(
+                            free_running_metrics(self.model, batch, self.task.prompt_len)
+                        )
                 for k, v in per_sample.items():
                     totals[k] = totals.get(k, 0.0) + float(v.float().sum())
                 count += n
