@@ -46,6 +46,12 @@ def _from_rows(rows: Tensor, valid: Tensor, total: int, block: int, mask_mod, fu
     path (CPU) evaluates ``mask_mod`` on every pair."""
     from torch.nn.attention.flex_attention import BlockMask
 
+    nkb = -(-total // block)
+    if rows.shape[-1] < nkb:  # BlockMask wants one index column per key block
+        pad = (0, nkb - rows.shape[-1])
+        rows = torch.nn.functional.pad(rows, pad)
+        valid = torch.nn.functional.pad(valid, pad)
+        full = None if full is None else torch.nn.functional.pad(full, pad)
     counts, indices = _indices(rows, valid)
     full_counts, full_indices = _indices(rows, full) if full is not None else (None, None)
     return BlockMask.from_kv_blocks(
