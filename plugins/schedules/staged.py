@@ -18,7 +18,8 @@ class StagedConfig:
     ``steps: [300]`` with two stages runs the first for optimizer steps 0..299 and the second
     from step 300 to the end of training; give one entry per stage, or one fewer (the last
     stage then takes what is left). ``fractions: [0.75]`` does the same in shares of
-    ``train.steps`` (so an ablation's step budget splits the same way in every variant).
+    ``train.steps`` (so an ablation's step budget splits the same way in every variant; a
+    FLOPs budget counts each stage's step at its share).
     The stage follows from the optimizer step alone, so a resumed run continues in the right
     stage; every logged record carries ``stage`` (its index). Each stage keeps its own state."""
 
@@ -39,6 +40,11 @@ class Staged:
         else:
             ends = list(itertools.accumulate(self.cfg.steps))
         return ends[: len(self.stages) - 1]
+
+    def shares(self, total: int) -> list[float]:
+        """Each stage's share of ``total`` steps (a FLOPs budget weighs its stages by these)."""
+        edges = [0, *(min(e, total) for e in self.boundaries(total)), total]
+        return [(b - a) / total for a, b in itertools.pairwise(edges)]
 
     def stage_at(self, step: int, total: int) -> int:
         return sum(step >= end for end in self.boundaries(total))
