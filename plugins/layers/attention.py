@@ -12,7 +12,7 @@ from torch.nn import functional as F
 
 @attrs.frozen
 class AttentionConfig:
-    """Multi-head self-attention over all positions (non-causal SDPA), RoPE when enabled.
+    """Multi-head self-attention (SDPA), RoPE when enabled; non-causal unless ``causal: true``.
 
     With ``causal: true`` position t attends to positions <= t only, and the mixer keeps its
     keys and values in ``ctx.cache`` during generation. ``head_dim`` defaults to d_model / heads.
