@@ -147,9 +147,7 @@ def main() -> None:
         ]
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     registry = Plugins(autoload=False).registry
-    print(
-        f"device {torch.cuda.get_device_name() if device.type == 'cuda' else platform.machine()}"
-    )
+    print(f"device {torch.cuda.get_device_name() if device.type == 'cuda' else platform.machine()}")
     rows = attention_table(args, registry, device)
     faster = [r["T"] for r in rows if r["ratio"] <= 1.0]
     crossover = min(faster) if faster else None

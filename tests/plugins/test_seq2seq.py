@@ -161,3 +161,23 @@ def test_non_causal_combinations_are_refused(write, registry, override, message)
     with pytest.raises(ConfigError) as err:
         load_experiment(write("s2s.yaml", SEQ2SEQ), [override], registry=registry)
     assert message in str(err.value)
+
+
+def test_staged_resumes_mid_stage_to_the_same_weights(write, registry, tmp_path):
+    over = [
+        "schedule={name: staged, stages: [teacher_forcing, {name: eavi, temperature: 1.0}], "
+        "steps: [3]}",
+        "train.steps=6",
+        "train.checkpoint_every=2",
+    ]
+    exp = load_experiment(write("s2s.yaml", SEQ2SEQ), over, registry=registry)
+    for d in ("a", "step_0000002", "step_0000004"):
+        (tmp_path / d).mkdir()
+    whole = Trainer(exp.config, registry, run_dir=tmp_path / "a", quiet=True)
+    whole.fit()
+    for ckpt in ("step_0000002", "step_0000004"):  # in the first stage, and in the second
+        resumed = Trainer(exp.config, registry, run_dir=tmp_path / ckpt, quiet=True)
+        resumed.restore(tmp_path / "a" / "checkpoints" / ckpt)
+        resumed.fit()
+        for name, value in whole.model.state_dict().items():
+            torch.testing.assert_close(resumed.model.state_dict()[name], value, msg=name)
