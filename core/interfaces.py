@@ -56,6 +56,10 @@ class ForwardContext:
     _routed: dict[tuple[int, str], list] = attrs.field(factory=dict)
     _once: dict[tuple[int, str], Tensor] = attrs.field(factory=dict)
     stats: dict[str, list[Tensor]] = attrs.field(factory=dict)
+    #: incremental decoding state (``ponderkit.engine.generate.KVCache``) or None; when set, the
+    #: tokens of this call sit at positions ``cache.offset ..`` after the cached ones, and a
+    #: causal mixer appends its keys/values to ``cache.slot()`` and attends over all of them
+    cache: Any = None
     _rope_cache: dict[tuple, tuple[Tensor, Tensor]] = attrs.field(factory=dict)
 
     def add_loss(self, name: str, value: Tensor) -> None:

@@ -20,6 +20,7 @@ from ..errors import InputError
 from ..experiment import ExperimentConfig, load_experiment
 from ..interfaces import Batch, Task
 from .build import build_components
+from .generate import SequenceTask, free_running_metrics
 from .losses import accuracy
 from .model import ReasoningModel
 
@@ -52,7 +53,8 @@ def evaluate(
     early_exit: bool = False,
 ) -> dict[str, float]:
     """Token and exact accuracy, mean steps and the task's own metrics on the held-out set,
-    each averaged over samples."""
+    each averaged over samples; on a serialized task also the free-running (generated) token
+    and exact accuracy."""
     was_training = model.training
     model.eval()
     totals: dict[str, float] = {}
@@ -68,6 +70,9 @@ def evaluate(
             "steps": steps.float(),
             **task.score(logits.argmax(-1), batch),
         }
+        if isinstance(task, SequenceTask) and task.free_running_eval:
+            with autocast(precision, device):  # the output generated, not teacher-forced
+                per_sample.update(free_running_metrics(model, batch, task.prompt_len))
         for k, v in per_sample.items():
             totals[k] = totals.get(k, 0.0) + float(v.float().sum())
         count += batch["inputs"].shape[0]

@@ -84,9 +84,14 @@ def measure_step_flops(config: Any, registry: Any) -> float:
         for b in trainer.task.train_batches(config.train.batch_size, config.seed)
     )
     trainer.model.train()
-    with FlopCounterMode(display=False, custom_mapping=_extra_flop_formulas()) as counter:
-        trainer.schedule.train_step(trainer.model, batches, trainer)
-    flops = float(counter.get_total_flops())
+    # a schedule of stages (``staged``) costs the share-weighted mean of its stages' steps
+    stages = getattr(trainer.schedule, "stages", None)
+    shares = trainer.schedule.shares(config.train.steps) if stages else [1.0]
+    flops = 0.0
+    for schedule, share in zip(stages or [trainer.schedule], shares, strict=True):
+        with FlopCounterMode(display=False, custom_mapping=_extra_flop_formulas()) as counter:
+            schedule.train_step(trainer.model, batches, trainer)
+        flops += share * float(counter.get_total_flops())
     del trainer
     if torch.cuda.is_available():
         torch.cuda.empty_cache()

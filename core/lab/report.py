@@ -156,7 +156,7 @@ def render(plan: dict[str, Any], groups: dict[str, list[RunSummary]], plots: lis
         for v, runs in done.items()
     ]
     out += [table(["variant", "n", *(h for _, h, _ in COLUMNS)], rows), ""]
-    out += _differences(done, base)
+    out += _differences(done, base) + _free_running(done, base)
     out += _trajectory(done) + _halting(done)
     if plots:
         out += ["## Plots", ""] + [f"![{p.stem}]({p.as_posix()})" for p in plots] + [""]
@@ -165,6 +165,41 @@ def render(plan: dict[str, Any], groups: dict[str, list[RunSummary]], plots: lis
                 "`ponderkit report DIR`).", ""]  # fmt: skip
     out += _variants(plan) + _arms(plan) + _runs(groups) + _method(done)
     return "\n".join(out).rstrip() + "\n"
+
+
+def _free_running(done: dict[str, list[RunSummary]], base: str) -> list[str]:
+    """Serialized tasks: accuracy of the outputs the model generated itself (greedy, KV cache)
+    beside the teacher-forced ones, and the change in free-running exact accuracy."""
+    if not any("free_exact_acc" in r.values for runs in done.values() for r in runs):
+        return []
+    ref = done.get(base) or []
+    rows = []
+    for v, runs in done.items():
+        delta = difference(by_seed(runs, "free_exact_acc"), by_seed(ref, "free_exact_acc"))
+        ci = delta.ci95() if delta and v != base else None
+        rows.append(
+            [
+                f"`{v}`",
+                str(len(runs)),
+                fmt_stat(stat(runs, "token_acc"), pct),
+                fmt_stat(stat(runs, "free_token_acc"), pct),
+                fmt_stat(stat(runs, "free_exact_acc"), pct),
+                "–" if v == base else fmt_delta(delta, pct),
+                f"[{pct(ci[0])}, {pct(ci[1])}]" if ci else "–" if v == base else "n/a",
+            ]
+        )
+    headers = ["variant", "n", "teacher-forced token acc (%)", "free-running token acc (%)",
+               "free-running exact acc (%)", f"Δ free exact vs `{base}` (pp)", "95% CI"]  # fmt: skip
+    return [
+        "## Free-running (generated) accuracy",
+        "",
+        "The held-out outputs generated greedily from `[input, separator]` (KV cache), against "
+        "the teacher-forced accuracy (every position given the true prefix). Mean ± std over "
+        "seeds; Δ as above.",
+        "",
+        table(headers, rows),
+        "",
+    ]
 
 
 def _differences(done: dict[str, list[RunSummary]], base: str) -> list[str]:

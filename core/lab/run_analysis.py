@@ -217,6 +217,9 @@ def summarize_run(run_dir: Path) -> RunSummary:
     if evals:
         values["exact_acc"] = evals[-1]["eval/exact_acc"]
         values["token_acc"] = evals[-1]["eval/token_acc"]
+        for key in ("free_exact_acc", "free_token_acc"):  # serialized tasks: generated outputs
+            if f"eval/{key}" in evals[-1]:
+                values[key] = evals[-1][f"eval/{key}"]
     if losses:
         values.update(loss=losses[-1], initial_loss=losses[0], min_loss=min(losses))
         values["loss_improvement"] = (losses[0] - losses[-1]) / losses[0] if losses[0] else 0.0

@@ -5,10 +5,10 @@ from __future__ import annotations
 from typing import Literal
 
 import attrs
-from ponderkit import BuildContext, ForwardContext, Spec, attend, component, hookimpl
+from ponderkit import BuildContext, ForwardContext, Spec, component, hookimpl
 from ponderkit.plugins.dynmoe.dispatch import combine, gather, grouped_linear, plan_dispatch
 from ponderkit.plugins.dynmoe.experts import expert_weight, reinit_experts
-from ponderkit.plugins.layers.attention import check_attention
+from ponderkit.plugins.layers.attention import check_attention, self_attention
 from torch import Tensor, nn
 
 
@@ -52,7 +52,7 @@ class DynSMHA(nn.Module):
         plan = plan_dispatch(routing.weights, routing.mask)  # shared by qkv and out
         qkv = combine(grouped_linear(gather(x, plan), self.qkv, plan, self.mode), plan)
         q, k, v = qkv.view(b, t, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        o = attend(q, k, v, ctx, self.causal)  # (B, H, T, Dh)
+        o = self_attention(q, k, v, ctx, self.causal)  # (B, H, T, Dh); RoPE, cache inside
         o = o.transpose(1, 2).reshape(b * t, self.heads * self.head_dim)
         y = combine(grouped_linear(gather(o, plan), self.out, plan, self.mode), plan)
         return y.view(b, t, d)

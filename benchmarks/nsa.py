@@ -1,0 +1,171 @@
+"""NSA against full attention, and an EAVI step against a teacher-forcing step (GPU; runs on
+CPU with --tiny as a smoke test).
+
+1. Forward + backward of one ``nsa`` mixer (FlexAttention block masks, compiled on CUDA)
+   against one ``attention`` mixer (SDPA, flash on CUDA), both causal, bf16 autocast, same
+   width and heads, for T = 1k..16k at a fixed number of tokens per batch; prints the time
+   ratio and the crossover length (the shortest T where NSA is faster).
+2. One optimizer step of ``eavi`` (greedy generation of the whole output with the KV cache
+   under no_grad, then one parallel pass and one backward) against one ``teacher_forcing``
+   step, with the model of experiments/seed003_nsa_dynmoe.yaml on serialized sorting whose
+   output is as long as an ARC grid (900 tokens).
+
+    python benchmarks/nsa.py                       # GPU: both parts
+    python benchmarks/nsa.py --tiny                # CPU smoke test
+
+Writes benchmarks/results/nsa.json (nsa_tiny.json with --tiny).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import torch
+from ponderkit import BuildContext, ForwardContext
+from ponderkit.engine.train import Trainer
+from ponderkit.experiment import load_experiment
+from ponderkit.loading import Plugins
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def timed(fn, device: torch.device, warmup: int, reps: int) -> float:
+    """Median seconds of ``fn()`` after ``warmup`` calls (compilation happens there)."""
+    for _ in range(warmup):
+        fn()
+    sync(device)
+    times = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        fn()
+        sync(device)
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def mixer(registry, spec: dict, d_model: int, device: torch.device) -> torch.nn.Module:
+    from ponderkit.config import Structurer
+
+    s = Structurer(registry)
+    built = s.structure_spec("mixer", spec, ())
+    assert built is not None, s.issues
+    return BuildContext(registry, d_model=d_model).build(built).to(device)
+
+
+def attention_table(args, registry, device) -> list[dict]:
+    nsa_spec = {"name": "nsa", "heads": args.heads, "block": args.block,
+                "selected": args.selected, "window": args.window, "causal": True,
+                "kernel": "flex" if device.type == "cuda" else "masked"}  # fmt: skip
+    full_spec = {"name": "attention", "heads": args.heads, "causal": True}
+    rows = []
+    for t in args.lengths:
+        b = max(1, args.tokens // t)
+        h = torch.randn(b, t, args.d_model, device=device, requires_grad=True)
+        result = {"T": t, "batch": b}
+        for name, spec in (("nsa", nsa_spec), ("sdpa", full_spec)):
+            module = mixer(registry, spec, args.d_model, device)
+
+            def step(module=module, h=h) -> None:
+                with torch.autocast(device.type, dtype=torch.bfloat16):
+                    out = module(h, ForwardContext(positions="rope"))
+                out.float().square().mean().backward()
+
+            result[f"{name}_ms"] = 1e3 * timed(step, device, args.warmup, args.reps)
+        result["ratio"] = result["nsa_ms"] / result["sdpa_ms"]
+        rows.append(result)
+        print(f"T={t:>6} batch={b:>3}  nsa {result['nsa_ms']:9.2f} ms  sdpa "
+              f"{result['sdpa_ms']:9.2f} ms  nsa/sdpa {result['ratio']:.2f}", flush=True)  # fmt: skip
+    return rows
+
+
+def schedule_steps(args, registry, device) -> dict:
+    out_len = args.output_len
+    overrides = [
+        f"task={{name: seq2seq, task: {{name: sort, length: {out_len}, values: 10}}}}",
+        f"train.batch_size={args.eavi_batch}",
+        f"train.device={device.type}",
+        f"train.precision={'bf16' if device.type == 'cuda' else 'fp32'}",
+        "callbacks=[]",
+        *args.model_overrides,
+    ]
+    result = {"output_len": out_len, "batch": args.eavi_batch}
+    for name in ("teacher_forcing", "eavi"):
+        cfg = load_experiment(
+            REPO / "experiments" / "seed003_nsa_dynmoe.yaml",
+            [*overrides, f"schedule={name}"],
+            registry=registry,
+        ).config
+        trainer = Trainer(cfg, registry, quiet=True)
+        batches = trainer._batches()
+        step = lambda t=trainer, bs=batches: t.schedule.train_step(t.model, bs, t)  # noqa: E731
+        result[f"{name}_s"] = timed(step, device, args.warmup, max(2, args.reps // 4))
+        del trainer
+    result["ratio"] = result["eavi_s"] / result["teacher_forcing_s"]
+    print(f"output {out_len} tokens, batch {args.eavi_batch}: teacher forcing "
+          f"{result['teacher_forcing_s']:.3f} s/step, eavi {result['eavi_s']:.3f} s/step "
+          f"(generation included), eavi/tf {result['ratio']:.2f}", flush=True)  # fmt: skip
+    return result
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--tiny", action="store_true", help="CPU smoke test sizes")
+    p.add_argument("--d-model", type=int, default=512)
+    p.add_argument("--heads", type=int, default=8)
+    p.add_argument("--block", type=int, default=64)
+    p.add_argument("--selected", type=int, default=8)
+    p.add_argument("--window", type=int, default=256)
+    p.add_argument("--tokens", type=int, default=16384, help="tokens per batch (B = tokens // T)")
+    p.add_argument("--lengths", type=int, nargs="+", default=[1024, 2048, 4096, 8192, 16384])
+    p.add_argument("--output-len", type=int, default=900)
+    p.add_argument("--eavi-batch", type=int, default=8)
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--reps", type=int, default=20)
+    p.add_argument("--skip-eavi", action="store_true")
+    args = p.parse_args()
+    args.model_overrides = []
+    if args.tiny:
+        args.d_model, args.heads, args.block, args.selected, args.window = 32, 2, 8, 2, 16
+        args.tokens, args.lengths, args.warmup, args.reps = 256, [64, 128, 256], 1, 3
+        args.output_len, args.eavi_batch = 24, 4
+        args.model_overrides = [
+            "model.d_model=32",
+            "model.recursion.layers=1",
+            "model.recursion.block.mixer={name: nsa, heads: 2, block: 4, selected: 2, "
+            "window: 8, causal: true}",
+            "model.recursion.block.ffn={name: swiglu, expansion: 2}",
+        ]
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    registry = Plugins(autoload=False).registry
+    print(f"device {torch.cuda.get_device_name() if device.type == 'cuda' else platform.machine()}")
+    rows = attention_table(args, registry, device)
+    faster = [r["T"] for r in rows if r["ratio"] <= 1.0]
+    crossover = min(faster) if faster else None
+    print(f"crossover: {'T=' + str(crossover) if crossover else 'none in the lengths measured'}")
+    steps = None if args.skip_eavi else schedule_steps(args, registry, device)
+    results = {
+        "device": str(torch.cuda.get_device_name() if device.type == "cuda" else "cpu"),
+        "torch": torch.__version__,
+        "settings": {k: v for k, v in vars(args).items() if k != "model_overrides"},
+        "attention": rows,
+        "crossover_T": crossover,
+        "eavi_vs_teacher_forcing": steps,
+    }
+    out = REPO / "benchmarks" / "results" / ("nsa_tiny.json" if args.tiny else "nsa.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"wrote {out.relative_to(REPO)}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,151 @@
+"""Autoregressive generation with a key/value cache, for causal models on serialized tasks.
+
+A serialized (sequence-to-sequence) task lays a sample out as ``[input grid, separator,
+output grid]`` and trains next-token prediction on the output part; its ``inputs`` (B, L) are
+``[x, sep, y[:-1]]`` and its ``labels`` are ``[-100 ...x..., y]``, so position ``prompt_len - 1``
+(the separator) predicts ``y[0]``. Generation feeds the prompt ``inputs[:, :prompt_len]`` once,
+then one token at a time; every causal mixer keeps its keys and values in the
+:class:`KVCache` carried by ``ForwardContext.cache`` so a step costs one token, not the prefix.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Protocol, runtime_checkable
+
+import torch
+from torch import Tensor
+
+from ..interfaces import Batch, ForwardContext, WeighsSteps
+from .losses import accuracy
+
+
+@runtime_checkable
+class SequenceTask(Protocol):
+    """A task serialized as ``[x, separator, y]`` (see the module docstring)."""
+
+    prompt_len: int  # tokens of x plus the separator
+    separator: int  # the separator's token id
+    free_running_eval: bool  # evaluation also generates the output and scores it
+    vocab_size: int
+    seq_len: int
+
+
+class KVCache:
+    """Per-call-site state for incremental decoding.
+
+    Every forward visits the model's causal mixers in the same order; the i-th call of a
+    forward gets the i-th slot (a dict the mixer fills, e.g. ``{"k": ..., "v": ...}``), so a
+    block re-applied over several recursion steps keeps one slot per application.
+    ``offset`` is the position of the first token of the current call."""
+
+    def __init__(self) -> None:
+        self.slots: list[dict[str, Tensor]] = []
+        self.offset = 0
+        self._next = 0
+
+    def begin(self) -> None:
+        self._next = 0
+
+    def slot(self) -> dict[str, Tensor]:
+        if self._next == len(self.slots):
+            self.slots.append({})
+        slot = self.slots[self._next]
+        self._next += 1
+        return slot
+
+    def advance(self, tokens: int) -> None:
+        self.offset += tokens
+
+
+def embed_tokens(
+    model: Any, tokens: Tensor | None, offset: int = 0, probs: Tensor | None = None
+) -> Tensor:
+    """Embed ``tokens`` (B,t) sitting at positions ``offset..offset+t`` -> (B,t,D).
+
+    With ``probs`` (B,t,V) instead, each position gets the expected embedding ``probs @ E``
+    (a soft token, used by EAVI's ``feed: soft``). Mirrors ``ReasoningModel.embed`` for a
+    model without a puzzle prefix (serialized tasks refuse one)."""
+    weight = model.token_emb.weight
+    x = probs.to(weight.dtype) @ weight if probs is not None else model.token_emb(tokens)
+    if model.pos_emb is not None:
+        t = x.shape[1]
+        x = (x + model.pos_emb.weight[offset : offset + t]) / math.sqrt(2.0)
+    return x * model.embed_scale
+
+
+def forward_logits(
+    model: Any, x: Tensor, cache: KVCache | None = None, ctx: ForwardContext | None = None
+) -> Tensor:
+    """Run every recursion step on embedded ``x`` (B,t,D) -> logits (B,t,V), as ``infer``
+    does without early exit; with ``cache`` the tokens continue the cached prefix. Pass
+    ``ctx`` to collect the auxiliary losses of a forward with gradients."""
+    ctx = ctx if ctx is not None else model.context()
+    ctx.cache = cache
+    if cache is not None:
+        cache.begin()
+    logits_steps, signals_steps = [], []
+    carry = model.initial_carry(x)
+    for _, logits, signals in model.unroll(carry, x, ctx, model.halting.max_steps):
+        logits_steps.append(logits)
+        signals_steps.append(signals)
+    if cache is not None:
+        if not cache.slots:
+            raise RuntimeError("generation with a KV cache found no cache-aware causal mixer")
+        cache.advance(x.shape[1])
+    if isinstance(model.halting, WeighsSteps):
+        return model.halting.combine(logits_steps, signals_steps)[0]
+    return logits_steps[-1]
+
+
+def _pick(logits: Tensor, temperature: float, generator: torch.Generator | None) -> Tensor:
+    if temperature <= 0:
+        return logits.argmax(-1)
+    probs = torch.softmax(logits.float() / temperature, dim=-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+@torch.no_grad()
+def generate(
+    model: Any,
+    prompt: Tensor,
+    length: int,
+    temperature: float = 0.0,
+    generator: torch.Generator | None = None,
+    use_cache: bool = True,
+) -> tuple[Tensor, Tensor]:
+    """Continue ``prompt`` (B,P) by ``length`` tokens, greedy (``temperature`` 0) or sampled.
+
+    Returns the generated tokens (B, length) and the logits each was drawn from
+    (B, length, V). ``use_cache=False`` recomputes the whole prefix every step (the
+    reference the cache is tested against)."""
+    tokens: list[Tensor] = []
+    steps: list[Tensor] = []
+    if use_cache:
+        cache = KVCache()
+        last = forward_logits(model, embed_tokens(model, prompt), cache)[:, -1]
+        for i in range(length):
+            steps.append(last)
+            tokens.append(_pick(last, temperature, generator))
+            if i + 1 < length:
+                x = embed_tokens(model, tokens[-1][:, None], offset=cache.offset)
+                last = forward_logits(model, x, cache)[:, -1]
+    else:
+        seq = prompt
+        for _ in range(length):
+            last = forward_logits(model, embed_tokens(model, seq))[:, -1]
+            steps.append(last)
+            tokens.append(_pick(last, temperature, generator))
+            seq = torch.cat([seq, tokens[-1][:, None]], dim=1)
+    return torch.stack(tokens, 1), torch.stack(steps, 1)
+
+
+def free_running_metrics(model: Any, batch: Batch, prompt_len: int) -> dict[str, Tensor]:
+    """Per-sample token and exact accuracy (B,) of greedy generation against the labels."""
+    labels = batch["labels"][:, prompt_len - 1 :]  # (B, m): the output grid
+    _, logits = generate(model, batch["inputs"][:, :prompt_len], labels.shape[1])
+    correct, exact, valid = accuracy(logits, labels)
+    return {
+        "free_token_acc": correct.sum(-1) / valid.sum(-1).clamp(min=1),
+        "free_exact_acc": exact.float(),
+    }

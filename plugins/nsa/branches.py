@@ -1,0 +1,117 @@
+"""The three NSA branches on plain tensors, with explicit masks (the reference path).
+
+Shapes: B batch, H heads, t new queries at positions ``q_pos`` (t,), T keys at positions
+0..T-1 (T >= t; with a KV cache the keys include earlier tokens), Dh head width, l block
+length, nb = T // l complete key blocks, nqb = ceil(T / l) query blocks.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+
+def _up(x: Tensor) -> Tensor:
+    """Scores in at least float32 (float64 stays float64, for the reference tests)."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
+def masked_softmax(scores: Tensor, mask: Tensor) -> Tensor:
+    """Softmax over the last dim where ``mask`` holds; a row with nothing allowed gives 0."""
+    scores = scores.masked_fill(~mask, float("-inf"))
+    top = scores.amax(-1, keepdim=True).clamp(min=torch.finfo(scores.dtype).min)
+    e = torch.exp(scores - top) * mask
+    return e / e.sum(-1, keepdim=True).clamp(min=torch.finfo(scores.dtype).tiny)
+
+
+def masked_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor) -> Tensor:
+    """softmax(q k^T / sqrt(Dh)) v over the allowed pairs; q (B,H,t,Dh), mask (B|1,1,t,T)."""
+    scores = _up(q @ k.transpose(-1, -2)) / math.sqrt(q.shape[-1])
+    return (masked_softmax(scores, mask).to(v.dtype) @ v).to(q.dtype)
+
+
+def compressed_visible(q_pos: Tensor, nb: int, block: int, causal: bool) -> Tensor:
+    """(t, nb) bool: query at q_pos may read compressed block j (causal: j wholly in its past)."""
+    if not causal:
+        return torch.ones(q_pos.shape[0], nb, dtype=torch.bool, device=q_pos.device)
+    ends = torch.arange(nb, device=q_pos.device) * block + block - 1
+    return ends[None, :] <= q_pos[:, None]
+
+
+def compressed_attention(
+    q: Tensor, kc: Tensor, vc: Tensor, q_pos: Tensor, block: int, causal: bool
+) -> tuple[Tensor, Tensor]:
+    """Attention over the compressed block tokens kc, vc (B,H,nb,Dh): (output, probabilities
+    (B,H,t,nb))."""
+    visible = compressed_visible(q_pos, kc.shape[2], block, causal)
+    scores = _up(q @ kc.transpose(-1, -2)) / math.sqrt(q.shape[-1])  # (B,H,t,nb)
+    probs = masked_softmax(scores, visible)
+    return (probs.to(vc.dtype) @ vc).to(q.dtype), probs
+
+
+def block_importance(
+    q_all: Tensor, kc: Tensor, probs: Tensor | None, total: int, block: int, causal: bool
+) -> Tensor:
+    """(B, nqb, nb): how much each query block wants each key block, summed over heads.
+
+    Selection is shared by the queries of a query block (and by the heads, as NSA shares it in
+    a GQA group) so that the selected branch is block-sparse. Non-causal: the mean
+    compressed-attention probability over the block's queries (``probs`` for all T queries).
+    Causal: the probabilities of the last query *before* the block (position bq*l - 1), which
+    sees every block j < bq complete; the block's own queries must not choose, since a later
+    query of the block would then steer an earlier one (a leak from the future)."""
+    nqb = -(-total // block)
+    if causal:
+        sel_pos = torch.arange(nqb, device=kc.device) * block - 1  # (nqb,), -1 for block 0
+        q_sel = q_all[:, :, sel_pos.clamp(min=0)]  # (B,H,nqb,Dh)
+        visible = compressed_visible(sel_pos, kc.shape[2], block, causal=True)
+        scores = _up(q_sel @ kc.transpose(-1, -2)) / math.sqrt(q_all.shape[-1])
+        return masked_softmax(scores, visible).sum(1)
+    assert probs is not None
+    b, h, t, nb = probs.shape
+    pad = nqb * block - t
+    summed = torch.nn.functional.pad(probs, (0, 0, 0, pad)).view(b, h, nqb, block, nb).sum(3)
+    counts = torch.full((nqb,), float(block), device=probs.device)
+    counts[-1] = block - pad
+    return (summed / counts[:, None]).sum(1)
+
+
+def select_blocks(
+    importance: Tensor, selected: int, block: int, total: int, causal: bool
+) -> Tensor:
+    """(B, nqb, nkb) bool over all key blocks (nkb = ceil(T/l)): the top ``selected`` blocks of
+    each query block by importance, its own block always included (local context), causal
+    blocks from the future never."""
+    b, nqb, nb = importance.shape
+    nkb = nqb
+    scores = torch.full((b, nqb, nkb), float("-inf"), device=importance.device)
+    scores[:, :, :nb] = importance
+    qb = torch.arange(nqb, device=importance.device)
+    kb = torch.arange(nkb, device=importance.device)
+    if causal:
+        scores = scores.masked_fill(kb[None, None, :] > qb[None, :, None], float("-inf"))
+    scores[:, qb, qb] = float("inf")  # the own block
+    k = min(selected, nkb)
+    top = scores.topk(k, dim=-1)
+    chosen = torch.zeros(b, nqb, nkb, dtype=torch.bool, device=importance.device)
+    chosen.scatter_(-1, top.indices, top.values > float("-inf"))
+    return chosen
+
+
+def selected_mask(chosen: Tensor, q_pos: Tensor, total: int, block: int, causal: bool) -> Tensor:
+    """(B,1,t,T) token mask of the selected branch from block choices (B,nqb,nkb)."""
+    kv = torch.arange(total, device=q_pos.device)
+    mask = chosen[:, q_pos // block][:, :, kv // block]  # (B,t,T)
+    if causal:
+        mask = mask & (kv[None, None, :] <= q_pos[None, :, None])
+    return mask[:, None]
+
+
+def window_mask(q_pos: Tensor, total: int, window: int, causal: bool) -> Tensor:
+    """(1,1,t,T): causal, the last ``window`` positions up to the query; else |i - j| < window."""
+    kv = torch.arange(total, device=q_pos.device)
+    dist = q_pos[:, None] - kv[None, :]
+    mask = (dist >= 0) & (dist < window) if causal else dist.abs() < window
+    return mask[None, None]

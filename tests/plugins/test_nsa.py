@@ -1,0 +1,162 @@
+"""NSA against independent references: full attention, brute-force branches, causality."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from ponderkit import ForwardContext
+from ponderkit.plugins.nsa.mixer import NativeSparseAttention, NsaConfig
+
+D, H, DH = 16, 2, 8
+
+
+def make(gates: tuple[float, float, float], **kw) -> NativeSparseAttention:
+    """An NSA in float64 whose gates are the constants sigmoid(gates) (weights zeroed)."""
+    torch.manual_seed(0)
+    m = NativeSparseAttention(NsaConfig(heads=H, **kw), D, DH).double()
+    with torch.no_grad():
+        m.gate.weight.zero_()
+        m.gate.bias.copy_(torch.tensor(gates, dtype=torch.float64).repeat(H))
+    return m
+
+
+def projections(m: NativeSparseAttention, h: torch.Tensor):
+    b, t, _ = h.shape
+    q, k, v = m.qkv(h).view(b, t, 3, H, DH).permute(2, 0, 3, 1, 4)
+    return q, k, v
+
+
+def brute_attend(q, k, v, allowed) -> torch.Tensor:
+    """Loop over (b, h, i): softmax over the keys ``allowed(b, i)`` lists, 0 when none."""
+    b_, h_, t, _ = q.shape
+    out = torch.zeros_like(q)
+    for b in range(b_):
+        for h in range(h_):
+            for i in range(t):
+                js = allowed(b, i)
+                if not js:
+                    continue
+                s = torch.stack([q[b, h, i] @ k[b, h, j] / math.sqrt(DH) for j in js])
+                w = torch.exp(s - s.max())
+                out[b, h, i] = sum(wj * v[b, h, j] for wj, j in zip(w / w.sum(), js, strict=True))
+    return out
+
+
+def finish(m, o):
+    b, _, t, _ = o.shape
+    return m.out(o.transpose(1, 2).reshape(b, t, H * DH))
+
+
+CTX = ForwardContext(positions="none")
+BIG = 1e4  # sigmoid(+-1e4) is exactly 1 / 0 in float64
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_full_window_and_all_blocks_equal_full_attention(causal):
+    t = 24
+    m = make((-BIG, 0.0, 0.0), block=4, selected=t // 4, window=t, causal=causal, kernel="masked")
+    h = torch.randn(2, t, D, dtype=torch.float64)
+    q, k, v = projections(m, h)
+    scores = q @ k.transpose(-1, -2) / math.sqrt(DH)
+    if causal:
+        scores = scores.masked_fill(torch.ones(t, t).triu(1).bool(), float("-inf"))
+    full = torch.softmax(scores, -1) @ v  # the two gates of 1/2 add up to full attention
+    torch.testing.assert_close(m(h, CTX), finish(m, full), rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("kernel", ["masked", "flex"])
+def test_window_branch_against_brute_force(causal, kernel):
+    t, w = 20, 5
+    m = make((-BIG, -BIG, BIG), block=4, selected=2, window=w, causal=causal, kernel=kernel)
+    h = torch.randn(2, t, D, dtype=torch.float64)
+    q, k, v = projections(m, h)
+
+    def allowed(b, i):
+        return [j for j in range(t) if (0 <= i - j < w if causal else abs(i - j) < w)]
+
+    with torch.no_grad():
+        torch.testing.assert_close(m(h, CTX), finish(m, brute_attend(q, k, v, allowed)))
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_compressed_branch_against_brute_force(causal):
+    t, blk = 22, 4  # a ragged tail: 5 complete blocks, 2 tokens left over
+    m = make((BIG, -BIG, -BIG), block=blk, selected=2, window=3, causal=causal, kernel="masked")
+    h = torch.randn(2, t, D, dtype=torch.float64)
+    q, k, v = projections(m, h)
+    nb = t // blk
+    # phi by hand: flatten each block plus its intra-block positions, then the linear map
+    kc = torch.stack(
+        [
+            m.compress_k((k[:, :, j * blk : (j + 1) * blk] + m.block_pos[0]).flatten(-2))
+            for j in range(nb)
+        ],
+        2,
+    )
+    vc = torch.stack(
+        [
+            m.compress_v((v[:, :, j * blk : (j + 1) * blk] + m.block_pos[1]).flatten(-2))
+            for j in range(nb)
+        ],
+        2,
+    )
+
+    def allowed(b, i):
+        return [j for j in range(nb) if not causal or (j + 1) * blk - 1 <= i]
+
+    ref = brute_attend(q, kc, vc, allowed)
+    torch.testing.assert_close(m(h, CTX), finish(m, ref))
+
+
+@pytest.mark.parametrize("kernel", ["masked", "flex"])
+@torch.no_grad()
+def test_selected_branch_against_brute_force(kernel):
+    """Causal selection: query block c reads its own block plus the n-1 past blocks that the
+    query at c*l - 1 rates highest (compressed attention probabilities summed over heads)."""
+    t, blk, n = 24, 4, 3
+    m = make((-BIG, BIG, -BIG), block=blk, selected=n, window=3, causal=True, kernel=kernel)
+    h = torch.randn(2, t, D, dtype=torch.float64)
+    q, k, v = projections(m, h)
+    kc, _ = m.compress(k, v)
+    picks = {}
+    for b in range(2):
+        for c in range(t // blk):
+            past = list(range(c))
+            if past:
+                s = torch.einsum("hd,hjd->hj", q[b, :, c * blk - 1], kc[b, :, :c]) / math.sqrt(DH)
+                score = torch.softmax(s, -1).sum(0)  # (c,)
+                past = sorted(past, key=lambda j: -float(score[j]))[: n - 1]
+            picks[b, c] = set(past) | {c}
+
+    def allowed(b, i):
+        return [j for j in range(i + 1) if j // blk in picks[b, i // blk]]
+
+    with torch.no_grad():
+        torch.testing.assert_close(m(h, CTX), finish(m, brute_attend(q, k, v, allowed)))
+
+
+@pytest.mark.parametrize("positions", ["none", "rope"])
+def test_causal_nsa_leaks_nothing_from_the_future(positions):
+    t = 32
+    m = make((0.3, -0.2, 0.1), block=4, selected=3, window=6, causal=True, kernel="masked")
+    torch.nn.init.normal_(m.gate.weight, std=0.3)
+    h = torch.randn(2, t, D, dtype=torch.float64)
+    ctx = ForwardContext(positions=positions)
+    base = m(h, ctx)
+    for j in (1, 5, 8, 13, 31):  # inside blocks and at block starts
+        g = h.clone()
+        g[:, j] += torch.randn(D, dtype=torch.float64)
+        out = m(g, ForwardContext(positions=positions))
+        torch.testing.assert_close(out[:, :j], base[:, :j], rtol=0, atol=1e-12)
+        assert (out[:, j] - base[:, j]).abs().max() > 1e-6  # the perturbation does reach j
+
+
+def test_non_causal_nsa_does_see_the_future():
+    m = make((0.0, 0.0, 0.0), block=4, selected=2, window=6, causal=False, kernel="masked")
+    h = torch.randn(1, 16, D, dtype=torch.float64)
+    g = h.clone()
+    g[:, 12] += 1.0
+    assert (m(g, CTX)[:, :12] - m(h, CTX)[:, :12]).abs().max() > 1e-6
