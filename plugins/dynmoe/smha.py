@@ -5,12 +5,11 @@ from __future__ import annotations
 from typing import Literal
 
 import attrs
-from ponderkit import BuildContext, ForwardContext, Spec, apply_rope, component, hookimpl
+from ponderkit import BuildContext, ForwardContext, Spec, component, hookimpl
 from ponderkit.plugins.dynmoe.dispatch import combine, gather, grouped_linear, plan_dispatch
 from ponderkit.plugins.dynmoe.experts import expert_weight, reinit_experts
-from ponderkit.plugins.layers.attention import check_attention
+from ponderkit.plugins.layers.attention import attend, check_attention, split_heads
 from torch import Tensor, nn
-from torch.nn import functional as F
 
 
 @attrs.frozen
@@ -50,12 +49,8 @@ class DynSMHA(nn.Module):
         routing = self.router(x, ctx)
         plan = plan_dispatch(routing.weights, routing.mask)  # shared by qkv and out
         qkv = combine(grouped_linear(gather(x, plan), self.qkv, plan, self.mode), plan)
-        q, k, v = qkv.view(b, t, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        if ctx is not None and ctx.positions == "rope":
-            cos, sin = ctx.rope(t, self.head_dim, h.device)
-            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        o = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal)  # (B, H, T, Dh)
-        o = o.transpose(1, 2).reshape(b * t, self.heads * self.head_dim)
+        q, k, v = (split_heads(z, b, t, self.heads, self.head_dim) for z in qkv.chunk(3, -1))
+        o = attend(q, k, v, ctx, self.causal).reshape(b * t, self.heads * self.head_dim)
         y = combine(grouped_linear(gather(o, plan), self.out, plan, self.mode), plan)
         return y.view(b, t, d)
 

@@ -13,7 +13,8 @@ import math
 
 import attrs
 import torch
-from ponderkit import BuildContext, ForwardContext, apply_rope, hookimpl, trunc_normal_
+from ponderkit import BuildContext, ForwardContext, hookimpl, trunc_normal_
+from ponderkit.plugins.layers.attention import attend, split_heads
 from ponderkit.plugins.routing.spl import mas_normalize
 from torch import Tensor, nn
 from torch.nn import functional as F
@@ -53,18 +54,14 @@ class DynSIHA(nn.Module):
         self.heads, self.head_dim = heads, d_model // heads
         self.q, self.k, self.v, self.o = (SparseProtoLinear(d_model, d_model) for _ in range(4))
 
+    @property
+    def qkv(self) -> tuple[SparseProtoLinear, SparseProtoLinear, SparseProtoLinear]:
+        return self.q, self.k, self.v
+
     def forward(self, h: Tensor, ctx: ForwardContext) -> Tensor:
         b, t, d = h.shape
-
-        def split(z: Tensor) -> Tensor:
-            return z.view(b, t, self.heads, self.head_dim).transpose(1, 2)  # (B, H, T, Dh)
-
-        q, k, v = split(self.q(h, ctx)), split(self.k(h, ctx)), split(self.v(h, ctx))
-        if ctx.positions == "rope":
-            cos, sin = ctx.rope(t, self.head_dim, h.device)
-            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        attn = F.scaled_dot_product_attention(q, k, v)  # (B, H, T, Dh)
-        return self.o(attn.transpose(1, 2).reshape(b, t, d), ctx)
+        q, k, v = (split_heads(p(h, ctx), b, t, self.heads, self.head_dim) for p in self.qkv)
+        return self.o(attend(q, k, v, ctx, causal=False), ctx)
 
 
 def build_dynsiha(cfg: DynSIHAConfig, ctx: BuildContext) -> DynSIHA:

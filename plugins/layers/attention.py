@@ -1,4 +1,8 @@
-"""Multi-head self-attention (non-causal SDPA) with rotary position embeddings."""
+"""Multi-head self-attention (non-causal SDPA) with rotary position embeddings, MHA or GQA.
+
+:func:`attend` (RoPE on q and k, SDPA, heads merged back) is the one place attention is
+computed; ``dynsmha``, ``dynsiha`` and ``dynsmlora`` call it with their own projections.
+"""
 
 from __future__ import annotations
 
@@ -12,37 +16,73 @@ from torch.nn import functional as F
 class AttentionConfig:
     """Multi-head self-attention over all positions (non-causal SDPA), RoPE when enabled.
 
-    ``head_dim`` defaults to d_model / heads."""
+    ``head_dim`` defaults to d_model / heads. ``kv_heads`` (default: ``heads``, plain MHA)
+    makes it grouped-query attention: each of the ``kv_heads`` key/value heads serves
+    heads / kv_heads query heads."""
 
     heads: int = attrs.field(default=8, validator=attrs.validators.gt(0))
     head_dim: int | None = None
     causal: bool = False
+    kv_heads: int | None = attrs.field(
+        default=None, validator=attrs.validators.optional(attrs.validators.gt(0))
+    )
+
+
+def split_heads(z: Tensor, b: int, t: int, heads: int, head_dim: int) -> Tensor:
+    """(B*T or B, T, heads*head_dim) -> (B, heads, T, head_dim)."""
+    return z.reshape(b, t, heads, head_dim).transpose(1, 2)
+
+
+def attend(q: Tensor, k: Tensor, v: Tensor, ctx: ForwardContext | None, causal: bool) -> Tensor:
+    """Attention of q (B, H, T, Dh) over k, v (B, Hkv, T, Dh), H a multiple of Hkv: RoPE on
+    q and k when ``ctx`` uses it, SDPA, heads merged: (B, T, H*Dh)."""
+    b, heads, t, head_dim = q.shape
+    if ctx is not None and ctx.positions == "rope":
+        cos, sin = ctx.rope(t, head_dim, q.device)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+    if k.shape[1] != heads:  # GQA: each key/value head serves a group of query heads
+        group = heads // k.shape[1]
+        k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
+    o = F.scaled_dot_product_attention(q, k, v, is_causal=causal)  # (B, H, T, Dh)
+    return o.transpose(1, 2).reshape(b, t, heads * head_dim)
 
 
 class Attention(nn.Module):
-    def __init__(self, d_model: int, heads: int, head_dim: int, causal: bool):
+    def __init__(
+        self, d_model: int, heads: int, head_dim: int, causal: bool, kv_heads: int | None = None
+    ):
         super().__init__()
         self.heads, self.head_dim, self.causal = heads, head_dim, causal
-        self.qkv = Linear(d_model, 3 * heads * head_dim)
+        self.kv_heads = kv_heads or heads
+        #: output widths of q, k and v inside the fused projection
+        self.widths = (heads * head_dim, self.kv_heads * head_dim, self.kv_heads * head_dim)
+        self.qkv = Linear(d_model, sum(self.widths))
         self.out = Linear(heads * head_dim, d_model)
+
+    def project(self, h: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """The q, k, v projections of ``h`` (..., D), each (..., width)."""
+        return self.qkv(h).split(self.widths, dim=-1)
+
+    def mix(self, q: Tensor, k: Tensor, v: Tensor, b: int, t: int, ctx) -> Tensor:
+        """Projections (B, T, width) or (B*T, width) -> attention output (B, T, H*Dh)."""
+        q = split_heads(q, b, t, self.heads, self.head_dim)
+        k = split_heads(k, b, t, self.kv_heads, self.head_dim)
+        v = split_heads(v, b, t, self.kv_heads, self.head_dim)
+        return attend(q, k, v, ctx, self.causal)
 
     def forward(self, h: Tensor, ctx: ForwardContext) -> Tensor:
         b, t, _ = h.shape
-        qkv = self.qkv(h).view(b, t, 3, self.heads, self.head_dim)
-        q, k, v = qkv.permute(2, 0, 3, 1, 4)  # each (B, H, T, Dh)
-        if ctx.positions == "rope":
-            cos, sin = ctx.rope(t, self.head_dim, h.device)
-            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        o = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal)  # (B, H, T, Dh)
-        return self.out(o.transpose(1, 2).reshape(b, t, self.heads * self.head_dim))
+        return self.out(self.mix(*self.project(h), b, t, ctx))
 
 
 def build_attention(cfg: AttentionConfig, ctx: BuildContext) -> Attention:
     head_dim = cfg.head_dim or ctx.d_model // cfg.heads
-    return Attention(ctx.d_model, cfg.heads, head_dim, cfg.causal)
+    return Attention(ctx.d_model, cfg.heads, head_dim, cfg.causal, cfg.kv_heads)
 
 
-def check_attention(cfg: AttentionConfig, env) -> list:
+def check_attention(cfg, env) -> list:
+    """Head-shape checks shared by the attention mixers: heads split d_model (or head_dim is
+    set), RoPE needs an even head width, query heads group evenly over ``kv_heads``."""
     d = env.experiment.model.d_model
     problems = []
     if cfg.head_dim is None and d % cfg.heads:
@@ -55,6 +95,11 @@ def check_attention(cfg: AttentionConfig, env) -> list:
     head_dim = cfg.head_dim or d // cfg.heads
     if env.experiment.model.positions == "rope" and head_dim % 2:
         problems.append(("head_dim", f"RoPE needs an even head dimension, got {head_dim}"))
+    kv_heads = getattr(cfg, "kv_heads", None)
+    if kv_heads is not None and cfg.heads % kv_heads:
+        problems.append(
+            ("kv_heads", f"heads={cfg.heads} must be a multiple of kv_heads={kv_heads} (GQA)")
+        )
     return problems
 
 
