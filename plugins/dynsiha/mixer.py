@@ -21,10 +21,13 @@ from torch.nn import functional as F
 
 
 class SparseProtoLinear(nn.Module):
-    """A linear map whose output units are switched per token by prototype matching."""
+    """A linear map whose output units are switched per token by prototype matching.
 
-    def __init__(self, d_in: int, d_out: int):
+    Records the fraction of its output units that are on (M > 0) as the statistic ``stat``."""
+
+    def __init__(self, d_in: int, d_out: int, stat: str = "spl_active_frac"):
         super().__init__()
+        self.stat = stat
         std = 1.0 / math.sqrt(d_in)
         self.comp = nn.Parameter(trunc_normal_(torch.empty(d_out, d_in), std))  # W_mu
         self.comp_bias = nn.Parameter(torch.zeros(d_out))  # b_mu
@@ -37,7 +40,7 @@ class SparseProtoLinear(nn.Module):
         match = F.linear(x, self.proto.to(dt)) / math.sqrt(x.shape[-1])
         mask = mas_normalize(match - mas_normalize(F.linear(x, self.gate.to(dt))))
         if ctx is not None:
-            ctx.add_stat("spl_active_frac", (mask > 0).float().mean())
+            ctx.add_stat(self.stat, (mask > 0).float().mean())
         return comp * mask
 
 
