@@ -16,7 +16,8 @@ REPO = Path(__file__).resolve().parent.parent
 # derived from the test), so a submission never fails by chance; local runs keep exploring
 # with fresh random examples. Loaded here, before any test module builds its settings, so
 # that settings(...) objects made at import inherit it.
-settings.register_profile("ci", derandomize=True, print_blob=True)
+# no deadline: timings on shared CI machines vary by 10x, which is no failure of the code
+settings.register_profile("ci", derandomize=True, deadline=None, print_blob=True)
 if os.environ.get("CI"):
     settings.load_profile("ci")
 
