@@ -7,7 +7,11 @@ from typing import Literal
 import attrs
 from ponderkit import BuildContext, ForwardContext, Spec, component, hookimpl
 from ponderkit.plugins.dynmoe.dispatch import combine, gather, plan_dispatch
-from ponderkit.plugins.dynmoe.experts import SwiGLUExperts
+from ponderkit.plugins.dynmoe.experts import (
+    SharedSwiGLUExperts,
+    SwiGLUExperts,
+    library_weights,
+)
 from torch import Tensor, nn
 
 
@@ -34,8 +38,11 @@ class DynMoEConfig:
     grouped_gemm: Literal["auto", "loop"] = "auto"
     dispatch: Literal["exact", "static"] = "exact"
     #: ``global``: every dynmoe of the model with the same shape shares one expert library
-    #: (ADR-0005); each keeps its own router
-    library: Literal["local", "global"] = "local"
+    #: (ADR-0005); each keeps its own router. ``shared``: one library for attention and FFN
+    #: (ADR-0005 POS-001): the experts are the ``library: shared`` dynsmha's head sets of the
+    #: same E and width W = ``hidden`` (default d_model), each read as a SwiGLU of width W
+    #: (``expansion`` is then unused); see ``experts.library_weights``
+    library: Literal["local", "global", "shared"] = "local"
 
 
 def expert_hidden(cfg_hidden: int | None, expansion: float, d_model: int) -> int:
@@ -45,7 +52,12 @@ def expert_hidden(cfg_hidden: int | None, expansion: float, d_model: int) -> int
 
 
 class DynMoE(nn.Module):
-    def __init__(self, router: nn.Module, experts: SwiGLUExperts, dispatch: str = "exact"):
+    def __init__(
+        self,
+        router: nn.Module,
+        experts: SwiGLUExperts | SharedSwiGLUExperts,
+        dispatch: str = "exact",
+    ):
         super().__init__()
         self.router, self.experts, self.dispatch = router, experts, dispatch
 
@@ -63,6 +75,10 @@ class DynMoE(nn.Module):
         touched = self.router.reset_experts(experts)
         return touched + (self.experts.reset_experts(experts) if weights else [])
 
+    def expert_parameters(self) -> list[nn.Parameter]:
+        """The expert weights (expert dimension first), which a library may share."""
+        return self.experts.expert_parameters()
+
 
 def build_dynmoe(cfg: DynMoEConfig, ctx: BuildContext) -> DynMoE:
     hidden = expert_hidden(cfg.hidden, cfg.expansion, ctx.d_model)
@@ -71,6 +87,10 @@ def build_dynmoe(cfg: DynMoEConfig, ctx: BuildContext) -> DynMoE:
     def make() -> SwiGLUExperts:
         return SwiGLUExperts(cfg.experts, ctx.d_model, hidden, cfg.grouped_gemm)
 
+    if cfg.library == "shared":
+        width = cfg.hidden or ctx.d_model
+        w_in, w_out = library_weights(ctx.shared, cfg.experts, ctx.d_model, width)
+        return DynMoE(router, SharedSwiGLUExperts(w_in, w_out, cfg.grouped_gemm), cfg.dispatch)
     if cfg.library == "global":
         experts = ctx.shared.setdefault(("dynmoe", cfg.experts, ctx.d_model, hidden), make())
     else:

@@ -7,7 +7,7 @@ from typing import Literal
 import attrs
 from ponderkit import BuildContext, ForwardContext, Spec, component, hookimpl
 from ponderkit.plugins.dynmoe.dispatch import combine, gather, grouped_linear, plan_dispatch
-from ponderkit.plugins.dynmoe.experts import expert_weight, reinit_experts
+from ponderkit.plugins.dynmoe.experts import expert_weight, library_weights, reinit_experts
 from ponderkit.plugins.layers.attention import attend, check_attention, split_heads
 from torch import Tensor, nn
 
@@ -29,8 +29,10 @@ class DynSMHAConfig:
     causal: bool = False
     grouped_gemm: Literal["auto", "loop"] = "auto"
     #: ``global``: every dynsmha of the model with the same shape shares one library of expert
-    #: head projections (ADR-0005); each keeps its own router
-    library: Literal["local", "global"] = "local"
+    #: head projections (ADR-0005); each keeps its own router. ``shared``: the library is also
+    #: the FFN's (a ``library: shared`` dynmoe of the same E and hidden = heads * head_dim
+    #: draws its SwiGLU experts from these head sets; ADR-0005 POS-001)
+    library: Literal["local", "global", "shared"] = "local"
 
 
 class DynSMHA(nn.Module):
@@ -63,12 +65,19 @@ class DynSMHA(nn.Module):
             touched += [(self.qkv, 0), (self.out, 0)]
         return touched
 
+    def expert_parameters(self) -> list[nn.Parameter]:
+        """The expert weights (expert dimension first), which a library may share."""
+        return [self.qkv, self.out]
+
 
 def build_dynsmha(cfg: DynSMHAConfig, ctx: BuildContext) -> DynSMHA:
     head_dim = cfg.head_dim or ctx.d_model // cfg.heads
     router = ctx.build(cfg.router, num_experts=cfg.experts)
     module = DynSMHA(router, cfg, ctx.d_model, head_dim)
-    if cfg.library == "global":
+    if cfg.library == "shared":
+        width = cfg.heads * head_dim
+        module.qkv, module.out = library_weights(ctx.shared, cfg.experts, ctx.d_model, width)
+    elif cfg.library == "global":
         key = ("dynsmha", cfg.experts, ctx.d_model, cfg.heads, head_dim)
         module.qkv, module.out = ctx.shared.setdefault(key, (module.qkv, module.out))
     return module

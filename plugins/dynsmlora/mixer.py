@@ -119,6 +119,9 @@ class DynSMLoRA(nn.Module):
             y = y + self._up(self._down(o, self.lora_a_out, w)[:, :, 0], self.lora_b_out)
         return y.view(b, t, d)
 
+    def expert_parameters(self) -> list[nn.Parameter]:
+        return self.lora_parameters()
+
     def lora_parameters(self) -> list[nn.Parameter]:
         """The expert weights, each with the expert as its first dimension."""
         params = [self.lora_a_in, *self.lora_b_in] if self.inputs else []

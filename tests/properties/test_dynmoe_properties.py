@@ -155,7 +155,7 @@ def test_expert_reset_leaves_live_experts_unchanged(shape, weighting, dead, rese
     torch._foreach_add_(ema.shadow, 1.0)
     shadow = {n: s.clone() for (n, _), s in zip(layer.named_parameters(), ema.shadow, strict=True)}
     callback = ExpertReset(ExpertResetConfig(interval=1, reset_weights=reset_weights))
-    reset = callback.reset_dead(layer.router, layer, optimizer, trainer)
+    reset = callback.reset_dead([(layer.router, layer)], optimizer, trainer)
 
     assert reset == int(dead.sum())
     live = ~dead
