@@ -90,7 +90,9 @@ def build_dynmoe(cfg: DynMoEConfig, ctx: BuildContext) -> DynMoE:
     if cfg.library == "shared":
         width = cfg.hidden or ctx.d_model
         w_in, w_out = library_weights(ctx.shared, cfg.experts, ctx.d_model, width)
-        return DynMoE(router, SharedSwiGLUExperts(w_in, w_out, cfg.grouped_gemm), cfg.dispatch)
+        key = ("dynmoe_shared", cfg.experts, ctx.d_model, width)
+        experts = ctx.shared.setdefault(key, SharedSwiGLUExperts(w_in, w_out, cfg.grouped_gemm))
+        return DynMoE(router, experts, cfg.dispatch)
     if cfg.library == "global":
         experts = ctx.shared.setdefault(("dynmoe", cfg.experts, ctx.d_model, hidden), make())
     else:
