@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from collections.abc import Iterator
+from typing import Any, Literal
 
 import attrs
 from ponderkit import BuildContext, ForwardContext, Spec, component, hookimpl
@@ -100,6 +101,43 @@ def build_dynmoe(cfg: DynMoEConfig, ctx: BuildContext) -> DynMoE:
     return DynMoE(router, experts, cfg.dispatch)
 
 
+def _specs(obj: Any) -> Iterator[Spec]:
+    """Every component spec inside a config object."""
+    if isinstance(obj, Spec):
+        yield obj
+        yield from _specs(obj.config)
+    elif attrs.has(type(obj)):
+        for f in attrs.fields(type(obj)):
+            yield from _specs(getattr(obj, f.name))
+    elif isinstance(obj, tuple | list):
+        for v in obj:
+            yield from _specs(v)
+
+
+def check_dynmoe(cfg: DynMoEConfig, env) -> list:
+    """``library: shared`` needs a ``library: shared`` dynsmha with the same experts and
+    heads * head_dim = hidden (else the FFN would silently get a library of its own)."""
+    if cfg.library != "shared":
+        return []
+    d = env.experiment.model.d_model
+    width = cfg.hidden or d
+    libraries = {
+        (s.config.experts, s.config.heads * (s.config.head_dim or d // s.config.heads))
+        for s in _specs(env.experiment)
+        if s.kind == "mixer" and s.name == "dynsmha" and s.config.library == "shared"
+    }
+    if (cfg.experts, width) in libraries:
+        return []
+    have = ", ".join(f"experts={e}, width={w}" for e, w in sorted(libraries)) or "none"
+    return [
+        (
+            "library",
+            f"no `library: shared` dynsmha with experts={cfg.experts} and heads * head_dim ="
+            f" {width} (the FFN's hidden) to share experts with (shared dynsmha: {have})",
+        )
+    ]
+
+
 @hookimpl
 def ponderkit_register(registry) -> None:
-    registry.add("ffn", "dynmoe", DynMoEConfig, build_dynmoe)
+    registry.add("ffn", "dynmoe", DynMoEConfig, build_dynmoe, check=check_dynmoe)

@@ -130,3 +130,16 @@ def test_an_expert_is_reset_only_when_every_router_left_it_unused(used_attn, use
     shadow = dict(zip(after, ema.shadow, strict=True))
     for name in ("0.qkv", "0.out"):
         assert torch.equal(shadow[name][dead], after[name].detach()[dead])
+
+
+def test_a_shared_ffn_without_a_matching_shared_attention_is_refused(registry):
+    from ponderkit import ConfigError
+
+    path = REPO / "experiments/adr0005_cpu.yaml"
+    for bad in ("model.recursion.block.ffn.experts=4", "model.recursion.block.mixer.library=local"):
+        try:
+            load_experiment(path, [bad], registry=registry)
+        except ConfigError as exc:
+            assert "model.recursion.block.ffn.library" in str(exc), str(exc)
+        else:
+            raise AssertionError(f"{bad} was accepted")
