@@ -64,9 +64,13 @@ def parameter_count(module: nn.Module) -> int:
 
 
 def attend(q: Tensor, k: Tensor, v: Tensor, ctx: Any, causal: bool = False) -> Tensor:
-    """Scaled dot-product attention of heads q, k, v (B, H, T, Dh) -> (B, H, T, Dh), with
-    rotary embeddings on q and k when the model uses RoPE (``ctx.positions``)."""
+    """Scaled dot-product attention of q (B, H, T, Dh) over k, v (B, Hkv, T, Dh) -> (B, H, T,
+    Dh), with rotary embeddings on q and k when the model uses RoPE (``ctx.positions``); H a
+    multiple of Hkv (grouped-query attention: each key/value head serves H/Hkv query heads)."""
     if ctx is not None and ctx.positions == "rope":
         cos, sin = ctx.rope(q.shape[-2], q.shape[-1], q.device)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+    if k.shape[1] != q.shape[1]:
+        group = q.shape[1] // k.shape[1]
+        k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
     return F.scaled_dot_product_attention(q, k, v, is_causal=causal)

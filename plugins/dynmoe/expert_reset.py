@@ -6,7 +6,7 @@ from typing import Any
 
 import attrs
 import torch
-from ponderkit import BuildContext, hookimpl
+from ponderkit import BuildContext, ResettableRouter, RoutedLayer, hookimpl
 from torch import Tensor, nn
 
 
@@ -14,18 +14,26 @@ from torch import Tensor, nn
 class ExpertResetConfig:
     """Dead-expert reset: every ``interval`` steps, experts no token activated start afresh.
 
-    A dead expert (no activation since the last check) gets a fresh router slot (a new prototype column drawn like the init, threshold
-    0) and, with ``reset_weights``, fresh expert weights; with ``reset_optimizer_state`` the
-    optimizer's moments (e.g. AdamW exp_avg, exp_avg_sq) of the reset slices are zeroed.
-    Works on every router that counts activations (``activation_counts``), and adds the metrics
-    ``experts_per_token``, ``dead_experts`` (at the last check) and ``experts_reset`` (total)."""
+    An expert is dead when no token activated it since the last check in *any* router that
+    draws from it: a library shared across blocks (``library: global``) or across attention
+    and FFN (``library: shared``) is one group, and an expert one router finds idle while
+    another still uses it is left alone. A dead expert gets a fresh slot in every router of
+    its group (a new prototype column drawn like the init, threshold 0) and, with
+    ``reset_weights`` (default, seed 003: dead experts are re-initialised), fresh weights
+    (once per library). With ``reset_optimizer_state`` the optimizer's per-element moments
+    of the reset slices (AdamW exp_avg, exp_avg_sq, ...) are zeroed (the step count is per
+    parameter tensor and stays); callbacks that copy the weights (EMA) restart those slices
+    at the new values. Works on every router that counts activations
+    (``activation_counts``); adds the metrics ``experts_per_token``, ``dead_experts`` (at
+    the last check) and ``experts_reset`` (total)."""
 
     interval: int = attrs.field(default=100, validator=attrs.validators.gt(0))
-    reset_weights: bool = False
+    reset_weights: bool = True
     reset_optimizer_state: bool = True
 
 
 Touched = list[tuple[nn.Parameter, int]]
+Routed = tuple[nn.Module, nn.Module | None]
 
 
 class ExpertReset:
@@ -33,36 +41,55 @@ class ExpertReset:
         self.cfg = cfg
         self.total_resets = 0
         self.dead_at_last_check = 0
-        self._routers: list[tuple[nn.Module, nn.Module | None]] | None = None
+        self._groups: list[list[Routed]] | None = None
 
     @staticmethod
-    def routed(model: nn.Module) -> list[tuple[nn.Module, nn.Module | None]]:
+    def routed(model: nn.Module) -> list[Routed]:
         """(router, the layer that owns it or None) for every counting router in ``model``."""
         owners = {
             id(m.router): m
             for m in model.modules()
-            if isinstance(getattr(m, "router", None), nn.Module) and hasattr(m, "reset_experts")
+            if isinstance(m, RoutedLayer) and isinstance(m.router, nn.Module)
         }
         return [
             (m, owners.get(id(m)))
             for m in model.modules()
-            if isinstance(getattr(m, "activation_counts", None), Tensor)
+            if isinstance(m, ResettableRouter) and isinstance(m.activation_counts, Tensor)
         ]
 
+    @staticmethod
+    def groups(routed: list[Routed]) -> list[list[Routed]]:
+        """Routers grouped by the expert weights they draw from: routers whose owners share
+        an expert parameter (a global or shared library) form one group."""
+        groups: list[list[Routed]] = []
+        keys: list[set[int]] = []
+        for router, owner in routed:
+            params = getattr(owner, "expert_parameters", None)
+            key = {id(p) for p in params()} if params is not None else {id(router)}
+            for i, other in enumerate(keys):
+                if key & other:
+                    groups[i].append((router, owner))
+                    other |= key
+                    break
+            else:
+                groups.append([(router, owner)])
+                keys.append(key)
+        return groups
+
     def on_step_end(self, trainer: Any, step: int, metrics: dict) -> None:
-        if self._routers is None:
-            self._routers = self.routed(trainer.model)
-        routers = self._routers
+        if self._groups is None:
+            self._groups = self.groups(self.routed(trainer.model))
+        routers = [r for group in self._groups for r, _ in group]
         if not routers:
             return
         with torch.no_grad():  # over the current interval, before a check clears the counts
             per_token = torch.stack(
-                [r.activation_counts.sum() / r.tokens_seen.clamp(min=1) for r, _ in routers]
+                [r.activation_counts.sum() / r.tokens_seen.clamp(min=1) for r in routers]
             ).mean()
         if step % self.cfg.interval == 0:
             self.dead_at_last_check = 0
-            for router, owner in routers:
-                dead = self.reset_dead(router, owner, trainer.optimizer, trainer)
+            for group in self._groups:
+                dead = self.reset_dead(group, trainer.optimizer, trainer)
                 self.dead_at_last_check += dead
                 self.total_resets += dead
         metrics["experts_per_token"] = per_token
@@ -70,22 +97,29 @@ class ExpertReset:
         metrics["experts_reset"] = self.total_resets
 
     @torch.no_grad()
-    def reset_dead(
-        self, router: nn.Module, owner: nn.Module | None, optimizer: Any, trainer: Any = None
-    ) -> int:
-        """Reset ``router``'s experts without activations; clear its counts. One host sync.
-        The trainer (when given) tells its callbacks which slices were reset (EMA follows)."""
-        dead = ((router.activation_counts == 0) & router.enabled).nonzero().squeeze(1)
-        router.clear_counts()
+    def reset_dead(self, group: list[Routed], optimizer: Any, trainer: Any = None) -> int:
+        """Reset the experts that no router of ``group`` activated (and that some router may
+        select); clear the group's counts. One host sync. The trainer (when given) tells its
+        callbacks which slices were reset (EMA follows)."""
+        idle = torch.stack([r.activation_counts == 0 for r, _ in group]).all(0)
+        enabled = torch.stack([r.enabled for r, _ in group]).any(0)
+        dead = (idle & enabled).nonzero().squeeze(1)
+        for router, _ in group:
+            router.clear_counts()
         if not len(dead):
             return 0
-        if owner is not None:
-            touched = owner.reset_experts(dead, weights=self.cfg.reset_weights)
-        else:
-            touched = router.reset_experts(dead)
+        touched: Touched = []
+        weights = self.cfg.reset_weights
+        for router, owner in group:
+            if owner is not None:
+                # the shared weights once; every router of the group gets a fresh slot
+                touched += owner.reset_experts(dead, weights=weights)
+                weights = False
+            else:
+                touched += router.reset_experts(dead)
         if self.cfg.reset_optimizer_state and optimizer is not None:
             clear_optimizer_state(optimizer, touched, dead)
-        if trainer is not None and hasattr(trainer, "parameters_reset"):
+        if trainer is not None:
             trainer.parameters_reset(touched, dead)
         return len(dead)
 

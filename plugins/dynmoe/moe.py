@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from collections.abc import Iterator
+from typing import Any, Literal
 
 import attrs
 from ponderkit import BuildContext, ForwardContext, Spec, component, hookimpl, swiglu_width
 from ponderkit.plugins.dynmoe.dispatch import combine, gather, plan_dispatch
-from ponderkit.plugins.dynmoe.experts import SwiGLUExperts
+from ponderkit.plugins.dynmoe.experts import (
+    SharedSwiGLUExperts,
+    SwiGLUExperts,
+    library_weights,
+)
 from torch import Tensor, nn
 
 
@@ -34,8 +39,11 @@ class DynMoEConfig:
     grouped_gemm: Literal["auto", "loop"] = "auto"
     dispatch: Literal["exact", "static"] = "exact"
     #: ``global``: every dynmoe of the model with the same shape shares one expert library
-    #: (ADR-0005); each keeps its own router
-    library: Literal["local", "global"] = "local"
+    #: (ADR-0005); each keeps its own router. ``shared``: one library for attention and FFN
+    #: (ADR-0005 POS-001): the experts are the ``library: shared`` dynsmha's head sets of the
+    #: same E and width W = ``hidden`` (default d_model), each read as a SwiGLU of width W
+    #: (``expansion`` is then unused); see ``experts.library_weights``
+    library: Literal["local", "global", "shared"] = "local"
 
 
 def expert_hidden(cfg_hidden: int | None, expansion: float, d_model: int) -> int:
@@ -45,7 +53,12 @@ def expert_hidden(cfg_hidden: int | None, expansion: float, d_model: int) -> int
 
 
 class DynMoE(nn.Module):
-    def __init__(self, router: nn.Module, experts: SwiGLUExperts, dispatch: str = "exact"):
+    def __init__(
+        self,
+        router: nn.Module,
+        experts: SwiGLUExperts | SharedSwiGLUExperts,
+        dispatch: str = "exact",
+    ):
         super().__init__()
         self.router, self.experts, self.dispatch = router, experts, dispatch
 
@@ -65,6 +78,10 @@ class DynMoE(nn.Module):
         touched = self.router.reset_experts(experts)
         return touched + (self.experts.reset_experts(experts) if weights else [])
 
+    def expert_parameters(self) -> list[nn.Parameter]:
+        """The expert weights (expert dimension first), which a library may share."""
+        return self.experts.expert_parameters()
+
 
 def build_dynmoe(cfg: DynMoEConfig, ctx: BuildContext) -> DynMoE:
     hidden = expert_hidden(cfg.hidden, cfg.expansion, ctx.d_model)
@@ -73,6 +90,12 @@ def build_dynmoe(cfg: DynMoEConfig, ctx: BuildContext) -> DynMoE:
     def make() -> SwiGLUExperts:
         return SwiGLUExperts(cfg.experts, ctx.d_model, hidden, cfg.grouped_gemm)
 
+    if cfg.library == "shared":
+        width = cfg.hidden or ctx.d_model
+        w_in, w_out = library_weights(ctx.shared, cfg.experts, ctx.d_model, width)
+        key = ("dynmoe_shared", cfg.experts, ctx.d_model, width)
+        experts = ctx.shared.setdefault(key, SharedSwiGLUExperts(w_in, w_out, cfg.grouped_gemm))
+        return DynMoE(router, experts, cfg.dispatch)
     if cfg.library == "global":
         experts = ctx.shared.setdefault(("dynmoe", cfg.experts, ctx.d_model, hidden), make())
     else:
@@ -80,6 +103,43 @@ def build_dynmoe(cfg: DynMoEConfig, ctx: BuildContext) -> DynMoE:
     return DynMoE(router, experts, cfg.dispatch)
 
 
+def _specs(obj: Any) -> Iterator[Spec]:
+    """Every component spec inside a config object."""
+    if isinstance(obj, Spec):
+        yield obj
+        yield from _specs(obj.config)
+    elif attrs.has(type(obj)):
+        for f in attrs.fields(type(obj)):
+            yield from _specs(getattr(obj, f.name))
+    elif isinstance(obj, tuple | list):
+        for v in obj:
+            yield from _specs(v)
+
+
+def check_dynmoe(cfg: DynMoEConfig, env) -> list:
+    """``library: shared`` needs a ``library: shared`` dynsmha with the same experts and
+    heads * head_dim = hidden (else the FFN would silently get a library of its own)."""
+    if cfg.library != "shared":
+        return []
+    d = env.experiment.model.d_model
+    width = cfg.hidden or d
+    libraries = {
+        (s.config.experts, s.config.heads * (s.config.head_dim or d // s.config.heads))
+        for s in _specs(env.experiment)
+        if s.kind == "mixer" and s.name == "dynsmha" and s.config.library == "shared"
+    }
+    if (cfg.experts, width) in libraries:
+        return []
+    have = ", ".join(f"experts={e}, width={w}" for e, w in sorted(libraries)) or "none"
+    return [
+        (
+            "library",
+            f"no `library: shared` dynsmha with experts={cfg.experts} and heads * head_dim ="
+            f" {width} (the FFN's hidden) to share experts with (shared dynsmha: {have})",
+        )
+    ]
+
+
 @hookimpl
 def ponderkit_register(registry) -> None:
-    registry.add("ffn", "dynmoe", DynMoEConfig, build_dynmoe)
+    registry.add("ffn", "dynmoe", DynMoEConfig, build_dynmoe, check=check_dynmoe)

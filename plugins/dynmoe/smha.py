@@ -7,8 +7,8 @@ from typing import Literal
 import attrs
 from ponderkit import BuildContext, ForwardContext, Spec, component, hookimpl
 from ponderkit.plugins.dynmoe.dispatch import combine, gather, grouped_linear, plan_dispatch
-from ponderkit.plugins.dynmoe.experts import expert_weight, reinit_experts
-from ponderkit.plugins.layers.attention import check_attention, self_attention
+from ponderkit.plugins.dynmoe.experts import expert_weight, library_weights, reinit_experts
+from ponderkit.plugins.layers.attention import attend, check_attention, split_heads
 from torch import Tensor, nn
 
 
@@ -29,8 +29,10 @@ class DynSMHAConfig:
     causal: bool = False
     grouped_gemm: Literal["auto", "loop"] = "auto"
     #: ``global``: every dynsmha of the model with the same shape shares one library of expert
-    #: head projections (ADR-0005); each keeps its own router
-    library: Literal["local", "global"] = "local"
+    #: head projections (ADR-0005); each keeps its own router. ``shared``: the library is also
+    #: the FFN's (a ``library: shared`` dynmoe of the same E and hidden = heads * head_dim
+    #: draws its SwiGLU experts from these head sets; ADR-0005 POS-001)
+    library: Literal["local", "global", "shared"] = "local"
 
 
 class DynSMHA(nn.Module):
@@ -51,9 +53,8 @@ class DynSMHA(nn.Module):
             ctx.add_routing(routing, self.router)
         plan = plan_dispatch(routing.weights, routing.mask)  # shared by qkv and out
         qkv = combine(grouped_linear(gather(x, plan), self.qkv, plan, self.mode), plan)
-        q, k, v = qkv.view(b, t, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        o = self_attention(q, k, v, ctx, self.causal)  # (B, H, T, Dh); RoPE, cache inside
-        o = o.transpose(1, 2).reshape(b * t, self.heads * self.head_dim)
+        q, k, v = (split_heads(z, b, t, self.heads, self.head_dim) for z in qkv.chunk(3, -1))
+        o = attend(q, k, v, ctx, self.causal).reshape(b * t, self.heads * self.head_dim)
         y = combine(grouped_linear(gather(o, plan), self.out, plan, self.mode), plan)
         return y.view(b, t, d)
 
@@ -66,12 +67,19 @@ class DynSMHA(nn.Module):
             touched += [(self.qkv, 0), (self.out, 0)]
         return touched
 
+    def expert_parameters(self) -> list[nn.Parameter]:
+        """The expert weights (expert dimension first), which a library may share."""
+        return [self.qkv, self.out]
+
 
 def build_dynsmha(cfg: DynSMHAConfig, ctx: BuildContext) -> DynSMHA:
     head_dim = cfg.head_dim or ctx.d_model // cfg.heads
     router = ctx.build(cfg.router, num_experts=cfg.experts)
     module = DynSMHA(router, cfg, ctx.d_model, head_dim)
-    if cfg.library == "global":
+    if cfg.library == "shared":
+        width = cfg.heads * head_dim
+        module.qkv, module.out = library_weights(ctx.shared, cfg.experts, ctx.d_model, width)
+    elif cfg.library == "global":
         key = ("dynsmha", cfg.experts, ctx.d_model, cfg.heads, head_dim)
         module.qkv, module.out = ctx.shared.setdefault(key, (module.qkv, module.out))
     return module

@@ -13,17 +13,21 @@ import math
 
 import attrs
 import torch
-from ponderkit import BuildContext, ForwardContext, attend, hookimpl, trunc_normal_
+from ponderkit import BuildContext, ForwardContext, hookimpl, trunc_normal_
+from ponderkit.plugins.layers.attention import attend, split_heads
 from ponderkit.plugins.routing.spl import mas_normalize
 from torch import Tensor, nn
 from torch.nn import functional as F
 
 
 class SparseProtoLinear(nn.Module):
-    """A linear map whose output units are switched per token by prototype matching."""
+    """A linear map whose output units are switched per token by prototype matching.
 
-    def __init__(self, d_in: int, d_out: int):
+    Records the fraction of its output units that are on (M > 0) as the statistic ``stat``."""
+
+    def __init__(self, d_in: int, d_out: int, stat: str = "spl_active_frac"):
         super().__init__()
+        self.stat = stat
         std = 1.0 / math.sqrt(d_in)
         self.comp = nn.Parameter(trunc_normal_(torch.empty(d_out, d_in), std))  # W_mu
         self.comp_bias = nn.Parameter(torch.zeros(d_out))  # b_mu
@@ -36,7 +40,7 @@ class SparseProtoLinear(nn.Module):
         match = F.linear(x, self.proto.to(dt)) / math.sqrt(x.shape[-1])
         mask = mas_normalize(match - mas_normalize(F.linear(x, self.gate.to(dt))))
         if ctx is not None:
-            ctx.add_stat("spl_active_frac", (mask > 0).float().mean())
+            ctx.add_stat(self.stat, (mask > 0).float().mean())
         return comp * mask
 
 
@@ -53,15 +57,14 @@ class DynSIHA(nn.Module):
         self.heads, self.head_dim = heads, d_model // heads
         self.q, self.k, self.v, self.o = (SparseProtoLinear(d_model, d_model) for _ in range(4))
 
+    @property
+    def qkv(self) -> tuple[SparseProtoLinear, SparseProtoLinear, SparseProtoLinear]:
+        return self.q, self.k, self.v
+
     def forward(self, h: Tensor, ctx: ForwardContext) -> Tensor:
         b, t, d = h.shape
-
-        def split(z: Tensor) -> Tensor:
-            return z.view(b, t, self.heads, self.head_dim).transpose(1, 2)  # (B, H, T, Dh)
-
-        q, k, v = split(self.q(h, ctx)), split(self.k(h, ctx)), split(self.v(h, ctx))
-        attn = attend(q, k, v, ctx)  # (B, H, T, Dh)
-        return self.o(attn.transpose(1, 2).reshape(b, t, d), ctx)
+        q, k, v = (split_heads(p(h, ctx), b, t, self.heads, self.head_dim) for p in self.qkv)
+        return self.o(attend(q, k, v, ctx, causal=False), ctx)
 
 
 def build_dynsiha(cfg: DynSIHAConfig, ctx: BuildContext) -> DynSIHA:

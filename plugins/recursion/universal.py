@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import attrs
+import torch
 from ponderkit import BuildContext, Carry, ForwardContext, Spec, component, hookimpl
 from torch import Tensor, nn
 
@@ -11,8 +12,8 @@ from torch import Tensor, nn
 class UniversalConfig:
     """One re-entrant block applied once per step, up to the halting policy's max_steps.
 
-    The state h starts at the input embedding x; each step is h = block(h + x) (``inject_input``)
-    or h = block(h). With ``blocks > 1`` a short stack is applied per step. Parameters do not
+    With ``inject_input`` the state h starts at 0 and each step is h = block(h + x), so the
+    first step sees x itself; without it h starts at x and each step is h = block(h). With ``blocks > 1`` a short stack is applied per step. Parameters do not
     depend on the number of steps; routed modules built with ``library: global`` share one
     expert library across all blocks and steps."""
 
@@ -28,7 +29,8 @@ class Universal(nn.Module):
         self.inject_input = inject_input
 
     def initial_carry(self, x: Tensor) -> Carry:
-        return {"h": x}
+        # h0 = 0 when x is injected every step: starting at x would feed 2x to the first step
+        return {"h": torch.zeros_like(x) if self.inject_input else x}
 
     def forward(self, carry: Carry, x: Tensor, ctx: ForwardContext) -> tuple[Carry, Tensor]:
         h = carry["h"] + x if self.inject_input else carry["h"]

@@ -43,7 +43,7 @@ def test_halting_forced_at_step_one_equals_one_block_application(universal_yaml,
     with torch.no_grad():
         logits, steps = model.infer(batch, early_exit=True)
         x = model.embed(batch)
-        h = model.recursion.blocks[0](x + x, model.context())  # h0 = x, one step h = block(h + x)
+        h = model.recursion.blocks[0](x, model.context())  # h0 = 0: the first step sees x
         want = model.output(h)
     assert steps.tolist() == [1] * 8
     torch.testing.assert_close(logits, want)

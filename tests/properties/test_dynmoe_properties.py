@@ -8,7 +8,7 @@ import copy
 from types import SimpleNamespace
 
 import torch
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from ponderkit import ForwardContext, Trainer
 from ponderkit.plugins.callbacks.ema import EMA
@@ -110,7 +110,24 @@ def test_dynsmha_is_equivariant_to_position_and_batch_permutations(shape, varian
     dead=st.lists(st.booleans(), min_size=5, max_size=5),
     reset_weights=st.booleans(),
 )
+# failed once on a fresh clone when the output of untouched tokens was compared bit for bit
+@example(
+    shape={"b": 2, "t": 3, "d": 1, "h": 5, "e": 5, "seed": 54},
+    weighting="mean",
+    dead=[False, False, False, True, False],
+    reset_weights=False,
+)
 def test_expert_reset_leaves_live_experts_unchanged(shape, weighting, dead, reset_weights):
+    """Live experts keep their weights, moments and EMA; a token that no reset expert fires
+    for keeps its routing bit for bit and its output up to rounding.
+
+    Why not the output bit for bit: after a reset the dead expert's new tokens take rows in
+    the expert-sorted pair buffer, so a live expert's slice starts at another offset. The
+    same row times the same weight is then computed at another place of the BLAS kernel
+    (SIMD body or scalar tail, another blocking), which may round the last bit differently;
+    measured here: ``A[s:s+m] @ W`` differs from ``(A @ W)[s:s+m]`` in 7 of 3,610 rows of a
+    (64, 5) @ (5, 1) float64 product. The live computation itself is unchanged, which the
+    routing check asserts exactly."""
     torch.manual_seed(shape["seed"])
     d, h, e = shape["d"], shape["h"], shape["e"]
     forced = torch.tensor(dead[:e])
@@ -123,6 +140,8 @@ def test_expert_reset_leaves_live_experts_unchanged(shape, weighting, dead, rese
     layer(x, None).square().sum().backward()
     optimizer.step()  # non-zero moments everywhere a gradient reached
     before_out = layer(x, None).detach()
+    with torch.no_grad():
+        before_routing = layer.router(x.reshape(-1, d))
     before = {n: p.detach().clone() for n, p in layer.named_parameters()}
     moments = {n: optimizer.state[p]["exp_avg"].clone() for n, p in layer.named_parameters()}
 
@@ -136,7 +155,7 @@ def test_expert_reset_leaves_live_experts_unchanged(shape, weighting, dead, rese
     torch._foreach_add_(ema.shadow, 1.0)
     shadow = {n: s.clone() for (n, _), s in zip(layer.named_parameters(), ema.shadow, strict=True)}
     callback = ExpertReset(ExpertResetConfig(interval=1, reset_weights=reset_weights))
-    reset = callback.reset_dead(layer.router, layer, optimizer, trainer)
+    reset = callback.reset_dead([(layer.router, layer)], optimizer, trainer)
 
     assert reset == int(dead.sum())
     live = ~dead
@@ -162,11 +181,16 @@ def test_expert_reset_leaves_live_experts_unchanged(shape, weighting, dead, rese
             continue
         assert torch.equal(avg.movedim(dim, 0)[dead], param.detach().movedim(dim, 0)[dead])
         assert torch.equal(avg.movedim(dim, 0)[live], shadow[name].movedim(dim, 0)[live])
-    # a token none of the reset experts fires for keeps its output exactly
+    # a token none of the reset experts fires for keeps its routing exactly, its output up
+    # to rounding (float64)
     with torch.no_grad():
         routing = layer.router(x.reshape(-1, d))
-    untouched = ~(routing.mask & dead).any(-1).view(x.shape[:2])
-    assert torch.equal(layer(x, None).detach()[untouched], before_out[untouched])
+    untouched = ~(routing.mask & dead).any(-1)
+    assert torch.equal(routing.mask[untouched], before_routing.mask[untouched])
+    assert torch.equal(routing.weights[untouched], before_routing.weights[untouched])
+    untouched = untouched.view(x.shape[:2])
+    after_out = layer(x, None).detach()
+    assert torch.allclose(after_out[untouched], before_out[untouched], rtol=1e-12, atol=1e-12)
 
 
 @PROPERTY
