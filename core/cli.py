@@ -83,6 +83,18 @@ def build_parser() -> argparse.ArgumentParser:
         "running every step",
     )
     p.add_argument("--checkpoint", default="final", help="checkpoint name (default final)")
+    p.add_argument(
+        "--arc-submission",
+        type=Path,
+        metavar="FILE",
+        help="ARC tasks: write the voted predictions as a Kaggle submission.json",
+    )
+    p.add_argument(
+        "--puzzle-ids",
+        choices=["own", "blank", "random"],
+        help="tasks scored per puzzle (ARC): evaluate with each view's own identifier, the "
+        "blank one or a random training one (default: the task's eval_puzzle_ids)",
+    )
 
     p = sub.add_parser(
         "ablate",
@@ -262,13 +274,39 @@ def cmd_run(args: argparse.Namespace, plugins: Plugins) -> int:
 
 
 def cmd_eval(args: argparse.Namespace, plugins: Plugins) -> int:
-    from .engine.runs import write_json_atomic
+    import json
+
+    from .engine.runs import write_json_atomic, write_text_atomic
     from .engine.train import load_trainer
 
     trainer = load_trainer(args.run_dir, plugins.registry, args.checkpoint)
+    # tasks that score whole puzzles (ARC: votes over augmented views) say so with this method
+    puzzles = getattr(trainer.task, "evaluate_puzzles", None)
+    if puzzles is None and (args.arc_submission or args.puzzle_ids):
+        option = "--arc-submission" if args.arc_submission else "--puzzle-ids"
+        raise PonderkitError(
+            f"{option}: task {trainer.config.task.name!r} does not score puzzles (use task arc)"
+        )
+    if args.arc_submission and not args.arc_submission.parent.is_dir():
+        raise PonderkitError(f"--arc-submission: no directory {args.arc_submission.parent}")
     full = trainer.evaluate(early_exit=False)
     result = {"checkpoint": args.checkpoint, "full": full}
     print(_eval_line("all steps", full))
+    if puzzles is not None:
+        report = puzzles(trainer, puzzle_ids=args.puzzle_ids)
+        submission = report.pop("submission", None)
+        tests = report.pop("tests_per_task", {})
+        result["puzzles"] = report
+        for split in ("eval", "train"):
+            if split in report:
+                print(_eval_line(f"{split} set", report[split]))
+        print(f"(puzzle ids: {report['puzzle_ids']}, vote: {report['vote']})")
+        if args.arc_submission and submission is not None:
+            write_text_atomic(args.arc_submission, json.dumps(submission))
+            print(
+                f"submission: {args.arc_submission} ({len(submission)} tasks, "
+                f"{sum(tests.values())} test inputs)"
+            )
     if args.early_exit:
         early = trainer.evaluate(early_exit=True)
         saved = 1.0 - early["steps"] / max(full["steps"], 1e-9)

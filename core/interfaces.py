@@ -215,6 +215,9 @@ class Callback(Protocol):
     parameters were re-initialised: ``touched`` lists (parameter, dim) pairs, ``index`` the
     positions along ``dim``; announced with :meth:`Trainer.parameters_reset`, e.g. by an
     expert reset, so that copies of the weights such as EMA's follow),
+    ``owned_parameters(trainer)`` (called once the model is built, before the optimizer:
+    parameters this callback updates itself, e.g. a sparse puzzle-embedding table; AdamW
+    leaves them out and gradient clipping ignores them),
     ``state_dict()``/``load_state_dict(state)``."""
 
 
