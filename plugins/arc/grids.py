@@ -18,14 +18,26 @@ PAD, EOS, COLOUR0 = 0, 1, 2
 VOCAB_SIZE = 12
 
 
+def _rot90(grid: np.ndarray, k: int) -> np.ndarray:
+    """``np.rot90(grid, k)`` as a view by slicing (np.rot90's checks cost more than the work)."""
+    k %= 4
+    if k == 1:
+        return grid.T[::-1]
+    if k == 2:
+        return grid[::-1, ::-1]
+    if k == 3:
+        return grid.T[:, ::-1]
+    return grid
+
+
 def dihedral(grid: np.ndarray, d: int) -> np.ndarray:
     """The ``d``-th of the 8 symmetries of the square applied to ``grid``."""
-    return np.rot90(grid.T if d >= 4 else grid, d % 4)
+    return _rot90(grid.T if d >= 4 else grid, d)
 
 
 def inverse_dihedral(grid: np.ndarray, d: int) -> np.ndarray:
     """Undo :func:`dihedral`: ``inverse_dihedral(dihedral(g, d), d) == g``."""
-    back = np.rot90(grid, -(d % 4))
+    back = _rot90(grid, -d)
     return back.T if d >= 4 else back
 
 
@@ -44,11 +56,18 @@ def random_perm(rng: np.random.Generator) -> np.ndarray:
     return np.concatenate([[0], rng.permutation(9) + 1]).astype(np.int8)
 
 
-def encode(grid: np.ndarray, canvas: int, offset: tuple[int, int] = (0, 0)) -> np.ndarray:
-    """Grid (h, w) of colours -> canvas (C, C) int8 tokens with the EOS border."""
+def encode(
+    grid: np.ndarray,
+    canvas: int,
+    offset: tuple[int, int] = (0, 0),
+    out: np.ndarray | None = None,
+) -> np.ndarray:
+    """Grid (h, w) of colours -> canvas (C, C) int8 tokens with the EOS border (written into
+    ``out``, which must hold zeros, when given)."""
     h, w = grid.shape
     r, c = offset
-    out = np.zeros((canvas, canvas), dtype=np.int8)
+    if out is None:
+        out = np.zeros((canvas, canvas), dtype=np.int8)
     out[r : r + h, c : c + w] = grid + COLOUR0
     if r + h < canvas:
         out[r + h, c : c + w] = EOS

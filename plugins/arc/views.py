@@ -73,8 +73,8 @@ class Views:
                     int(rng.integers(canvas - max(x.shape[0], y.shape[0]) + 1)),
                     int(rng.integers(canvas - max(x.shape[1], y.shape[1]) + 1)),
                 )
-            inputs[i] = encode(x, canvas, offset)
-            labels[i] = encode(y, canvas, offset)
+            encode(x, canvas, offset, out=inputs[i])
+            encode(y, canvas, offset, out=labels[i])
         labels[labels == 0] = IGNORE_LABEL
         return {
             "inputs": inputs.reshape(b, -1),

