@@ -132,6 +132,10 @@ def evaluate_puzzles(
             tokens, conf = predict(model, batches(), trainer.device, trainer.autocast)
             ranked, truth = ranked_candidates(task.views, pairs, tokens, conf, cfg.vote)
             out[split] = {**voting.scores(ranked, truth), "views": int(len(pairs))}
+            out[f"{split}_solved"] = {
+                f"pass@{k}": sorted(t for t, ok in voting.pass_at_k(ranked, truth, k).items() if ok)
+                for k in (1, 2)
+            }
             if split == "eval":
                 out["submission"] = voting.submission(ranked)
                 out["tests_per_task"] = {k: len(v) for k, v in truth.items()}

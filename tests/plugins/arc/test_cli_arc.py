@@ -29,6 +29,8 @@ def test_eval_writes_a_valid_submission(write, tmp_path, capsys):
     assert validate_submission(submission, {"66e6c45b": 1}) == []
     report = json.loads((run / "eval-final.json").read_text())["puzzles"]
     assert report["eval"]["views"] == 4 and report["puzzle_ids"] == "own"
+    solved = report["eval_solved"]["pass@2"]
+    assert set(solved) <= {"66e6c45b"} and (len(solved) == 1) == (report["eval"]["pass@2"] == 1)
     assert main(["eval", str(run), "--puzzle-ids", "blank"]) == 0
     assert "puzzle ids: blank" in capsys.readouterr().out
 
@@ -46,3 +48,10 @@ def test_unknown_task_ids_are_config_errors(write, capsys):
     assert main(["validate", str(write("bad.yaml", bad))]) == 2
     err = capsys.readouterr().err
     assert "task.eval_tasks: arc-agi-1 has no eval-set task 66e6c45c" in err
+
+
+def test_a_puzzle_embedding_wider_than_its_prefix_is_refused(write, capsys):
+    bad = TINY.replace("puzzle_emb_dim: 16", "puzzle_emb_dim: 33")
+    assert main(["validate", str(write("bad.yaml", bad))]) == 2
+    err = capsys.readouterr().err
+    assert "model.puzzle_emb_dim: 'puzzle_emb_dim' must be at most" in err and "= 32, got 33" in err
