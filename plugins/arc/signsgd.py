@@ -59,6 +59,14 @@ def build_signsgd(cfg: SignSGDConfig, ctx: BuildContext) -> PuzzleEmbSignSGD:
     return PuzzleEmbSignSGD(cfg)
 
 
+def check_signsgd(cfg: SignSGDConfig, env: Any) -> list[str]:
+    if env.experiment.model.puzzle_emb_len == 0:
+        return ["there is no puzzle-embedding table to update: set model.puzzle_emb_len > 0"]
+    return []
+
+
 @hookimpl
 def ponderkit_register(registry) -> None:
-    registry.add("callback", "puzzle_emb_signsgd", SignSGDConfig, build_signsgd)
+    registry.add(
+        "callback", "puzzle_emb_signsgd", SignSGDConfig, build_signsgd, check=check_signsgd
+    )

@@ -55,3 +55,10 @@ def test_a_puzzle_embedding_wider_than_its_prefix_is_refused(write, capsys):
     assert main(["validate", str(write("bad.yaml", bad))]) == 2
     err = capsys.readouterr().err
     assert "model.puzzle_emb_dim: 'puzzle_emb_dim' must be at most" in err and "= 32, got 33" in err
+
+
+def test_sign_sgd_without_a_puzzle_table_is_refused(write, capsys):
+    bad = TINY.replace("puzzle_emb_len: 2", "puzzle_emb_len: 0").replace("puzzle_emb_dim: 16", "")
+    assert main(["validate", str(write("bad.yaml", bad))]) == 2
+    err = capsys.readouterr().err
+    assert "callbacks.0: there is no puzzle-embedding table to update" in err
