@@ -289,11 +289,11 @@ def cmd_eval(args: argparse.Namespace, plugins: Plugins) -> int:
         )
     if args.arc_submission and not args.arc_submission.parent.is_dir():
         raise PonderkitError(f"--arc-submission: no directory {args.arc_submission.parent}")
+    report = puzzles(trainer, puzzle_ids=args.puzzle_ids) if puzzles is not None else None
     full = trainer.evaluate(early_exit=False)
     result = {"checkpoint": args.checkpoint, "full": full}
     print(_eval_line("all steps", full))
-    if puzzles is not None:
-        report = puzzles(trainer, puzzle_ids=args.puzzle_ids)
+    if report is not None:
         submission = report.pop("submission", None)
         tests = report.pop("tests_per_task", {})
         result["puzzles"] = report
@@ -317,7 +317,8 @@ def cmd_eval(args: argparse.Namespace, plugins: Plugins) -> int:
             f"early exit saves {saved:.1%} of the steps; exact accuracy changes by "
             f"{delta * 100:+.2f} points"
         )
-    write_json_atomic(args.run_dir / f"eval-{args.checkpoint}.json", result)
+    ids = f"-ids-{args.puzzle_ids}" if args.puzzle_ids else ""  # keep the default report
+    write_json_atomic(args.run_dir / f"eval-{args.checkpoint}{ids}.json", result)
     return 0
 
 

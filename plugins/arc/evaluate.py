@@ -110,7 +110,9 @@ def evaluate_puzzles(
     """pass@k per split (``eval``: the evaluation tasks; ``train``: the training-set check)
     and, for ``eval``, the Kaggle submission object."""
     cfg = task.cfg
-    mode = puzzle_ids or cfg.eval_puzzle_ids
+    if puzzle_ids:
+        task.eval_puzzle_ids = puzzle_ids
+    mode = task.eval_puzzle_ids
     size = trainer.config.train.eval_batch_size
     out: dict[str, Any] = {"puzzle_ids": mode, "vote": cfg.vote}
     model = trainer.model

@@ -56,6 +56,9 @@ class ArcTask:
         self.cfg = cfg
         self.seq_len = cfg.canvas * cfg.canvas
         self.per_task = 1 + cfg.augmentations
+        # which identifiers evaluation uses; evaluate_puzzles(puzzle_ids=...) changes it for
+        # every later evaluation of this task object (so `eval --puzzle-ids` applies to all)
+        self.eval_puzzle_ids = cfg.eval_puzzle_ids
         self._puzzles = None
         self._views: Views | None = None
 
@@ -114,7 +117,7 @@ class ArcTask:
 
     def eval_batches(self, batch_size: int) -> Iterator[Batch]:
         pairs = self.scored_pairs("eval")
-        ids = evaluate.replace_ids(self, pairs, self.cfg.eval_puzzle_ids)
+        ids = evaluate.replace_ids(self, pairs, self.eval_puzzle_ids, self.cfg.data_seed)
         for i in range(0, len(pairs), batch_size):
             arrays = self.views.layout(pairs[i : i + batch_size], self.cfg.canvas)
             arrays["puzzle_ids"] = ids[i : i + batch_size]

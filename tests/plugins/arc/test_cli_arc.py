@@ -33,6 +33,8 @@ def test_eval_writes_a_valid_submission(write, tmp_path, capsys):
     assert set(solved) <= {"66e6c45b"} and (len(solved) == 1) == (report["eval"]["pass@2"] == 1)
     assert main(["eval", str(run), "--puzzle-ids", "blank"]) == 0
     assert "puzzle ids: blank" in capsys.readouterr().out
+    blank = json.loads((run / "eval-final-ids-blank.json").read_text())["puzzles"]
+    assert blank["puzzle_ids"] == "blank"
 
 
 def test_arc_options_on_a_task_without_puzzles_fail_in_one_line(sort_yaml, tmp_path, capsys):

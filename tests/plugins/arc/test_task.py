@@ -28,7 +28,7 @@ def assembled_training_labels(task: ArcTask) -> tuple[np.ndarray, np.ndarray]:
 
 
 def test_no_evaluation_test_output_reaches_a_training_batch():
-    task = ArcTask(ArcConfig(augmentations=2, workers=1))
+    task = ArcTask(ArcConfig(augmentations=1, workers=1))
     p = task.puzzles
     ev_test = p.is_eval[p.ex_task] & p.ex_test
     legit = {key(p.grid(g)) for g in p.ex_out[~ev_test]}
