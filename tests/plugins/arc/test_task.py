@@ -155,3 +155,19 @@ def _dense_table_grad(trainer, batch) -> torch.Tensor:
     grad = model.puzzle_emb.weight.grad.double().clone()
     model.zero_grad(set_to_none=True)
     return grad
+
+
+def test_final_step_predicts_as_infer_and_reads_the_halting_confidence(write, registry):
+    from ponderkit.plugins.arc.evaluate import final_step
+
+    trm = TINY.replace("name: stacked", "name: trm\n    H_cycles: 1\n    L_cycles: 1")
+    trm = trm.replace("halting: fixed", "halting: {name: q_head, max_steps: 3}")
+    trainer = Trainer(load_experiment(write("t.yaml", trm), registry=registry).config, registry)
+    model = trainer.model.eval()
+    with torch.no_grad():
+        model.halting.q.bias.fill_(0.7)  # q_halt = w.y + 0.7 with w = 0 at init
+    batch = next(trainer.task.eval_batches(4))
+    logits, conf = final_step(model, batch)
+    expected, _ = model.infer(batch)
+    torch.testing.assert_close(logits, expected)
+    torch.testing.assert_close(conf, torch.full((len(conf),), 1 / (1 + np.exp(-0.7))))
