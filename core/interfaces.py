@@ -177,6 +177,9 @@ class Task(Protocol):
     - ``eval_batches(batch_size)``: the fixed held-out set, in order, without augmentation.
     - ``score(predictions (B,T) long, batch) -> dict`` of extra per-sample metrics ((B,)
       float tensors, e.g. path validity); token and exact accuracy are computed by the core.
+    - optional ``evaluate_puzzles(trainer, puzzle_ids=None) -> dict``: scores whole puzzles
+      (ARC: votes over augmented views, pass@k); ``ponderkit eval`` prints each split's
+      metrics and writes ``submission`` (a JSON object) with ``--arc-submission``.
     """
 
     vocab_size: int

@@ -43,8 +43,10 @@ class ArcConfig:
     eval_puzzle_ids: Literal["own", "blank", "random"] = "own"
     vote: Literal["count", "confidence"] = "count"
     train_check_tasks: int = attrs.field(default=32, validator=v.ge(0))
-    train_tasks: tuple[str, ...] = ()
-    eval_tasks: tuple[str, ...] = ()
+    # task ids (str); Any so that an unquoted all-digit id, which YAML reads as a number, gets
+    # a clear error from check_arc rather than a type error
+    train_tasks: tuple[Any, ...] = ()
+    eval_tasks: tuple[Any, ...] = ()
     data_seed: int = 0
     workers: int | None = None
 
@@ -147,6 +149,16 @@ def check_arc(cfg: ArcConfig, env: Any) -> list[tuple[str, str]]:
     except PonderkitError as exc:
         return [*issues, ("version", str(exc))]
     for field, split in (("train_tasks", "train"), ("eval_tasks", "eval")):
+        numbers = [i for i in getattr(cfg, field) if not isinstance(i, str)]
+        if numbers:
+            issues.append(
+                (
+                    field,
+                    f"YAML read task id(s) {numbers[:3]} as numbers: quote ids made of "
+                    "digits, e.g. '00576224'",
+                )
+            )
+            continue
         unknown = [i for i in getattr(cfg, field) if i not in data[split]]
         if unknown:
             issues.append(

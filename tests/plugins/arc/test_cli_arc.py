@@ -64,3 +64,9 @@ def test_sign_sgd_without_a_puzzle_table_is_refused(write, capsys):
     assert main(["validate", str(write("bad.yaml", bad))]) == 2
     err = capsys.readouterr().err
     assert "callbacks.0: there is no puzzle-embedding table to update" in err
+
+
+def test_an_unquoted_all_digit_task_id_gets_a_clear_error(write, capsys):
+    bad = TINY.replace("eval_tasks: [66e6c45b]", "eval_tasks: [00576224]")
+    assert main(["validate", str(write("bad.yaml", bad))]) == 2
+    assert "quote ids made of digits" in capsys.readouterr().err
