@@ -95,6 +95,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="tasks scored per puzzle (ARC): evaluate with each view's own identifier, the "
         "blank one or a random training one (default: the task's eval_puzzle_ids)",
     )
+    p.add_argument(
+        "--vote",
+        choices=["count", "confidence"],
+        help="tasks scored per puzzle (ARC): rank each test input's candidates by how many "
+        "views predicted them or by their summed halting confidence (default: the task's vote)",
+    )
 
     p = sub.add_parser(
         "ablate",
@@ -282,14 +288,17 @@ def cmd_eval(args: argparse.Namespace, plugins: Plugins) -> int:
     trainer = load_trainer(args.run_dir, plugins.registry, args.checkpoint)
     # tasks that score whole puzzles (ARC: votes over augmented views) say so with this method
     puzzles = getattr(trainer.task, "evaluate_puzzles", None)
-    if puzzles is None and (args.arc_submission or args.puzzle_ids):
-        option = "--arc-submission" if args.arc_submission else "--puzzle-ids"
+    given = [o for o in ("arc_submission", "puzzle_ids", "vote") if getattr(args, o)]
+    if puzzles is None and given:
+        option = "--" + given[0].replace("_", "-")
         raise PonderkitError(
             f"{option}: task {trainer.config.task.name!r} does not score puzzles (use task arc)"
         )
     if args.arc_submission and not args.arc_submission.parent.is_dir():
         raise PonderkitError(f"--arc-submission: no directory {args.arc_submission.parent}")
-    report = puzzles(trainer, puzzle_ids=args.puzzle_ids) if puzzles is not None else None
+    report = None
+    if puzzles is not None:
+        report = puzzles(trainer, puzzle_ids=args.puzzle_ids, vote=args.vote)
     full = trainer.evaluate(early_exit=False)
     result = {"checkpoint": args.checkpoint, "full": full}
     print(_eval_line("all steps", full))
@@ -317,8 +326,10 @@ def cmd_eval(args: argparse.Namespace, plugins: Plugins) -> int:
             f"early exit saves {saved:.1%} of the steps; exact accuracy changes by "
             f"{delta * 100:+.2f} points"
         )
-    ids = f"-ids-{args.puzzle_ids}" if args.puzzle_ids else ""  # keep the default report
-    write_json_atomic(args.run_dir / f"eval-{args.checkpoint}{ids}.json", result)
+    # a non-default --puzzle-ids or --vote gets a report file of its own
+    suffix = f"-ids-{args.puzzle_ids}" if args.puzzle_ids else ""
+    suffix += f"-vote-{args.vote}" if args.vote else ""
+    write_json_atomic(args.run_dir / f"eval-{args.checkpoint}{suffix}.json", result)
     return 0
 
 

@@ -105,7 +105,7 @@ def _eval_weights(trainer: Any) -> contextlib.ExitStack:
 
 
 def evaluate_puzzles(
-    task: Any, trainer: Any, puzzle_ids: str | None, splits: Iterable[str]
+    task: Any, trainer: Any, puzzle_ids: str | None, vote: str, splits: Iterable[str]
 ) -> dict[str, Any]:
     """pass@k per split (``eval``: the evaluation tasks; ``train``: the training-set check)
     and, for ``eval``, the Kaggle submission object."""
@@ -114,7 +114,7 @@ def evaluate_puzzles(
         task.eval_puzzle_ids = puzzle_ids
     mode = task.eval_puzzle_ids
     size = trainer.config.train.eval_batch_size
-    out: dict[str, Any] = {"puzzle_ids": mode, "vote": cfg.vote}
+    out: dict[str, Any] = {"puzzle_ids": mode, "vote": vote}
     model = trainer.model
     was_training = model.training
     model.eval()
@@ -132,7 +132,7 @@ def evaluate_puzzles(
                     yield {k: torch.from_numpy(a) for k, a in arrays.items()}
 
             tokens, conf = predict(model, batches(), trainer.device, trainer.autocast)
-            ranked, truth = ranked_candidates(task.views, pairs, tokens, conf, cfg.vote)
+            ranked, truth = ranked_candidates(task.views, pairs, tokens, conf, vote)
             out[split] = {**voting.scores(ranked, truth), "views": int(len(pairs))}
             out[f"{split}_solved"] = {
                 f"pass@{k}": sorted(t for t, ok in voting.pass_at_k(ranked, truth, k).items() if ok)

@@ -129,10 +129,14 @@ class ArcTask:
         return {}
 
     def evaluate_puzzles(
-        self, trainer: Any, puzzle_ids: str | None = None, splits=("eval", "train")
+        self,
+        trainer: Any,
+        puzzle_ids: str | None = None,
+        vote: str | None = None,
+        splits: tuple[str, ...] = ("eval", "train"),
     ) -> dict[str, Any]:
         """Vote over views and score pass@k (see ``evaluate.evaluate_puzzles``)."""
-        return evaluate.evaluate_puzzles(self, trainer, puzzle_ids, splits)
+        return evaluate.evaluate_puzzles(self, trainer, puzzle_ids, vote or self.cfg.vote, splits)
 
 
 def build_arc(cfg: ArcConfig, ctx: BuildContext) -> ArcTask:

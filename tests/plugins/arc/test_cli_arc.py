@@ -35,6 +35,9 @@ def test_eval_writes_a_valid_submission(write, tmp_path, capsys):
     assert "puzzle ids: blank" in capsys.readouterr().out
     blank = json.loads((run / "eval-final-ids-blank.json").read_text())["puzzles"]
     assert blank["puzzle_ids"] == "blank"
+    assert main(["eval", str(run), "--vote", "confidence"]) == 0
+    assert "vote: confidence" in capsys.readouterr().out
+    assert (run / "eval-final-vote-confidence.json").exists()
 
 
 def test_arc_options_on_a_task_without_puzzles_fail_in_one_line(sort_yaml, tmp_path, capsys):
