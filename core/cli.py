@@ -90,6 +90,24 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         help="evaluate on this data set instead (a task/files path: TRM/HRM split, .npz, .jsonl)",
     )
+    p.add_argument(
+        "--arc-submission",
+        type=Path,
+        metavar="FILE",
+        help="ARC tasks: write the voted predictions as a Kaggle submission.json",
+    )
+    p.add_argument(
+        "--puzzle-ids",
+        choices=["own", "blank", "random"],
+        help="tasks scored per puzzle (ARC): evaluate with each view's own identifier, the "
+        "blank one or a random training one (default: the task's eval_puzzle_ids)",
+    )
+    p.add_argument(
+        "--vote",
+        choices=["count", "confidence"],
+        help="tasks scored per puzzle (ARC): rank each test input's candidates by how many "
+        "views predicted them or by their summed halting confidence (default: the task's vote)",
+    )
 
     p = sub.add_parser(
         "ablate",
@@ -395,19 +413,48 @@ def cmd_run(args: argparse.Namespace, plugins: Plugins) -> int:
 
 
 def cmd_eval(args: argparse.Namespace, plugins: Plugins) -> int:
+    import json
+
     import attrs
 
     from .engine.evaluate import load_model
-    from .engine.runs import write_json_atomic
+    from .engine.runs import write_json_atomic, write_text_atomic
 
     run = load_model(args.run_dir, plugins.registry, args.checkpoint)
     if args.data is not None:
         run = attrs.evolve(run, task=_data_task(args.data, run, plugins.registry))
+    # tasks that score whole puzzles (ARC: votes over augmented views) say so with this method
+    puzzles = getattr(run.task, "evaluate_puzzles", None)
+    given = [o for o in ("arc_submission", "puzzle_ids", "vote") if getattr(args, o)]
+    if puzzles is None and given:
+        option = "--" + given[0].replace("_", "-")
+        raise InputError(
+            f"{option}: task {run.config.task.name!r} does not score puzzles (use task arc)"
+        )
+    if args.arc_submission and not args.arc_submission.parent.is_dir():
+        raise InputError(f"--arc-submission: no directory {args.arc_submission.parent}")
+    report = None
+    if puzzles is not None:
+        report = puzzles(run, puzzle_ids=args.puzzle_ids, vote=args.vote)
     full = run.evaluate(early_exit=False)
     result = {"checkpoint": args.checkpoint, "full": full}
     if args.data is not None:
         result["data"] = str(args.data)
     print(_eval_line("all steps", full))
+    if report is not None:
+        submission = report.pop("submission", None)
+        tests = report.pop("tests_per_task", {})
+        result["puzzles"] = report
+        for split in ("eval", "train"):
+            if split in report:
+                print(_eval_line(f"{split} set", report[split]))
+        print(f"(puzzle ids: {report['puzzle_ids']}, vote: {report['vote']})")
+        if args.arc_submission and submission is not None:
+            write_text_atomic(args.arc_submission, json.dumps(submission))
+            print(
+                f"submission: {args.arc_submission} ({len(submission)} tasks, "
+                f"{sum(tests.values())} test inputs)"
+            )
     if args.early_exit:
         early = run.evaluate(early_exit=True)
         saved = 1.0 - early["steps"] / max(full["steps"], 1e-9)
@@ -419,6 +466,9 @@ def cmd_eval(args: argparse.Namespace, plugins: Plugins) -> int:
             f"{delta * 100:+.2f} points"
         )
     suffix = f"-{args.data.stem}" if args.data is not None else ""
+    # a non-default --puzzle-ids or --vote gets a report file of its own
+    suffix += f"-ids-{args.puzzle_ids}" if args.puzzle_ids else ""
+    suffix += f"-vote-{args.vote}" if args.vote else ""
     write_json_atomic(args.run_dir / f"eval-{args.checkpoint}{suffix}.json", result)
     return 0
 

@@ -57,6 +57,18 @@ class ModelConfig:
     positions: Literal["rope", "learned", "none"] = "rope"
     rope_theta: float = attrs.field(default=10000.0, validator=[finite, positive])
     puzzle_emb_len: int = attrs.field(default=0, validator=non_negative)
+    # width of a puzzle-embedding row; 0 = puzzle_emb_len * d_model. TRM stores D numbers per
+    # identifier and zero-pads them to the 16-position prefix (a table 16x smaller).
+    puzzle_emb_dim: int = attrs.field(default=0, validator=non_negative)
+
+    @puzzle_emb_dim.validator
+    def _fits_prefix(self, attribute: attrs.Attribute, value: int) -> None:
+        if value > self.puzzle_emb_len * self.d_model:
+            raise ValueError(
+                f"'puzzle_emb_dim' must be at most puzzle_emb_len * d_model "
+                f"= {self.puzzle_emb_len * self.d_model}, got {value}"
+            )
+
     loss: Literal["softmax", "stablemax"] = "softmax"
 
 

@@ -272,6 +272,9 @@ class Task(Protocol):
     - ``eval_batches(batch_size)``: the fixed held-out set, in order, without augmentation.
     - ``score(predictions (B,T) long, batch) -> dict`` of extra per-sample metrics ((B,)
       float tensors, e.g. path validity); token and exact accuracy are computed by the core.
+    - optional ``evaluate_puzzles(trainer, puzzle_ids=None) -> dict``: scores whole puzzles
+      (ARC: votes over augmented views, pass@k); ``ponderkit eval`` prints each split's
+      metrics and writes ``submission`` (a JSON object) with ``--arc-submission``.
     """
 
     vocab_size: int
@@ -334,6 +337,8 @@ CALLBACK_HOOKS: dict[str, str] = {
     "on_step_end": "on_step_end(trainer, step, metrics) -> None  (may add to metrics)",
     "eval_weights": "eval_weights(trainer) -> context manager swapping in evaluation weights",
     "on_parameters_reset": "on_parameters_reset(trainer, touched, index) -> None",
+    "owned_parameters": "owned_parameters(trainer) -> parameters the callback updates itself "
+    "(kept out of the optimizer)",
     "state_dict": "state_dict() -> dict",
     "load_state_dict": "load_state_dict(state) -> None",
 }
@@ -349,6 +354,9 @@ class Callback(Protocol):
     parameters were re-initialised: ``touched`` lists (parameter, dim) pairs, ``index`` the
     positions along ``dim``; announced with :meth:`TrainerServices.parameters_reset`, e.g. by an
     expert reset, so that copies of the weights such as EMA's follow),
+    ``owned_parameters(trainer)`` (called once the model is built, before the optimizer:
+    parameters this callback updates itself, e.g. a sparse puzzle-embedding table; AdamW
+    leaves them out and gradient clipping ignores them),
     ``state_dict()``/``load_state_dict(state)``."""
 
 

@@ -36,8 +36,10 @@ class ReasoningModel(nn.Module):
         trunc_normal_(self.token_emb.weight, 1.0 / math.sqrt(d))
         self.puzzle_emb: nn.Embedding | None = None
         if self.prefix_len:
-            # zero-initialised per-puzzle prefix (one shared row when the task has no ids)
-            self.puzzle_emb = nn.Embedding(max(task.num_puzzle_ids, 1), self.prefix_len * d)
+            # zero-initialised per-puzzle prefix (one shared row when the task has no ids);
+            # rows narrower than the prefix are zero-padded to it (TRM's puzzle_emb_ndim)
+            width = cfg.puzzle_emb_dim or self.prefix_len * d
+            self.puzzle_emb = nn.Embedding(max(task.num_puzzle_ids, 1), width)
             nn.init.zeros_(self.puzzle_emb.weight)
         self.pos_emb: nn.Embedding | None = None
         if cfg.positions == "learned":
@@ -63,7 +65,11 @@ class ReasoningModel(nn.Module):
             ids = batch.get("puzzle_ids")
             if ids is None:
                 ids = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
-            prefix = self.puzzle_emb(ids).view(x.shape[0], self.prefix_len, -1)  # (B,P,D)
+            prefix = self.puzzle_emb(ids)  # (B, width)
+            prefix = nn.functional.pad(
+                prefix, (0, self.prefix_len * x.shape[-1] - prefix.shape[-1])
+            )
+            prefix = prefix.view(x.shape[0], self.prefix_len, -1)  # (B,P,D)
             x = torch.cat([prefix, x], dim=1)
         if self.pos_emb is not None:
             x = (x + self.pos_emb.weight) / math.sqrt(2.0)

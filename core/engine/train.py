@@ -33,10 +33,14 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def build_optimizer(model: nn.Module, cfg: OptimizerConfig) -> torch.optim.Optimizer:
-    """AdamW; matrices decay, vectors (norm gains, biases) do not."""
-    decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
-    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
+def build_optimizer(
+    model: nn.Module, cfg: OptimizerConfig, exclude: frozenset[int] = frozenset()
+) -> torch.optim.Optimizer:
+    """AdamW; matrices decay, vectors (norm gains, biases) do not. Parameters whose ``id`` is
+    in ``exclude`` are left out (a callback that updates them itself owns them)."""
+    params = [p for p in model.parameters() if p.requires_grad and id(p) not in exclude]
+    decay = [p for p in params if p.ndim >= 2]
+    no_decay = [p for p in params if p.ndim < 2]
     groups = [
         {"params": decay, "weight_decay": cfg.weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
@@ -76,7 +80,10 @@ class Trainer:
         built = build_components(config, registry)
         self.task, self.schedule, self.callbacks = built.task, built.schedule, built.callbacks
         self.model = built.model.to(self.device)
-        self.optimizer = build_optimizer(self.model, config.optimizer)
+        # parameters a callback updates itself (e.g. sign-SGD on the puzzle table) stay out
+        # of the optimizer
+        owned = [p for cb in self.callbacks for p in _call(cb, "owned_parameters", self) or ()]
+        self.optimizer = build_optimizer(self.model, config.optimizer, frozenset(map(id, owned)))
         if train.compile:
             self.model.recursion.compile()  # in place: parameter names stay the same
         self.step = 0
@@ -102,7 +109,9 @@ class Trainer:
         """Backward, clip, step, zero the gradients; returns the pre-clip gradient norm."""
         loss.backward()
         clip = self.config.optimizer.grad_clip
-        params = [p for p in self.model.parameters() if p.grad is not None]
+        # only the optimizer's own parameters: a callback-owned one keeps its gradient for it
+        groups = self.optimizer.param_groups
+        params = [p for g in groups for p in g["params"] if p.grad is not None]
         if clip:
             norm = torch.nn.utils.clip_grad_norm_(params, clip)
         else:

