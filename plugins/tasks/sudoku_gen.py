@@ -128,8 +128,8 @@ def _fits(size: int, target: str, guesses: int, min_guesses: int | None) -> bool
     threshold = hard_min_guesses(size) if min_guesses is None else min_guesses
     if target == "easy":
         return True
-    if target in ("hard", "extreme"):
-        return guesses >= threshold
+    if target in ("hard", "extreme") or threshold == 0:
+        return guesses >= threshold  # threshold 0 (4x4): medium and hard both mean minimal
     return guesses < threshold
 
 
