@@ -8,23 +8,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 
 
-def readme_files() -> dict[str, str]:
-    """Fenced code blocks whose first line is a comment naming a file path."""
-    text = (REPO / "README.md").read_text()
-    section = text.split("## Write a plugin", 1)[1].split("\n## ", 1)[0]
-    files = {}
-    for body in re.findall(r"```(?:toml|python|yaml)\n(.*?)```", section, flags=re.S):
-        first, rest = body.split("\n", 1)
-        files[first.lstrip("# ").strip()] = rest
-    return files
-
-
-def test_readme_plugin_package_installs_lists_and_runs(tmp_path):
-    files = readme_files()
+def test_readme_plugin_package_installs_lists_and_runs(tmp_path, readme_files):
+    files = readme_files("Write a plugin")
     assert set(files) == {
         "ponderkit-parallel/pyproject.toml",
         "ponderkit-parallel/ponderkit_parallel.py",

@@ -4,7 +4,6 @@ trains inside dynmoe with exact and static dispatch, its aux loss part of the tr
 from __future__ import annotations
 
 import json
-import re
 import subprocess
 import sys
 from pathlib import Path
@@ -14,22 +13,10 @@ from ponderkit.engine.train import Trainer
 from ponderkit.experiment import load_experiment
 from ponderkit.loading import Plugins
 
-REPO = Path(__file__).resolve().parents[2]
-
-
-def readme_files() -> dict[str, str]:
-    text = (REPO / "README.md").read_text()
-    section = text.split("## The plugin contract", 1)[1].split("\n## ", 1)[0]
-    files = {}
-    for body in re.findall(r"```(?:python|yaml)\n(.*?)```", section, flags=re.S):
-        first, rest = body.split("\n", 1)
-        files[first.lstrip("# ").strip()] = rest
-    return files
-
 
 @pytest.fixture
-def package(tmp_path, monkeypatch) -> Path:
-    files = readme_files()
+def package(tmp_path, monkeypatch, readme_files) -> Path:
+    files = readme_files("The plugin contract")
     assert set(files) == {"top_two_router.py", "test_top_two_router.py", "top_two_sort.yaml"}
     for name, body in files.items():
         (tmp_path / name).write_text(body)
