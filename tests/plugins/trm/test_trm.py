@@ -65,7 +65,9 @@ def test_carry_refill_resets_halted_slots_and_keeps_the_rest(registry):
     schedule.halted = torch.tensor([True, False, True, False])
     schedule.steps = torch.tensor([3, 1, 2, 1])
     fresh = next(batches)
-    batch, carry = schedule.refill(model, fresh, model.embed(fresh))
+    batch = schedule.refill(fresh)
+    x = model.embed(batch)  # the refilled batch, embedded once
+    carry = schedule.carry_for(model, x)
     init = model.initial_carry(model.embed(fresh))
     for slot, halted in enumerate([True, False, True, False]):
         source = fresh if halted else old_batch
