@@ -138,6 +138,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def launched_rank() -> int:
+    """This process's rank as ``torchrun`` announced it (0 when not launched by it)."""
+    import os
+
+    raw = os.environ.get("RANK", "0")
+    return int(raw) if raw.isdigit() else 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     # overrides may come after options (`run X --out D a.b=1`): collect them from the leftovers
@@ -155,11 +163,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stdout.flush()  # a closed pipe shows here, inside the handler below
         return code
     except ConfigError as exc:
-        for issue in exc.issues:
-            print(f"error: {issue}", file=sys.stderr)
+        if launched_rank() == 0:  # under torchrun every rank fails alike; one says so
+            for issue in exc.issues:
+                print(f"error: {issue}", file=sys.stderr)
         return EXIT_CONFIG
     except PonderkitError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        if launched_rank() == 0:
+            print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
     except BrokenPipeError:  # `ponderkit list | head`: the reader left, which is fine
         _silence_stdout()
@@ -367,9 +377,12 @@ def cmd_validate(args: argparse.Namespace, plugins: Plugins) -> int:
 
 
 def cmd_run(args: argparse.Namespace, plugins: Plugins) -> int:
+    """Train one experiment; under ``torchrun`` every rank runs this, rank 0 owning the run
+    directory (its checks and lock run there and their outcome reaches every rank)."""
     import contextlib
 
     from .engine.build import check_buildable
+    from .engine.distributed import init_from_env
     from .engine.preflight import check_cache, preflight
     from .engine.runlock import RunLock, is_empty_run_dir
     from .engine.runs import create_run_dir, default_run_dir, ensure_new_run_dir
@@ -384,32 +397,49 @@ def cmd_run(args: argparse.Namespace, plugins: Plugins) -> int:
     issues = preflight(exp.config, plugins.registry)
     if issues:
         raise ConfigError([exp.document.locate(i) for i in issues])
-    run_dir = Path(args.out or default_run_dir(exp.config.name or args.file.stem))
-    with contextlib.ExitStack() as held:
-        if args.resume and not is_empty_run_dir(run_dir):
+    with init_from_env(exp.config.train.device) as dist, contextlib.ExitStack() as held:
+        run_dir = dist.from_main(
+            lambda: Path(args.out or default_run_dir(exp.config.name or args.file.stem))
+        )
+        say = print if dist.is_main else _silent
+
+        def lock_existing() -> bool:  # rank 0: True when resuming a run that has begun
+            if not (args.resume and not is_empty_run_dir(run_dir)):
+                ensure_new_run_dir(run_dir)
+                return False
             if not run_dir.is_dir():
                 raise InputError(f"--out {run_dir} is a file, not a run directory")
             held.enter_context(RunLock(run_dir))
-            trainer = resume_or_start(exp.config, run_dir, plugins.registry, quiet=args.quiet)
-            if trainer is None:
-                print(f"{run_dir} already finished; nothing to do")
-                return 0
-        else:
-            ensure_new_run_dir(run_dir)
-            # built before the directory exists: a failure here leaves nothing behind
-            trainer = Trainer(exp.config, plugins.registry, run_dir, quiet=args.quiet)
+            return True
+
+        def create_and_lock() -> None:  # rank 0, once the trainer is built
             create_run_dir(run_dir)
             held.enter_context(RunLock(run_dir))
             ensure_new_run_dir(run_dir)  # another `run --out` may have got there first
-        print(
+
+        if dist.from_main(lock_existing):
+            trainer = resume_or_start(exp.config, run_dir, plugins.registry, quiet=args.quiet)
+            if trainer is None:
+                say(f"{run_dir} already finished; nothing to do")
+                return 0
+        else:
+            # built before the directory exists: a failure here leaves nothing behind
+            trainer = Trainer(exp.config, plugins.registry, run_dir, quiet=args.quiet)
+            dist.from_main(create_and_lock)
+        ranks = f", {dist.world_size} ranks" if dist.active else ""
+        say(
             f"run directory: {run_dir}  ({sum(p.numel() for p in trainer.model.parameters())} "
-            f"parameters, device {trainer.device})",
+            f"parameters, device {trainer.device}{ranks})",
             flush=True,
         )
         result = trainer.fit()
     summary = " ".join(f"{k}={v:.4f}" for k, v in result.items())
-    print(f"done: {summary}")
+    say(f"done: {summary}")
     return 0
+
+
+def _silent(*args: object, **kwargs: object) -> None:
+    """``print`` for the ranks other than 0 of a ``torchrun`` job: they say nothing."""
 
 
 def cmd_eval(args: argparse.Namespace, plugins: Plugins) -> int:
