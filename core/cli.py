@@ -123,6 +123,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="runs at once: subprocesses sharing the CPU cores, or one per GPU (default 1)",
     )
     p.add_argument(
+        "--nproc",
+        type=int,
+        default=1,
+        metavar="K",
+        help="train each run data-parallel over K processes (torchrun; K GPUs a run on CUDA)",
+    )
+    p.add_argument(
         "--only",
         action="append",
         metavar="VARIANT[/seedK]",
@@ -542,6 +549,14 @@ def cmd_ablate(args: argparse.Namespace, plugins: Plugins) -> int:
     out = args.out or Path("runs") / ablation.name
     if args.jobs < 1:
         raise InputError(f"--jobs must be at least 1, got {args.jobs}")
+    if args.nproc < 1:
+        raise InputError(f"--nproc must be at least 1, got {args.nproc}")
+    for variant in ablation.variants if args.nproc > 1 else ():
+        if variant.config.train.batch_size % args.nproc:
+            raise InputError(
+                f"--nproc {args.nproc}: variant {variant.name} has train.batch_size="
+                f"{variant.config.train.batch_size}, not divisible by {args.nproc}"
+            )
     select(ablation.runs(), args.only)  # a bad --only fails before anything is measured
     with contextlib.ExitStack() as held:
         if args.worker:  # its parent checked everything and holds the ablation's lock
@@ -567,11 +582,12 @@ def cmd_ablate(args: argparse.Namespace, plugins: Plugins) -> int:
             out,
             plugins.registry,
             jobs=args.jobs,
+            nproc=args.nproc,
             child_argv=worker_command(
                 args.file, out, [a for m in modules for a in ("--plugin", m)]
             ),
             child_env=worker_env(modules),
-            say=lambda text: print(text, flush=True),
+            say=lambda text: print(text, flush=True) if launched_rank() == 0 else None,
             plan_runs=None if args.worker else every,
         )
         if not args.worker:

@@ -200,3 +200,34 @@ def test_shards_and_samples_split_like_the_global_batch():
     assert torch.equal(mine["generator"], state["generator"])
     local, paths = Distributed().gather_samples(state, local_batch=6)
     assert paths == ["carry.z"] and local["generator"] is state["generator"]
+
+
+def test_ablate_nproc_launches_each_run_through_torchrun(monkeypatch):
+    """`ablate --nproc K`: a run's worker is `python -P -m torch.distributed.run --standalone
+    --nproc_per_node K -m ponderkit ...`, with K GPUs of its own (or a share of the cores)."""
+    import torch
+    from ponderkit.lab import grid
+
+    worker = grid.worker_command(Path("abl.yaml"), Path("out"), [])
+    command = grid.distributed_command(worker, 2)
+    assert command[:3] == [sys.executable, "-P", "-m"]
+    assert command[3:8] == ["torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m"]
+    assert command[8:] == worker[3:]
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 5)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    slots = [env["CUDA_VISIBLE_DEVICES"] for _, env in grid._device_slots(8, nproc=2)]
+    assert slots == ["0,1", "2,3"]  # whole groups only, never more jobs than groups
+    with pytest.raises(InputError, match="needs 8 GPUs and 5 are visible"):
+        grid._device_slots(1, nproc=8)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(grid.os, "cpu_count", lambda: 8)
+    assert [env for _, env in grid._device_slots(2, nproc=2)] == [{"OMP_NUM_THREADS": "2"}] * 2
+
+
+def test_ablate_nproc_refuses_a_batch_it_cannot_split(write, sort_yaml, capsys):
+    path = write("abl.yaml", "base: sort.yaml\nvariants: {base: {}}\nbudget: {steps: 4}\n")
+    assert main(["ablate", str(path), "--out", str(path.parent / "out"), "--nproc", "3"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["error: --nproc 3: variant base has train.batch_size=64, not divisible by 3"]
+    assert not (path.parent / "out").exists()
