@@ -153,6 +153,13 @@ def launched_rank() -> int:
     return int(raw) if raw.isdigit() else 0
 
 
+def _launched_world() -> int:
+    import os
+
+    raw = os.environ.get("WORLD_SIZE", "1")
+    return int(raw) if raw.isdigit() else 1
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     # overrides may come after options (`run X --out D a.b=1`): collect them from the leftovers
@@ -551,6 +558,11 @@ def cmd_ablate(args: argparse.Namespace, plugins: Plugins) -> int:
         raise InputError(f"--jobs must be at least 1, got {args.jobs}")
     if args.nproc < 1:
         raise InputError(f"--nproc must be at least 1, got {args.nproc}")
+    if not args.worker and _launched_world() > 1:
+        raise InputError(
+            "ablate starts its runs itself: run it without torchrun and give --nproc K to "
+            "train each run over K processes"
+        )
     for variant in ablation.variants if args.nproc > 1 else ():
         if variant.config.train.batch_size % args.nproc:
             raise InputError(
