@@ -144,6 +144,31 @@ class Distributed:
             raise RankFailed(f"rank 0 failed: {value}")
         return value
 
+    @contextlib.contextmanager
+    def main_first(self) -> Iterator[None]:
+        """The block on rank 0, then on the others (rank 0 fills the data cache they read
+        instead of every rank generating the same data at once). Should rank 0 fail, the
+        others stop with :class:`RankFailed`."""
+        if not self.active:
+            yield
+            return
+        import torch.distributed as dist
+
+        box: list[Any] = [None]
+        if self.is_main:
+            try:
+                yield
+            except BaseException as exc:
+                box[0] = f"{type(exc).__name__}: {exc}"
+                dist.broadcast_object_list(box, 0, group=self.control)
+                raise
+            dist.broadcast_object_list(box, 0, group=self.control)
+            return
+        dist.broadcast_object_list(box, 0, group=self.control)
+        if box[0] is not None:
+            raise RankFailed(f"rank 0 failed: {box[0]}")
+        yield
+
     def agree(self, *flags: int) -> tuple[int, ...]:
         """The largest value of each flag over the ranks (a signal or a deadline seen by any
         rank counts for all)."""

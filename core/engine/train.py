@@ -85,7 +85,8 @@ class Trainer:
             torch.set_num_threads(train.threads)
         self.device = self.dist.device(resolve_device(train.device))
         seed_everything(config.seed)
-        built = build_components(config, registry)
+        with self.dist.main_first():  # rank 0 generates (and caches) the data, then the rest
+            built = build_components(config, registry)
         self.task, self.schedule, self.callbacks = built.task, built.schedule, built.callbacks
         self.model = built.model.to(self.device)
         self.dist.broadcast_module(self.model)
