@@ -320,7 +320,10 @@ class Schedule(Protocol):
     exactly one optimizer step through ``trainer.optimize(loss)`` (see :class:`TrainerServices`) and
     returns scalar metrics (``loss``, ``token_acc``, ``exact_acc`` ...). A schedule owns any
     state that spans optimizer steps (the deep-supervision carry) and saves it with
-    ``state_dict``/``load_state_dict``."""
+    ``state_dict``/``load_state_dict``. Under ``torchrun`` each rank's schedule sees its shard
+    of every global batch; tensors in ``state_dict`` whose first dimension is that shard's
+    size are per-sample state, which checkpoints hold concatenated over the ranks (the global
+    batch) and hand back split at whatever world size resumes."""
 
     def train_step(
         self, model: Any, batches: Iterator[Batch], trainer: TrainerServices

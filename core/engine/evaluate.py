@@ -20,6 +20,7 @@ from ..errors import InputError
 from ..experiment import ExperimentConfig, load_experiment
 from ..interfaces import Batch, Task
 from .build import build_components
+from .distributed import Distributed
 from .generate import SequenceTask, free_running_metrics
 from .losses import accuracy
 from .model import ReasoningModel
@@ -51,15 +52,19 @@ def evaluate(
     device: torch.device,
     precision: str = "fp32",
     early_exit: bool = False,
+    dist: Distributed | None = None,
 ) -> dict[str, float]:
     """Token and exact accuracy, mean steps and the task's own metrics on the held-out set,
     each averaged over samples; on a serialized task also the free-running (generated) token
-    and exact accuracy."""
+    and exact accuracy. Under ``torchrun`` (``dist``) each rank evaluates its share of the
+    batches and all ranks get the totals."""
     was_training = model.training
     model.eval()
     totals: dict[str, float] = {}
     count = 0
-    for batch in task.eval_batches(batch_size):
+    for index, batch in enumerate(task.eval_batches(batch_size)):
+        if dist is not None and not dist.owns_eval_batch(index):
+            continue
         batch = to_device(batch, device)
         with autocast(precision, device):
             logits, steps = model.infer(batch, early_exit=early_exit)
@@ -77,6 +82,8 @@ def evaluate(
             totals[k] = totals.get(k, 0.0) + float(v.float().sum())
         count += batch["inputs"].shape[0]
     model.train(was_training)
+    if dist is not None:
+        totals, count = dist.sum_totals(totals, count)
     return {k: v / max(count, 1) for k, v in totals.items()}
 
 
