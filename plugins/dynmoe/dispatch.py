@@ -38,6 +38,7 @@ from torch import Tensor
 from torch.nn import functional as F
 
 GroupedMode = Literal["auto", "loop"]
+DispatchMode = Literal["auto", "exact", "static"]
 
 #: the plan's kernels hold a block of tokens' whole rows of experts; more experts than this
 #: plan (and dispatch) through torch
@@ -115,6 +116,22 @@ def plan_dispatch(weights: Tensor, mask: Tensor, capacity: int | None = None) ->
     else:
         counts, rows = None, capacity
     return DispatchPlan(weights, mask, pos, counts, offsets, rows, slots)
+
+
+def resolve_dispatch(mode: DispatchMode, device: torch.device) -> Literal["exact", "static"]:
+    """The dispatch a layer runs on ``device``: ``auto`` is ``static`` on CUDA (no host sync,
+    static shapes: the host runs ahead of the GPU, and a CUDA graph can capture the layer) and
+    ``exact`` elsewhere (on the CPU a sync costs nothing, and capacity rows cost compute in the
+    loop fallback)."""
+    if mode == "auto":
+        return "static" if device.type == "cuda" else "exact"
+    return mode
+
+
+def capacity_for(mode: DispatchMode, x: Tensor, max_active: int) -> int | None:
+    """Pair rows for a static plan of tokens ``x`` (N, D) (every pair the router can make), or
+    None for an exact one."""
+    return len(x) * max_active if resolve_dispatch(mode, x.device) == "static" else None
 
 
 def gather(x: Tensor, plan: DispatchPlan) -> Tensor:
