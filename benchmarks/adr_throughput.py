@@ -7,10 +7,10 @@ bf16 autocast; synthetic tokens, so no data set is generated):
   clip, AdamW), ``--warmup`` steps excluded, timed as one stretch of ``--steps`` steps between
   two ``torch.cuda.synchronize()``; callbacks (EMA, expert reset) are not run;
 - active FLOPs per sample: torch's FlopCounterMode over one real step, with the formulas of
-  ``ponderkit.lab.grid`` for grouped GEMMs and CPU attention; routed layers are counted with
-  ``dispatch: exact``, whose grouped GEMMs hold the active pairs only (a static plan's
-  capacity rows are never computed, but FlopCounterMode would count them). Counted before
-  and after the timed steps (routing moves as the weights train) and averaged;
+  ``ponderkit.lab.grid`` for grouped GEMMs and CPU attention; routed layers plan exactly
+  while it counts, so their grouped GEMMs hold the active pairs only (a static plan's
+  capacity rows are never computed, but FlopCounterMode, seeing shapes, would count them).
+  Counted before and after the timed steps (routing moves as the weights train), averaged;
 - MFU on active FLOPs against the H100/H200 bf16 dense peak (989.4 TFLOP/s);
 - beside a dense twin: stacked pre_norm attention + SwiGLU blocks of the same D, sequence,
   batch, loss and schedule kind (supervised; teacher forcing, causal, for seq2seq), whose
@@ -144,24 +144,14 @@ def routed_paths(config: Any) -> list[str]:
     return [".".join(map(str, p)) for p, s in iter_specs(config) if s.name in ROUTED]
 
 
-def count_flops(trainer: Trainer, step) -> float:
-    """FLOPs of one real optimizer step, routed layers with exact dispatch (active pairs)."""
-    routed = [m for m in trainer.model.modules() if getattr(m, "dispatch", None) is not None]
-    saved = [m.dispatch for m in routed]
-    for m in routed:
-        m.dispatch = "exact"
+def count_flops(step) -> float:
+    """FLOPs of one real optimizer step; routed layers plan exactly while FlopCounterMode
+    counts (``dynmoe.dispatch.capacity_for``), so their grouped GEMMs count active pairs."""
     # compiled code is run eagerly for the count: FlopCounterMode sees aten ops, not graphs
     stance = getattr(torch.compiler, "set_stance", None)
     eager = stance("force_eager") if stance else contextlib.nullcontext()
-    try:
-        with (
-            eager,
-            FlopCounterMode(display=False, custom_mapping=_extra_flop_formulas()) as counter,
-        ):
-            step()
-    finally:
-        for m, d in zip(routed, saved, strict=True):
-            m.dispatch = d
+    with eager, FlopCounterMode(display=False, custom_mapping=_extra_flop_formulas()) as counter:
+        step()
     return float(counter.get_total_flops())
 
 
@@ -192,14 +182,14 @@ def _measure(config: Any, registry: Any, args: argparse.Namespace) -> dict[str, 
         step()
     sync(device)
     warmup_s = time.perf_counter() - t
-    flops_before = count_flops(trainer, step)
+    flops_before = count_flops(step)
     sync(device)
     t = time.perf_counter()
     for _ in range(args.steps):
         step()
     sync(device)
     elapsed = time.perf_counter() - t
-    flops_after = count_flops(trainer, step)
+    flops_after = count_flops(step)
     row = {
         "batch": batch,
         "seq_len": trainer.task.seq_len + trainer.model.prefix_len,

@@ -36,6 +36,7 @@ from ponderkit import use_triton
 from ponderkit.plugins.dynmoe.dispatch_kernels import Combine, ScatterRows, Slots, plan_positions
 from torch import Tensor
 from torch.nn import functional as F
+from torch.utils import _python_dispatch
 
 GroupedMode = Literal["auto", "loop"]
 DispatchMode = Literal["auto", "exact", "static"]
@@ -130,8 +131,19 @@ def resolve_dispatch(mode: DispatchMode, device: torch.device) -> Literal["exact
 
 def capacity_for(mode: DispatchMode, x: Tensor, max_active: int) -> int | None:
     """Pair rows for a static plan of tokens ``x`` (N, D) (every pair the router can make), or
-    None for an exact one."""
-    return len(x) * max_active if resolve_dispatch(mode, x.device) == "static" else None
+    None for an exact one. While torch's FlopCounterMode counts, the plan is exact: the
+    counter sees only shapes, and a static plan's capacity rows (never computed) would count
+    as work; the active FLOPs are what a count is for (FLOPs budgets, MFU)."""
+    if resolve_dispatch(mode, x.device) == "exact" or _counting_flops():
+        return None
+    return len(x) * max_active
+
+
+def _counting_flops() -> bool:
+    if torch.compiler.is_compiling():  # a count runs compiled code eagerly (force_eager)
+        return False
+    stack = _python_dispatch._get_current_dispatch_mode_stack()
+    return any(type(m).__name__ in ("FlopCounterMode", "_FlopCounterMode") for m in stack)
 
 
 def gather(x: Tensor, plan: DispatchPlan) -> Tensor:
