@@ -166,6 +166,7 @@ def measure(config: Any, registry: Any, args: argparse.Namespace) -> dict[str, A
 
 
 def _measure(config: Any, registry: Any, args: argparse.Namespace) -> dict[str, Any]:
+    torch._dynamo.reset()  # each row compiles afresh, within dynamo's recompile limit
     trainer = Trainer(config, registry, quiet=True)
     device = trainer.device
     batch = config.train.batch_size
@@ -263,6 +264,10 @@ def run_variant(name: str, args: argparse.Namespace, registry: Any) -> list[dict
         dispatches = args.dispatch if paths else ["-"]
         variant_rows = []
         for dispatch in dispatches:
+            if variant_rows and "error" in variant_rows[0]:  # e.g. a kernel that does not lower:
+                reason = f"not run: the {variant_rows[0]['dispatch']} row failed"  # fail once
+                variant_rows.append(failed(name, mode, dispatch, reason))
+                continue
             overrides = [f"{p}.dispatch={dispatch}" for p in paths] if paths else []
             try:
                 cfg = load_experiment(
