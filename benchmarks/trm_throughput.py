@@ -21,7 +21,7 @@ steps, compilation included) and samples/s:
         [--no-grad-precision same,bf16] [--batch 768] [--steps 30]
     python benchmarks/trm_throughput.py --smoke     # tiny CPU run of the same code
 
-Prints a table and writes benchmarks/results/trm_throughput.json.
+Prints a markdown table and writes benchmarks/results/trm_throughput.{json,md}.
 """
 
 from __future__ import annotations
@@ -236,28 +236,33 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     gflop = ", ".join(f"{k} {v / 1e9:.1f}" for k, v in flops.items() if v)
-    print(
-        f"\nTRM, batch {args.batch}, {args.precision}, {name}, torch {torch.__version__}; "
-        f"GFLOP per optimizer step: {gflop or '-'}\n"
-    )
-    print(
+    lines = [
+        f"TRM, batch {args.batch}, {args.precision}, {name}, torch {torch.__version__}; "
+        f"GFLOP per optimizer step: {gflop or '-'}",
+        "",
         "| recipe | mode | no-grad precision | step ms | samples/s | TFLOP/s | MFU (sheet) "
-        "| MFU (matmul) | warm-up s | peak GiB |"
-    )
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+        "| MFU (matmul) | warm-up s | peak GiB |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
     for r in rows:
         if "error" in r:
-            print(f"| {r['recipe']} | {r['mode']} | {r['no_grad_precision']} | {r['error']} |")
+            lines.append(
+                f"| {r['recipe']} | {r['mode']} | {r['no_grad_precision']} | {r['error']} "
+                "| | | | | | |"
+            )
             continue
         fmt = lambda v, f: format(v, f) if v is not None else "-"  # noqa: E731
-        print(
+        lines.append(
             f"| {r['recipe']} | {r['mode']} | {r['no_grad_precision']} "
             f"| {r['median_step_s'] * 1e3:.1f} | {r['samples_per_s']:.0f} "
             f"| {fmt(r['tflops'], '.1f')} | {fmt(r['mfu_datasheet'], '.1%')} "
             f"| {fmt(r['mfu_measured_peak'], '.1%')} | {r['warmup_s']:.1f} "
             f"| {fmt(r['peak_mem_gib'], '.1f')} |"
         )
-    print(f"\nwrote {out}")
+    table = "\n".join(lines) + "\n"
+    out.with_suffix(".md").write_text(table)
+    print("\n" + table)
+    print(f"wrote {out} and {out.with_suffix('.md').name}")
 
 
 if __name__ == "__main__":
