@@ -515,7 +515,8 @@ class BuildContext:
     ``shared`` is a dict that lives for one model build, for components that share parameters
     across blocks or iterations (a global expert library). ``paths`` maps each config
     :class:`Spec` (by identity) to its dotted path in the experiment, so a builder's failure is
-    reported where the component is configured."""
+    reported where the component is configured. ``blocks`` collects every block built through
+    the context (``train.compile: block`` compiles each)."""
 
     registry: Any
     d_model: int = 0
@@ -524,6 +525,7 @@ class BuildContext:
     seed: int = 0
     shared: dict[str, Any] = attrs.field(factory=dict)
     paths: dict[int, tuple] = attrs.field(factory=dict, eq=False, repr=False)
+    blocks: list[Any] = attrs.field(factory=list, eq=False, repr=False)
 
     def build(self, spec: Spec | None, **kwargs: Any) -> Any:
         """Build the component ``spec`` names, passing this context along, and check the
@@ -552,6 +554,8 @@ class BuildContext:
                 f"{where}: the builder returned {problem}; a {spec.kind} must satisfy "
                 f"ponderkit.{PROTOCOLS[spec.kind].__name__} (see `ponderkit show {spec.kind}`)",
             )
+        if spec.kind == "block":
+            self.blocks.append(built)
         return built
 
     def _error(self, spec: Spec, message: str) -> ConfigError:

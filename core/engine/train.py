@@ -94,8 +94,11 @@ class Trainer:
         # of the optimizer
         owned = [p for cb in self.callbacks for p in _call(cb, "owned_parameters", self) or ()]
         self.optimizer = build_optimizer(self.model, config.optimizer, frozenset(map(id, owned)))
-        if train.compile:
-            self.model.recursion.compile()  # in place: parameter names stay the same
+        if train.compile == "block":  # in place: parameter names stay the same
+            for block in dict.fromkeys(built.blocks):  # a shared block once
+                block.compile()
+        elif train.compile:
+            self.model.recursion.compile()
         self.step = 0
         self.samples_before = 0  # global samples drawn before a resume (any world size)
         self.elapsed_before = 0.0  # training seconds spent before a resume
