@@ -439,6 +439,29 @@ class RoutedLayer(Protocol):
     def reset_experts(self, experts: Tensor, weights: bool) -> list[tuple[Any, int]]: ...
 
 
+@runtime_checkable
+class GridPuzzle(Protocol):
+    """A task whose samples are grids a person can read and type (Sudoku, mazes): what
+    ``ponderkit predict`` and ``ponderkit trace`` need. A sample's ``seq_len`` tokens are the
+    grid, row-major.
+
+    - ``grid_shape``: (rows, cols), rows * cols == seq_len.
+    - ``parse_grid(text) -> (seq_len,) int64 array`` of input tokens; malformed text raises
+      :class:`~ponderkit.TextError` with the 1-based line and column.
+    - ``grid_cells(tokens (seq_len,)) -> list[str]``: what to show in each cell ('' for a
+      blank); joined row by row it is the text ``parse_grid`` reads.
+    - ``check_answer(inputs, prediction) -> bool``: whether ``prediction`` solves the puzzle
+      ``inputs``, judged by rules (not by comparing with a stored label)."""
+
+    grid_shape: tuple[int, int]
+
+    def parse_grid(self, text: str) -> Any: ...
+
+    def grid_cells(self, tokens: Any) -> list[str]: ...
+
+    def check_answer(self, inputs: Any, prediction: Any) -> bool: ...
+
+
 #: The Protocol a builder's result must satisfy, per kind.
 PROTOCOLS: dict[str, type] = {
     "block": Block,
@@ -461,6 +484,7 @@ CAPABILITIES: dict[str, tuple[type, ...]] = {
     "ffn": (RoutedLayer,),
     "router": (ResettableRouter,),
     "halting": (WeighsSteps, NextStepTarget),
+    "task": (GridPuzzle,),
 }
 
 
