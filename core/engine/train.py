@@ -283,6 +283,8 @@ class Trainer:
     def _log(self, record: dict[str, Any]) -> None:
         if self.metrics_log:
             self.metrics_log.write(record)
+        for cb in self.callbacks:  # loggers (TensorBoard, W&B ...) mirror the record
+            _call(cb, "on_log", self, record)
 
     def checkpoint(self, name: str) -> Path | None:
         if not self.run_dir:

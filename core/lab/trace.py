@@ -173,22 +173,26 @@ def write_sheet(task: GridPuzzle, tr: Trace, path: Path, label: str = "", column
     """One PNG with every step's grid (the halting step marked HALT)."""
     plt = _matplotlib()
     n = len(tr.steps)
-    cols = min(columns, n)
-    rows = -(-n // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(3.0 * cols, 3.3 * rows), squeeze=False)
+    cols = min(columns, n + 1)
+    rows = -(-(n + 1) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.0 * cols, 3.3 * rows + 0.4), squeeze=False)
     correct = _checker(task, tr)
+    blank = np.zeros_like(tr.inputs, dtype=bool)
     for k, ax in enumerate(axes.ravel()):
-        if k >= n:
+        if k == 0:  # the puzzle itself
+            _draw(ax, task, tr, Step(tr.inputs, {}, blank), "input\n")
+        elif k <= n:
+            _draw(ax, task, tr, tr.steps[k - 1], _title(k, tr.steps[k - 1], tr, correct))
+        else:
             ax.axis("off")
-            continue
-        _draw(ax, task, tr, tr.steps[k], _title(k + 1, tr.steps[k], tr, correct))
     head = f"{label}: " if label else ""
+    wrong = ", red = wrong" if tr.labels is not None else ""
     fig.suptitle(
-        f"{head}halted at step {tr.halted_at} of {n}; yellow = changed since the previous step, "
-        "blue = predicted, red = wrong",
+        f"{head}halted at step {tr.halted_at} of {n}\nyellow = changed since the previous step, "
+        f"blue = predicted{wrong}",
         fontsize=9,
     )
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.5 / (3.3 * rows + 0.4)))
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -205,7 +209,7 @@ def write_gif(task: GridPuzzle, tr: Trace, path: Path, ms_per_step: int = 700) -
     for k, step in enumerate(tr.steps):
         fig, ax = plt.subplots(figsize=(4, 4.4))
         _draw(ax, task, tr, step, _title(k + 1, step, tr, correct))
-        fig.tight_layout()
+        fig.tight_layout(rect=(0, 0, 1, 0.97))
         buf = io.BytesIO()
         fig.savefig(buf, format="png", dpi=80)
         plt.close(fig)
@@ -220,3 +224,38 @@ def write_gif(task: GridPuzzle, tr: Trace, path: Path, ms_per_step: int = 700) -
 
 def _checker(task: GridPuzzle, tr: Trace) -> Callable[[np.ndarray], bool]:
     return lambda prediction: bool(task.check_answer(tr.inputs, prediction))
+
+
+def variant_sheets(
+    groups: dict[str, list[Any]],
+    registry: Any,
+    out: Path,
+    warn: Callable[[str], None] | None = None,
+    sample: int = 0,
+) -> list[Path]:
+    """One trace sheet per variant (its first complete seed with final weights) on the same
+    held-out puzzle, for the ablation report; nothing for a task without grids or a variant
+    whose weights are missing (a report without them is still a report)."""
+    from ..engine.evaluate import load_model
+    from ..errors import PonderkitError
+
+    written = []
+    for variant, runs in groups.items():
+        run_dir = next(
+            (r.path for r in runs if (r.path / "checkpoints/final/model.safetensors").exists()),
+            None,
+        )
+        if run_dir is None:
+            continue
+        try:
+            run = load_model(run_dir, registry, device="cpu")
+            if not isinstance(run.task, GridPuzzle):
+                return []  # every variant shares the task
+            inputs, labels, pid = eval_sample(run, sample)
+            tr = trace(run, inputs, labels, pid)
+            label = f"{variant} ({run_dir.name}) held-out sample {sample}"
+            written.append(write_sheet(run.task, tr, out / f"trace-{variant}.png", label=label))
+        except (PonderkitError, OSError, RuntimeError) as exc:
+            if warn:
+                warn(f"no trace sheet for {variant}: {exc}")
+    return written
