@@ -451,6 +451,8 @@ class GridPuzzle(Protocol):
     grid, row-major.
 
     - ``grid_shape``: (rows, cols), rows * cols == seq_len.
+    - ``grid_boxes``: (rows, cols) of the blocks outlined when drawn (Sudoku's boxes; the whole
+      grid for none).
     - ``parse_grid(text) -> (seq_len,) int64 array`` of input tokens; malformed text raises
       :class:`~ponderkit.TextError` with the 1-based line and column.
     - ``grid_cells(tokens (seq_len,)) -> list[str]``: what to show in each cell ('' for a
@@ -459,6 +461,7 @@ class GridPuzzle(Protocol):
       ``inputs``, judged by rules (not by comparing with a stored label)."""
 
     grid_shape: tuple[int, int]
+    grid_boxes: tuple[int, int]
 
     def parse_grid(self, text: str) -> Any: ...
 

@@ -81,8 +81,9 @@ from torch import Tensor, nn
 
 @attrs.frozen
 class {cls}Config:
-    """Token mixing by the running mean: position t sees the mean of positions 0..t
-    (``causal``) or of all positions, projected: out = proj(mean)."""
+    """Token mixing by the mean over positions, projected: out = proj(mean).
+
+    Position t sees the mean of positions 0..t (``causal``) or of all positions."""
 
     causal: bool = False
 
@@ -125,8 +126,10 @@ from torch.nn import functional as F
 
 @attrs.frozen
 class {cls}Config:
-    """Halt when a confidence head says the answer is right: p = sigmoid(w . mean_t y_t + b);
-    stop once p > ``threshold`` (or after ``max_steps``); loss BCE(p, answer exactly right)."""
+    """Halt once a confidence head is sure the answer is right, or after max_steps.
+
+    p = sigmoid(w . mean_t y_t + b); stop once p > ``threshold``; loss BCE(p, answer exactly
+    right), weighted by ``loss_weight``."""
 
     max_steps: int = attrs.field(default=4, validator=attrs.validators.gt(0))
     threshold: float = attrs.field(

@@ -139,7 +139,7 @@ def _draw(ax: Any, task: GridPuzzle, tr: Trace, step: Step, title: str) -> None:
         if tr.labels is not None and step.prediction[i] != tr.labels[i]:
             colour = WRONG
         ax.text(c + 0.5, r + 0.5, text, ha="center", va="center", fontsize=font, color=colour)
-    box = _box_lines(rows, cols)
+    box = task.grid_boxes
     for r in range(rows + 1):
         ax.plot([0, cols], [r, r], color="black", lw=1.2 if r % box[0] == 0 else 0.3)
     for c in range(cols + 1):
@@ -150,14 +150,6 @@ def _rect(c: int, r: int, face: str) -> Any:
     from matplotlib.patches import Rectangle
 
     return Rectangle((c, r), 1, 1, facecolor=face, edgecolor="none")
-
-
-def _box_lines(rows: int, cols: int) -> tuple[int, int]:
-    """Sudoku box borders (thick every box_rows / box_cols lines); none past 16x16."""
-    if rows != cols or rows > 16:
-        return rows, cols
-    br = max(d for d in range(1, int(rows**0.5) + 1) if rows % d == 0)
-    return (br, rows // br) if br > 1 else (rows, cols)
 
 
 def _matplotlib() -> Any:
@@ -175,7 +167,9 @@ def write_sheet(task: GridPuzzle, tr: Trace, path: Path, label: str = "", column
     n = len(tr.steps)
     cols = min(columns, n + 1)
     rows = -(-(n + 1) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(3.0 * cols, 3.3 * rows + 0.4), squeeze=False)
+    fig, axes = plt.subplots(
+        rows, cols, figsize=(3.0 * cols, 3.4 * rows + 0.5), squeeze=False, layout="constrained"
+    )
     correct = _checker(task, tr)
     blank = np.zeros_like(tr.inputs, dtype=bool)
     for k, ax in enumerate(axes.ravel()):
@@ -192,7 +186,7 @@ def write_sheet(task: GridPuzzle, tr: Trace, path: Path, label: str = "", column
         f"blue = predicted{wrong}",
         fontsize=9,
     )
-    fig.tight_layout(rect=(0, 0, 1, 1 - 0.5 / (3.3 * rows + 0.4)))
+
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -207,9 +201,8 @@ def write_gif(task: GridPuzzle, tr: Trace, path: Path, ms_per_step: int = 700) -
     correct = _checker(task, tr)
     frames = []
     for k, step in enumerate(tr.steps):
-        fig, ax = plt.subplots(figsize=(4, 4.4))
+        fig, ax = plt.subplots(figsize=(4, 4.4), layout="constrained")
         _draw(ax, task, tr, step, _title(k + 1, step, tr, correct))
-        fig.tight_layout(rect=(0, 0, 1, 0.97))
         buf = io.BytesIO()
         fig.savefig(buf, format="png", dpi=80)
         plt.close(fig)

@@ -78,7 +78,7 @@ class MazeTask(ArrayTask):
             6, cfg.size * cfg.size, lambda: load_maze(cfg), augment if cfg.augment else None
         )
         self.size = cfg.size
-        self.grid_shape = (cfg.size, cfg.size)
+        self.grid_shape = self.grid_boxes = (cfg.size, cfg.size)
 
     def parse_grid(self, text: str) -> np.ndarray:
         return grid_text.parse_maze(text, self.size)

@@ -112,6 +112,7 @@ class SudokuTask(ArrayTask):
         )
         self.size = cfg.size
         self.grid_shape = (cfg.size, cfg.size)
+        self.grid_boxes = sudoku_gen.box_shape(cfg.size)
 
     def parse_grid(self, text: str) -> np.ndarray:
         return grid_text.parse_sudoku(text, self.size)
