@@ -204,6 +204,10 @@ def test_report_trace_sheets_one_per_variant_skipping_missing_weights(
     sheets = variant_sheets(groups, registry, tmp_path / "plots")
     assert [p.name for p in sheets] == ["trace-trained.png"]
     assert sheets[0].read_bytes()[:4] == b"\x89PNG"
+    # through `ponderkit report` on an ablation directory (<variant>/seed<k>/)
+    shutil.copytree(sudoku_run, tmp_path / "abl" / "trained" / "seed0")
+    assert main(["report", str(tmp_path / "abl")]) == 0
+    assert "![trace-trained](plots/trace-trained.png)" in (tmp_path / "abl/report.md").read_text()
 
 
 # -- 5. predict -----------------------------------------------------------------------------------
@@ -273,6 +277,19 @@ def test_tensorboard_event_files_hold_the_logged_scalars(sort_yaml, tmp_path, ca
         seen = {e.step: e.value for e in events.Scalars(key)}
         assert seen.keys() == logged.keys() and logged
         assert all(abs(seen[s] - v) <= 1e-6 * max(1.0, abs(v)) for s, v in logged.items())
+
+
+def test_tensorboard_missing_is_one_located_error(sort_yaml, monkeypatch, capsys):
+    import importlib.util
+
+    find = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda n, *a: None if n == "tensorboard" else find(n, *a)
+    )
+    assert main(["validate", str(sort_yaml), "callbacks=[tensorboard]"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "callbacks.0: the tensorboard package is not installed" in err[0]
+    assert "pip install 'ponderkit[tensorboard]'" in err[0]
 
 
 # -- 7. new-plugin --------------------------------------------------------------------------------
