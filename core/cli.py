@@ -58,7 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "validate",
         parents=[common],
-        help="check an experiment and count the built model's parameters",
+        help="check an experiment (or every variant of an ablation file) and count the built "
+        "model's parameters",
     )
     p.add_argument("file", type=Path)
     p.add_argument("overrides", nargs="*", metavar="key.path=value")

@@ -355,3 +355,34 @@ def test_new_plugin_refuses_a_kind_without_a_template_and_a_used_folder(tmp_path
     (tmp_path / "used" / "f").write_text("")
     assert main(["new-plugin", str(tmp_path / "used"), "--kind", "ffn"]) == 2
     assert "not an empty folder" in capsys.readouterr().err
+
+
+def test_predict_reads_and_prints_an_ascii_maze(write, tmp_path, capsys):
+    from ponderkit.plugins.tasks import grid_text, maze_gen
+
+    exp = write(
+        "maze.yaml",
+        """
+        task: {name: maze, size: 5, min_path_len: 4, train_size: 40, eval_size: 4}
+        model:
+          d_model: 16
+          recursion:
+            name: universal
+            block: {name: post_norm, mixer: {name: attention, heads: 2}, ffn: swiglu}
+          halting: {name: fixed, steps: 2}
+        train: {steps: 2, batch_size: 8, log_every: 1, eval_batch_size: 8, threads: 1}
+        """,
+    )
+    run = tmp_path / "run"
+    assert main(["run", str(exp), "--out", str(run), "--quiet"]) == 0
+    capsys.readouterr()
+    maze = write("maze.txt", "#####\n#S..#\n#.#.#\n#..G#\n#####\n")
+    code = main(["predict", str(run), str(maze)])
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[5] == "steps: 2 of 2 (halted by the policy)"
+    answer = "".join(lines[:5])
+    assert len(answer) == 25 and set(answer) <= set("#.SG*?")
+    tokens = [grid_text.MAZE_CHARS.get(c, 0) for c in answer]
+    inputs = grid_text.parse_maze(maze.read_text(), 5)
+    valid = maze_gen.is_shortest_path(inputs, tokens, 5)  # the task's own rules
+    assert lines[6] == f"valid: {'yes' if valid else 'no'}" and code == (0 if valid else 1)
