@@ -85,7 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
         "overrides",
         nargs="*",
         metavar="key.path=value",
-        help="evaluation-time fields only: model.halting.*, steps, train.eval_batch_size ...",
+        help="evaluation-time fields only: model.halting.*, model.recursion.H_cycles/L_cycles, "
+        "train.eval_batch_size, train.device, train.precision, train.threads",
     )
     p.add_argument(
         "--early-exit",
