@@ -1,4 +1,5 @@
-"""The ``ponderkit`` command line: list, show, validate, run, eval, ablate, report, compare.
+"""The ``ponderkit`` command line: list, show, validate, run, eval, ablate, report, compare
+(and the researcher tools of ``cli_tools``: config, diff, trace, predict, new-plugin).
 
 Heavy imports (torch, plugin bodies) happen inside the commands that need them, so
 ``ponderkit list`` starts fast.
@@ -11,6 +12,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from .cli_tools import TOOL_COMMANDS, add_tool_parsers
 from .errors import ConfigError, InputError, PonderkitError, UnknownComponentError, suggestion
 from .loading import Plugins
 from .registry import KINDS, split_key
@@ -56,7 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "validate",
         parents=[common],
-        help="check an experiment and count the built model's parameters",
+        help="check an experiment (or every variant of an ablation file) and count the built "
+        "model's parameters",
     )
     p.add_argument("file", type=Path)
     p.add_argument("overrides", nargs="*", metavar="key.path=value")
@@ -78,6 +81,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="evaluate a run's final checkpoint on its task's held-out set",
     )
     p.add_argument("run_dir", type=Path)
+    p.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="key.path=value",
+        help="evaluation-time fields only: model.halting.*, model.recursion.H_cycles/L_cycles, "
+        "train.eval_batch_size, train.device, train.precision, train.threads",
+    )
     p.add_argument(
         "--early-exit",
         action="store_true",
@@ -142,6 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("compare", parents=[common], help="a table of any run directories")
     p.add_argument("run_dirs", nargs="+", type=Path)
+    add_tool_parsers(sub, common)
     return parser
 
 
@@ -372,10 +383,13 @@ def _class_has(cls: type, capability: type) -> bool:
 
 
 def cmd_validate(args: argparse.Namespace, plugins: Plugins) -> int:
+    from .cli_tools import is_ablation_file, validate_ablation
     from .engine.build import check_buildable
     from .engine.preflight import check_cache, memory_issues, preflight
     from .experiment import load_experiment
 
+    if is_ablation_file(args.file):
+        return validate_ablation(args, plugins)
     exp = load_experiment(args.file, args.overrides, registry=plugins.registry)
     check_cache()
     issues = preflight(exp.config, plugins.registry, memory=False)
@@ -461,10 +475,11 @@ def cmd_eval(args: argparse.Namespace, plugins: Plugins) -> int:
 
     import attrs
 
+    from .cli_tools import overrides_suffix
     from .engine.evaluate import load_model
     from .engine.runs import write_json_atomic, write_text_atomic
 
-    run = load_model(args.run_dir, plugins.registry, args.checkpoint)
+    run = load_model(args.run_dir, plugins.registry, args.checkpoint, overrides=args.overrides)
     if args.data is not None:
         run = attrs.evolve(run, task=_data_task(args.data, run, plugins.registry))
     # tasks that score whole puzzles (ARC: votes over augmented views) say so with this method
@@ -484,6 +499,8 @@ def cmd_eval(args: argparse.Namespace, plugins: Plugins) -> int:
     result = {"checkpoint": args.checkpoint, "full": full}
     if args.data is not None:
         result["data"] = str(args.data)
+    if args.overrides:
+        result["overrides"] = list(args.overrides)
     print(_eval_line("all steps", full))
     if report is not None:
         submission = report.pop("submission", None)
@@ -513,6 +530,7 @@ def cmd_eval(args: argparse.Namespace, plugins: Plugins) -> int:
     # a non-default --puzzle-ids or --vote gets a report file of its own
     suffix += f"-ids-{args.puzzle_ids}" if args.puzzle_ids else ""
     suffix += f"-vote-{args.vote}" if args.vote else ""
+    suffix += overrides_suffix(args.overrides)
     write_json_atomic(args.run_dir / f"eval-{args.checkpoint}{suffix}.json", result)
     return 0
 
@@ -603,7 +621,7 @@ def cmd_ablate(args: argparse.Namespace, plugins: Plugins) -> int:
             plan_runs=None if args.worker else every,
         )
         if not args.worker:
-            print(f"report: {write_report(out, warn=_warn)}")
+            print(f"report: {write_report(out, warn=_warn, registry=plugins.registry)}")
     if failed:
         print(f"error: {len(failed)} run(s) failed: {', '.join(failed)}", file=sys.stderr)
         return 1
@@ -617,7 +635,7 @@ def cmd_report(args: argparse.Namespace, plugins: Plugins) -> int:
         raise InputError(f"{args.dir} is not a directory")
     if not (args.dir / "ablation.json").exists() and not any(args.dir.glob("*/seed*/config.yaml")):
         raise InputError(f"{args.dir} is not an ablation directory (no ablation.json)")
-    print(f"report: {write_report(args.dir, warn=_warn)}")
+    print(f"report: {write_report(args.dir, warn=_warn, registry=plugins.registry)}")
     return 0
 
 
@@ -649,6 +667,7 @@ COMMANDS = {
     "ablate": cmd_ablate,
     "report": cmd_report,
     "compare": cmd_compare,
+    **TOOL_COMMANDS,
 }
 
 

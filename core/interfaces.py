@@ -293,7 +293,8 @@ class TrainerServices(Protocol):
     """The services a schedule (and a callback) may call on the trainer.
 
     - ``model``: the :class:`~ponderkit.ReasoningModel` being trained; ``optimizer``; ``step``:
-      optimizer steps done; ``config``: the experiment.
+      optimizer steps done; ``config``: the experiment; ``run_dir``: the run directory (a
+      ``Path``, or None for a trainer that writes no run).
     - ``optimize(loss) -> grad_norm``: backward, clip, optimizer step, zero grads. A schedule's
       ``train_step`` calls it exactly once.
     - ``autocast()``: the precision context for forward passes; ``to_device(batch)``.
@@ -304,6 +305,7 @@ class TrainerServices(Protocol):
     optimizer: Any
     step: int
     config: Any
+    run_dir: Any
 
     def optimize(self, loss: Tensor) -> Tensor: ...
 
@@ -338,6 +340,7 @@ class Schedule(Protocol):
 CALLBACK_HOOKS: dict[str, str] = {
     "on_train_start": "on_train_start(trainer) -> None",
     "on_step_end": "on_step_end(trainer, step, metrics) -> None  (may add to metrics)",
+    "on_log": "on_log(trainer, record) -> None  (each record written to metrics.jsonl: a logger)",
     "eval_weights": "eval_weights(trainer) -> context manager swapping in evaluation weights",
     "on_parameters_reset": "on_parameters_reset(trainer, touched, index) -> None",
     "owned_parameters": "owned_parameters(trainer) -> parameters the callback updates itself "
@@ -352,6 +355,8 @@ class Callback(Protocol):
     any public method named ``on_*`` must be one of :data:`CALLBACK_HOOKS` (a misspelt hook
     is refused when the callback is built, not silently never called):
     ``on_train_start(trainer)``, ``on_step_end(trainer, step, metrics)`` (may add metrics),
+    ``on_log(trainer, record)`` (each record as it is written to ``metrics.jsonl``, the source of
+    truth: a logging backend such as ``callback/tensorboard`` mirrors it elsewhere),
     ``eval_weights(trainer)`` (a context manager swapping in weights for evaluation and
     checkpoints, e.g. EMA), ``on_parameters_reset(trainer, touched, index)`` (slices of
     parameters were re-initialised: ``touched`` lists (parameter, dim) pairs, ``index`` the
@@ -442,6 +447,32 @@ class RoutedLayer(Protocol):
     def reset_experts(self, experts: Tensor, weights: bool) -> list[tuple[Any, int]]: ...
 
 
+@runtime_checkable
+class GridPuzzle(Protocol):
+    """A task whose samples are grids a person can read and type (Sudoku, mazes): what
+    ``ponderkit predict`` and ``ponderkit trace`` need. A sample's ``seq_len`` tokens are the
+    grid, row-major.
+
+    - ``grid_shape``: (rows, cols), rows * cols == seq_len.
+    - ``grid_boxes``: (rows, cols) of the blocks outlined when drawn (Sudoku's boxes; the whole
+      grid for none).
+    - ``parse_grid(text) -> (seq_len,) int64 array`` of input tokens; malformed text raises
+      :class:`~ponderkit.TextError` with the 1-based line and column.
+    - ``grid_cells(tokens (seq_len,)) -> list[str]``: what to show in each cell ('' for a
+      blank); joined row by row it is the text ``parse_grid`` reads.
+    - ``check_answer(inputs, prediction) -> bool``: whether ``prediction`` solves the puzzle
+      ``inputs``, judged by rules (not by comparing with a stored label)."""
+
+    grid_shape: tuple[int, int]
+    grid_boxes: tuple[int, int]
+
+    def parse_grid(self, text: str) -> Any: ...
+
+    def grid_cells(self, tokens: Any) -> list[str]: ...
+
+    def check_answer(self, inputs: Any, prediction: Any) -> bool: ...
+
+
 #: The Protocol a builder's result must satisfy, per kind.
 PROTOCOLS: dict[str, type] = {
     "block": Block,
@@ -464,6 +495,7 @@ CAPABILITIES: dict[str, tuple[type, ...]] = {
     "ffn": (RoutedLayer,),
     "router": (ResettableRouter,),
     "halting": (WeighsSteps, NextStepTarget),
+    "task": (GridPuzzle,),
 }
 
 

@@ -313,6 +313,8 @@ class Trainer:
     def _log(self, record: dict[str, Any]) -> None:
         if self.metrics_log:
             self.metrics_log.write(record)
+        for cb in self.callbacks:  # loggers (TensorBoard, W&B ...) mirror the record
+            _call(cb, "on_log", self, record)
 
     def checkpoint(self, name: str) -> Path | None:
         """Save the run's state as ``checkpoints/<name>``; under ``torchrun`` every rank calls
