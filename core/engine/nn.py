@@ -74,3 +74,18 @@ def attend(q: Tensor, k: Tensor, v: Tensor, ctx: Any, causal: bool = False) -> T
         group = q.shape[1] // k.shape[1]
         k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
     return F.scaled_dot_product_attention(q, k, v, is_causal=causal)
+
+
+def counting_flops() -> bool:
+    """True while torch's FlopCounterMode counts the running code (outside compiled regions).
+
+    Layers whose fast path cannot run under the counter (compiled FlexAttention), or whose
+    fast path computes padding the count should not include (static MoE capacity), take their
+    exact eager path then: a count is of the work a step needs (FLOPs budgets, MFU)."""
+    import torch
+    from torch.utils import _python_dispatch
+
+    if torch.compiler.is_compiling():  # a count runs compiled code eagerly (force_eager)
+        return False
+    stack = _python_dispatch._get_current_dispatch_mode_stack()
+    return any(type(m).__name__ in ("FlopCounterMode", "_FlopCounterMode") for m in stack)

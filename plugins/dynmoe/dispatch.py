@@ -32,11 +32,10 @@ from typing import Literal
 
 import attrs
 import torch
-from ponderkit import use_triton
+from ponderkit import counting_flops, use_triton
 from ponderkit.plugins.dynmoe.dispatch_kernels import Combine, ScatterRows, Slots, plan_positions
 from torch import Tensor
 from torch.nn import functional as F
-from torch.utils import _python_dispatch
 
 GroupedMode = Literal["auto", "loop"]
 DispatchMode = Literal["auto", "exact", "static"]
@@ -134,16 +133,9 @@ def capacity_for(mode: DispatchMode, x: Tensor, max_active: int) -> int | None:
     None for an exact one. While torch's FlopCounterMode counts, the plan is exact: the
     counter sees only shapes, and a static plan's capacity rows (never computed) would count
     as work; the active FLOPs are what a count is for (FLOPs budgets, MFU)."""
-    if resolve_dispatch(mode, x.device) == "exact" or _counting_flops():
+    if resolve_dispatch(mode, x.device) == "exact" or counting_flops():
         return None
     return len(x) * max_active
-
-
-def _counting_flops() -> bool:
-    if torch.compiler.is_compiling():  # a count runs compiled code eagerly (force_eager)
-        return False
-    stack = _python_dispatch._get_current_dispatch_mode_stack()
-    return any(type(m).__name__ in ("FlopCounterMode", "_FlopCounterMode") for m in stack)
 
 
 def gather(x: Tensor, plan: DispatchPlan) -> Tensor:

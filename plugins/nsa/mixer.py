@@ -6,7 +6,14 @@ from typing import Literal
 
 import attrs
 import torch
-from ponderkit import BuildContext, ForwardContext, Linear, hookimpl, trunc_normal_
+from ponderkit import (
+    BuildContext,
+    ForwardContext,
+    Linear,
+    counting_flops,
+    hookimpl,
+    trunc_normal_,
+)
 from ponderkit.plugins.layers.attention import check_attention, extend_cache, rope_at
 from ponderkit.plugins.nsa import branches, flex
 from torch import Tensor, nn
@@ -101,7 +108,9 @@ class NativeSparseAttention(nn.Module):
         use_flex = self.kernel == "flex" or (
             self.kernel == "auto" and hidden.device.type == "cuda" and ctx.cache is None
         )
-        if use_flex and offset == 0:
+        # under torch's FlopCounterMode the compiled kernel cannot run: the count takes the
+        # masked path, which counts every query-key pair (an upper bound of the sparse work)
+        if use_flex and offset == 0 and not counting_flops():
             sel = flex.selected_block_mask(chosen, total, self.block, self.causal, self.tile)
             win = flex.window_block_mask(1, total, self.tile, self.window, self.causal, q.device)
             o_slc, o_win = flex.flex(q, k, v, sel), flex.flex(q, k, v, win)
