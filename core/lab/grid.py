@@ -76,6 +76,7 @@ def measure_step_flops(config: Any, registry: Any) -> float:
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
+    from ..engine.flops import extra_flop_formulas
     from ..engine.train import Trainer
 
     trainer = Trainer(config, registry, run_dir=None, quiet=True)
@@ -89,43 +90,13 @@ def measure_step_flops(config: Any, registry: Any) -> float:
     shares = trainer.schedule.shares(config.train.steps) if stages else [1.0]
     flops = 0.0
     for schedule, share in zip(stages or [trainer.schedule], shares, strict=True):
-        with FlopCounterMode(display=False, custom_mapping=_extra_flop_formulas()) as counter:
+        with FlopCounterMode(display=False, custom_mapping=extra_flop_formulas()) as counter:
             schedule.train_step(trainer.model, batches, trainer)
         flops += share * float(counter.get_total_flops())
     del trainer
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
     return flops
-
-
-def _extra_flop_formulas() -> dict[Any, Any]:
-    import torch
-    from torch.utils import flop_counter as fc
-
-    aten = torch.ops.aten
-    extra: dict[Any, Any] = {}
-    if hasattr(aten, "_scaled_dot_product_flash_attention_for_cpu"):
-        extra[aten._scaled_dot_product_flash_attention_for_cpu] = (
-            lambda q, k, v, *_, out_shape=None, **__: fc.sdpa_flop_count(q, k, v)
-        )
-        extra[aten._scaled_dot_product_flash_attention_for_cpu_backward] = (
-            lambda g, q, k, v, *_, out_shape=None, **__: fc.sdpa_backward_flop_count(g, q, k, v)
-        )
-    if hasattr(aten, "_grouped_mm"):
-        extra[aten._grouped_mm] = _grouped_mm_flop
-    return extra
-
-
-def _grouped_mm_flop(a: Any, b: Any, *args: Any, out_shape: Any = None, **kwargs: Any) -> int:
-    """Rows of ``a`` meet one group's matrix each: (N, K) x (E, K, M) costs 2*N*K*M; the
-    weight gradient (K, N) x (N, M) -> (E, K, M) costs 2*K*N*M; batched 3-D x 3-D as bmm."""
-    if len(a) == 2 and len(b) == 3:
-        return 2 * a[0] * a[1] * b[2]
-    if len(a) == 2 and len(b) == 2:
-        return 2 * a[0] * a[1] * b[1]
-    if len(a) == 3 and len(b) == 3:
-        return 2 * a[0] * a[1] * a[2] * b[2]
-    return 2 * a[-2] * a[-1] * b[-1]
 
 
 def select(runs: list[Run], only: Sequence[str] | None) -> list[Run]:
