@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import copy
+import itertools
+from collections.abc import Iterator
 from typing import Any
 
 
@@ -34,3 +37,80 @@ def _grouped_mm_flop(a: Any, b: Any, *args: Any, out_shape: Any = None, **kwargs
     if len(a) == 3 and len(b) == 3:
         return 2 * a[0] * a[1] * a[2] * b[2]
     return 2 * a[-2] * a[-1] * b[-1]
+
+
+class _Replica:
+    """The trainer services a schedule sees while its step is counted: everything the real
+    trainer offers, except that ``optimize`` only back-propagates (no clipping, no update) and
+    re-initialisations are not announced."""
+
+    def __init__(self, trainer: Any):
+        self._trainer = trainer
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._trainer, name)
+
+    def optimize(self, loss: Any) -> Any:
+        loss.backward()
+        return loss.detach() * 0
+
+    def parameters_reset(self, touched: list, index: Any) -> None:
+        pass
+
+
+def count_step_flops(trainer: Any, batches: Iterator[Any]) -> tuple[float, Iterator[Any]]:
+    """FLOPs (forward + backward, FlopCounterMode) of the optimizer step ``trainer`` is about
+    to take, and the batch stream to take it from.
+
+    The step is replayed on the side and thrown away: the schedule is copied, the next batch
+    is peeked and handed back, and gradients, buffers (routing counters) and random number
+    generators are restored, so that counting leaves training bit for bit as it was (a step
+    run under the counting mode itself rounds a few gradients differently). The optimizer
+    update is not counted."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model = trainer.model
+    peeked = next(batches)
+    grads = [p.grad for p in model.parameters()]
+    buffers = [b.detach().clone() for b in model.buffers()]
+    rng = _rng_state()
+    schedule = copy.deepcopy(trainer.schedule)
+    try:
+        with FlopCounterMode(display=False, custom_mapping=extra_flop_formulas()) as counter:
+            schedule.train_step(model, itertools.repeat(peeked), _Replica(trainer))
+        flops = float(counter.get_total_flops())
+    finally:
+        with torch.no_grad():
+            for p, g in zip(model.parameters(), grads, strict=True):
+                p.grad = g
+            for b, saved in zip(model.buffers(), buffers, strict=True):
+                b.copy_(saved)
+        _set_rng_state(rng)
+    return flops, itertools.chain([peeked], batches)
+
+
+def _rng_state() -> dict[str, Any]:
+    import random
+
+    import numpy as np
+    import torch
+
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state()}
+    state["python"] = random.getstate()
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    import random
+
+    import numpy as np
+    import torch
+
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if "cuda" in state:
+        torch.cuda.set_rng_state_all(state["cuda"])

@@ -22,6 +22,7 @@ from ..interfaces import Batch
 from ..yamlio import dump
 from .build import build_components
 from .evaluate import autocast, evaluate, resolve_device, to_device
+from .flops import count_step_flops
 from .nn import parameter_count
 from .recovery import Interrupted, StopOnSignal, prune
 from .runs import MetricsLog, save_checkpoint, write_meta, write_text_atomic
@@ -251,24 +252,18 @@ class Trainer:
 
         A schedule reports ``fresh_samples`` (deep supervision: the slots it refilled) or
         draws one fresh batch (``train.batch_size``). FLOPs are counted by torch's
-        FlopCounterMode, forward and backward, at the first step of a segment and every
-        ``train.flops_every`` steps; each step between counts the latest measurement. The
+        FlopCounterMode, forward and backward, on a replay of the step about to run
+        (:func:`~ponderkit.engine.flops.count_step_flops`, which leaves training unchanged) at
+        the first step of a segment and every ``train.flops_every`` steps; each step between
+        counts the latest measurement. The
         built-in schedules run the same work every step (deep supervision one supervision
         step of a full batch, the unrolling schedules every step to ``max_steps``); what varies
         is the routed share (a top-any router's active experts), which the measurements
         follow."""
         every = self.config.train.flops_every
-        measure = not self.flops_per_step or self.step % every == 0
-        if measure:
-            from torch.utils.flop_counter import FlopCounterMode
-
-            from .flops import extra_flop_formulas
-
-            with FlopCounterMode(display=False, custom_mapping=extra_flop_formulas()) as counter:
-                metrics = self.schedule.train_step(self.model, batches, self)
-            self.flops_per_step = float(counter.get_total_flops())
-        else:
-            metrics = self.schedule.train_step(self.model, batches, self)
+        if not self.flops_per_step or self.step % every == 0:
+            self.flops_per_step, batches = count_step_flops(self, batches)
+        metrics = self.schedule.train_step(self.model, batches, self)
         fresh = metrics.pop("fresh_samples", None)
         self.samples += int(fresh) if fresh is not None else self.config.train.batch_size
         self.flops += self.flops_per_step

@@ -120,7 +120,7 @@ def test_budgets(grid, registry, tmp_path, monkeypatch):
     timed = load_ablation(grid("budget: {time_s: 30}\n", "t.yaml"), registry=registry)
     assert timed.runs()[0].config.train.max_time_s == 30.0
     both = grid("budget: {steps: 3, flops: 1.0e9}\n", "both.yaml")
-    with pytest.raises(ConfigError, match="set one of steps, time_s, flops"):
+    with pytest.raises(ConfigError, match="set one of steps, epochs, time_s, flops"):
         load_ablation(both, registry=registry)
 
     calls = []

@@ -149,3 +149,17 @@ def test_ablation_epoch_budget(write, trm_yaml, registry):
     bad = write("bad.yaml", "base: trm.yaml\nbudget: {epochs: 2}\nvariants: {a: {train.steps: 4}}\n")
     with pytest.raises(Exception, match="budget"):
         load_ablation(bad, registry=registry)
+
+
+def test_counting_flops_leaves_training_unchanged(trm_yaml, registry):
+    """A step counted every step trains bit for bit like one counted once (the count replays
+    the step on the side; q_head's exploration draws random numbers, which are restored)."""
+    weights = []
+    for every in (1, 1000):
+        config = load_experiment(trm_yaml, [f"train.flops_every={every}"], registry=registry)
+        trainer = Trainer(config.config, registry, quiet=True)
+        trainer.fit()
+        weights.append((trainer.step, trainer.samples, trainer.flops, trainer.model.state_dict()))
+    (s1, n1, f1, w1), (s2, n2, f2, w2) = weights
+    assert (s1, n1) == (s2, n2) and f1 == pytest.approx(f2, rel=1e-9)
+    assert all(torch.equal(w1[k], w2[k]) for k in w1)
