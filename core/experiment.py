@@ -124,8 +124,9 @@ class TrainConfig:
     compile: bool = False
     threads: int | None = attrs.field(default=None, validator=v.optional(positive))
     # FLOPs of an optimizer step are counted (torch FlopCounterMode) at the first step and
-    # every ``flops_every`` steps; the steps between count the latest measurement
-    flops_every: int = attrs.field(default=100, validator=positive)
+    # every ``flops_every`` steps; the steps between count the latest measurement; 0: never
+    # (no ``flops`` logged)
+    flops_every: int = attrs.field(default=100, validator=non_negative)
 
 
 @attrs.frozen

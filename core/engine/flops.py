@@ -39,7 +39,7 @@ def _grouped_mm_flop(a: Any, b: Any, *args: Any, out_shape: Any = None, **kwargs
     return 2 * a[-2] * a[-1] * b[-1]
 
 
-class _Replica:
+class Replica:
     """The trainer services a schedule sees while its step is counted: everything the real
     trainer offers, except that ``optimize`` only back-propagates (no clipping, no update) and
     re-initialisations are not announced."""
@@ -78,7 +78,7 @@ def count_step_flops(trainer: Any, batches: Iterator[Any]) -> tuple[float, Itera
     schedule = copy.deepcopy(trainer.schedule)
     try:
         with FlopCounterMode(display=False, custom_mapping=extra_flop_formulas()) as counter:
-            schedule.train_step(model, itertools.repeat(peeked), _Replica(trainer))
+            schedule.train_step(model, itertools.repeat(peeked), Replica(trainer))
         flops = float(counter.get_total_flops())
     finally:
         with torch.no_grad():

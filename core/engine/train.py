@@ -261,7 +261,7 @@ class Trainer:
         is the routed share (a top-any router's active experts), which the measurements
         follow."""
         every = self.config.train.flops_every
-        if not self.flops_per_step or self.step % every == 0:
+        if every and (not self.flops_per_step or self.step % every == 0):
             self.flops_per_step, batches = count_step_flops(self, batches)
         metrics = self.schedule.train_step(self.model, batches, self)
         fresh = metrics.pop("fresh_samples", None)
@@ -271,7 +271,9 @@ class Trainer:
 
     def _spent(self) -> dict[str, float]:
         """What the run has spent so far: fresh samples, epochs of them, training FLOPs."""
-        out: dict[str, float] = {"samples": self.samples, "flops": self.flops}
+        out: dict[str, float] = {"samples": self.samples}
+        if self.config.train.flops_every:
+            out["flops"] = self.flops
         size = getattr(self.task, "train_size", None)
         if size:
             out["epoch"] = self.samples / size

@@ -215,7 +215,9 @@ def load_ablation(path: str | Path, *, registry: Registry, build: bool = True) -
     seeds = _seeds(spec.seeds, doc, issues)
     budget_keys = [k for k in BUDGET_KEYS if getattr(spec.budget, k) is not None]
     if len(budget_keys) > 1:
-        issues.append(_at(doc, ("budget",), f"set one of {', '.join(BUDGET_KEYS)}, not {budget_keys}"))
+        issues.append(
+            _at(doc, ("budget",), f"set one of {', '.join(BUDGET_KEYS)}, not {budget_keys}")
+        )
     common = _overrides(spec.overrides, ("overrides",), doc, issues)
     named, baseline = _variants(spec, doc, issues)
     issues += _budget_conflicts(budget_keys[0] if budget_keys else None, common, named)
@@ -488,10 +490,16 @@ def _budget_conflicts(
 def _budget_overrides(budget: Budget, doc: Document) -> list[Override]:
     if budget.steps:
         where = doc.where(("budget", "steps"))
-        return [Override("train.epochs=null", where), Override(f"train.steps={budget.steps}", where)]
+        return [
+            Override("train.epochs=null", where),
+            Override(f"train.steps={budget.steps}", where),
+        ]
     if budget.epochs:
         where = doc.where(("budget", "epochs"))
-        return [Override("train.steps=null", where), Override(f"train.epochs={budget.epochs}", where)]
+        return [
+            Override("train.steps=null", where),
+            Override(f"train.epochs={budget.epochs}", where),
+        ]
     if budget.flops:  # steps per variant come from the measured FLOPs of a step (grid.prepare)
         return [Override("train.epochs=null", doc.where(("budget", "flops")))]
     if budget.time_s:

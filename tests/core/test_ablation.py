@@ -7,6 +7,7 @@ import textwrap
 
 import pytest
 from ponderkit.cli import main
+from ponderkit.engine.flops import Replica
 from ponderkit.errors import ConfigError
 from ponderkit.lab import grid as ablation_run
 from ponderkit.lab.ablation import load_ablation
@@ -147,6 +148,8 @@ def test_skip_finished_and_resume_interrupted_runs(grid, monkeypatch, capsys):
     calls = {"n": 0}
 
     def dying(self, *args):
+        if isinstance(args[-1], Replica):  # the FLOPs count's replay of a step
+            return real(self, *args)
         calls["n"] += 1
         if calls["n"] == 20 + 20 + 16:  # the third run, during step 16
             raise KeyboardInterrupt
@@ -163,7 +166,7 @@ def test_skip_finished_and_resume_interrupted_runs(grid, monkeypatch, capsys):
     calls["n"] = 0
 
     def counting(self, *args):
-        calls["n"] += 1
+        calls["n"] += not isinstance(args[-1], Replica)
         return real(self, *args)
 
     monkeypatch.setattr(Supervised, "train_step", counting)

@@ -146,7 +146,9 @@ def test_ablation_epoch_budget(write, trm_yaml, registry):
     # a step budget over an epoch base replaces its length; a variant may not set either
     steps = write("steps.yaml", "base: trm.yaml\nbudget: {steps: 7}\n")
     assert {v.config.train.steps for v in load_ablation(steps, registry=registry).variants} == {7}
-    bad = write("bad.yaml", "base: trm.yaml\nbudget: {epochs: 2}\nvariants: {a: {train.steps: 4}}\n")
+    bad = write(
+        "bad.yaml", "base: trm.yaml\nbudget: {epochs: 2}\nvariants: {a: {train.steps: 4}}\n"
+    )
     with pytest.raises(Exception, match="budget"):
         load_ablation(bad, registry=registry)
 
