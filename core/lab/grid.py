@@ -5,7 +5,8 @@ Each run directory is an ordinary run directory. Re-running skips finished runs 
 checkpoint (metrics after it are dropped, so no step is logged twice) and starts the rest.
 With ``jobs > 1`` each run is a subprocess ``python -m ponderkit ablate FILE --worker --only
 VARIANT/seedK``: on CPU with ``OMP_NUM_THREADS = cpus // jobs`` (unless the config sets
-``train.threads``), on CUDA one per GPU through ``CUDA_VISIBLE_DEVICES``.
+``train.threads``); on CUDA up to ``jobs`` at once over the visible GPUs, several to a GPU where
+their measured memory fits (:mod:`~ponderkit.lab.packing`), through ``CUDA_VISIBLE_DEVICES``.
 """
 
 from __future__ import annotations
@@ -216,28 +217,41 @@ def _in_process(todo: list, out: Path, registry: Any, time_budget: float | None,
 
 
 def _subprocesses(
-    todo: list, out: Path, jobs: int, child_argv: Sequence[str], child_env: dict[str, str], log
+    todo: list,
+    out: Path,
+    jobs: int,
+    child_argv: Sequence[str],
+    child_env: dict[str, str],
+    log,
+    placer: Any = None,
 ) -> list:
-    slots = _device_slots(jobs)
+    placer = placer or make_placer(jobs, [r for r, _ in todo], child_argv, child_env, log)
     (out / "logs").mkdir(exist_ok=True)
     pending, running, failed = list(todo), {}, []
     try:
         while pending or running:
-            while pending and len(running) < len(slots):
-                busy = {r[1][0] for r in running.values()}
-                slot = next(s for s in slots if s[0] not in busy)
-                run, state = pending.pop(0)
+            i = 0
+            while i < len(pending):  # in order; a later, smaller run may fit where one did not
+                got = placer.place(pending[i][0])
+                if got is None:
+                    i += 1
+                    continue
+                handle, slot_env = got
+                run, state = pending.pop(i)
                 logfile = out / "logs" / f"{run.variant}-seed{run.seed}.log"
-                env = {**os.environ, **child_env, **slot[1], PARENT_ENV: str(os.getpid())}
+                env = {**os.environ, **child_env, **slot_env, PARENT_ENV: str(os.getpid())}
                 with logfile.open("a") as f:
                     cmd = [*child_argv, "--only", run.key]
                     proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env)
-                running[proc] = (run, slot, time.perf_counter(), logfile)
-                where = " ".join(f"{k}={v}" for k, v in slot[1].items())
+                running[proc] = (run, handle, time.perf_counter(), logfile)
+                where = " ".join(f"{k}={v}" for k, v in slot_env.items())
+                if isinstance(handle, tuple):  # a GPU: (id, bytes needed)
+                    where += f", needs {handle[1] / 2**30:.2f} GiB (measured)"
                 log(f"{_started(state, run, run.directory(out))} ({where}; log {logfile})")
             time.sleep(0.2)
             for proc in [p for p in running if p.poll() is not None]:
-                run, _, started, logfile = running.pop(proc)
+                run, handle, started, logfile = running.pop(proc)
+                placer.release(handle)
                 took = time.perf_counter() - started
                 if proc.returncode == 0:
                     log(f"finished {run.key} in {took:.1f} s{_result(run.directory(out))}")
@@ -256,16 +270,28 @@ def _subprocesses(
     return failed
 
 
-def _device_slots(jobs: int) -> list[tuple[int, dict[str, str]]]:
-    """One environment per concurrent job: a GPU each when CUDA has several, else CPU threads."""
+def make_placer(
+    jobs: int, runs: Sequence[Run], child_argv: Sequence[str], child_env: dict[str, str], log
+) -> Any:
+    """CPU: ``jobs`` runs sharing the cores. CUDA: runs packed onto the visible GPUs by their
+    measured memory (:mod:`~ponderkit.lab.packing`), every distinct config probed first."""
     import torch
 
-    if torch.cuda.is_available():
-        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-        ids = visible.split(",") if visible else [str(i) for i in range(torch.cuda.device_count())]
-        return [(i, {"CUDA_VISIBLE_DEVICES": d}) for i, d in enumerate(ids[: max(jobs, 1)])]
-    threads = max(1, (os.cpu_count() or 1) // jobs)
-    return [(i, {"OMP_NUM_THREADS": str(threads)}) for i in range(jobs)]
+    from .packing import CpuSlots, GpuPacker, MemoryProbe, free_memory, visible_gpus
+
+    if not torch.cuda.is_available():
+        return CpuSlots(jobs)
+    gpus = visible_gpus()
+    argv = list(child_argv)
+    plugin_args = [a for i, a in enumerate(argv) if a == "--plugin" or argv[i - 1] == "--plugin"]
+    probe = MemoryProbe(gpus[0], child_env, plugin_args)
+    for run in runs:  # before any run holds memory, so that the probes see an idle GPU
+        probe(run)
+    for digest, need in probe.cache.items():
+        log(f"memory   config {digest}: {need / 2**30:.2f} GiB per run (probe peak + margin)")
+    free = free_memory(gpus)
+    log("free     " + ", ".join(f"GPU {g}: {b / 2**30:.1f} GiB" for g, b in free.items()))
+    return GpuPacker(free, jobs, probe)
 
 
 def _started(state: str, run: Run, run_dir: Path) -> str:

@@ -212,24 +212,6 @@ def test_parallel_jobs_run_as_subprocesses(grid, capsys, monkeypatch):
         assert (out / "logs" / f"base-seed{seed}.log").exists()
 
 
-def test_one_job_per_gpu_or_a_share_of_the_cpu_cores(monkeypatch):
-    import torch
-
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(torch.cuda, "device_count", lambda: 3)
-    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
-    gpus = [env["CUDA_VISIBLE_DEVICES"] for _, env in ablation_run._device_slots(8)]
-    assert gpus == ["0", "1", "2"]  # never more jobs than GPUs
-    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,6")
-    assert [env for _, env in ablation_run._device_slots(2)] == [
-        {"CUDA_VISIBLE_DEVICES": "4"},
-        {"CUDA_VISIBLE_DEVICES": "6"},
-    ]
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    monkeypatch.setattr(ablation_run.os, "cpu_count", lambda: 8)
-    assert [env for _, env in ablation_run._device_slots(3)] == [{"OMP_NUM_THREADS": "2"}] * 3
-
-
 def test_workers_are_not_shadowed_by_a_ponderkit_folder_in_the_working_directory(tmp_path):
     """`ablate --jobs` workers start from the user's directory; one holding a folder named
     `ponderkit` must not replace the installed package (all runs failed before)."""
