@@ -150,15 +150,18 @@ def _accuracy_flops(groups, colours, path: Path) -> Path | None:
 
 
 def _accuracy_halting(groups, colours, path: Path) -> Path | None:
-    """Final exact accuracy against mean halting steps: one dot per run, a cross with ± std
-    bars per variant (mean over seeds)."""
+    """Final exact accuracy against mean halting steps, both with early exit where the run was
+    analysed (``halting.json``): one dot per run, a cross with ± std bars per variant."""
     import matplotlib.pyplot as plt
 
-    points = {
-        v: [(r.values["halting_steps"], r.values["exact_acc"]) for r in runs
-            if "halting_steps" in r.values and "exact_acc" in r.values]
-        for v, runs in groups.items()
-    }  # fmt: skip
+    def point(r: RunSummary) -> tuple[float, float] | None:
+        # the accuracy the halting steps were measured with: early exit (halting.json), else
+        # the last evaluation's (every step)
+        v = r.values
+        acc = v.get("exact_acc_early_exit", v.get("exact_acc"))
+        return None if acc is None or "halting_steps" not in v else (v["halting_steps"], acc)
+
+    points = {v: [p for p in map(point, runs) if p] for v, runs in groups.items()}
     points = {v: p for v, p in points.items() if p}
     if not points:
         return None
@@ -175,7 +178,7 @@ def _accuracy_halting(groups, colours, path: Path) -> Path | None:
     ax.set(
         title="exact accuracy against halting steps (final checkpoint)",
         xlabel="mean recursion steps per held-out sample (early exit where the policy halts)",
-        ylabel="eval exact accuracy",
+        ylabel="eval exact accuracy (early exit)",
     )
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, title="dots: runs; cross: mean ± std", title_fontsize=8)
