@@ -165,3 +165,31 @@ def test_counting_flops_leaves_training_unchanged(trm_yaml, registry):
     (s1, n1, f1, w1), (s2, n2, f2, w2) = weights
     assert (s1, n1) == (s2, n2) and f1 == pytest.approx(f2, rel=1e-9)
     assert all(torch.equal(w1[k], w2[k]) for k in w1)
+
+
+def test_an_interrupted_epoch_run_resumes_to_the_same_end(trm_yaml, tmp_path, monkeypatch):
+    """Samples and FLOPs spent are checkpointed: a resumed run stops where a straight one does."""
+    from ponderkit.engine.flops import Replica
+    from ponderkit.plugins.schedules.deep_supervision import DeepSupervision
+
+    args = ["--quiet", "train.checkpoint_every=3", "task.train_size=8"]
+    straight, broken = tmp_path / "straight", tmp_path / "broken"
+    assert main(["run", str(trm_yaml), "--out", str(straight), *args]) == 0
+    real, calls = DeepSupervision.train_step, {"n": 0}
+
+    def dying(self, *a):
+        if not isinstance(a[-1], Replica):
+            calls["n"] += 1
+            if calls["n"] == 5:  # during step 5, after the step-3 checkpoint
+                raise KeyboardInterrupt
+        return real(self, *a)
+
+    monkeypatch.setattr(DeepSupervision, "train_step", dying)
+    assert main(["run", str(trm_yaml), "--out", str(broken), *args]) == 130
+    monkeypatch.setattr(DeepSupervision, "train_step", real)
+    assert main(["run", str(trm_yaml), "--out", str(broken), "--resume", *args]) == 0
+    ends = [
+        json.loads((d / "metrics.jsonl").read_text().splitlines()[-1]) for d in (straight, broken)
+    ]
+    keys = ("step", "samples", "flops", "stopped", "eval/exact_acc", "eval/raw/token_acc")
+    assert [e[k] for k in keys for e in ends[:1]] == [e[k] for k in keys for e in ends[1:]]
