@@ -64,7 +64,7 @@ def mixer(registry, spec: dict, d_model: int, device: torch.device) -> torch.nn.
 
 def attention_table(args, registry, device) -> list[dict]:
     nsa_spec = {"name": "nsa", "heads": args.heads, "block": args.block,
-                "selected": args.selected, "window": args.window, "causal": True,
+                "selected": args.selected, "window": args.window, "causal": True, "tile": args.tile,
                 "kernel": "flex" if device.type == "cuda" else "masked"}  # fmt: skip
     full_spec = {"name": "attention", "heads": args.heads, "causal": True}
     rows = []
@@ -123,6 +123,7 @@ def main() -> None:
     p.add_argument("--d-model", type=int, default=512)
     p.add_argument("--heads", type=int, default=8)
     p.add_argument("--block", type=int, default=64)
+    p.add_argument("--tile", type=int, default=128, help="FlexAttention mask tile (positions)")
     p.add_argument("--selected", type=int, default=8)
     p.add_argument("--window", type=int, default=256)
     p.add_argument("--tokens", type=int, default=16384, help="tokens per batch (B = tokens // T)")
@@ -136,6 +137,7 @@ def main() -> None:
     args.model_overrides = []
     if args.tiny:
         args.d_model, args.heads, args.block, args.selected, args.window = 32, 2, 8, 2, 16
+        args.tile = 16
         args.tokens, args.lengths, args.warmup, args.reps = 256, [64, 128, 256], 1, 3
         args.output_len, args.eavi_batch = 24, 4
         args.model_overrides = [

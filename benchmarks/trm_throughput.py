@@ -1,18 +1,34 @@
-"""TRM training throughput and MFU, eager vs torch.compile (GPU; runs on CPU for a smoke test).
+"""TRM training throughput and MFU, eager vs torch.compile, and the fast-path options (GPU;
+runs on CPU for a smoke test).
 
-Recipe: the attention TRM of the paper (D=512, 8 heads, 2 layers, T=3, n=6, 81 Sudoku tokens +
-16 puzzle-prefix positions), batch 768, bf16 autocast, one deep-supervision step per
+Recipes: ``att``, the attention TRM of the paper (trm_sudoku_att.yaml: D=512, 8 heads, 2
+layers, T=3, n=6, 81 Sudoku tokens + 16 puzzle-prefix positions), and ``mlp``, its mlp_t
+Sudoku variant (trm_sudoku_mlp.yaml); batch 768, bf16 autocast, one deep-supervision step per
 optimizer step. FLOPs per optimizer step are counted by torch's FlopCounterMode over one real
-step, so no-grad passes count forward only and the graded pass forward + backward.
+step (compiled code run eagerly for the count), so no-grad passes count forward only and the
+graded pass forward + backward.
 
-    python benchmarks/trm_throughput.py [--batch 768] [--steps 30] [--modes eager,compiled]
+Options, every combination a row, each with its warm-up seconds (the first ``--warmup``
+steps, compilation included) and samples/s:
 
-Prints a table and writes benchmarks/results/trm_throughput.json.
+- ``--modes``: ``eager`` (``train.compile: false``), ``block`` (``train.compile: block``:
+  each block compiled once, small graphs), ``compiled`` (``train.compile: true``: the whole
+  recursion, one graph of every step);
+- ``--no-grad-precision``: ``same`` or ``bf16`` (``model.recursion.no_grad_precision``: the
+  T-1 recursions without gradients in bf16 throughout, residual stream included).
+
+    python benchmarks/trm_throughput.py [--recipes att,mlp] [--modes eager,block,compiled]
+        [--no-grad-precision same,bf16] [--batch 768] [--steps 30]
+    python benchmarks/trm_throughput.py --smoke     # tiny CPU run of the same code
+
+Prints a markdown table and writes benchmarks/results/trm_throughput.{json,md}.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import gc
 import json
 import platform
 import time
@@ -49,30 +65,62 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def measure(mode: str, args: argparse.Namespace, registry) -> dict:
+RECIPES = {"att": "trm_sudoku_att.yaml", "mlp": "trm_sudoku_mlp.yaml"}
+COMPILE = {"eager": "false", "block": "block", "compiled": "true"}
+SMOKE = [
+    "model.d_model=32",
+    "model.recursion.H_cycles=2",
+    "model.recursion.L_cycles=1",
+    "train.threads=1",
+]
+
+
+def count_flops(step) -> float:
+    """FLOPs of one optimizer step, compiled code run eagerly (FlopCounterMode counts aten
+    ops, which a compiled graph hides)."""
+    stance = getattr(torch.compiler, "set_stance", None)
+    eager = stance("force_eager") if stance else contextlib.nullcontext()
+    with eager, FlopCounterMode(display=False) as counter:
+        step()
+    return float(counter.get_total_flops())
+
+
+def measure(recipe: str, mode: str, no_grad: str, args: argparse.Namespace, registry) -> dict:
+    """One row; the trainer is freed (and the GPU's cache emptied) after it."""
+    try:
+        return _measure(recipe, mode, no_grad, args, registry)
+    finally:
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+
+def _measure(recipe: str, mode: str, no_grad: str, args: argparse.Namespace, registry) -> dict:
     overrides = [
         f"train.batch_size={args.batch}",
         f"train.precision={args.precision}",
-        f"train.compile={'true' if mode == 'compiled' else 'false'}",
+        f"train.compile={COMPILE[mode]}",
         f"train.device={args.device}",
+        f"model.recursion.no_grad_precision={no_grad}",
+        *(SMOKE if args.smoke else []),
     ]
     cfg = load_experiment(
-        REPO / "experiments" / "trm_sudoku_att.yaml", overrides, registry=registry
+        REPO / "experiments" / RECIPES[recipe], overrides, registry=registry
     ).config
+    torch._dynamo.reset()  # each row compiles afresh, within dynamo's recompile limit
     trainer = Trainer(cfg, registry, quiet=True)
     device = trainer.device
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
     batches = synthetic_batches(args.batch, trainer.task.seq_len, trainer.task.vocab_size, device)
     step = lambda: trainer.schedule.train_step(trainer.model, batches, trainer)  # noqa: E731
-    t_compile = time.perf_counter()
+    sync(device)
+    t_warmup = time.perf_counter()
     for _ in range(args.warmup):
         step()
     sync(device)
-    t_compile = time.perf_counter() - t_compile
-    flops = None
-    if mode == "eager":
-        with FlopCounterMode(display=False) as counter:
-            step()
-        flops = counter.get_total_flops()
+    t_warmup = time.perf_counter() - t_warmup
+    flops = count_flops(step) if args.count_flops else None
     sync(device)
     times = []
     for _ in range(args.steps):
@@ -82,17 +130,20 @@ def measure(mode: str, args: argparse.Namespace, registry) -> dict:
         times.append(time.perf_counter() - t)
     times.sort()
     median = times[len(times) // 2]
-    return {
+    row = {
+        "recipe": recipe,
         "mode": mode,
+        "no_grad_precision": no_grad,
         "median_step_s": median,
         "samples_per_s": args.batch / median,
-        "warmup_s": t_compile,
+        "warmup_s": t_warmup,
         "flops_per_step": flops,
         "parameters": parameter_count(trainer.model),
         "peak_mem_gib": (
             torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None
         ),
     }
+    return row
 
 
 def matmul_peak(device: torch.device) -> float | None:
@@ -112,24 +163,64 @@ def matmul_peak(device: torch.device) -> float | None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--recipes", default="att", help="att,mlp")
+    parser.add_argument("--modes", default="eager,block,compiled")
+    parser.add_argument("--no-grad-precision", default="same,bf16")
     parser.add_argument("--batch", type=int, default=768)
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--warmup", type=int, default=5)
-    parser.add_argument("--modes", default="eager,compiled")
     parser.add_argument("--precision", default="bf16")
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--out", type=Path, default=REPO / "benchmarks/results/trm_throughput.json")
+    parser.add_argument("--smoke", action="store_true", help="a tiny TRM on the CPU")
+    parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
+    if args.smoke:
+        args.device, args.precision, args.batch = "cpu", "fp32", 4
+        args.steps, args.warmup = 2, 1
+    out = args.out or REPO / "benchmarks/results" / (
+        "trm_throughput_smoke.json" if args.smoke else "trm_throughput.json"
+    )
     registry = Plugins(autoload=False).registry
-    rows = [measure(m, args, registry) for m in args.modes.split(",")]
-    flops = next((r["flops_per_step"] for r in rows if r["flops_per_step"]), None)
+    combos = [
+        (recipe, mode, no_grad)
+        for recipe in args.recipes.split(",")
+        for no_grad in args.no_grad_precision.split(",")
+        for mode in args.modes.split(",")
+    ]
+    for recipe, mode, _ in combos:
+        if recipe not in RECIPES or mode not in COMPILE:
+            parser.error(f"recipes: {', '.join(RECIPES)}; modes: {', '.join(COMPILE)}")
+    rows, flops = [], {}
+    for recipe, mode, no_grad in combos:
+        args.count_flops = recipe not in flops  # the same FLOPs for every option of a recipe
+        try:
+            row = measure(recipe, mode, no_grad, args, registry)
+        except Exception as exc:  # a mode that does not compile here: say so, keep the rest
+            row = {"recipe": recipe, "mode": mode, "no_grad_precision": no_grad}
+            row["error"] = f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
+            print(f"{recipe} {mode} {no_grad}: {row['error']}", flush=True)
+            rows.append(row)
+            continue
+        flops.setdefault(recipe, row["flops_per_step"])
+        print(
+            f"{recipe} {mode} no-grad {no_grad}: {row['samples_per_s']:.0f} samples/s, "
+            f"warm-up {row['warmup_s']:.1f} s",
+            flush=True,
+        )
+        rows.append(row)
     device = torch.device("cuda" if torch.cuda.is_available() and args.device != "cpu" else "cpu")
-    name = torch.cuda.get_device_name() if device.type == "cuda" else platform.processor()
+    name = (
+        torch.cuda.get_device_name()
+        if device.type == "cuda"
+        else platform.processor() or platform.machine()
+    )
     peak_sheet = next((v for k, v in DATASHEET_BF16.items() if k in name), None)
     peak_meas = matmul_peak(device)
     for r in rows:
-        r["flops_per_step"] = flops
-        achieved = flops / r["median_step_s"] if flops else None
+        if "error" in r:
+            continue
+        r["flops_per_step"] = f = flops.get(r["recipe"])
+        achieved = f / r["median_step_s"] if f else None
         r["tflops"] = achieved / 1e12 if achieved else None
         r["mfu_datasheet"] = achieved / peak_sheet if achieved and peak_sheet else None
         r["mfu_measured_peak"] = achieved / peak_meas if achieved and peak_meas else None
@@ -142,23 +233,36 @@ def main() -> None:
         "measured_matmul_tflops": (peak_meas or 0) / 1e12,
         "rows": rows,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(
-        f"\nTRM attention recipe, batch {args.batch}, {args.precision}, {name}, torch "
-        f"{torch.__version__}; GFLOP per optimizer step: {flops / 1e9 if flops else 0:.1f}"
-    )
-    print(
-        f"{'mode':<10}{'step ms':>10}{'samples/s':>12}{'TFLOP/s':>10}{'MFU(sheet)':>12}"
-        f"{'MFU(matmul)':>13}{'warmup s':>10}"
-    )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    gflop = ", ".join(f"{k} {v / 1e9:.1f}" for k, v in flops.items() if v)
+    lines = [
+        f"TRM, batch {args.batch}, {args.precision}, {name}, torch {torch.__version__}; "
+        f"GFLOP per optimizer step: {gflop or '-'}",
+        "",
+        "| recipe | mode | no-grad precision | step ms | samples/s | TFLOP/s | MFU (sheet) "
+        "| MFU (matmul) | warm-up s | peak GiB |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
     for r in rows:
+        if "error" in r:
+            lines.append(
+                f"| {r['recipe']} | {r['mode']} | {r['no_grad_precision']} | {r['error']} "
+                "| | | | | | |"
+            )
+            continue
         fmt = lambda v, f: format(v, f) if v is not None else "-"  # noqa: E731
-        print(
-            f"{r['mode']:<10}{r['median_step_s'] * 1e3:>10.1f}{r['samples_per_s']:>12.0f}"
-            f"{fmt(r['tflops'], '.1f'):>10}{fmt(r['mfu_datasheet'], '.1%'):>12}"
-            f"{fmt(r['mfu_measured_peak'], '.1%'):>13}{r['warmup_s']:>10.1f}"
+        lines.append(
+            f"| {r['recipe']} | {r['mode']} | {r['no_grad_precision']} "
+            f"| {r['median_step_s'] * 1e3:.1f} | {r['samples_per_s']:.0f} "
+            f"| {fmt(r['tflops'], '.1f')} | {fmt(r['mfu_datasheet'], '.1%')} "
+            f"| {fmt(r['mfu_measured_peak'], '.1%')} | {r['warmup_s']:.1f} "
+            f"| {fmt(r['peak_mem_gib'], '.1f')} |"
         )
+    table = "\n".join(lines) + "\n"
+    out.with_suffix(".md").write_text(table)
+    print("\n" + table)
+    print(f"wrote {out} and {out.with_suffix('.md').name}")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""The ``ponderkit`` command line: list, show, validate, run, eval, ablate, report, compare.
+"""The ``ponderkit`` command line: list, show, validate, run, eval, ablate, report, compare
+(and the researcher tools of ``cli_tools``: config, diff, trace, predict, new-plugin).
 
 Heavy imports (torch, plugin bodies) happen inside the commands that need them, so
 ``ponderkit list`` starts fast.
@@ -11,6 +12,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from .cli_tools import TOOL_COMMANDS, add_tool_parsers
 from .errors import ConfigError, InputError, PonderkitError, UnknownComponentError, suggestion
 from .loading import Plugins
 from .registry import KINDS, split_key
@@ -56,7 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "validate",
         parents=[common],
-        help="check an experiment and count the built model's parameters",
+        help="check an experiment (or every variant of an ablation file) and count the built "
+        "model's parameters",
     )
     p.add_argument("file", type=Path)
     p.add_argument("overrides", nargs="*", metavar="key.path=value")
@@ -78,6 +81,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="evaluate a run's final checkpoint on its task's held-out set",
     )
     p.add_argument("run_dir", type=Path)
+    p.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="key.path=value",
+        help="evaluation-time fields only: model.halting.*, model.recursion.H_cycles/L_cycles, "
+        "train.eval_batch_size, train.device, train.precision, train.threads",
+    )
     p.add_argument(
         "--early-exit",
         action="store_true",
@@ -123,6 +133,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="runs at once: subprocesses sharing the CPU cores, or one per GPU (default 1)",
     )
     p.add_argument(
+        "--nproc",
+        type=int,
+        default=1,
+        metavar="K",
+        help="train each run data-parallel over K processes (torchrun; K GPUs a run on CUDA)",
+    )
+    p.add_argument(
         "--only",
         action="append",
         metavar="VARIANT[/seedK]",
@@ -135,7 +152,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("compare", parents=[common], help="a table of any run directories")
     p.add_argument("run_dirs", nargs="+", type=Path)
+    add_tool_parsers(sub, common)
     return parser
+
+
+def launched_rank() -> int:
+    """This process's rank as ``torchrun`` announced it (0 when not launched by it)."""
+    import os
+
+    raw = os.environ.get("RANK", "0")
+    return int(raw) if raw.isdigit() else 0
+
+
+def _launched_world() -> int:
+    import os
+
+    raw = os.environ.get("WORLD_SIZE", "1")
+    return int(raw) if raw.isdigit() else 1
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -155,11 +188,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stdout.flush()  # a closed pipe shows here, inside the handler below
         return code
     except ConfigError as exc:
-        for issue in exc.issues:
-            print(f"error: {issue}", file=sys.stderr)
+        if launched_rank() == 0:  # under torchrun every rank fails alike; one says so
+            for issue in exc.issues:
+                print(f"error: {issue}", file=sys.stderr)
         return EXIT_CONFIG
     except PonderkitError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        if launched_rank() == 0:
+            print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
     except BrokenPipeError:  # `ponderkit list | head`: the reader left, which is fine
         _silence_stdout()
@@ -348,10 +383,13 @@ def _class_has(cls: type, capability: type) -> bool:
 
 
 def cmd_validate(args: argparse.Namespace, plugins: Plugins) -> int:
+    from .cli_tools import is_ablation_file, validate_ablation
     from .engine.build import check_buildable
     from .engine.preflight import check_cache, memory_issues, preflight
     from .experiment import load_experiment
 
+    if is_ablation_file(args.file):
+        return validate_ablation(args, plugins)
     exp = load_experiment(args.file, args.overrides, registry=plugins.registry)
     check_cache()
     issues = preflight(exp.config, plugins.registry, memory=False)
@@ -367,9 +405,12 @@ def cmd_validate(args: argparse.Namespace, plugins: Plugins) -> int:
 
 
 def cmd_run(args: argparse.Namespace, plugins: Plugins) -> int:
+    """Train one experiment; under ``torchrun`` every rank runs this, rank 0 owning the run
+    directory (its checks and lock run there and their outcome reaches every rank)."""
     import contextlib
 
     from .engine.build import check_buildable
+    from .engine.distributed import init_from_env
     from .engine.preflight import check_cache, preflight
     from .engine.runlock import RunLock, is_empty_run_dir
     from .engine.runs import create_run_dir, default_run_dir, ensure_new_run_dir
@@ -384,32 +425,49 @@ def cmd_run(args: argparse.Namespace, plugins: Plugins) -> int:
     issues = preflight(exp.config, plugins.registry)
     if issues:
         raise ConfigError([exp.document.locate(i) for i in issues])
-    run_dir = Path(args.out or default_run_dir(exp.config.name or args.file.stem))
-    with contextlib.ExitStack() as held:
-        if args.resume and not is_empty_run_dir(run_dir):
+    with init_from_env(exp.config.train.device) as dist, contextlib.ExitStack() as held:
+        run_dir = dist.from_main(
+            lambda: Path(args.out or default_run_dir(exp.config.name or args.file.stem))
+        )
+        say = print if dist.is_main else _silent
+
+        def lock_existing() -> bool:  # rank 0: True when resuming a run that has begun
+            if not (args.resume and not is_empty_run_dir(run_dir)):
+                ensure_new_run_dir(run_dir)
+                return False
             if not run_dir.is_dir():
                 raise InputError(f"--out {run_dir} is a file, not a run directory")
             held.enter_context(RunLock(run_dir))
-            trainer = resume_or_start(exp.config, run_dir, plugins.registry, quiet=args.quiet)
-            if trainer is None:
-                print(f"{run_dir} already finished; nothing to do")
-                return 0
-        else:
-            ensure_new_run_dir(run_dir)
-            # built before the directory exists: a failure here leaves nothing behind
-            trainer = Trainer(exp.config, plugins.registry, run_dir, quiet=args.quiet)
+            return True
+
+        def create_and_lock() -> None:  # rank 0, once the trainer is built
             create_run_dir(run_dir)
             held.enter_context(RunLock(run_dir))
             ensure_new_run_dir(run_dir)  # another `run --out` may have got there first
-        print(
+
+        if dist.from_main(lock_existing):
+            trainer = resume_or_start(exp.config, run_dir, plugins.registry, quiet=args.quiet)
+            if trainer is None:
+                say(f"{run_dir} already finished; nothing to do")
+                return 0
+        else:
+            # built before the directory exists: a failure here leaves nothing behind
+            trainer = Trainer(exp.config, plugins.registry, run_dir, quiet=args.quiet)
+            dist.from_main(create_and_lock)
+        ranks = f", {dist.world_size} ranks" if dist.active else ""
+        say(
             f"run directory: {run_dir}  ({sum(p.numel() for p in trainer.model.parameters())} "
-            f"parameters, device {trainer.device})",
+            f"parameters, device {trainer.device}{ranks})",
             flush=True,
         )
         result = trainer.fit()
     summary = " ".join(f"{k}={v:.4f}" for k, v in result.items())
-    print(f"done: {summary}")
+    say(f"done: {summary}")
     return 0
+
+
+def _silent(*args: object, **kwargs: object) -> None:
+    """``print`` for the ranks other than 0 of a ``torchrun`` job: they say nothing."""
 
 
 def cmd_eval(args: argparse.Namespace, plugins: Plugins) -> int:
@@ -417,10 +475,11 @@ def cmd_eval(args: argparse.Namespace, plugins: Plugins) -> int:
 
     import attrs
 
+    from .cli_tools import overrides_suffix
     from .engine.evaluate import load_model
     from .engine.runs import write_json_atomic, write_text_atomic
 
-    run = load_model(args.run_dir, plugins.registry, args.checkpoint)
+    run = load_model(args.run_dir, plugins.registry, args.checkpoint, overrides=args.overrides)
     if args.data is not None:
         run = attrs.evolve(run, task=_data_task(args.data, run, plugins.registry))
     # tasks that score whole puzzles (ARC: votes over augmented views) say so with this method
@@ -440,6 +499,8 @@ def cmd_eval(args: argparse.Namespace, plugins: Plugins) -> int:
     result = {"checkpoint": args.checkpoint, "full": full}
     if args.data is not None:
         result["data"] = str(args.data)
+    if args.overrides:
+        result["overrides"] = list(args.overrides)
     print(_eval_line("all steps", full))
     if report is not None:
         submission = report.pop("submission", None)
@@ -469,6 +530,7 @@ def cmd_eval(args: argparse.Namespace, plugins: Plugins) -> int:
     # a non-default --puzzle-ids or --vote gets a report file of its own
     suffix += f"-ids-{args.puzzle_ids}" if args.puzzle_ids else ""
     suffix += f"-vote-{args.vote}" if args.vote else ""
+    suffix += overrides_suffix(args.overrides)
     write_json_atomic(args.run_dir / f"eval-{args.checkpoint}{suffix}.json", result)
     return 0
 
@@ -512,6 +574,19 @@ def cmd_ablate(args: argparse.Namespace, plugins: Plugins) -> int:
     out = args.out or Path("runs") / ablation.name
     if args.jobs < 1:
         raise InputError(f"--jobs must be at least 1, got {args.jobs}")
+    if args.nproc < 1:
+        raise InputError(f"--nproc must be at least 1, got {args.nproc}")
+    if not args.worker and _launched_world() > 1:
+        raise InputError(
+            "ablate starts its runs itself: run it without torchrun and give --nproc K to "
+            "train each run over K processes"
+        )
+    for variant in ablation.variants if args.nproc > 1 else ():
+        if variant.config.train.batch_size % args.nproc:
+            raise InputError(
+                f"--nproc {args.nproc}: variant {variant.name} has train.batch_size="
+                f"{variant.config.train.batch_size}, not divisible by {args.nproc}"
+            )
     select(ablation.runs(), args.only)  # a bad --only fails before anything is measured
     with contextlib.ExitStack() as held:
         if args.worker:  # its parent checked everything and holds the ablation's lock
@@ -537,15 +612,16 @@ def cmd_ablate(args: argparse.Namespace, plugins: Plugins) -> int:
             out,
             plugins.registry,
             jobs=args.jobs,
+            nproc=args.nproc,
             child_argv=worker_command(
                 args.file, out, [a for m in modules for a in ("--plugin", m)]
             ),
             child_env=worker_env(modules),
-            say=lambda text: print(text, flush=True),
+            say=lambda text: print(text, flush=True) if launched_rank() == 0 else None,
             plan_runs=None if args.worker else every,
         )
         if not args.worker:
-            print(f"report: {write_report(out, warn=_warn)}")
+            print(f"report: {write_report(out, warn=_warn, registry=plugins.registry)}")
     if failed:
         print(f"error: {len(failed)} run(s) failed: {', '.join(failed)}", file=sys.stderr)
         return 1
@@ -559,7 +635,7 @@ def cmd_report(args: argparse.Namespace, plugins: Plugins) -> int:
         raise InputError(f"{args.dir} is not a directory")
     if not (args.dir / "ablation.json").exists() and not any(args.dir.glob("*/seed*/config.yaml")):
         raise InputError(f"{args.dir} is not an ablation directory (no ablation.json)")
-    print(f"report: {write_report(args.dir, warn=_warn)}")
+    print(f"report: {write_report(args.dir, warn=_warn, registry=plugins.registry)}")
     return 0
 
 
@@ -591,6 +667,7 @@ COMMANDS = {
     "ablate": cmd_ablate,
     "report": cmd_report,
     "compare": cmd_compare,
+    **TOOL_COMMANDS,
 }
 
 

@@ -123,6 +123,42 @@ def _literal(value: Any, tp: Any) -> Any:
     raise _LeafError(f"{msg}; {hint}" if hint else msg)
 
 
+_LEAF_HOOKS: dict[Any, Any] = {
+    int: _strict_int,
+    float: _strict_float,
+    bool: _strict_bool,
+    str: _strict_str,
+}
+
+
+def _is_leaf(tp: Any) -> bool:
+    return tp in _LEAF_HOOKS or typing.get_origin(tp) is Literal
+
+
+def _is_leaf_union(tp: Any) -> bool:
+    """A union of leaf types and literals without None (``bool | Literal["block"]``); cattrs
+    structures ``X | None`` itself."""
+    if typing.get_origin(tp) not in (typing.Union, types.UnionType):
+        return False
+    args = typing.get_args(tp)
+    return type(None) not in args and all(_is_leaf(a) for a in args)
+
+
+def _leaf_union(value: Any, tp: Any) -> Any:
+    """The first arm of the union that takes ``value`` as it is."""
+    arms = typing.get_args(tp)
+    for arm in arms:
+        try:
+            return _LEAF_HOOKS[arm](value, arm) if arm in _LEAF_HOOKS else _literal(value, arm)
+        except _LeafError:
+            continue
+    words = ["bool (true/false)" if a is bool else type_name(a) for a in arms]
+    literals = [str(o) for a in arms if typing.get_origin(a) is Literal for o in typing.get_args(a)]
+    hint = suggestion(str(value), literals) if isinstance(value, str) else ""
+    msg = f"expected {' or '.join(words)}, got {_given(value)}"
+    raise _LeafError(f"{msg}; {hint}" if hint else msg)
+
+
 def make_converter() -> cattrs.Converter:
     conv = cattrs.Converter(forbid_extra_keys=True, detailed_validation=True)
     conv.register_structure_hook(int, _strict_int)
@@ -130,6 +166,7 @@ def make_converter() -> cattrs.Converter:
     conv.register_structure_hook(bool, _strict_bool)
     conv.register_structure_hook(str, _strict_str)
     conv.register_structure_hook_func(lambda t: typing.get_origin(t) is Literal, _literal)
+    conv.register_structure_hook_func(_is_leaf_union, _leaf_union)
     conv.register_unstructure_hook(Spec, lambda s: {"name": s.name, **unstructure(s.config)})
     return conv
 

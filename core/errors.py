@@ -72,6 +72,15 @@ class ConfigError(InputError):
         super().__init__("\n".join(str(i) for i in self.issues))
 
 
+class TextError(InputError):
+    """Malformed text a person typed (a puzzle for ``ponderkit predict``), at a line and column
+    (both 1-based); the command line prefixes the file name."""
+
+    def __init__(self, line: int, column: int, message: str):
+        self.line, self.column, self.message = line, column, message
+        super().__init__(f"line {line}, column {column}: {message}")
+
+
 class PluginError(PonderkitError):
     """A plugin could not be loaded or registered something invalid."""
 

@@ -121,7 +121,9 @@ class TrainConfig:
     keep_checkpoints: int = attrs.field(default=3, validator=non_negative)  # step_*; 0: all
     device: str = "auto"
     precision: Literal["fp32", "bf16"] = "fp32"
-    compile: bool = False
+    # true: the whole recursion through torch.compile (one graph of every step, the longest
+    # warm-up); block: each block once (small graphs reused by every step, a short warm-up)
+    compile: bool | Literal["block"] = False
     threads: int | None = attrs.field(default=None, validator=v.optional(positive))
     # FLOPs of an optimizer step are counted (torch FlopCounterMode) at the first step and
     # every ``flops_every`` steps; the steps between count the latest measurement; 0: never

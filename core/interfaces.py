@@ -295,7 +295,8 @@ class TrainerServices(Protocol):
     """The services a schedule (and a callback) may call on the trainer.
 
     - ``model``: the :class:`~ponderkit.ReasoningModel` being trained; ``optimizer``; ``step``:
-      optimizer steps done; ``config``: the experiment.
+      optimizer steps done; ``config``: the experiment; ``run_dir``: the run directory (a
+      ``Path``, or None for a trainer that writes no run).
     - ``optimize(loss) -> grad_norm``: backward, clip, optimizer step, zero grads. A schedule's
       ``train_step`` calls it exactly once.
     - ``autocast()``: the precision context for forward passes; ``to_device(batch)``.
@@ -306,6 +307,7 @@ class TrainerServices(Protocol):
     optimizer: Any
     step: int
     config: Any
+    run_dir: Any
 
     def optimize(self, loss: Tensor) -> Tensor: ...
 
@@ -324,7 +326,10 @@ class Schedule(Protocol):
     where the step drew other than one fresh batch (deep supervision: the slots it refilled;
     the trainer counts epochs by it). A schedule owns any
     state that spans optimizer steps (the deep-supervision carry) and saves it with
-    ``state_dict``/``load_state_dict``."""
+    ``state_dict``/``load_state_dict``. Under ``torchrun`` each rank's schedule sees its shard
+    of every global batch; tensors in ``state_dict`` whose first dimension is that shard's
+    size are per-sample state, which checkpoints hold concatenated over the ranks (the global
+    batch) and hand back split at whatever world size resumes."""
 
     def train_step(
         self, model: Any, batches: Iterator[Batch], trainer: TrainerServices
@@ -339,6 +344,7 @@ class Schedule(Protocol):
 CALLBACK_HOOKS: dict[str, str] = {
     "on_train_start": "on_train_start(trainer) -> None",
     "on_step_end": "on_step_end(trainer, step, metrics) -> None  (may add to metrics)",
+    "on_log": "on_log(trainer, record) -> None  (each record written to metrics.jsonl: a logger)",
     "eval_weights": "eval_weights(trainer) -> context manager swapping in evaluation weights",
     "swaps_weights": "swaps_weights() -> bool: whether eval_weights swaps any in now "
     "(without it: always); evaluation then also reports the raw weights' metrics",
@@ -355,6 +361,8 @@ class Callback(Protocol):
     any public method named ``on_*`` must be one of :data:`CALLBACK_HOOKS` (a misspelt hook
     is refused when the callback is built, not silently never called):
     ``on_train_start(trainer)``, ``on_step_end(trainer, step, metrics)`` (may add metrics),
+    ``on_log(trainer, record)`` (each record as it is written to ``metrics.jsonl``, the source of
+    truth: a logging backend such as ``callback/tensorboard`` mirrors it elsewhere),
     ``eval_weights(trainer)`` (a context manager swapping in weights for evaluation and
     checkpoints, e.g. EMA), ``on_parameters_reset(trainer, touched, index)`` (slices of
     parameters were re-initialised: ``touched`` lists (parameter, dim) pairs, ``index`` the
@@ -445,6 +453,32 @@ class RoutedLayer(Protocol):
     def reset_experts(self, experts: Tensor, weights: bool) -> list[tuple[Any, int]]: ...
 
 
+@runtime_checkable
+class GridPuzzle(Protocol):
+    """A task whose samples are grids a person can read and type (Sudoku, mazes): what
+    ``ponderkit predict`` and ``ponderkit trace`` need. A sample's ``seq_len`` tokens are the
+    grid, row-major.
+
+    - ``grid_shape``: (rows, cols), rows * cols == seq_len.
+    - ``grid_boxes``: (rows, cols) of the blocks outlined when drawn (Sudoku's boxes; the whole
+      grid for none).
+    - ``parse_grid(text) -> (seq_len,) int64 array`` of input tokens; malformed text raises
+      :class:`~ponderkit.TextError` with the 1-based line and column.
+    - ``grid_cells(tokens (seq_len,)) -> list[str]``: what to show in each cell ('' for a
+      blank); joined row by row it is the text ``parse_grid`` reads.
+    - ``check_answer(inputs, prediction) -> bool``: whether ``prediction`` solves the puzzle
+      ``inputs``, judged by rules (not by comparing with a stored label)."""
+
+    grid_shape: tuple[int, int]
+    grid_boxes: tuple[int, int]
+
+    def parse_grid(self, text: str) -> Any: ...
+
+    def grid_cells(self, tokens: Any) -> list[str]: ...
+
+    def check_answer(self, inputs: Any, prediction: Any) -> bool: ...
+
+
 #: The Protocol a builder's result must satisfy, per kind.
 PROTOCOLS: dict[str, type] = {
     "block": Block,
@@ -467,6 +501,7 @@ CAPABILITIES: dict[str, tuple[type, ...]] = {
     "ffn": (RoutedLayer,),
     "router": (ResettableRouter,),
     "halting": (WeighsSteps, NextStepTarget),
+    "task": (GridPuzzle,),
 }
 
 
@@ -518,7 +553,8 @@ class BuildContext:
     ``shared`` is a dict that lives for one model build, for components that share parameters
     across blocks or iterations (a global expert library). ``paths`` maps each config
     :class:`Spec` (by identity) to its dotted path in the experiment, so a builder's failure is
-    reported where the component is configured."""
+    reported where the component is configured. ``blocks`` collects every block built through
+    the context (``train.compile: block`` compiles each)."""
 
     registry: Any
     d_model: int = 0
@@ -527,6 +563,7 @@ class BuildContext:
     seed: int = 0
     shared: dict[str, Any] = attrs.field(factory=dict)
     paths: dict[int, tuple] = attrs.field(factory=dict, eq=False, repr=False)
+    blocks: list[Any] = attrs.field(factory=list, eq=False, repr=False)
 
     def build(self, spec: Spec | None, **kwargs: Any) -> Any:
         """Build the component ``spec`` names, passing this context along, and check the
@@ -555,6 +592,8 @@ class BuildContext:
                 f"{where}: the builder returned {problem}; a {spec.kind} must satisfy "
                 f"ponderkit.{PROTOCOLS[spec.kind].__name__} (see `ponderkit show {spec.kind}`)",
             )
+        if spec.kind == "block":
+            self.blocks.append(built)
         return built
 
     def _error(self, spec: Spec, message: str) -> ConfigError:

@@ -69,7 +69,8 @@ def _layer(module: str) -> int:
     parts = module.split(".")
     if parts[0] != "ponderkit" or len(parts) < 2:
         return -1  # not ponderkit
-    return {"engine": 1, "lab": 2, "cli": 3, "__main__": 3, "testing": 1}.get(parts[1], 0)
+    layers = {"engine": 1, "lab": 2, "cli": 3, "cli_tools": 3, "__main__": 3, "testing": 1}
+    return layers.get(parts[1], 0)
 
 
 def test_core_layers_import_only_downwards():

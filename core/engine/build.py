@@ -29,6 +29,7 @@ class Components:
     model: ReasoningModel
     schedule: Any
     callbacks: list[Any]
+    blocks: list[Any] = attrs.field(factory=list)  # every block of the model, as built
 
 
 def build_context(config: ExperimentConfig, registry: Any) -> BuildContext:
@@ -51,10 +52,10 @@ def build_components(
     task = ctx.build(config.task)
     model = build_model(config, task, ctx)
     if not training:
-        return Components(task, model, None, [])
+        return Components(task, model, None, [], ctx.blocks)
     schedule = ctx.build(config.schedule)
     callbacks = [ctx.build(spec) for spec in config.callbacks]
-    return Components(task, model, schedule, callbacks)
+    return Components(task, model, schedule, callbacks, ctx.blocks)
 
 
 def check_buildable(exp: Experiment, registry: Any) -> tuple[int, int]:

@@ -9,6 +9,7 @@ training machinery (optimizer, schedule, callbacks).
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,10 +17,12 @@ import attrs
 import torch
 from torch import Tensor
 
-from ..errors import InputError
+from ..errors import ConfigError, InputError, Issue
 from ..experiment import ExperimentConfig, load_experiment
 from ..interfaces import Batch, Task
+from ..yamlio import OVERRIDE_ORIGIN
 from .build import build_components
+from .distributed import Distributed
 from .generate import SequenceTask, free_running_metrics
 from .losses import accuracy
 from .model import ReasoningModel
@@ -51,15 +54,19 @@ def evaluate(
     device: torch.device,
     precision: str = "fp32",
     early_exit: bool = False,
+    dist: Distributed | None = None,
 ) -> dict[str, float]:
     """Token and exact accuracy, mean steps and the task's own metrics on the held-out set,
     each averaged over samples; on a serialized task also the free-running (generated) token
-    and exact accuracy."""
+    and exact accuracy. Under ``torchrun`` (``dist``) each rank evaluates its share of the
+    batches and all ranks get the totals."""
     was_training = model.training
     model.eval()
     totals: dict[str, float] = {}
     count = 0
-    for batch in task.eval_batches(batch_size):
+    for index, batch in enumerate(task.eval_batches(batch_size)):
+        if dist is not None and not dist.owns_eval_batch(index):
+            continue
         batch = to_device(batch, device)
         with autocast(precision, device):
             logits, steps = model.infer(batch, early_exit=early_exit)
@@ -77,6 +84,8 @@ def evaluate(
             totals[k] = totals.get(k, 0.0) + float(v.float().sum())
         count += batch["inputs"].shape[0]
     model.train(was_training)
+    if dist is not None:
+        totals, count = dist.sum_totals(totals, count)
     return {k: v / max(count, 1) for k, v in totals.items()}
 
 
@@ -107,11 +116,44 @@ class LoadedRun:
         return to_device(batch, self.device)
 
 
+#: Fields an evaluation may change (``ponderkit eval RUN key=value``): how long and when the
+#: model stops, and how evaluation runs. Everything else shaped the trained weights.
+EVAL_FIELDS = (
+    "model.halting.*",
+    "model.recursion.H_cycles",
+    "model.recursion.L_cycles",
+    "train.eval_batch_size",
+    "train.device",
+    "train.precision",
+    "train.threads",
+)
+
+
+def eval_override_problem(override: str) -> str | None:
+    """Why ``override`` (``key.path=value``) cannot change an evaluation, or None."""
+    key = override.partition("=")[0].strip()
+    for allowed in EVAL_FIELDS:
+        if allowed.endswith(".*"):
+            if key.startswith(allowed[:-1]) and key != allowed[:-2] + ".name":
+                return None
+        elif key == allowed:
+            return None
+    return (
+        f"{key!r} is a training-only field (it shaped the trained weights); evaluation may "
+        f"change {', '.join(EVAL_FIELDS)}"
+    )
+
+
 def load_model(
-    run_dir: str | Path, registry: Any, checkpoint: str = "final", device: str | None = None
+    run_dir: str | Path,
+    registry: Any,
+    checkpoint: str = "final",
+    device: str | None = None,
+    overrides: Sequence[str] = (),
 ) -> LoadedRun:
     """The model of ``run_dir`` with ``checkpoint``'s evaluation weights, on ``device`` (the
-    run's ``train.device`` when None)."""
+    run's ``train.device`` when None). ``overrides`` change evaluation-time fields of the run's
+    config (:data:`EVAL_FIELDS`); any other is refused before anything is built."""
     from .runs import load_checkpoint
 
     run_dir = Path(run_dir)
@@ -127,10 +169,24 @@ def load_model(
         raise InputError(
             f"no checkpoint {checkpoint!r} in {run_dir} (found: {', '.join(found) or 'none'})"
         )
-    config = load_experiment(run_dir / "config.yaml", registry=registry).config
+    problems = [p for p in map(eval_override_problem, overrides) if p]
+    if problems:
+        raise ConfigError([Issue((), p, file=OVERRIDE_ORIGIN) for p in problems])
+    config = load_experiment(run_dir / "config.yaml", overrides, registry=registry).config
+    if config.train.threads:
+        torch.set_num_threads(config.train.threads)
     torch.manual_seed(config.seed)
     built = build_components(config, registry, training=False)
     weights, _ = load_checkpoint(ckpt)
-    built.model.load_state_dict(weights)
+    try:
+        built.model.load_state_dict(weights)
+    except RuntimeError as exc:
+        if not overrides:
+            raise
+        first = str(exc).strip().splitlines()[-1].strip()
+        raise InputError(
+            f"{run_dir}: the overrides {' '.join(overrides)} change the model's parameters "
+            f"({first}); the trained weights do not fit"
+        ) from None
     target = resolve_device(device or config.train.device)
     return LoadedRun(config, built.task, built.model.to(target).eval(), target)

@@ -89,6 +89,11 @@ class ReasoningModel(nn.Module):
         carry, y = self.recursion(carry, x, ctx)
         return carry, self.output(y), self.halting(y, ctx)
 
+    def start(self, batch: Batch) -> tuple[Carry, Tensor, ForwardContext]:
+        """Where :meth:`unroll` begins for ``batch``: (initial carry, embedded x, context)."""
+        x = self.embed(batch)
+        return self.initial_carry(x), x, self.context()
+
     def unroll(
         self, carry: Carry, x: Tensor, ctx: ForwardContext, steps: int, step: StepFn | None = None
     ) -> Iterator[tuple[Carry, Tensor, dict[str, Tensor]]]:
@@ -110,9 +115,7 @@ class ReasoningModel(nn.Module):
         PonderNet) combines all steps' outputs; its output does not depend on early exit, only
         the compute does.
         """
-        ctx = self.context()
-        x = self.embed(batch)
-        carry = self.initial_carry(x)
+        carry, x, ctx = self.start(batch)
         n = self.halting.max_steps
         if isinstance(self.halting, WeighsSteps):
             logits_steps, history = [], []

@@ -20,6 +20,7 @@ from ..config import iter_specs, unstructure
 from ..experiment import ExperimentConfig, OptimizerConfig
 from ..interfaces import Batch
 from ..yamlio import dump
+from . import distributed
 from .build import build_components
 from .evaluate import autocast, evaluate, resolve_device, to_device
 from .flops import count_step_flops
@@ -68,7 +69,10 @@ def lr_factor(
 
 
 class Trainer:
-    """Owns device, model, optimizer, LR schedule, callbacks and the run directory."""
+    """Owns device, model, optimizer, LR schedule, callbacks and the run directory.
+
+    Under ``torchrun`` every rank builds one (same arguments); rank 0 alone writes the run
+    directory, the others train their shard of each batch (:mod:`.distributed`)."""
 
     def __init__(
         self,
@@ -79,30 +83,40 @@ class Trainer:
     ):
         self.config = config
         self.registry = registry
-        self.run_dir = run_dir
-        self.quiet = quiet
+        self.dist = distributed.current()
+        self.dist.check_batch_size(config.train.batch_size)
+        # every rank takes part in checkpoints (they gather per-rank state); rank 0 writes
+        self.keeps_run = run_dir is not None
+        self.run_dir = run_dir if self.dist.is_main else None
+        self.quiet = quiet or not self.dist.is_main
         train = config.train
         if train.threads:
             torch.set_num_threads(train.threads)
-        self.device = resolve_device(train.device)
+        self.device = self.dist.device(resolve_device(train.device))
         seed_everything(config.seed)
-        built = build_components(config, registry)
+        with self.dist.main_first():  # rank 0 generates (and caches) the data, then the rest
+            built = build_components(config, registry)
         self.task, self.schedule, self.callbacks = built.task, built.schedule, built.callbacks
         self.model = built.model.to(self.device)
+        self.dist.broadcast_module(self.model)
         # parameters a callback updates itself (e.g. sign-SGD on the puzzle table) stay out
         # of the optimizer
         owned = [p for cb in self.callbacks for p in _call(cb, "owned_parameters", self) or ()]
         self.optimizer = build_optimizer(self.model, config.optimizer, frozenset(map(id, owned)))
-        if train.compile:
-            self.model.recursion.compile()  # in place: parameter names stay the same
+        if train.compile == "block":  # in place: parameter names stay the same
+            for block in dict.fromkeys(built.blocks):  # a shared block once
+                block.compile()
+        elif train.compile:
+            self.model.recursion.compile()
         self.step = 0
+        self.samples_before = 0  # global samples drawn before a resume (any world size)
         self.samples = 0  # fresh samples drawn (a deep-supervision slot refilled counts one)
         self.flops = 0.0  # training FLOPs spent, see _train_step
         self.flops_per_step = 0.0  # the latest measurement
         self.sample_limit = self._sample_limit()
         self.elapsed_before = 0.0  # training seconds spent before a resume
         self._t0: float | None = None
-        self.metrics_log = MetricsLog(run_dir / "metrics.jsonl") if run_dir else None
+        self.metrics_log = MetricsLog(self.run_dir / "metrics.jsonl") if self.run_dir else None
         self._set_lr()
 
     # -- services for schedules ------------------------------------------------------------
@@ -121,6 +135,7 @@ class Trainer:
     def optimize(self, loss: Tensor) -> Tensor:
         """Backward, clip, step, zero the gradients; returns the pre-clip gradient norm."""
         loss.backward()
+        self.dist.average_gradients(list(self.model.parameters()))
         clip = self.config.optimizer.grad_clip
         # only the optimizer's own parameters: a callback-owned one keeps its gradient for it
         groups = self.optimizer.param_groups
@@ -182,7 +197,8 @@ class Trainer:
         for cb in self.callbacks:
             _call(cb, "on_train_start", self)
         batches = self._batches()
-        for _ in range(self.step):  # resumed: replay the data stream to where it stopped
+        # resumed: replay the stream of global batches to where it stopped
+        for _ in range(self.samples_before // cfg.batch_size):
             next(batches)
         last_eval: dict[str, float] = {}
         progress = _Progress(cfg.steps, enabled=not self.quiet)  # None: epochs, no known total
@@ -194,9 +210,11 @@ class Trainer:
         self._t0 = t0
         deadline = t0 + cfg.max_time_s if cfg.max_time_s else float("inf")
         while not self.budget_spent():
-            if self._stop.signum is not None:
-                self._stop_on_signal(self._stop.signum)
-            if time.perf_counter() > deadline:
+            # every rank stops (or checkpoints) when any rank's signal or clock says so
+            signum, late = self.dist.agree(self._stop.signum or 0, time.perf_counter() > deadline)
+            if signum:
+                self._stop_on_signal(signum)
+            if late:
                 if not self.quiet:
                     print(f"time limit of {cfg.max_time_s:.0f} s reached at step {self.step}")
                 last_eval = self.evaluate()
@@ -222,7 +240,7 @@ class Trainer:
                 now = time.perf_counter()
                 record = {
                     "step": self.step,
-                    **_floats(metrics),
+                    **self.dist.mean(_floats(metrics)),
                     "lr": self.optimizer.param_groups[0]["lr"],
                     "samples_per_s": window_samples / max(now - window_t, 1e-9),
                     "elapsed_s": now - t0,
@@ -238,11 +256,12 @@ class Trainer:
                 progress.update(self.step, record)
             now = time.perf_counter()
             due_s = cfg.checkpoint_every_s and now - last_checkpoint_t >= cfg.checkpoint_every_s
+            (due_s,) = self.dist.agree(bool(due_s)) if cfg.checkpoint_every_s else (0,)
             if (cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0) or due_s:
                 self.checkpoint(f"step_{self.step:07d}")
                 last_checkpoint_t = time.perf_counter()
         progress.close()
-        if self.run_dir:
+        if self.keeps_run:
             self.checkpoint("final")
         return last_eval
 
@@ -262,10 +281,16 @@ class Trainer:
         follow."""
         every = self.config.train.flops_every
         if every and (not self.flops_per_step or self.step % every == 0):
-            self.flops_per_step, batches = count_step_flops(self, batches)
-        metrics = self.schedule.train_step(self.model, batches, self)
+            flops, batches = count_step_flops(self, batches)
+            # every rank counts its share of the global batch: the step costs their sum
+            self.flops_per_step = self.dist.sum_totals({"flops": flops}, 0)[0]["flops"]
+        with self.dist.counting(self.model):
+            metrics = self.schedule.train_step(self.model, batches, self)
         fresh = metrics.pop("fresh_samples", None)
-        self.samples += int(fresh) if fresh is not None else self.config.train.batch_size
+        if fresh is None:  # one fresh batch (the global one, over all ranks)
+            self.samples += self.config.train.batch_size
+        else:  # this rank's slots refilled: summed over the ranks
+            self.samples += int(self.dist.sum_totals({"fresh": float(fresh)}, 0)[0]["fresh"])
         self.flops += self.flops_per_step
         return metrics
 
@@ -285,7 +310,8 @@ class Trainer:
         name = signal.Signals(signum).name
         where = self.checkpoint(f"step_{self.step:07d}") if self.step else None
         saved = f"; checkpoint {where}, continue with --resume" if where else ""
-        print(f"{name} at step {self.step}{saved}", file=sys.stderr, flush=True)
+        if self.dist.is_main:
+            print(f"{name} at step {self.step}{saved}", file=sys.stderr, flush=True)
         raise Interrupted(signum, f"{name} at step {self.step}")
 
     def restore(self, checkpoint: Path) -> None:
@@ -296,7 +322,10 @@ class Trainer:
         _, state = load_checkpoint(checkpoint)
         self.model.load_state_dict(state["train_weights"])
         self.optimizer.load_state_dict(state["optimizer"])
-        self.schedule.load_state_dict(_to_device(state["schedule"], self.device))
+        schedule = self.dist.split_samples(
+            state["schedule"], state.get("per_sample"), self.config.train.batch_size
+        )
+        self.schedule.load_state_dict(_to_device(schedule, self.device))
         for cb, cb_state in zip(self.callbacks, state["callbacks"], strict=False):
             if cb_state:
                 cb.load_state_dict(_to_device(cb_state, self.device))
@@ -308,7 +337,8 @@ class Trainer:
         )
         random.setstate(rng["python"])
         self.step = state["step"]
-        self.samples = int(state.get("samples", 0))
+        self.samples_before = int(state.get("samples", self.step * self.config.train.batch_size))
+        self.samples = int(state.get("fresh_samples", 0))
         self.flops = float(state.get("flops", 0.0))
         self.flops_per_step = float(state.get("flops_per_step", 0.0))
         self.elapsed_before = float(state.get("elapsed_s", 0.0))
@@ -317,7 +347,8 @@ class Trainer:
             self.metrics_log.truncate_after(self.step)
 
     def _batches(self) -> Iterator[Batch]:
-        for batch in self.task.train_batches(self.config.train.batch_size, self.config.seed):
+        stream = self.task.train_batches(self.config.train.batch_size, self.config.seed)
+        for batch in self.dist.shard(stream):
             yield self.to_device(batch)
 
     def evaluate(self, early_exit: bool = False) -> dict[str, float]:
@@ -349,6 +380,7 @@ class Trainer:
             device=self.device,
             precision=self.config.train.precision,
             early_exit=early_exit,
+            dist=self.dist,
         )
 
     def _swapping_callbacks(self) -> list[str]:
@@ -382,27 +414,43 @@ class Trainer:
             seed=self.config.seed,
             device=str(self.device),
             plugins=plugins,
-            extra={"parameters": parameter_count(self.model)},
+            extra={
+                "parameters": parameter_count(self.model),
+                **({"world_size": self.dist.world_size} if self.dist.active else {}),
+            },
         )
 
     def _log(self, record: dict[str, Any]) -> None:
         if self.metrics_log:
             self.metrics_log.write(record)
+        for cb in self.callbacks:  # loggers (TensorBoard, W&B ...) mirror the record
+            _call(cb, "on_log", self, record)
 
     def checkpoint(self, name: str) -> Path | None:
-        if not self.run_dir:
+        """Save the run's state as ``checkpoints/<name>``; under ``torchrun`` every rank calls
+        it (rank 0 writes). The state does not depend on the world size: per-sample schedule
+        state holds the global batch, the data position counts global samples."""
+        if not self.keeps_run:
+            return None
+        batch = self.config.train.batch_size
+        schedule, per_sample = self.dist.gather_samples(
+            self.schedule.state_dict(), batch // self.dist.world_size
+        )
+        if not self.run_dir:  # not rank 0
             return None
         with self._eval_weights():  # clone: the swapped-in tensors are restored in place
             weights = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
         state = {
             "step": self.step,
-            "samples": self.samples,
+            "samples": self.step * batch,
+            "fresh_samples": self.samples,
             "flops": self.flops,
             "flops_per_step": self.flops_per_step,
             "elapsed_s": (time.perf_counter() - self._t0) if self._t0 is not None else 0.0,
             "train_weights": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
             "optimizer": self.optimizer.state_dict(),
-            "schedule": self.schedule.state_dict(),
+            "schedule": schedule,
+            "per_sample": per_sample,
             "callbacks": [_call(cb, "state_dict") for cb in self.callbacks],
             "rng": {
                 "torch": torch.get_rng_state(),
@@ -422,7 +470,9 @@ def resume_or_start(
     finished); the caller holds the directory's lock (:class:`~ponderkit.engine.runlock.RunLock`).
 
     A directory that does not exist or is empty starts a new run; one holding a different
-    config is refused, so a resumed run never mixes two experiments."""
+    config is refused, so a resumed run never mixes two experiments. Under ``torchrun`` every
+    rank calls this: rank 0 inspects and repairs the directory, then tells the others which
+    checkpoint to load."""
     from ..errors import InputError
     from ..experiment import load_experiment
     from . import recovery
@@ -430,18 +480,29 @@ def resume_or_start(
     from .runs import create_run_dir
 
     run_dir = Path(run_dir)
-    if is_empty_run_dir(run_dir):
-        return Trainer(config, registry, create_run_dir(run_dir), quiet=quiet)
-    saved = run_dir / "config.yaml"
-    if not saved.is_file():
-        raise InputError(f"{run_dir} is not a run directory (no config.yaml); cannot resume")
-    if load_experiment(saved, registry=registry).config != config:
-        raise InputError(
-            f"{run_dir} holds a run of a different config; resume it with the "
-            f"same file and overrides, or choose another --out"
-        )
+    dist = distributed.current()
+
+    def inspect() -> bool:
+        if is_empty_run_dir(run_dir):
+            return True
+        saved = run_dir / "config.yaml"
+        if not saved.is_file():
+            raise InputError(f"{run_dir} is not a run directory (no config.yaml); cannot resume")
+        if load_experiment(saved, registry=registry).config != config:
+            raise InputError(
+                f"{run_dir} holds a run of a different config; resume it with the "
+                f"same file and overrides, or choose another --out"
+            )
+        return False
+
+    if dist.from_main(inspect):
+        trainer = Trainer(config, registry, run_dir, quiet=quiet)
+        dist.from_main(lambda: create_run_dir(run_dir))
+        return trainer
     trainer = Trainer(config, registry, run_dir, quiet=quiet)
-    recovery.resume(trainer, run_dir)
+    chosen = dist.from_main(lambda: recovery.resume(trainer, run_dir))
+    if not dist.is_main and chosen is not None:
+        trainer.restore(chosen)
     if trainer.budget_spent():
         return None
     return trainer

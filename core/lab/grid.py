@@ -7,6 +7,9 @@ With ``jobs > 1`` each run is a subprocess ``python -m ponderkit ablate FILE --w
 VARIANT/seedK``: on CPU with ``OMP_NUM_THREADS = cpus // jobs`` (unless the config sets
 ``train.threads``); on CUDA up to ``jobs`` at once over the visible GPUs, several to a GPU where
 their measured memory fits (:mod:`~ponderkit.lab.packing`), through ``CUDA_VISIBLE_DEVICES``.
+With ``nproc > 1`` each run is data-parallel over ``nproc`` processes: its worker starts through
+``python -m torch.distributed.run --standalone --nproc_per_node nproc`` with ``nproc`` GPUs of
+its own (or a share of the CPU cores, gloo).
 """
 
 from __future__ import annotations
@@ -138,12 +141,21 @@ def run_state(run: Run, run_dir: Path, registry: Any) -> str:
 def train_run(run: Run, run_dir: Path, registry: Any, time_budget: float | None = None) -> None:
     """Train ``run`` into ``run_dir`` from scratch or from its newest intact checkpoint, then
     analyse; the run directory is locked throughout (a second writer is refused)."""
+    import contextlib
+
+    from ..engine.distributed import init_from_env
     from ..engine.runlock import RunLock
     from ..engine.train import resume_or_start
 
-    run_dir.mkdir(parents=True, exist_ok=True)
-    with RunLock(run_dir):
-        state = run_state(run, run_dir, registry)  # again, now that no one else can write it
+    # under torchrun (ablate --nproc) every rank trains; rank 0 locks, inspects and analyses
+    with init_from_env(run.config.train.device) as dist, contextlib.ExitStack() as held:
+
+        def lock_and_inspect() -> str:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            held.enter_context(RunLock(run_dir))
+            return run_state(run, run_dir, registry)  # again, now that no one else can write
+
+        state = dist.from_main(lock_and_inspect)
         if state == "done":
             return
         if state in ("new", "resume"):
@@ -151,7 +163,8 @@ def train_run(run: Run, run_dir: Path, registry: Any, time_budget: float | None 
             if trainer is not None:
                 trainer.fit()
             del trainer
-        analyse_run(run_dir, registry)
+        if dist.is_main:
+            analyse_run(run_dir, registry)
 
 
 def run_grid(
@@ -161,6 +174,7 @@ def run_grid(
     registry: Any,
     *,
     jobs: int = 1,
+    nproc: int = 1,
     child_argv: Sequence[str] = (),
     child_env: dict[str, str] | None = None,
     say: Say = print,
@@ -192,9 +206,12 @@ def run_grid(
     if plan_runs is not None:
         write_plan(ablation, plan_runs, out)
     time_budget = ablation.budget.time_s
-    if jobs <= 1 or len(todo) <= 1:
+    if nproc <= 1 and (jobs <= 1 or len(todo) <= 1):
         return _in_process(todo, out, registry, time_budget, log)
-    return _subprocesses(todo, out, jobs, child_argv, child_env or {}, log)
+    if nproc > 1:
+        child_argv = distributed_command(child_argv, nproc)
+        child_env = {**(child_env or {}), "PYTHONSAFEPATH": "1"}  # torchrun starts no -P
+    return _subprocesses(todo, out, jobs, child_argv, child_env or {}, log, nproc)
 
 
 def _in_process(todo: list, out: Path, registry: Any, time_budget: float | None, log) -> list:
@@ -223,9 +240,10 @@ def _subprocesses(
     child_argv: Sequence[str],
     child_env: dict[str, str],
     log,
+    nproc: int = 1,
     placer: Any = None,
 ) -> list:
-    placer = placer or make_placer(jobs, [r for r, _ in todo], child_argv, child_env, log)
+    placer = placer or make_placer(jobs, [r for r, _ in todo], child_argv, child_env, log, nproc)
     (out / "logs").mkdir(exist_ok=True)
     pending, running, failed = list(todo), {}, []
     try:
@@ -242,7 +260,13 @@ def _subprocesses(
                 env = {**os.environ, **child_env, **slot_env, PARENT_ENV: str(os.getpid())}
                 with logfile.open("a") as f:
                     cmd = [*child_argv, "--only", run.key]
-                    proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env)
+                    proc = subprocess.Popen(
+                        cmd,
+                        stdout=f,
+                        stderr=subprocess.STDOUT,
+                        env=env,
+                        preexec_fn=_die_with_parent if nproc > 1 else None,
+                    )
                 running[proc] = (run, handle, time.perf_counter(), logfile)
                 where = " ".join(f"{k}={v}" for k, v in slot_env.items())
                 if isinstance(handle, tuple):  # a GPU: (id, bytes needed)
@@ -271,16 +295,22 @@ def _subprocesses(
 
 
 def make_placer(
-    jobs: int, runs: Sequence[Run], child_argv: Sequence[str], child_env: dict[str, str], log
+    jobs: int,
+    runs: Sequence[Run],
+    child_argv: Sequence[str],
+    child_env: dict[str, str],
+    log,
+    nproc: int = 1,
 ) -> Any:
-    """CPU: ``jobs`` runs sharing the cores. CUDA: runs packed onto the visible GPUs by their
-    measured memory (:mod:`~ponderkit.lab.packing`), every distinct config probed first."""
+    """CPU (or ``nproc > 1``): ``jobs`` fixed slots (:func:`_device_slots`). CUDA: runs packed
+    onto the visible GPUs by their measured memory (:mod:`~ponderkit.lab.packing`), every
+    distinct config probed first."""
     import torch
 
-    from .packing import CpuSlots, GpuPacker, MemoryProbe, free_memory, visible_gpus
+    from .packing import GpuPacker, MemoryProbe, Slots, free_memory, visible_gpus
 
-    if not torch.cuda.is_available():
-        return CpuSlots(jobs)
+    if nproc > 1 or not torch.cuda.is_available():
+        return Slots([env for _, env in _device_slots(jobs, nproc)])
     gpus = visible_gpus()
     argv = list(child_argv)
     plugin_args = [a for i, a in enumerate(argv) if a == "--plugin" or argv[i - 1] == "--plugin"]
@@ -292,6 +322,24 @@ def make_placer(
     free = free_memory(gpus)
     log("free     " + ", ".join(f"GPU {g}: {b / 2**30:.1f} GiB" for g, b in free.items()))
     return GpuPacker(free, jobs, probe)
+
+
+def _device_slots(jobs: int, nproc: int = 1) -> list[tuple[int, dict[str, str]]]:
+    """One environment per concurrent job: ``nproc`` GPUs each when CUDA has them, else a
+    share of the CPU threads (each of a job's ``nproc`` processes gets its share)."""
+    import torch
+
+    if torch.cuda.is_available():
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        ids = visible.split(",") if visible else [str(i) for i in range(torch.cuda.device_count())]
+        if len(ids) < nproc:
+            raise InputError(
+                f"--nproc {nproc}: each run needs {nproc} GPUs and {len(ids)} are visible"
+            )
+        groups = [ids[i : i + nproc] for i in range(0, len(ids) - nproc + 1, nproc)]
+        return [(i, {"CUDA_VISIBLE_DEVICES": ",".join(g)}) for i, g in enumerate(groups[:jobs])]
+    threads = max(1, (os.cpu_count() or 1) // (jobs * nproc))
+    return [(i, {"OMP_NUM_THREADS": str(threads)}) for i in range(jobs)]
 
 
 def _started(state: str, run: Run, run_dir: Path) -> str:
@@ -322,6 +370,14 @@ def worker_command(file: Path, out: Path, plugin_args: Sequence[str]) -> list[st
             "--out", str(out), "--worker"]  # fmt: skip
 
 
+def distributed_command(worker: Sequence[str], nproc: int) -> list[str]:
+    """``worker`` (``python -P -m ponderkit ...``) launched as ``nproc`` data-parallel ranks;
+    ``--standalone`` takes a free local port, so concurrent runs do not collide."""
+    module = list(worker).index("-m")
+    return [*worker[:module], "-m", "torch.distributed.run", "--standalone",
+            "--nproc_per_node", str(nproc), *worker[module:]]  # fmt: skip
+
+
 PARENT_ENV = "PONDERKIT_PARENT_PID"
 
 
@@ -342,6 +398,19 @@ def worker_env(plugin_modules: Sequence[str]) -> dict[str, str]:
     return {"PYTHONPATH": os.pathsep.join(dict.fromkeys([*folders, *([old] if old else [])]))}
 
 
+def _die_with_parent() -> None:
+    """In a child before it execs: SIGTERM when the parent dies (Linux; elsewhere nothing)."""
+    import signal
+
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM), 0, 0, 0)
+        except (OSError, AttributeError):
+            pass
+
+
 def die_with_parent(poll_s: float = 1.0) -> None:
     """Make this worker stop when the ``ablate`` that started it dies, even by ``kill -9``.
 
@@ -352,6 +421,10 @@ def die_with_parent(poll_s: float = 1.0) -> None:
     import threading
 
     parent = int(os.environ.get(PARENT_ENV, "0") or 0)
+    if parent and "TORCHELASTIC_RUN_ID" in os.environ:
+        # a rank of `ablate --nproc`: its parent is the torchrun agent, which dies with the
+        # ablate process (PR_SET_PDEATHSIG, set when it was started) and stops its ranks
+        parent = os.getppid()
     if not parent:
         return
     if sys.platform.startswith("linux"):

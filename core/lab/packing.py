@@ -26,17 +26,19 @@ MARGIN = 1.15  # the probe's peak, plus room for fragmentation and a bigger eval
 Env = dict[str, str]
 
 
-class CpuSlots:
-    """``jobs`` runs at once, each with ``cores // jobs`` OpenMP threads."""
+class Slots:
+    """A fixed environment per concurrent run (CPU thread shares, or GPU groups for
+    ``--nproc``); a run takes the first free one."""
 
-    def __init__(self, jobs: int, cpus: int | None = None):
-        self.threads = max(1, (cpus or os.cpu_count() or 1) // jobs)
-        self.free = list(range(jobs))
+    def __init__(self, envs: Sequence[Env]):
+        self.envs = list(envs)
+        self.free = list(range(len(self.envs)))
 
     def place(self, run: Any) -> tuple[Any, Env] | None:
         if not self.free:
             return None
-        return self.free.pop(0), {"OMP_NUM_THREADS": str(self.threads)}
+        slot = self.free.pop(0)
+        return slot, self.envs[slot]
 
     def release(self, handle: Any) -> None:
         self.free.append(handle)

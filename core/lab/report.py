@@ -120,14 +120,21 @@ def load_groups(
     return plan, groups
 
 
-def write_report(ablation_dir: str | Path, warn: Callable[[str], None] | None = None) -> Path:
-    """Write ``report.md`` and ``plots/*.png`` for the ablation in ``ablation_dir``."""
+def write_report(
+    ablation_dir: str | Path, warn: Callable[[str], None] | None = None, registry: Any = None
+) -> Path:
+    """Write ``report.md`` and ``plots/*.png`` for the ablation in ``ablation_dir``; with the
+    plugins' ``registry``, also one trace sheet per variant where the task shows grids."""
     from .report_plots import write_plots
 
     ablation_dir = Path(ablation_dir)
     plan, groups = load_groups(ablation_dir, warn)
     done = {v: [r for r in runs if r.complete] for v, runs in groups.items()}
     plots = write_plots(done, ablation_dir / "plots")
+    if registry is not None and plots:  # plots: matplotlib is here
+        from .trace import variant_sheets
+
+        plots += variant_sheets(done, registry, ablation_dir / "plots", warn)
     text = render(plan, groups, [p.relative_to(ablation_dir) for p in plots])
     path = ablation_dir / "report.md"
     write_text_atomic(path, text)

@@ -155,11 +155,15 @@ def active_parameters(model: Any, routers: dict[str, dict]) -> tuple[float, str]
 
     A module with an ``active_parameters()`` method reports its own count; a module with a
     ``router`` over E experts whose mean experts per token k was measured contributes its
-    parameters with leading dimension E (the stacked expert weights) scaled by k/E."""
+    parameters with leading dimension E (the stacked expert weights) scaled by k/E. A weight
+    that several routed modules share (a shared expert library, ADR-0005) is counted once, as
+    active for the fraction ``1 - prod(1 - k_i/E)`` of its experts: the union of the experts
+    its consumers pick, each picking independently."""
     from ..engine.nn import parameter_count
 
     total = float(parameter_count(model))
     inactive, methods, handled = 0.0, set(), []
+    shared: dict[int, tuple[int, list[float]]] = {}  # id -> (numel, active fraction per user)
     for name, module in model.named_modules():
         if module is model or any(name.startswith(h + ".") for h in handled):
             continue
@@ -171,16 +175,18 @@ def active_parameters(model: Any, routers: dict[str, dict]) -> tuple[float, str]
         elif f"{name}.router" in routers and getattr(router, "num_experts", 0):
             e = router.num_experts
             k = routers[f"{name}.router"]["experts_per_token"]
-            stacked = sum(
-                p.numel()
-                for pn, p in module.named_parameters()
-                if not pn.startswith("router.") and p.ndim >= 2 and p.shape[0] == e
-            )
-            inactive += stacked * (1.0 - min(k, e) / e)
+            for pn, p in module.named_parameters():
+                if not pn.startswith("router.") and p.ndim >= 2 and p.shape[0] == e:
+                    shared.setdefault(id(p), (p.numel(), []))[1].append(min(k, e) / e)
             methods.add(ROUTED)
         else:
             continue
         handled.append(name)
+    for numel, fractions in shared.values():
+        idle = 1.0
+        for f in fractions:
+            idle *= 1.0 - f
+        inactive += numel * idle
     return total - inactive, "; ".join(sorted(methods)) or DENSE
 
 

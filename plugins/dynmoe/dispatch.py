@@ -36,8 +36,10 @@ from ponderkit import use_triton
 from ponderkit.plugins.dynmoe.dispatch_kernels import Combine, ScatterRows, Slots, plan_positions
 from torch import Tensor
 from torch.nn import functional as F
+from torch.utils import _python_dispatch
 
 GroupedMode = Literal["auto", "loop"]
+DispatchMode = Literal["auto", "exact", "static"]
 
 #: the plan's kernels hold a block of tokens' whole rows of experts; more experts than this
 #: plan (and dispatch) through torch
@@ -115,6 +117,33 @@ def plan_dispatch(weights: Tensor, mask: Tensor, capacity: int | None = None) ->
     else:
         counts, rows = None, capacity
     return DispatchPlan(weights, mask, pos, counts, offsets, rows, slots)
+
+
+def resolve_dispatch(mode: DispatchMode, device: torch.device) -> Literal["exact", "static"]:
+    """The dispatch a layer runs on ``device``: ``auto`` is ``static`` on CUDA (no host sync,
+    static shapes: the host runs ahead of the GPU, and a CUDA graph can capture the layer) and
+    ``exact`` elsewhere (on the CPU a sync costs nothing, and capacity rows cost compute in the
+    loop fallback)."""
+    if mode == "auto":
+        return "static" if device.type == "cuda" else "exact"
+    return mode
+
+
+def capacity_for(mode: DispatchMode, x: Tensor, max_active: int) -> int | None:
+    """Pair rows for a static plan of tokens ``x`` (N, D) (every pair the router can make), or
+    None for an exact one. While torch's FlopCounterMode counts, the plan is exact: the
+    counter sees only shapes, and a static plan's capacity rows (never computed) would count
+    as work; the active FLOPs are what a count is for (FLOPs budgets, MFU)."""
+    if resolve_dispatch(mode, x.device) == "exact" or _counting_flops():
+        return None
+    return len(x) * max_active
+
+
+def _counting_flops() -> bool:
+    if torch.compiler.is_compiling():  # a count runs compiled code eagerly (force_eager)
+        return False
+    stack = _python_dispatch._get_current_dispatch_mode_stack()
+    return any(type(m).__name__ in ("FlopCounterMode", "_FlopCounterMode") for m in stack)
 
 
 def gather(x: Tensor, plan: DispatchPlan) -> Tensor:

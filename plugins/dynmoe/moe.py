@@ -7,7 +7,13 @@ from typing import Any, Literal
 
 import attrs
 from ponderkit import BuildContext, ForwardContext, Spec, component, hookimpl, swiglu_width
-from ponderkit.plugins.dynmoe.dispatch import combine, gather, plan_dispatch
+from ponderkit.plugins.dynmoe.dispatch import (
+    DispatchMode,
+    capacity_for,
+    combine,
+    gather,
+    plan_dispatch,
+)
 from ponderkit.plugins.dynmoe.experts import (
     SharedSwiGLUExperts,
     SwiGLUExperts,
@@ -28,7 +34,8 @@ class DynMoEConfig:
     ``dispatch``: ``exact`` sizes the pair buffers to the pairs of each batch, which costs one
     host sync per layer call; ``static`` sizes them for the most pairs the router can make
     (N * E, or N * k for top-k routers), so nothing waits for the GPU and the layer can be
-    captured in a CUDA graph, at the price of memory for those rows. Both are dropless."""
+    captured in a CUDA graph, at the price of memory for those rows. ``auto`` (the default)
+    is ``static`` on CUDA and ``exact`` elsewhere. All are dropless and give the same result."""
 
     experts: int = attrs.field(default=8, validator=attrs.validators.gt(0))
     router: Spec = component("router", default="cosine_threshold")
@@ -37,7 +44,7 @@ class DynMoEConfig:
     )
     expansion: float = attrs.field(default=1.0, validator=attrs.validators.gt(0))
     grouped_gemm: Literal["auto", "loop"] = "auto"
-    dispatch: Literal["exact", "static"] = "exact"
+    dispatch: DispatchMode = "auto"
     #: ``global``: every dynmoe of the model with the same shape shares one expert library
     #: (ADR-0005); each keeps its own router. ``shared``: one library for attention and FFN
     #: (ADR-0005 POS-001): the experts are the ``library: shared`` dynsmha's head sets of the
@@ -57,7 +64,7 @@ class DynMoE(nn.Module):
         self,
         router: nn.Module,
         experts: SwiGLUExperts | SharedSwiGLUExperts,
-        dispatch: str = "exact",
+        dispatch: DispatchMode = "auto",
     ):
         super().__init__()
         self.router, self.experts, self.dispatch = router, experts, dispatch
@@ -68,7 +75,7 @@ class DynMoE(nn.Module):
         routing = self.router(x, ctx)
         if ctx is not None:
             ctx.add_routing(routing, self.router)
-        capacity = len(x) * self.router.max_active if self.dispatch == "static" else None
+        capacity = capacity_for(self.dispatch, x, self.router.max_active)
         plan = plan_dispatch(routing.weights, routing.mask, capacity)
         y = combine(self.experts(gather(x, plan), plan), plan)  # (N, D)
         return y.view(shape)

@@ -6,7 +6,14 @@ from typing import Literal
 
 import attrs
 from ponderkit import BuildContext, ForwardContext, Spec, component, hookimpl
-from ponderkit.plugins.dynmoe.dispatch import combine, gather, grouped_linear, plan_dispatch
+from ponderkit.plugins.dynmoe.dispatch import (
+    DispatchMode,
+    capacity_for,
+    combine,
+    gather,
+    grouped_linear,
+    plan_dispatch,
+)
 from ponderkit.plugins.dynmoe.experts import expert_weight, library_weights, reinit_experts
 from ponderkit.plugins.layers.attention import attend, check_attention, split_heads
 from torch import Tensor, nn
@@ -20,7 +27,11 @@ class DynSMHAConfig:
     a token's q, k, v and output projections are the router-weighted sums of its active
     experts' (sparse dispatch: only active experts are computed). Attention then runs per head
     (non-causal unless ``causal``; RoPE when the model uses it). ``head_dim`` defaults to
-    d_model / heads. A token with no active expert gets q = k = v = 0 and output 0."""
+    d_model / heads. A token with no active expert gets q = k = v = 0 and output 0.
+
+    ``dispatch``: as ``dynmoe``'s: ``exact`` (pair buffers sized per batch, one host sync per
+    call), ``static`` (sized for every pair the router can make: no sync, static shapes, more
+    memory), ``auto`` (the default) static on CUDA and exact elsewhere."""
 
     experts: int = attrs.field(default=8, validator=attrs.validators.gt(0))
     heads: int = attrs.field(default=4, validator=attrs.validators.gt(0))
@@ -28,6 +39,7 @@ class DynSMHAConfig:
     router: Spec = component("router", default="cosine_threshold")
     causal: bool = False
     grouped_gemm: Literal["auto", "loop"] = "auto"
+    dispatch: DispatchMode = "auto"
     #: ``global``: every dynsmha of the model with the same shape shares one library of expert
     #: head projections (ADR-0005); each keeps its own router. ``shared``: the library is also
     #: the FFN's (a ``library: shared`` dynmoe of the same E and hidden = heads * head_dim
@@ -40,7 +52,7 @@ class DynSMHA(nn.Module):
         super().__init__()
         self.router = router
         self.heads, self.head_dim, self.causal = cfg.heads, head_dim, cfg.causal
-        self.mode = cfg.grouped_gemm
+        self.mode, self.dispatch = cfg.grouped_gemm, cfg.dispatch
         width = cfg.heads * head_dim
         self.qkv = expert_weight(cfg.experts, d_model, 3 * width)  # (E, D, 3*H*Dh)
         self.out = expert_weight(cfg.experts, width, d_model)  # (E, H*Dh, D)
@@ -51,7 +63,8 @@ class DynSMHA(nn.Module):
         routing = self.router(x, ctx)
         if ctx is not None:
             ctx.add_routing(routing, self.router)
-        plan = plan_dispatch(routing.weights, routing.mask)  # shared by qkv and out
+        capacity = capacity_for(self.dispatch, x, self.router.max_active)
+        plan = plan_dispatch(routing.weights, routing.mask, capacity)  # shared by qkv and out
         qkv = combine(grouped_linear(gather(x, plan), self.qkv, plan, self.mode), plan)
         q, k, v = (split_heads(z, b, t, self.heads, self.head_dim) for z in qkv.chunk(3, -1))
         o = attend(q, k, v, ctx, self.causal).reshape(b * t, self.heads * self.head_dim)

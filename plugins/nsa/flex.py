@@ -65,26 +65,46 @@ def _from_rows(rows: Tensor, valid: Tensor, total: int, block: int, mask_mod, fu
     )
 
 
-def selected_block_mask(chosen: Tensor, total: int, block: int, causal: bool):
+def _overlap(tiles: int, tile: int, blocks: int, block: int, device) -> Tensor:
+    """(tiles, blocks) float: 1 where kernel tile i and NSA block j share a position."""
+    t0 = torch.arange(tiles, device=device)[:, None] * tile
+    b0 = torch.arange(blocks, device=device)[None, :] * block
+    return ((b0 < t0 + tile) & (t0 < b0 + block)).to(torch.float32)
+
+
+def selected_block_mask(chosen: Tensor, total: int, block: int, causal: bool, tile: int = 0):
     """From block choices (B,nqb,nkb) bool: the selected branch's BlockMask (heads shared).
 
-    Chosen blocks are read whole, except the own (diagonal) block under ``causal`` and a
-    ragged last block, which go through the mask."""
+    The mask is laid out in kernel tiles of ``tile`` positions (0: the NSA block itself), which
+    need not equal the NSA ``block``: FlexAttention's compiled kernel on some GPUs lowers only
+    tiles of 128. A tile is read when any NSA block pair inside it is chosen; it is read whole
+    (no mask evaluated) only when every pair inside is chosen, it lies strictly below the
+    diagonal under ``causal``, and it is not a ragged last tile; otherwise ``mask_mod`` keeps the
+    choice exact at block granularity. With ``tile == block`` this is exactly block-sparse; a
+    larger tile may read up to (tile/block)^2 block pairs for each chosen one."""
+    tile = tile or block
     b, nqb, nkb = chosen.shape
-    rows = torch.arange(nkb, device=chosen.device).expand(b, 1, nqb, nkb)
-    ragged = torch.zeros(nqb, nkb, dtype=torch.bool, device=chosen.device)
-    if total % block:
-        ragged[:, -1] = True
+    nt = -(-total // tile)
+    over_q = _overlap(nt, tile, nqb, block, chosen.device)  # (nt, nqb)
+    over_k = _overlap(nt, tile, nkb, block, chosen.device)
+    hits = torch.einsum("qi,bij,kj->bqk", over_q, chosen.to(torch.float32), over_k)
+    pairs = over_q.sum(1)[:, None] * over_k.sum(1)[None, :]  # block pairs in each tile
+    read = hits > 0
+    whole = hits == pairs
+    if total % tile:
+        whole[:, :, -1] = False
     if causal:
-        ragged |= torch.eye(nqb, nkb, dtype=torch.bool, device=chosen.device)
-    partial = (chosen & ragged)[:, None]  # (B,1,nqb,nkb)
-    full = (chosen & ~ragged)[:, None]
+        whole &= torch.ones(nt, nt, dtype=torch.bool, device=chosen.device).tril(-1)
+    rows = torch.arange(nt, device=chosen.device).expand(b, 1, nt, nt)
+    last_q, last_k = nqb - 1, nkb - 1
 
     def mod(b, h, q_idx, kv_idx):
-        inside = chosen[b, q_idx // block, kv_idx // block] & (kv_idx < total)
+        qb = torch.clamp(q_idx // block, max=last_q)
+        kb = torch.clamp(kv_idx // block, max=last_k)
+        inside = chosen[b, qb, kb] & (kv_idx < total)
         return inside & (kv_idx <= q_idx) if causal else inside
 
-    return _from_rows(rows, partial, total, block, mod, full)
+    return _from_rows(rows, (read & ~whole)[:, None], total, tile, mod, (read & whole)[:, None])
 
 
 def window_block_mask(batch: int, total: int, block: int, window: int, causal: bool, device):

@@ -42,6 +42,12 @@ class NsaConfig:
     window: int = attrs.field(default=512, validator=attrs.validators.gt(0))
     causal: bool = False
     kernel: Literal["auto", "flex", "masked"] = "auto"
+    #: the FlexAttention tile (positions) the block masks are laid out in; None: ``block``.
+    #: 128 by default: torch 2.11's compiled kernel on the H200 lowers no 64-position tile
+    #: (benchmarks/results/nsa_h200_failed.log); the masks stay exact at ``block`` granularity.
+    tile: int | None = attrs.field(
+        default=128, validator=attrs.validators.optional(attrs.validators.gt(0))
+    )
 
 
 class NativeSparseAttention(nn.Module):
@@ -54,6 +60,7 @@ class NativeSparseAttention(nn.Module):
             cfg.window,
             cfg.kernel,
         )
+        self.tile = cfg.tile or cfg.block
         width = cfg.heads * head_dim
         self.qkv = Linear(d_model, 3 * width)
         self.out = Linear(width, d_model)
@@ -95,8 +102,8 @@ class NativeSparseAttention(nn.Module):
             self.kernel == "auto" and hidden.device.type == "cuda" and ctx.cache is None
         )
         if use_flex and offset == 0:
-            sel = flex.selected_block_mask(chosen, total, self.block, self.causal)
-            win = flex.window_block_mask(1, total, self.block, self.window, self.causal, q.device)
+            sel = flex.selected_block_mask(chosen, total, self.block, self.causal, self.tile)
+            win = flex.window_block_mask(1, total, self.tile, self.window, self.causal, q.device)
             o_slc, o_win = flex.flex(q, k, v, sel), flex.flex(q, k, v, win)
         else:
             sel = branches.selected_mask(chosen, q_pos, total, self.block, self.causal)
@@ -114,8 +121,9 @@ def build_nsa(cfg: NsaConfig, ctx: BuildContext) -> NativeSparseAttention:
 
 def check_nsa(cfg: NsaConfig, env) -> list:
     problems = list(check_attention(cfg, env))
-    if cfg.kernel == "flex" and cfg.block < 16:
-        problems.append(("block", f"the flex kernel needs block >= 16, got {cfg.block}"))
+    if cfg.kernel == "flex" and (cfg.tile or cfg.block) < 16:
+        where = "tile" if cfg.tile else "block"
+        problems.append((where, f"the flex kernel needs tiles >= 16, got {cfg.tile or cfg.block}"))
     return problems
 
 

@@ -7,7 +7,7 @@ import numpy as np
 import torch
 from ponderkit import Batch, BuildContext, datacache, hookimpl
 
-from . import maze_gen
+from . import grid_text, maze_gen
 from .arrays import ArrayTask
 from .file_formats import DataError
 
@@ -78,6 +78,16 @@ class MazeTask(ArrayTask):
             6, cfg.size * cfg.size, lambda: load_maze(cfg), augment if cfg.augment else None
         )
         self.size = cfg.size
+        self.grid_shape = self.grid_boxes = (cfg.size, cfg.size)
+
+    def parse_grid(self, text: str) -> np.ndarray:
+        return grid_text.parse_maze(text, self.size)
+
+    def grid_cells(self, tokens: np.ndarray) -> list[str]:
+        return grid_text.maze_cells(tokens)
+
+    def check_answer(self, inputs: np.ndarray, prediction: np.ndarray) -> bool:
+        return maze_gen.is_shortest_path(inputs, prediction, self.size)
 
     def score(self, predictions: torch.Tensor, batch: Batch) -> dict[str, torch.Tensor]:
         preds = predictions.cpu().numpy()

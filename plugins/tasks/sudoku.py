@@ -8,7 +8,7 @@ import attrs
 import numpy as np
 from ponderkit import BuildContext, datacache, hookimpl
 
-from . import sudoku_canon, sudoku_gen
+from . import grid_text, sudoku_canon, sudoku_gen
 from .arrays import ArrayTask
 from .file_formats import DataError
 
@@ -96,17 +96,36 @@ def load_sudoku(cfg: SudokuConfig) -> dict[str, np.ndarray]:
     }
 
 
-def build_sudoku(cfg: SudokuConfig, ctx: BuildContext) -> ArrayTask:
-    def augment(x: np.ndarray, y: np.ndarray, rng: np.random.Generator):
-        px, py = sudoku_gen.augment(x - 1, y - 1, cfg.size, rng)
-        return px + 1, py + 1
+class SudokuTask(ArrayTask):
+    """Sudoku arrays, typed and read as text (:class:`ponderkit.GridPuzzle`)."""
 
-    return ArrayTask(
-        cfg.size + 2,
-        cfg.size * cfg.size,
-        lambda: load_sudoku(cfg),
-        augment if cfg.augment else None,
-    )
+    def __init__(self, cfg: SudokuConfig):
+        def augment(x: np.ndarray, y: np.ndarray, rng: np.random.Generator):
+            px, py = sudoku_gen.augment(x - 1, y - 1, cfg.size, rng)
+            return px + 1, py + 1
+
+        super().__init__(
+            cfg.size + 2,
+            cfg.size * cfg.size,
+            lambda: load_sudoku(cfg),
+            augment if cfg.augment else None,
+        )
+        self.size = cfg.size
+        self.grid_shape = (cfg.size, cfg.size)
+        self.grid_boxes = sudoku_gen.box_shape(cfg.size)
+
+    def parse_grid(self, text: str) -> np.ndarray:
+        return grid_text.parse_sudoku(text, self.size)
+
+    def grid_cells(self, tokens: np.ndarray) -> list[str]:
+        return grid_text.sudoku_cells(tokens)
+
+    def check_answer(self, inputs: np.ndarray, prediction: np.ndarray) -> bool:
+        return grid_text.is_sudoku_solution(inputs, prediction, self.size)
+
+
+def build_sudoku(cfg: SudokuConfig, ctx: BuildContext) -> SudokuTask:
+    return SudokuTask(cfg)
 
 
 @hookimpl

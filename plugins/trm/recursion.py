@@ -9,6 +9,9 @@ with the one-step gradient approximation (only the last L and H updates build a 
 
 from __future__ import annotations
 
+import contextlib
+from typing import Literal
+
 import attrs
 import torch
 from ponderkit import BuildContext, Carry, ForwardContext, Spec, component, hookimpl, trunc_normal_
@@ -52,18 +55,25 @@ class TRMConfig:
     """Tiny Recursive Model recursion: x/y/z with T deep cycles of n latent updates.
 
     One step: T-1 latent recursions under no_grad, then one with gradients; each latent
-    recursion is ``n`` times z = net(z + y + x), then y = net(y + z). y is the answer state."""
+    recursion is ``n`` times z = net(z + y + x), then y = net(y + z). y is the answer state.
+
+    ``no_grad_precision: bf16`` runs the T-1 recursions without gradients in bfloat16
+    throughout: the states x, y, z as well (under ``train.precision: bf16`` only the matmuls
+    are, and the residual stream stays float32), which halves the memory traffic of those
+    recursions; the graded recursion is unchanged, and starts from y, z cast back."""
 
     block: Spec = component("block", default="post_norm")
     layers: int = attrs.field(default=2, validator=positive)
     H_cycles: int = attrs.field(default=3, validator=positive)
     L_cycles: int = attrs.field(default=6, validator=positive)
+    no_grad_precision: Literal["same", "bf16"] = "same"
 
 
 class TRMRecursion(nn.Module):
     def __init__(self, cfg: TRMConfig, ctx: BuildContext):
         super().__init__()
         self.H_cycles, self.L_cycles = cfg.H_cycles, cfg.L_cycles
+        self.no_grad_precision = cfg.no_grad_precision
         self.net = Net([ctx.build(cfg.block) for _ in range(cfg.layers)])
         self.init = StateInit(ctx.d_model, ("y", "z"), ctx.seed)
 
@@ -71,19 +81,29 @@ class TRMRecursion(nn.Module):
         return self.init.carry(x)
 
     def latent_recursion(self, x: Tensor, y: Tensor, z: Tensor, ctx: ForwardContext):
+        injection = y + x  # y does not change while z is updated: added once, not n times
         for _ in range(self.L_cycles):
-            z = self.net(z, y + x, ctx)
+            z = self.net(z, injection, ctx)
         y = self.net(y, z, ctx)
         return y, z
 
     def forward(self, carry: Carry, x: Tensor, ctx: ForwardContext) -> tuple[Carry, Tensor]:
         """One deep recursion (one supervision step)."""
         y, z = carry["y"], carry["z"]
-        with torch.no_grad():
+        with torch.no_grad(), self._no_grad_autocast(x):
+            xs, dtype = x, y.dtype
+            if self.no_grad_precision == "bf16":
+                xs, y, z = x.bfloat16(), y.bfloat16(), z.bfloat16()
             for _ in range(self.H_cycles - 1):
-                y, z = self.latent_recursion(x, y, z, ctx)
+                y, z = self.latent_recursion(xs, y, z, ctx)
+            y, z = y.to(dtype), z.to(dtype)
         y, z = self.latent_recursion(x, y, z, ctx)
         return {"y": y, "z": z}, y
+
+    def _no_grad_autocast(self, x: Tensor) -> contextlib.AbstractContextManager:
+        if self.no_grad_precision == "bf16":
+            return torch.autocast(x.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
 
 
 def build_trm(cfg: TRMConfig, ctx: BuildContext) -> TRMRecursion:

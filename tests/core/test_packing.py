@@ -9,19 +9,28 @@ import textwrap
 import pytest
 from ponderkit.cli import main
 from ponderkit.lab import grid, packing
-from ponderkit.lab.packing import CONTEXT_BYTES, MARGIN, CpuSlots, GpuPacker
+from ponderkit.lab.packing import CONTEXT_BYTES, MARGIN, GpuPacker, Slots
 
 GiB = 2**30
 
 
-def test_cpu_slots_share_the_cores():
-    slots = CpuSlots(3, cpus=8)
+def test_fixed_slots_are_taken_and_given_back():
+    slots = Slots([{"OMP_NUM_THREADS": "2"}] * 3)
     placed = [slots.place(None) for _ in range(4)]
     assert placed[:3] == [(0, {"OMP_NUM_THREADS": "2"}), (1, {"OMP_NUM_THREADS": "2"}),
                           (2, {"OMP_NUM_THREADS": "2"})]  # fmt: skip
     assert placed[3] is None
     slots.release(1)
     assert slots.place(None) == (1, {"OMP_NUM_THREADS": "2"})
+
+
+def test_cpu_grids_share_the_cores(monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(grid.os, "cpu_count", lambda: 8)
+    placer = grid.make_placer(3, [], [], {}, print)
+    assert placer.envs == [{"OMP_NUM_THREADS": "2"}] * 3
 
 
 @pytest.mark.parametrize("seed", range(20))

@@ -160,3 +160,51 @@ def test_non_causal_nsa_does_see_the_future():
     g = h.clone()
     g[:, 12] += 1.0
     assert (m(g, CTX)[:, :12] - m(h, CTX)[:, :12]).abs().max() > 1e-6
+
+
+def kernel_view(bm, batch: int, total: int) -> torch.Tensor:
+    """The (B, T, T) pairs a block-sparse kernel computes from a BlockMask: ``mask_mod`` on the
+    partial tiles it lists, every pair of its full tiles, nothing elsewhere."""
+    tile = bm.BLOCK_SIZE[0]
+    out = torch.zeros(batch, total, total, dtype=torch.bool)
+    lists = [(bm.kv_num_blocks, bm.kv_indices, False)]
+    if bm.full_kv_num_blocks is not None:
+        lists.append((bm.full_kv_num_blocks, bm.full_kv_indices, True))
+    for b in range(batch):
+        bb = min(b, bm.kv_num_blocks.shape[0] - 1)
+        for counts, indices, whole in lists:
+            for qt in range(counts.shape[-1]):
+                for kt in indices[bb, 0, qt, : int(counts[bb, 0, qt])].tolist():
+                    q = torch.arange(qt * tile, min((qt + 1) * tile, total))[:, None]
+                    k = torch.arange(kt * tile, min((kt + 1) * tile, total))[None, :]
+                    assert not out[b, q, k].any(), "a tile listed twice"
+                    if whole:
+                        out[b, q, k] = True
+                    else:
+                        out[b, q, k] = bm.mask_mod(torch.tensor(b), torch.tensor(0), q, k)
+    return out
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize(("total", "block", "tile"), [(40, 4, 4), (40, 4, 16), (37, 4, 8),
+                                                      (50, 8, 16), (45, 16, 8), (130, 16, 128)])  # fmt: skip
+def test_tiled_block_masks_are_exact(causal, total, block, tile):
+    """The masks laid out in kernel tiles larger (or smaller) than the NSA block let a kernel
+    compute exactly the chosen block pairs and the window, whatever it skips."""
+    from ponderkit.plugins.nsa import flex
+
+    g = torch.Generator().manual_seed(total + block + tile)
+    nb = -(-total // block)
+    chosen = torch.rand(2, nb, nb, generator=g) < 0.4
+    chosen[:, -1] = True  # some tiles wholly chosen, so full tiles are exercised
+    i = torch.arange(total)
+    want = chosen[:, i[:, None] // block, i[None, :] // block]
+    if causal:
+        want &= i[None, :] <= i[:, None]
+    bm = flex.selected_block_mask(chosen, total, block, causal, tile)
+    assert torch.equal(kernel_view(bm, 2, total), want)
+    window = 7
+    d = i[:, None] - i[None, :]
+    want_w = ((d >= 0) & (d < window)) if causal else (d.abs() < window)
+    bm = flex.window_block_mask(1, total, tile, window, causal, "cpu")
+    assert torch.equal(kernel_view(bm, 1, total)[0], want_w)

@@ -1,0 +1,306 @@
+"""Researcher tools on the command line: ``validate`` of ablation files, ``config``, ``diff``,
+``trace``, ``predict`` and ``new-plugin``; ``cli.py`` registers them.
+
+Heavy imports happen inside the commands, as in ``cli.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError, InputError, Issue, TextError, suggestion
+from .loading import Plugins
+
+
+def add_tool_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
+    """Add this module's commands to ``ponderkit``'s subparsers."""
+    p = sub.add_parser(
+        "config",
+        parents=[common],
+        help="print the resolved experiment (defaults, extends, overrides) as YAML",
+    )
+    p.add_argument("file", metavar="FILE[:VARIANT]|RUN_DIR")
+    p.add_argument("overrides", nargs="*", metavar="key.path=value")
+
+    p = sub.add_parser(
+        "diff", parents=[common], help="the keys where two experiments or runs differ"
+    )
+    p.add_argument("a", metavar="A", help="an experiment file, FILE:VARIANT of an ablation, a run")
+    p.add_argument("b", metavar="B")
+
+    p = sub.add_parser(
+        "trace",
+        parents=[common],
+        help="a run's answer step by step on one puzzle, as a PNG sheet and an animated GIF",
+    )
+    p.add_argument("run_dir", type=Path)
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--sample", type=int, help="held-out sample index (default 0)")
+    which.add_argument("--data", type=Path, help="a puzzle as text (as `predict` reads it)")
+    p.add_argument("--out", type=Path, help="folder for the images (default RUN_DIR/trace)")
+    p.add_argument("--checkpoint", default="final", help="checkpoint name (default final)")
+
+    p = sub.add_parser(
+        "predict", parents=[common], help="solve a puzzle given as text with a trained run"
+    )
+    p.add_argument("run_dir", type=Path)
+    p.add_argument("file", type=Path, help="the puzzle as text ('-': standard input)")
+    p.add_argument("--checkpoint", default="final", help="checkpoint name (default final)")
+    p.add_argument(
+        "--all-steps",
+        action="store_true",
+        help="run every step instead of stopping where the halting policy says",
+    )
+
+    p = sub.add_parser(
+        "new-plugin",
+        parents=[common],
+        help="write an installable plugin package with a component, its test and an example",
+    )
+    p.add_argument("dir", type=Path)
+    p.add_argument("--kind", required=True, help="the kind of component")
+    p.add_argument("--name", help="component name (default: from DIR)")
+
+
+# -- validate on an ablation file ---------------------------------------------------------------
+def is_ablation_file(path: Path) -> bool:
+    """Whether ``path`` is an ablation file (``base:`` and no ``task:``), as ``ablate`` reads."""
+    from .yamlio import load_document
+
+    try:
+        data = load_document(path).data
+    except ConfigError:
+        return False  # the experiment path reports it
+    return "base" in data and "task" not in data
+
+
+def validate_ablation(args: argparse.Namespace, plugins: Plugins) -> int:
+    """Validate an ablation's base and every variant, all errors at once; one ``ok`` line per
+    variant with its parameter count."""
+    from .engine.build import check_buildable
+    from .engine.preflight import check_cache, memory_issues, preflight
+    from .experiment import Experiment
+    from .lab.ablation import _name_variants, load_ablation
+
+    if args.overrides:
+        raise InputError(
+            f"{args.file} is an ablation file: its overrides are its own (overrides:, variants:)"
+            "; validate takes key=value only for an experiment file"
+        )
+    registry = plugins.registry
+    ablation = load_ablation(args.file, registry=registry)  # builds each variant, all errors
+    check_cache()
+    per_variant: dict[str, list[Issue]] = {}
+    counts = {}
+    for v in ablation.variants:
+        exp = Experiment(v.config, v.document)  # type: ignore[arg-type]
+        issues = preflight(v.config, registry, memory=False)
+        if not issues:
+            counts[v.name] = check_buildable(exp, registry)
+            issues = memory_issues(v.config, registry, counts[v.name][0])
+        if issues:
+            per_variant[v.name] = [exp.document.locate(i) for i in issues]
+    if per_variant:
+        raise ConfigError(_name_variants(per_variant))
+    width = max(len(v.name) for v in ablation.variants)
+    for v in ablation.variants:
+        count, table = counts[v.name]
+        extra = f" ({count - table} without the puzzle-embedding table)" if table else ""
+        print(f"ok: {v.name:<{width}}  {count} parameters{extra}")
+    print(
+        f"ok: ablation {ablation.name}: {len(ablation.variants)} variants x "
+        f"{len(ablation.seeds)} seeds, baseline {ablation.baseline}"
+    )
+    return 0
+
+
+# -- config and diff ----------------------------------------------------------------------------
+def resolve_experiment(ref: str, overrides: Sequence[str], registry: Any) -> Any:
+    """The :class:`~ponderkit.ExperimentConfig` that ``ref`` names: a run directory (its
+    ``config.yaml``), an ablation variant ``FILE:VARIANT``, or an experiment file."""
+    from .experiment import load_experiment
+    from .lab.ablation import load_ablation, variant_experiment
+    from .yamlio import load_document
+
+    path = Path(ref)
+    if path.is_dir():
+        if not (path / "config.yaml").is_file():
+            raise InputError(f"{ref} is a directory but not a run directory (no config.yaml)")
+        return load_experiment(path / "config.yaml", overrides, registry=registry).config
+    file, sep, variant = ref.rpartition(":")
+    if sep and variant and Path(file).is_file() and not path.exists():
+        path = Path(file)
+    else:
+        variant = ""
+    if is_ablation_file(path):
+        ablation = load_ablation(path, registry=registry, build=False)
+        names = [v.name for v in ablation.variants]
+        if not variant:
+            raise InputError(
+                f"{path} is an ablation file; name a variant: {path}:VARIANT "
+                f"(variants: {', '.join(names)})"
+            )
+        if variant not in names:
+            hint = suggestion(variant, names)
+            raise InputError(
+                f"{path}: no variant {variant!r}"
+                + (f"; {hint}" if hint else "")
+                + f" (variants: {', '.join(names)})"
+            )
+        config = ablation.variant(variant).config
+        if overrides:
+            from .config import unstructure
+            from .lab.ablation import Override
+            from .yamlio import Document
+
+            doc = Document(unstructure(config), {}, f"{path}:{variant}")
+            over = [Override(o, ("<command line>", None)) for o in overrides]
+            config = variant_experiment(doc, over, registry).config
+        return config
+    if variant:
+        raise InputError(f"{file} is an experiment file, not an ablation: it has no variants")
+    load_document(path)  # a missing or unreadable file is one located error
+    return load_experiment(path, overrides, registry=registry).config
+
+
+def cmd_config(args: argparse.Namespace, plugins: Plugins) -> int:
+    from .config import unstructure
+    from .yamlio import dump
+
+    config = resolve_experiment(args.file, args.overrides, plugins.registry)
+    sys.stdout.write(dump(unstructure(config)))
+    return 0
+
+
+def cmd_diff(args: argparse.Namespace, plugins: Plugins) -> int:
+    from .lab.ablation import flat_config
+
+    a = flat_config(resolve_experiment(args.a, (), plugins.registry))
+    b = flat_config(resolve_experiment(args.b, (), plugins.registry))
+    keys = [k for k in sorted(a.keys() | b.keys()) if a.get(k, _ABSENT) != b.get(k, _ABSENT)]
+    if not keys:
+        print(f"no differences between {args.a} and {args.b}")
+        return 0
+    rows = [(k, _shown(a.get(k, _ABSENT)), _shown(b.get(k, _ABSENT))) for k in keys]
+    rows.insert(0, ("key", args.a, args.b))
+    w0 = max(len(r[0]) for r in rows)
+    w1 = max(len(r[1]) for r in rows)
+    for key, left, right in rows:
+        print(f"{key:<{w0}}  {left:<{w1}}  {right}".rstrip())
+    return 0
+
+
+_ABSENT = object()
+
+
+def _shown(value: Any) -> str:
+    return "(absent)" if value is _ABSENT else json.dumps(value)
+
+
+# -- trace and predict --------------------------------------------------------------------------
+def _puzzle_text(file: Path) -> str:
+    if str(file) == "-":
+        return sys.stdin.read()
+    try:
+        return file.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise InputError(f"no such file: {file}") from None
+    except IsADirectoryError:
+        raise InputError(f"{file} is a directory, not a puzzle file") from None
+    except UnicodeDecodeError:
+        raise InputError(f"{file}: not UTF-8 text") from None
+
+
+def parse_puzzle(task: Any, file: Path) -> Any:
+    """The input tokens of the puzzle in ``file``; malformed text is ``file:line:column``."""
+    text = _puzzle_text(file)
+    try:
+        return task.parse_grid(text)
+    except TextError as exc:
+        name = "<stdin>" if str(file) == "-" else str(file)
+        raise InputError(f"{name}:{exc.line}:{exc.column}: {exc.message}") from None
+
+
+def grid_text(task: Any, tokens: Any) -> str:
+    """A grid as rows of text (``.`` for a blank cell)."""
+    cells = [c or "." for c in task.grid_cells(tokens)]
+    rows, cols = task.grid_shape
+    sep = "" if all(len(c) == 1 for c in cells) else " "
+    return "\n".join(sep.join(cells[r * cols : (r + 1) * cols]) for r in range(rows))
+
+
+def cmd_predict(args: argparse.Namespace, plugins: Plugins) -> int:
+    import torch
+
+    from .engine.evaluate import load_model
+    from .lab.trace import grid_task
+
+    run = load_model(args.run_dir, plugins.registry, args.checkpoint)
+    task = grid_task(run.task, "predict")
+    inputs = parse_puzzle(task, args.file)
+    batch = run.to_device({"inputs": torch.as_tensor(inputs, dtype=torch.long)[None]})
+    with run.autocast():
+        logits, steps = run.model.infer(batch, early_exit=not args.all_steps)
+    answer = logits[0].argmax(-1).cpu().numpy()
+    valid = bool(task.check_answer(inputs, answer))
+    limit = run.model.halting.max_steps
+    how = "all steps" if args.all_steps else "halted by the policy"
+    print(grid_text(task, answer))
+    print(f"steps: {int(steps[0])} of {limit} ({how})")
+    print(f"valid: {'yes' if valid else 'no'}")
+    return 0 if valid else 1
+
+
+def cmd_trace(args: argparse.Namespace, plugins: Plugins) -> int:
+    from .engine.evaluate import load_model
+    from .lab.trace import eval_sample, grid_task, trace, write_gif, write_sheet
+
+    run = load_model(args.run_dir, plugins.registry, args.checkpoint)
+    task = grid_task(run.task, "trace")
+    if args.data is not None:
+        inputs, labels, pid, stem = parse_puzzle(task, args.data), None, 0, args.data.stem
+    else:
+        index = args.sample or 0
+        inputs, labels, pid = eval_sample(run, index)
+        stem = f"sample{index}"
+    tr = trace(run, inputs, labels, pid)
+    out = args.out or args.run_dir / "trace"
+    sheet = write_sheet(task, tr, out / f"{stem}.png", label=f"{args.run_dir.name} {stem}")
+    gif = write_gif(task, tr, out / f"{stem}.gif")
+    valid = bool(task.check_answer(inputs, tr.answer))
+    print(
+        f"halted at step {tr.halted_at} of {len(tr.steps)}; answer valid: {'yes' if valid else 'no'}"
+    )
+    print(f"sheet: {sheet}")
+    print(f"gif: {gif} ({len(tr.steps)} frames)")
+    return 0
+
+
+def overrides_suffix(overrides: Sequence[str]) -> str:
+    """A file-name suffix naming ``eval``'s overrides (``-model.halting.max_steps=8``)."""
+    return "".join("-" + re.sub(r"[^A-Za-z0-9_.=-]", "_", o) for o in overrides)
+
+
+def cmd_new_plugin(args: argparse.Namespace, plugins: Plugins) -> int:
+    from .scaffold import write_plugin
+
+    written = write_plugin(args.dir, args.kind, args.name)
+    for path in written:
+        print(f"wrote {path}")
+    print(f"next: pip install -e {args.dir} && pytest {args.dir}")
+    return 0
+
+
+TOOL_COMMANDS = {
+    "config": cmd_config,
+    "diff": cmd_diff,
+    "trace": cmd_trace,
+    "predict": cmd_predict,
+    "new-plugin": cmd_new_plugin,
+}
