@@ -395,7 +395,10 @@ def _method(done: dict[str, list[RunSummary]]) -> list[str]:
         "## How the numbers are computed",
         "",
         "- exact / token accuracy: the last evaluation in `metrics.jsonl` (held-out set, every "
-        "recursion step, EMA weights where the run uses EMA).",
+        "recursion step, EMA weights where the run uses EMA; the raw and EMA columns are the "
+        "same evaluation of the trained and of the averaged weights).",
+        "- optimizer steps, samples seen, epochs, training FLOPs: the last logged `step`, "
+        "`samples`, `epoch` and `flops` (see Budget spent).",
         "- final loss: the last logged training loss (total loss, auxiliary terms included).",
         "- halting steps: mean recursion steps per held-out sample with early exit "
         "(`halting.json`), else the logged `eval/steps`.",
