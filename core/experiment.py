@@ -18,7 +18,8 @@ from .yamlio import Document, load_document
 
 positive = v.gt(0)
 non_negative = v.ge(0)
-SEED_LIMIT = 2**63  # torch.manual_seed takes a signed 64-bit seed
+SEED_LIMIT = 2**63
+DEFAULT_STEPS = 1000  # train.steps when neither steps nor epochs is set  # torch.manual_seed takes a signed 64-bit seed
 # a run directory is runs/<name>-<time>: the name must stay one path component
 RUN_NAME_RE = re.compile(r"^([A-Za-z0-9][A-Za-z0-9_.-]*)?$")
 
@@ -90,7 +91,24 @@ class OptimizerConfig:
 class TrainConfig:
     """Length of training, batch size, logging, evaluation and hardware settings."""
 
-    steps: int = attrs.field(default=1000, validator=positive)
+    # the length of training: optimizer steps, or epochs of fresh samples (one of the two;
+    # neither: 1000 steps). An epoch is ``train_size`` fresh samples drawn: under deep
+    # supervision a sample enters a batch slot only when the slot's previous sample halted,
+    # so the steps an epoch takes depend on halting.
+    steps: int | None = attrs.field(default=None, validator=v.optional(positive))
+    epochs: int | None = attrs.field(default=None, validator=v.optional(positive))
+
+    @epochs.validator
+    def _one_length(self, attribute: attrs.Attribute, value: int | None) -> None:
+        if value is not None and self.steps is not None:
+            raise ValueError(
+                f"set 'steps' or 'epochs', not both (steps={self.steps}, epochs={value})"
+            )
+
+    def __attrs_post_init__(self) -> None:
+        if self.steps is None and self.epochs is None:
+            object.__setattr__(self, "steps", DEFAULT_STEPS)
+
     # stop early (and checkpoint) after this wall-clock time
     max_time_s: float | None = attrs.field(default=None, validator=v.optional([finite, positive]))
     batch_size: int = attrs.field(default=64, validator=positive)
@@ -107,6 +125,10 @@ class TrainConfig:
     # warm-up); block: each block once (small graphs reused by every step, a short warm-up)
     compile: bool | Literal["block"] = False
     threads: int | None = attrs.field(default=None, validator=v.optional(positive))
+    # FLOPs of an optimizer step are counted (torch FlopCounterMode) at the first step and
+    # every ``flops_every`` steps; the steps between count the latest measurement; 0: never
+    # (no ``flops`` logged)
+    flops_every: int = attrs.field(default=100, validator=non_negative)
 
 
 @attrs.frozen

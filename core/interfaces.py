@@ -269,6 +269,8 @@ class Task(Protocol):
     - ``vocab_size``, ``seq_len``: token ids are in ``[0, vocab_size)``; sequences (B, seq_len).
     - ``num_puzzle_ids``: size of the per-puzzle embedding table (0 when unused).
     - ``train_batches(batch_size, seed)``: an endless iterator of augmented training batches.
+    - optional ``train_size``: the number of distinct training examples (a fixed training
+      set); ``train.epochs`` counts epochs of it and needs it.
     - ``eval_batches(batch_size)``: the fixed held-out set, in order, without augmentation.
     - ``score(predictions (B,T) long, batch) -> dict`` of extra per-sample metrics ((B,)
       float tensors, e.g. path validity); token and exact accuracy are computed by the core.
@@ -320,7 +322,9 @@ class TrainerServices(Protocol):
 class Schedule(Protocol):
     """How batches become optimizer steps. ``train_step(model, batches, trainer)`` performs
     exactly one optimizer step through ``trainer.optimize(loss)`` (see :class:`TrainerServices`) and
-    returns scalar metrics (``loss``, ``token_acc``, ``exact_acc`` ...). A schedule owns any
+    returns scalar metrics (``loss``, ``token_acc``, ``exact_acc`` ...), and ``fresh_samples``
+    where the step drew other than one fresh batch (deep supervision: the slots it refilled;
+    the trainer counts epochs by it). A schedule owns any
     state that spans optimizer steps (the deep-supervision carry) and saves it with
     ``state_dict``/``load_state_dict``. Under ``torchrun`` each rank's schedule sees its shard
     of every global batch; tensors in ``state_dict`` whose first dimension is that shard's
@@ -342,6 +346,8 @@ CALLBACK_HOOKS: dict[str, str] = {
     "on_step_end": "on_step_end(trainer, step, metrics) -> None  (may add to metrics)",
     "on_log": "on_log(trainer, record) -> None  (each record written to metrics.jsonl: a logger)",
     "eval_weights": "eval_weights(trainer) -> context manager swapping in evaluation weights",
+    "swaps_weights": "swaps_weights() -> bool: whether eval_weights swaps any in now "
+    "(without it: always); evaluation then also reports the raw weights' metrics",
     "on_parameters_reset": "on_parameters_reset(trainer, touched, index) -> None",
     "owned_parameters": "owned_parameters(trainer) -> parameters the callback updates itself "
     "(kept out of the optimizer)",

@@ -14,7 +14,7 @@ import attrs
 import torch
 
 from ..config import iter_specs
-from ..errors import ConfigError
+from ..errors import ConfigError, Issue
 from ..experiment import Experiment, ExperimentConfig
 from ..interfaces import BuildContext, Task
 from .model import ReasoningModel
@@ -68,6 +68,17 @@ def check_buildable(exp: Experiment, registry: Any) -> tuple[int, int]:
     try:
         ctx = build_context(config, registry)
         task = ctx.build(config.task)
+        if config.train.epochs is not None and not hasattr(type(task), "train_size"):
+            raise ConfigError(
+                [
+                    Issue(
+                        ("train", "epochs"),
+                        f"task {config.task.name!r} has no fixed training set (no train_size) "
+                        "to count epochs of",
+                        "set train.steps instead",
+                    )
+                ]
+            )
         with torch.device("meta"), module_limit():
             model = build_model(config, task, ctx)
         ctx.build(config.schedule)

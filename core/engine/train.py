@@ -23,6 +23,7 @@ from ..yamlio import dump
 from . import distributed
 from .build import build_components
 from .evaluate import autocast, evaluate, resolve_device, to_device
+from .flops import count_step_flops
 from .nn import parameter_count
 from .recovery import Interrupted, StopOnSignal, prune
 from .runs import MetricsLog, save_checkpoint, write_meta, write_text_atomic
@@ -49,13 +50,21 @@ def build_optimizer(
     return torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr, betas=tuple(cfg.betas))
 
 
-def lr_factor(step: int, total: int, cfg: OptimizerConfig) -> float:
-    """Linear warmup to 1, then constant or cosine down to ``min_lr_ratio``."""
+def lr_factor(
+    step: int, total: int | None, cfg: OptimizerConfig, done: float | None = None
+) -> float:
+    """Linear warmup to 1, then constant or cosine down to ``min_lr_ratio``.
+
+    The cosine follows ``step`` out of ``total`` steps, or, when training is measured in
+    epochs (``total`` None), ``done``: the fraction of the epoch budget's samples drawn."""
     if cfg.warmup_steps and step < cfg.warmup_steps:
         return (step + 1) / cfg.warmup_steps
     if cfg.decay == "constant":
         return 1.0
-    progress = min(1.0, (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps))
+    if total is None:
+        progress = min(1.0, done or 0.0)
+    else:
+        progress = min(1.0, (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps))
     return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
@@ -101,6 +110,10 @@ class Trainer:
             self.model.recursion.compile()
         self.step = 0
         self.samples_before = 0  # global samples drawn before a resume (any world size)
+        self.samples = 0  # fresh samples drawn (a deep-supervision slot refilled counts one)
+        self.flops = 0.0  # training FLOPs spent, see _train_step
+        self.flops_per_step = 0.0  # the latest measurement
+        self.sample_limit = self._sample_limit()
         self.elapsed_before = 0.0  # training seconds spent before a resume
         self._t0: float | None = None
         self.metrics_log = MetricsLog(self.run_dir / "metrics.jsonl") if self.run_dir else None
@@ -135,8 +148,33 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         return norm.detach()
 
+    def _sample_limit(self) -> int | None:
+        """``train.epochs`` x the task's training-set size, or None (a step budget)."""
+        epochs = self.config.train.epochs
+        if epochs is None:
+            return None
+        size = getattr(self.task, "train_size", None)
+        if not size:
+            from ..errors import InputError
+
+            raise InputError(
+                f"train.epochs: task {self.config.task.name!r} has no fixed training set "
+                "(no train_size) to count epochs of; set train.steps instead"
+            )
+        return epochs * int(size)
+
+    def budget_spent(self) -> str | None:
+        """Why training is over (``steps`` or ``epochs``), or None while it goes on."""
+        steps = self.config.train.steps
+        if steps is not None and self.step >= steps:
+            return "steps"
+        if self.sample_limit is not None and self.samples >= self.sample_limit:
+            return "epochs"
+        return None
+
     def _set_lr(self) -> None:
-        factor = lr_factor(self.step, self.config.train.steps, self.config.optimizer)
+        done = self.samples / self.sample_limit if self.sample_limit else None
+        factor = lr_factor(self.step, self.config.train.steps, self.config.optimizer, done)
         for group in self.optimizer.param_groups:
             group["lr"] = self.config.optimizer.lr * factor
 
@@ -163,7 +201,7 @@ class Trainer:
         for _ in range(self.samples_before // cfg.batch_size):
             next(batches)
         last_eval: dict[str, float] = {}
-        progress = _Progress(cfg.steps, enabled=not self.quiet)
+        progress = _Progress(cfg.steps, enabled=not self.quiet)  # None: epochs, no known total
         # a resumed run continues its clock: elapsed_s and max_time_s count all segments
         t0 = time.perf_counter() - self.elapsed_before
         # the speed window starts now, not at t0, which a resume moves into the past
@@ -171,7 +209,7 @@ class Trainer:
         last_checkpoint_t = window_t
         self._t0 = t0
         deadline = t0 + cfg.max_time_s if cfg.max_time_s else float("inf")
-        while self.step < cfg.steps:
+        while not self.budget_spent():
             # every rank stops (or checkpoints) when any rank's signal or clock says so
             signum, late = self.dist.agree(self._stop.signum or 0, time.perf_counter() > deadline)
             if signum:
@@ -185,19 +223,20 @@ class Trainer:
                         "step": self.step,
                         "stopped": "time limit",
                         "elapsed_s": time.perf_counter() - t0,
+                        **self._spent(),
                         **{f"eval/{k}": v for k, v in last_eval.items()},
                     }
                 )
                 break
             self.model.train()
-            with self.dist.counting(self.model):
-                metrics = self.schedule.train_step(self.model, batches, self)
+            metrics = self._train_step(batches)
             self.step += 1
             window_samples += cfg.batch_size
+            stopped = self.budget_spent()
             for cb in self.callbacks:
                 _call(cb, "on_step_end", self, self.step, metrics)
             self._set_lr()
-            if self.step % cfg.log_every == 0 or self.step == cfg.steps:
+            if self.step % cfg.log_every == 0 or stopped:
                 now = time.perf_counter()
                 record = {
                     "step": self.step,
@@ -205,11 +244,14 @@ class Trainer:
                     "lr": self.optimizer.param_groups[0]["lr"],
                     "samples_per_s": window_samples / max(now - window_t, 1e-9),
                     "elapsed_s": now - t0,
+                    **self._spent(),
                 }
                 window_t, window_samples = now, 0
-                if cfg.eval_every and self.step % cfg.eval_every == 0 or self.step == cfg.steps:
+                if cfg.eval_every and self.step % cfg.eval_every == 0 or stopped:
                     last_eval = self.evaluate()
                     record.update({f"eval/{k}": v for k, v in last_eval.items()})
+                if stopped:
+                    record["stopped"] = stopped
                 self._log(record)
                 progress.update(self.step, record)
             now = time.perf_counter()
@@ -222,6 +264,45 @@ class Trainer:
         if self.keeps_run:
             self.checkpoint("final")
         return last_eval
+
+    def _train_step(self, batches: Iterator[Batch]) -> dict[str, Any]:
+        """One optimizer step of the schedule, counting the fresh samples it drew and the
+        FLOPs it spent.
+
+        A schedule reports ``fresh_samples`` (deep supervision: the slots it refilled) or
+        draws one fresh batch (``train.batch_size``). FLOPs are counted by torch's
+        FlopCounterMode, forward and backward, on a replay of the step about to run
+        (:func:`~ponderkit.engine.flops.count_step_flops`, which leaves training unchanged) at
+        the first step of a segment and every ``train.flops_every`` steps; each step between
+        counts the latest measurement. The
+        built-in schedules run the same work every step (deep supervision one supervision
+        step of a full batch, the unrolling schedules every step to ``max_steps``); what varies
+        is the routed share (a top-any router's active experts), which the measurements
+        follow."""
+        every = self.config.train.flops_every
+        if every and (not self.flops_per_step or self.step % every == 0):
+            flops, batches = count_step_flops(self, batches)
+            # every rank counts its share of the global batch: the step costs their sum
+            self.flops_per_step = self.dist.sum_totals({"flops": flops}, 0)[0]["flops"]
+        with self.dist.counting(self.model):
+            metrics = self.schedule.train_step(self.model, batches, self)
+        fresh = metrics.pop("fresh_samples", None)
+        if fresh is None:  # one fresh batch (the global one, over all ranks)
+            self.samples += self.config.train.batch_size
+        else:  # this rank's slots refilled: summed over the ranks
+            self.samples += int(self.dist.sum_totals({"fresh": float(fresh)}, 0)[0]["fresh"])
+        self.flops += self.flops_per_step
+        return metrics
+
+    def _spent(self) -> dict[str, float]:
+        """What the run has spent so far: fresh samples, epochs of them, training FLOPs."""
+        out: dict[str, float] = {"samples": self.samples}
+        if self.config.train.flops_every:
+            out["flops"] = self.flops
+        size = getattr(self.task, "train_size", None)
+        if size:
+            out["epoch"] = self.samples / size
+        return out
 
     def _stop_on_signal(self, signum: int) -> None:
         import signal
@@ -257,6 +338,9 @@ class Trainer:
         random.setstate(rng["python"])
         self.step = state["step"]
         self.samples_before = int(state.get("samples", self.step * self.config.train.batch_size))
+        self.samples = int(state.get("fresh_samples", 0))
+        self.flops = float(state.get("flops", 0.0))
+        self.flops_per_step = float(state.get("flops_per_step", 0.0))
         self.elapsed_before = float(state.get("elapsed_s", 0.0))
         self._set_lr()
         if self.metrics_log:
@@ -269,18 +353,44 @@ class Trainer:
 
     def evaluate(self, early_exit: bool = False) -> dict[str, float]:
         """Token and exact accuracy and mean steps on the task's held-out set, with the
-        evaluation weights (EMA's where a callback keeps them)."""
+        evaluation weights (EMA's where a callback keeps them).
+
+        Where a callback swaps in weights of its own (``ema``), both are evaluated: the plain
+        keys hold the evaluation weights' metrics (the run's primary ones), ``raw/<key>`` the
+        trained weights' and ``<callback>/<key>`` (``ema/exact_acc``) the swapped-in ones, so
+        a short run is not judged by how far its average lags alone."""
+        swapped = self._swapping_callbacks()
         with self._eval_weights():
-            result = evaluate(
-                self.model,
-                self.task,
-                batch_size=self.config.train.eval_batch_size,
-                device=self.device,
-                precision=self.config.train.precision,
-                early_exit=early_exit,
-                dist=self.dist,
-            )
-        return result
+            result = self._evaluate(early_exit)
+        if not swapped:
+            return result
+        raw = self._evaluate(early_exit)
+        label = "+".join(swapped)
+        return {
+            **result,
+            **{f"raw/{k}": v for k, v in raw.items()},
+            **{f"{label}/{k}": v for k, v in result.items()},
+        }
+
+    def _evaluate(self, early_exit: bool) -> dict[str, float]:
+        return evaluate(
+            self.model,
+            self.task,
+            batch_size=self.config.train.eval_batch_size,
+            device=self.device,
+            precision=self.config.train.precision,
+            early_exit=early_exit,
+            dist=self.dist,
+        )
+
+    def _swapping_callbacks(self) -> list[str]:
+        """Names of the callbacks that evaluate weights of their own and hold some now."""
+        names = []
+        for spec, cb in zip(self.config.callbacks, self.callbacks, strict=False):
+            active = getattr(cb, "swaps_weights", None)  # hooks by name: CALLBACK_HOOKS
+            if getattr(cb, "eval_weights", None) is not None and (active is None or active()):
+                names.append(spec.name)
+        return names
 
     def _eval_weights(self) -> contextlib.AbstractContextManager:
         stack = contextlib.ExitStack()
@@ -333,6 +443,9 @@ class Trainer:
         state = {
             "step": self.step,
             "samples": self.step * batch,
+            "fresh_samples": self.samples,
+            "flops": self.flops,
+            "flops_per_step": self.flops_per_step,
             "elapsed_s": (time.perf_counter() - self._t0) if self._t0 is not None else 0.0,
             "train_weights": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
             "optimizer": self.optimizer.state_dict(),
@@ -390,7 +503,7 @@ def resume_or_start(
     chosen = dist.from_main(lambda: recovery.resume(trainer, run_dir))
     if not dist.is_main and chosen is not None:
         trainer.restore(chosen)
-    if trainer.step >= config.train.steps:
+    if trainer.budget_spent():
         return None
     return trainer
 

@@ -9,7 +9,7 @@ variants:                     # name -> overrides (a mapping of dotted keys, or 
   one_layer: {model.recursion.layers: 1}       #   "key=value" strings as on the command line)
   narrow: ["model.d_model=32"]
 seeds: [0, 1]                 # a list, or N for 0..N-1
-budget: {steps: 300}          # or {time_s: 60} or {flops: 1.0e12}; the same for every variant
+budget: {steps: 300}          # or {epochs: 10}, {time_s: 60}, {flops: 1.0e12}; the same for all
 ```
 
 Without ``baseline:`` an implicit variant ``base`` (no overrides) is the reference. Every
@@ -44,7 +44,12 @@ from ..yamlio import Document, apply_overrides, load_document
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 RESERVED = {"plots", "logs"}  # subdirectories of an ablation directory
 MAX_SEEDS = 1000  # `seeds: 1000000000` would otherwise expand into a billion runs
-BUDGET_KEYS = {"steps": ("train", "steps"), "time_s": ("train", "max_time_s"), "flops": None}
+BUDGET_KEYS = {
+    "steps": ("train", "steps"),
+    "epochs": ("train", "epochs"),
+    "time_s": ("train", "max_time_s"),
+    "flops": None,
+}
 Where = tuple[str | None, int | None]
 
 
@@ -61,16 +66,21 @@ def _optional_positive(kind: type) -> Any:
 class Budget:
     """A compute budget applied identically to every variant; at most one field is set.
 
-    ``steps`` sets ``train.steps``; ``time_s`` sets ``train.max_time_s``; ``flops`` sets each
-    variant's ``train.steps`` to ``flops // (FLOPs of one optimizer step)``, measured once."""
+    ``steps`` sets ``train.steps``; ``epochs`` sets ``train.epochs`` (every run stops once it
+    has drawn epochs x train_size fresh samples, however many optimizer steps that takes);
+    ``time_s`` sets ``train.max_time_s``; ``flops`` sets each variant's ``train.steps`` to
+    ``flops // (FLOPs of one optimizer step)``, measured once."""
 
     steps: int | None = _optional_positive(int)
+    epochs: int | None = _optional_positive(int)
     time_s: float | None = _optional_positive(float)
     flops: float | None = _optional_positive(float)
 
     def describe(self) -> str:
         if self.steps:
             return f"{self.steps} optimizer steps per run"
+        if self.epochs:
+            return f"{self.epochs} epochs of fresh training samples per run (train.epochs)"
         if self.time_s:
             return f"{self.time_s:g} s of training per run (train.max_time_s)"
         if self.flops:
@@ -205,7 +215,9 @@ def load_ablation(path: str | Path, *, registry: Registry, build: bool = True) -
     seeds = _seeds(spec.seeds, doc, issues)
     budget_keys = [k for k in BUDGET_KEYS if getattr(spec.budget, k) is not None]
     if len(budget_keys) > 1:
-        issues.append(_at(doc, ("budget",), f"set one of steps, time_s, flops, not {budget_keys}"))
+        issues.append(
+            _at(doc, ("budget",), f"set one of {', '.join(BUDGET_KEYS)}, not {budget_keys}")
+        )
     common = _overrides(spec.overrides, ("overrides",), doc, issues)
     named, baseline = _variants(spec, doc, issues)
     issues += _budget_conflicts(budget_keys[0] if budget_keys else None, common, named)
@@ -458,8 +470,9 @@ def _budget_conflicts(
     other kind of limit either (a variant with ``train.max_time_s`` under a steps budget trains
     for a different budget than the report says), nor replace the whole ``train`` mapping."""
     issues = []
-    limits = [("train", "steps"), ("train", "max_time_s")]
-    own = [("train", "steps")] if key == "flops" else [BUDGET_KEYS[key]] if key else []
+    limits = [("train", "steps"), ("train", "epochs"), ("train", "max_time_s")]
+    lengths = [("train", "steps"), ("train", "epochs")]  # a budget of either fixes both
+    own = lengths if key in ("steps", "epochs", "flops") else [BUDGET_KEYS[key]] if key else []
     for where, overrides in [(("overrides",), common)] + [
         (("variants", n), o) for n, o in named.items()
     ]:
@@ -476,7 +489,19 @@ def _budget_conflicts(
 
 def _budget_overrides(budget: Budget, doc: Document) -> list[Override]:
     if budget.steps:
-        return [Override(f"train.steps={budget.steps}", doc.where(("budget", "steps")))]
+        where = doc.where(("budget", "steps"))
+        return [
+            Override("train.epochs=null", where),
+            Override(f"train.steps={budget.steps}", where),
+        ]
+    if budget.epochs:
+        where = doc.where(("budget", "epochs"))
+        return [
+            Override("train.steps=null", where),
+            Override(f"train.epochs={budget.epochs}", where),
+        ]
+    if budget.flops:  # steps per variant come from the measured FLOPs of a step (grid.prepare)
+        return [Override("train.epochs=null", doc.where(("budget", "flops")))]
     if budget.time_s:
         return [Override(f"train.max_time_s={budget.time_s}", doc.where(("budget", "time_s")))]
     return []

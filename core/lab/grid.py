@@ -5,10 +5,11 @@ Each run directory is an ordinary run directory. Re-running skips finished runs 
 checkpoint (metrics after it are dropped, so no step is logged twice) and starts the rest.
 With ``jobs > 1`` each run is a subprocess ``python -m ponderkit ablate FILE --worker --only
 VARIANT/seedK``: on CPU with ``OMP_NUM_THREADS = cpus // jobs`` (unless the config sets
-``train.threads``), on CUDA one per GPU through ``CUDA_VISIBLE_DEVICES``. With ``nproc > 1``
-each run is data-parallel over ``nproc`` processes: its worker starts through ``python -m
-torch.distributed.run --standalone --nproc_per_node nproc`` with ``nproc`` GPUs of its own
-(or a share of the CPU cores, gloo).
+``train.threads``); on CUDA up to ``jobs`` at once over the visible GPUs, several to a GPU where
+their measured memory fits (:mod:`~ponderkit.lab.packing`), through ``CUDA_VISIBLE_DEVICES``.
+With ``nproc > 1`` each run is data-parallel over ``nproc`` processes: its worker starts through
+``python -m torch.distributed.run --standalone --nproc_per_node nproc`` with ``nproc`` GPUs of
+its own (or a share of the CPU cores, gloo).
 """
 
 from __future__ import annotations
@@ -79,6 +80,7 @@ def measure_step_flops(config: Any, registry: Any) -> float:
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
+    from ..engine.flops import extra_flop_formulas
     from ..engine.train import Trainer
 
     trainer = Trainer(config, registry, run_dir=None, quiet=True)
@@ -92,43 +94,13 @@ def measure_step_flops(config: Any, registry: Any) -> float:
     shares = trainer.schedule.shares(config.train.steps) if stages else [1.0]
     flops = 0.0
     for schedule, share in zip(stages or [trainer.schedule], shares, strict=True):
-        with FlopCounterMode(display=False, custom_mapping=_extra_flop_formulas()) as counter:
+        with FlopCounterMode(display=False, custom_mapping=extra_flop_formulas()) as counter:
             schedule.train_step(trainer.model, batches, trainer)
         flops += share * float(counter.get_total_flops())
     del trainer
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
     return flops
-
-
-def _extra_flop_formulas() -> dict[Any, Any]:
-    import torch
-    from torch.utils import flop_counter as fc
-
-    aten = torch.ops.aten
-    extra: dict[Any, Any] = {}
-    if hasattr(aten, "_scaled_dot_product_flash_attention_for_cpu"):
-        extra[aten._scaled_dot_product_flash_attention_for_cpu] = (
-            lambda q, k, v, *_, out_shape=None, **__: fc.sdpa_flop_count(q, k, v)
-        )
-        extra[aten._scaled_dot_product_flash_attention_for_cpu_backward] = (
-            lambda g, q, k, v, *_, out_shape=None, **__: fc.sdpa_backward_flop_count(g, q, k, v)
-        )
-    if hasattr(aten, "_grouped_mm"):
-        extra[aten._grouped_mm] = _grouped_mm_flop
-    return extra
-
-
-def _grouped_mm_flop(a: Any, b: Any, *args: Any, out_shape: Any = None, **kwargs: Any) -> int:
-    """Rows of ``a`` meet one group's matrix each: (N, K) x (E, K, M) costs 2*N*K*M; the
-    weight gradient (K, N) x (N, M) -> (E, K, M) costs 2*K*N*M; batched 3-D x 3-D as bmm."""
-    if len(a) == 2 and len(b) == 3:
-        return 2 * a[0] * a[1] * b[2]
-    if len(a) == 2 and len(b) == 2:
-        return 2 * a[0] * a[1] * b[1]
-    if len(a) == 3 and len(b) == 3:
-        return 2 * a[0] * a[1] * a[2] * b[2]
-    return 2 * a[-2] * a[-1] * b[-1]
 
 
 def select(runs: list[Run], only: Sequence[str] | None) -> list[Run]:
@@ -269,18 +241,23 @@ def _subprocesses(
     child_env: dict[str, str],
     log,
     nproc: int = 1,
+    placer: Any = None,
 ) -> list:
-    slots = _device_slots(jobs, nproc)
+    placer = placer or make_placer(jobs, [r for r, _ in todo], child_argv, child_env, log, nproc)
     (out / "logs").mkdir(exist_ok=True)
     pending, running, failed = list(todo), {}, []
     try:
         while pending or running:
-            while pending and len(running) < len(slots):
-                busy = {r[1][0] for r in running.values()}
-                slot = next(s for s in slots if s[0] not in busy)
-                run, state = pending.pop(0)
+            i = 0
+            while i < len(pending):  # in order; a later, smaller run may fit where one did not
+                got = placer.place(pending[i][0])
+                if got is None:
+                    i += 1
+                    continue
+                handle, slot_env = got
+                run, state = pending.pop(i)
                 logfile = out / "logs" / f"{run.variant}-seed{run.seed}.log"
-                env = {**os.environ, **child_env, **slot[1], PARENT_ENV: str(os.getpid())}
+                env = {**os.environ, **child_env, **slot_env, PARENT_ENV: str(os.getpid())}
                 with logfile.open("a") as f:
                     cmd = [*child_argv, "--only", run.key]
                     proc = subprocess.Popen(
@@ -290,12 +267,15 @@ def _subprocesses(
                         env=env,
                         preexec_fn=_die_with_parent if nproc > 1 else None,
                     )
-                running[proc] = (run, slot, time.perf_counter(), logfile)
-                where = " ".join(f"{k}={v}" for k, v in slot[1].items())
+                running[proc] = (run, handle, time.perf_counter(), logfile)
+                where = " ".join(f"{k}={v}" for k, v in slot_env.items())
+                if isinstance(handle, tuple):  # a GPU: (id, bytes needed)
+                    where += f", needs {handle[1] / 2**30:.2f} GiB (measured)"
                 log(f"{_started(state, run, run.directory(out))} ({where}; log {logfile})")
             time.sleep(0.2)
             for proc in [p for p in running if p.poll() is not None]:
-                run, _, started, logfile = running.pop(proc)
+                run, handle, started, logfile = running.pop(proc)
+                placer.release(handle)
                 took = time.perf_counter() - started
                 if proc.returncode == 0:
                     log(f"finished {run.key} in {took:.1f} s{_result(run.directory(out))}")
@@ -312,6 +292,36 @@ def _subprocesses(
         log("interrupted; run the same command again to resume")
         raise
     return failed
+
+
+def make_placer(
+    jobs: int,
+    runs: Sequence[Run],
+    child_argv: Sequence[str],
+    child_env: dict[str, str],
+    log,
+    nproc: int = 1,
+) -> Any:
+    """CPU (or ``nproc > 1``): ``jobs`` fixed slots (:func:`_device_slots`). CUDA: runs packed
+    onto the visible GPUs by their measured memory (:mod:`~ponderkit.lab.packing`), every
+    distinct config probed first."""
+    import torch
+
+    from .packing import GpuPacker, MemoryProbe, Slots, free_memory, visible_gpus
+
+    if nproc > 1 or not torch.cuda.is_available():
+        return Slots([env for _, env in _device_slots(jobs, nproc)])
+    gpus = visible_gpus()
+    argv = list(child_argv)
+    plugin_args = [a for i, a in enumerate(argv) if a == "--plugin" or argv[i - 1] == "--plugin"]
+    probe = MemoryProbe(gpus[0], child_env, plugin_args)
+    for run in runs:  # before any run holds memory, so that the probes see an idle GPU
+        probe(run)
+    for digest, need in probe.cache.items():
+        log(f"memory   config {digest}: {need / 2**30:.2f} GiB per run (probe peak + margin)")
+    free = free_memory(gpus)
+    log("free     " + ", ".join(f"GPU {g}: {b / 2**30:.1f} GiB" for g, b in free.items()))
+    return GpuPacker(free, jobs, probe)
 
 
 def _device_slots(jobs: int, nproc: int = 1) -> list[tuple[int, dict[str, str]]]:

@@ -70,6 +70,23 @@ COLUMNS = (
     ("samples_per_s", "samples/s", count),
 )
 DELTAS = ("exact_acc", "token_acc", "loss", "halting_steps", "wall_s")
+# shown beside exact acc when a run evaluated both weight sets (an EMA callback)
+WEIGHT_COLUMNS = (
+    ("raw_exact_acc", "exact acc, raw weights (%)", pct),
+    ("ema_exact_acc", "exact acc, EMA weights (%)", pct),
+)
+
+
+def flops_text(x: float) -> str:
+    return f"{x:.3g}"
+
+
+def columns(done: dict[str, list[RunSummary]]) -> tuple:
+    """The main table's columns: raw and EMA exact accuracy after exact acc where any run has
+    them (a short budget would otherwise rank variants by how far their averages lag)."""
+    present = {k for runs in done.values() for r in runs for k in r.values}
+    extra = tuple(c for c in WEIGHT_COLUMNS if c[0] in present)
+    return COLUMNS[:1] + extra + COLUMNS[1:]
 
 
 def by_seed(runs: Sequence[RunSummary], key: str) -> dict[int, float]:
@@ -158,11 +175,16 @@ def render(plan: dict[str, Any], groups: dict[str, list[RunSummary]], plots: lis
         "Mean ± sample std over seeds (n/a with one seed); n = seeds.",
         "",
     ]
+    shown = columns(done)
     rows = [
-        [f"`{v}`", str(len(runs)), *(fmt_stat(stat(runs, k), f) for k, _, f in COLUMNS)]
+        [f"`{v}`", str(len(runs)), *(fmt_stat(stat(runs, k), f) for k, _, f in shown)]
         for v, runs in done.items()
     ]
-    out += [table(["variant", "n", *(h for _, h, _ in COLUMNS)], rows), ""]
+    out += [table(["variant", "n", *(h for _, h, _ in shown)], rows), ""]
+    if any(c[0] == "raw_exact_acc" for c in shown):
+        out += ["exact acc is the evaluation weights' (EMA's where a run averages them); the "
+                "raw and EMA columns give both weight sets, from the same last evaluation.", ""]  # fmt: skip
+    out += _spent(done, plan)
     out += _differences(done, base) + _free_running(done, base)
     out += _trajectory(done) + _halting(done)
     if plots:
@@ -172,6 +194,41 @@ def render(plan: dict[str, Any], groups: dict[str, list[RunSummary]], plots: lis
                 "`ponderkit report DIR`).", ""]  # fmt: skip
     out += _variants(plan) + _arms(plan) + _runs(groups) + _method(done)
     return "\n".join(out).rstrip() + "\n"
+
+
+def bound_by(run: RunSummary) -> str:
+    """What ended a run: its budget's limit (``steps``, ``epochs``) or ``time limit``."""
+    last = run.records[-1] if run.records else {}
+    return str(last.get("stopped") or ("steps" if run.complete else "–"))
+
+
+def _spent(done: dict[str, list[RunSummary]], plan: dict[str, Any]) -> list[str]:
+    """Per variant: optimizer steps, fresh samples seen (and epochs of them), training FLOPs
+    spent, and which limit ended the runs."""
+    rows = []
+    for v, runs in done.items():
+        bounds = sorted({bound_by(r) for r in runs})
+        rows.append([
+            f"`{v}`", str(len(runs)), fmt_stat(stat(runs, "steps"), count),
+            fmt_stat(stat(runs, "samples"), count), fmt_stat(stat(runs, "epoch"), num),
+            fmt_stat(stat(runs, "flops"), flops_text), ", ".join(bounds) or "–",
+        ])  # fmt: skip
+    headers = ["variant", "n", "optimizer steps", "samples seen", "epochs", "training FLOPs",
+               "bound by"]  # fmt: skip
+    budget = plan.get("budget_text", "as each config says")
+    return [
+        "## Budget spent",
+        "",
+        f"Budget: {budget}. Mean ± std over seeds of what each run spent: optimizer steps; "
+        "fresh training samples drawn (under deep supervision a sample enters a batch slot "
+        "only when the previous one halted, so steps and samples part); epochs = samples / "
+        "training-set size; FLOPs counted by torch's FlopCounterMode (forward and backward, "
+        "measured at the first step and every `train.flops_every` steps). `bound by`: the "
+        "limit that ended the runs.",
+        "",
+        table(headers, rows),
+        "",
+    ]
 
 
 def _free_running(done: dict[str, list[RunSummary]], base: str) -> list[str]:
@@ -338,7 +395,10 @@ def _method(done: dict[str, list[RunSummary]]) -> list[str]:
         "## How the numbers are computed",
         "",
         "- exact / token accuracy: the last evaluation in `metrics.jsonl` (held-out set, every "
-        "recursion step, EMA weights where the run uses EMA).",
+        "recursion step, EMA weights where the run uses EMA; the raw and EMA columns are the "
+        "same evaluation of the trained and of the averaged weights).",
+        "- optimizer steps, samples seen, epochs, training FLOPs: the last logged `step`, "
+        "`samples`, `epoch` and `flops` (see Budget spent).",
         "- final loss: the last logged training loss (total loss, auxiliary terms included).",
         "- halting steps: mean recursion steps per held-out sample with early exit "
         "(`halting.json`), else the logged `eval/steps`.",

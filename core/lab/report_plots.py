@@ -17,8 +17,8 @@ EXPERT_UTIL = re.compile(r"(?:^|/)expert_(?:util|frac|counts)/(\d+)$")
 
 
 def write_plots(groups: dict[str, list[RunSummary]], out: Path) -> list[Path]:
-    """loss.png, accuracy.png, halting.png and, for routed variants, experts.png (none when
-    matplotlib is not installed: the report says so)."""
+    """loss.png, accuracy.png, accuracy_flops.png, accuracy_halting.png, halting.png and, for
+    routed variants, experts.png (none when matplotlib is not installed: the report says so)."""
     try:
         import matplotlib
     except ImportError:
@@ -37,6 +37,8 @@ def write_plots(groups: dict[str, list[RunSummary]], out: Path) -> list[Path]:
             [("eval/exact_acc", "eval exact accuracy"), ("eval/token_acc", "eval token accuracy")],
             out / "accuracy.png",
         ),
+        _accuracy_flops(groups, colours, out / "accuracy_flops.png"),
+        _accuracy_halting(groups, colours, out / "accuracy_halting.png"),
         _halting(groups, colours, out / "halting.png"),
         _experts(groups, colours, out / "experts.png"),
     ]
@@ -96,6 +98,101 @@ def _curves(groups, colours, keys, path: Path, log: bool = False) -> Path | None
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def flops_series(runs: Sequence[RunSummary], key: str = "eval/exact_acc") -> tuple[list, ...]:
+    """Training FLOPs spent and ``key`` at each evaluation, the k-th evaluations of all runs
+    together (seeds of one variant evaluate at the same steps; under an epoch budget the FLOPs
+    of those steps differ a little and are averaged): mean FLOPs, mean, min and max of
+    ``key``, up to the evaluation every run reached."""
+    per_run = [[rec for rec in r.records if key in rec and "flops" in rec] for r in runs]
+    per_run = [p for p in per_run if p]
+    n = min((len(p) for p in per_run), default=0)
+    columns = [[p[i] for p in per_run] for i in range(n)]
+    flops = [sum(float(r["flops"]) for r in c) / len(c) for c in columns]
+    values = [[float(r[key]) for r in c] for c in columns]
+    return (
+        flops,
+        [sum(v) / len(v) for v in values],
+        [min(v) for v in values],
+        [max(v) for v in values],
+    )
+
+
+def _accuracy_flops(groups, colours, path: Path) -> Path | None:
+    """Held-out exact accuracy against training FLOPs spent, every variant on one axis."""
+    import matplotlib.pyplot as plt
+
+    curves = {v: flops_series(runs) for v, runs in groups.items()}
+    curves = {v: c for v, c in curves.items() if c[0]}
+    if not curves:
+        return None
+    fig, ax = plt.subplots(figsize=(7.2, 4.6))
+    for variant, (flops, mean, lo, hi) in curves.items():
+        c = colours[variant]
+        ax.plot(flops, mean, color=c, lw=1.8, marker="o", ms=3,
+                label=f"{variant} (n={len(groups[variant])})")  # fmt: skip
+        if len(groups[variant]) > 1:
+            ax.fill_between(flops, lo, hi, color=c, alpha=0.2, lw=0)
+    if all(f > 0 for c in curves.values() for f in c[0]):
+        ax.set_xscale("log")
+    ax.set(
+        title="held-out exact accuracy against training FLOPs spent",
+        xlabel="training FLOPs (forward + backward, measured)",
+        ylabel="eval exact accuracy",
+    )
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, title="mean; band: min–max over seeds", title_fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _accuracy_halting(groups, colours, path: Path) -> Path | None:
+    """Final exact accuracy against mean halting steps, both with early exit where the run was
+    analysed (``halting.json``): one dot per run, a cross with ± std bars per variant."""
+    import matplotlib.pyplot as plt
+
+    def point(r: RunSummary) -> tuple[float, float] | None:
+        # the accuracy the halting steps were measured with: early exit (halting.json), else
+        # the last evaluation's (every step)
+        v = r.values
+        acc = v.get("exact_acc_early_exit", v.get("exact_acc"))
+        return None if acc is None or "halting_steps" not in v else (v["halting_steps"], acc)
+
+    points = {v: [p for p in map(point, runs) if p] for v, runs in groups.items()}
+    points = {v: p for v, p in points.items() if p}
+    if not points:
+        return None
+    fig, ax = plt.subplots(figsize=(6.4, 4.6))
+    for variant, pts in points.items():
+        c = colours[variant]
+        xs, ys = [p[0] for p in pts], [p[1] for p in pts]
+        ax.scatter(xs, ys, color=c, alpha=0.45, s=18)
+        mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+        sx = _std(xs)
+        sy = _std(ys)
+        ax.errorbar(mx, my, xerr=sx, yerr=sy, color=c, marker="X", ms=9, capsize=3,
+                    label=f"{variant} (n={len(pts)})")  # fmt: skip
+    ax.set(
+        title="exact accuracy against halting steps (final checkpoint)",
+        xlabel="mean recursion steps per held-out sample (early exit where the policy halts)",
+        ylabel="eval exact accuracy (early exit)",
+    )
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, title="dots: runs; cross: mean ± std", title_fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _std(xs: Sequence[float]) -> float:
+    if len(xs) < 2:
+        return 0.0
+    m = sum(xs) / len(xs)
+    return (sum((x - m) ** 2 for x in xs) / (len(xs) - 1)) ** 0.5
 
 
 def _halting(groups, colours, path: Path) -> Path | None:

@@ -226,6 +226,10 @@ def summarize_run(run_dir: Path) -> RunSummary:
         for key in ("free_exact_acc", "free_token_acc"):  # serialized tasks: generated outputs
             if f"eval/{key}" in evals[-1]:
                 values[key] = evals[-1][f"eval/{key}"]
+        for weights in ("raw", "ema"):  # both weight sets where a run keeps an average
+            for key in ("exact_acc", "token_acc"):
+                if f"eval/{weights}/{key}" in evals[-1]:
+                    values[f"{weights}_{key}"] = evals[-1][f"eval/{weights}/{key}"]
     if losses:
         values.update(loss=losses[-1], initial_loss=losses[0], min_loss=min(losses))
         values["loss_improvement"] = (losses[0] - losses[-1]) / losses[0] if losses[0] else 0.0
@@ -239,9 +243,15 @@ def summarize_run(run_dir: Path) -> RunSummary:
         values["active_parameters"] = float(params.get("active_parameters", meta["parameters"]))
     if records:
         values["wall_s"] = training_seconds(records)
+        values["steps"] = float(max(r.get("step", 0) for r in records))
+        spent = [r for r in records if "samples" in r]
+        if spent:  # what the run spent: fresh samples, epochs of them, training FLOPs
+            for key in ("samples", "flops", "epoch"):
+                if key in spent[-1]:
+                    values[key] = float(spent[-1][key])
     if speeds:
         values["samples_per_s"] = statistics.median(speeds)
-    stopped = bool(records and records[-1].get("stopped"))
+    stopped = bool(records and records[-1].get("stopped") == "time limit")
     # halting.json is written from the final checkpoint, so it also marks a finished run
     # whose checkpoints were left behind (a run directory copied without them)
     final_dir = run_dir / "checkpoints" / "final"

@@ -55,6 +55,10 @@ class EMA:
                 idx = index.to(shadow.device)
                 shadow.index_copy_(dim, idx, param.detach().index_select(dim, idx))
 
+    def swaps_weights(self) -> bool:
+        """Whether :meth:`eval_weights` swaps anything in (an average exists)."""
+        return bool(self.shadow)
+
     @contextlib.contextmanager
     def eval_weights(self, trainer: Any) -> Iterator[None]:
         if not self.shadow:

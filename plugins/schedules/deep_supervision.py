@@ -66,7 +66,10 @@ class DeepSupervision:
         self, model: Any, batches: Iterator[Batch], trainer: TrainerServices
     ) -> dict[str, Any]:
         halting = model.halting
+        first = self.batch is None
         batch = self.refill(next(batches))
+        # fresh samples entering the batch: all at the first step, then the halted slots
+        fresh = len(batch["inputs"]) if first else int(self.halted.sum())
         with trainer.autocast():
             ctx = model.context()
             x = model.embed(batch)  # once per step: kept samples re-embed their own inputs
@@ -93,6 +96,7 @@ class DeepSupervision:
         metrics = {
             **step_metrics(loss, lm_loss, logits, labels, grad_norm),
             "halted_frac": done.mean(),
+            "fresh_samples": fresh,
             # mean supervision steps of the samples that finished at this step
             "sup_steps": (self.steps.float() * done).sum() / done.sum().clamp(min=1),
             **ctx.metrics(),

@@ -80,6 +80,9 @@ def check_staged(cfg: StagedConfig, env) -> list:
     if any(b <= 0 for b in budget):
         problems.append((key, "every budget must be > 0"))
     total = env.experiment.train.steps
+    if total is None and n > 1:  # train.epochs: the number of optimizer steps is not known
+        problems.append(("stages", "staged splits train.steps; set train.steps, not epochs"))
+        return problems
     if cfg.steps and sum(cfg.steps[: n - 1]) >= total:
         problems.append(("steps", f"the stages before the last use all train.steps={total}"))
     if cfg.fractions and sum(cfg.fractions[: n - 1]) >= 1.0:

@@ -37,6 +37,11 @@ class ArrayTask:
             self._data = self._load()
         return self._data
 
+    @property
+    def train_size(self) -> int:
+        """Distinct training examples (an epoch of ``train.epochs``)."""
+        return len(self.data["train_inputs"])
+
     def train_batches(self, batch_size: int, seed: int) -> Iterator[Batch]:
         x, y = self.data["train_inputs"], self.data["train_labels"]
         rng = np.random.default_rng(seed)

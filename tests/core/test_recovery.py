@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 from ponderkit.cli import main
+from ponderkit.engine.flops import Replica
 from ponderkit.engine.runs import CheckpointDamaged, load_checkpoint
 from ponderkit.plugins.schedules.supervised import Supervised
 from safetensors.torch import load_file
@@ -58,6 +59,8 @@ def interrupted(tmp_path_factory):
     real, calls = Supervised.train_step, {"n": 0}
 
     def dying(self, *args):
+        if isinstance(args[-1], Replica):  # the FLOPs count's replay of a step
+            return real(self, *args)
         calls["n"] += 1
         if calls["n"] == 11:
             raise KeyboardInterrupt

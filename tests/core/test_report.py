@@ -113,7 +113,8 @@ def test_report_table_statistics(ablation_dir):
 def test_plots_are_real_pngs(ablation_dir):
     write_report(ablation_dir)
     plots = {p.name: p.read_bytes() for p in (ablation_dir / "plots").glob("*.png")}
-    assert set(plots) == {"loss.png", "accuracy.png", "halting.png"}  # nothing routed
+    # nothing routed; no FLOPs logged here
+    assert set(plots) == {"loss.png", "accuracy.png", "halting.png", "accuracy_halting.png"}
     for data in plots.values():
         assert data.startswith(PNG) and len(data) > 10_000
     report = (ablation_dir / "report.md").read_text()
@@ -155,3 +156,36 @@ def test_report_and_compare_commands(ablation_dir, capsys):
     assert f"| `{runs[1]}` | incomplete |" in out[3]
     assert main(["compare", str(ablation_dir)]) == 2  # not a run directory: bad input
     assert summarize_run(ablation_dir / "single" / "seed0").values["exact_acc"] == 0.25
+
+
+def spending_run(root, variant, seed, *, samples, flops, raw, ema, stopped="epochs"):
+    """A finished run that logged what it spent and evaluated raw and EMA weights."""
+    run = make_run(root, variant, seed, exact=ema, loss=0.5)
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    records[0].update(samples=samples / 3, flops=flops / 3, epoch=samples / 3 / 100)
+    records[-1].update({"samples": samples, "flops": flops, "epoch": samples / 100,
+                        "eval/raw/exact_acc": raw, "eval/ema/exact_acc": ema,
+                        "stopped": stopped})  # fmt: skip
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+
+
+def test_report_states_budget_spent_and_both_weight_sets(tmp_path):
+    root = tmp_path / "abl"
+    for seed in range(2):
+        spending_run(root, "trm", seed, samples=1000 + 10 * seed, flops=2e12, raw=0.4, ema=0.6)
+        spending_run(root, "other", seed, samples=1000, flops=1e12 * (1 + seed), raw=0.5, ema=0.3)
+    plan = {"name": "b", "baseline": "trm", "seeds": [0, 1], "budget_text": "10 epochs",
+            "variants": {"trm": [], "other": []}}  # fmt: skip
+    (root / "ablation.json").write_text(json.dumps(plan))
+    report = write_report(root).read_text()
+    # optimizer steps, samples (mean ± std), epochs, FLOPs, and the limit that ended the runs
+    assert row(report, "trm", "Budget spent")[1:] == [
+        "2", "30 ± 0", "1,005 ± 7", "10.05 ± 0.071", "2e+12 ± 0", "epochs"
+    ]  # fmt: skip
+    assert (
+        row(report, "other", "Budget spent")[5] == "1.5e+12 ± 7.07e+11"
+    )  # std of 1e12, 2e12: 0.7071e12
+    results = report.split("## Results")[1].split("\n## ")[0]
+    assert "exact acc, raw weights (%)" in results and "exact acc, EMA weights (%)" in results
+    assert row(report, "other", "Results")[2:5] == ["30.00 ± 0.00", "50.00 ± 0.00", "30.00 ± 0.00"]
+    assert (root / "plots" / "accuracy_flops.png").read_bytes().startswith(PNG)

@@ -7,6 +7,7 @@ import json
 import pytest
 import torch
 from ponderkit.cli import main
+from ponderkit.engine.flops import Replica
 from ponderkit.engine.train import Trainer, lr_factor
 from ponderkit.experiment import load_experiment
 from safetensors.torch import load_file
@@ -115,6 +116,8 @@ def test_interrupted_run_resumes_to_the_same_result(sort_yaml, tmp_path, registr
     calls = {"n": 0}
 
     def dying(self, *args):
+        if isinstance(args[-1], Replica):  # the FLOPs count's replay of a step
+            return real(self, *args)
         calls["n"] += 1
         if calls["n"] == 25:
             raise KeyboardInterrupt

@@ -1,0 +1,116 @@
+"""FLOP counting: formulas torch's FlopCounterMode lacks (CPU attention, grouped GEMMs)."""
+
+from __future__ import annotations
+
+import copy
+import itertools
+from collections.abc import Iterator
+from typing import Any
+
+
+def extra_flop_formulas() -> dict[Any, Any]:
+    """Custom ``FlopCounterMode`` formulas for ops it does not count."""
+    import torch
+    from torch.utils import flop_counter as fc
+
+    aten = torch.ops.aten
+    extra: dict[Any, Any] = {}
+    if hasattr(aten, "_scaled_dot_product_flash_attention_for_cpu"):
+        extra[aten._scaled_dot_product_flash_attention_for_cpu] = (
+            lambda q, k, v, *_, out_shape=None, **__: fc.sdpa_flop_count(q, k, v)
+        )
+        extra[aten._scaled_dot_product_flash_attention_for_cpu_backward] = (
+            lambda g, q, k, v, *_, out_shape=None, **__: fc.sdpa_backward_flop_count(g, q, k, v)
+        )
+    if hasattr(aten, "_grouped_mm"):
+        extra[aten._grouped_mm] = _grouped_mm_flop
+    return extra
+
+
+def _grouped_mm_flop(a: Any, b: Any, *args: Any, out_shape: Any = None, **kwargs: Any) -> int:
+    """Rows of ``a`` meet one group's matrix each: (N, K) x (E, K, M) costs 2*N*K*M; the
+    weight gradient (K, N) x (N, M) -> (E, K, M) costs 2*K*N*M; batched 3-D x 3-D as bmm."""
+    if len(a) == 2 and len(b) == 3:
+        return 2 * a[0] * a[1] * b[2]
+    if len(a) == 2 and len(b) == 2:
+        return 2 * a[0] * a[1] * b[1]
+    if len(a) == 3 and len(b) == 3:
+        return 2 * a[0] * a[1] * a[2] * b[2]
+    return 2 * a[-2] * a[-1] * b[-1]
+
+
+class Replica:
+    """The trainer services a schedule sees while its step is counted: everything the real
+    trainer offers, except that ``optimize`` only back-propagates (no clipping, no update) and
+    re-initialisations are not announced."""
+
+    def __init__(self, trainer: Any):
+        self._trainer = trainer
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._trainer, name)
+
+    def optimize(self, loss: Any) -> Any:
+        loss.backward()
+        return loss.detach() * 0
+
+    def parameters_reset(self, touched: list, index: Any) -> None:
+        pass
+
+
+def count_step_flops(trainer: Any, batches: Iterator[Any]) -> tuple[float, Iterator[Any]]:
+    """FLOPs (forward + backward, FlopCounterMode) of the optimizer step ``trainer`` is about
+    to take, and the batch stream to take it from.
+
+    The step is replayed on the side and thrown away: the schedule is copied, the next batch
+    is peeked and handed back, and gradients, buffers (routing counters) and random number
+    generators are restored, so that counting leaves training bit for bit as it was (a step
+    run under the counting mode itself rounds a few gradients differently). The optimizer
+    update is not counted."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model = trainer.model
+    peeked = next(batches)
+    grads = [p.grad for p in model.parameters()]
+    buffers = [b.detach().clone() for b in model.buffers()]
+    rng = _rng_state()
+    schedule = copy.deepcopy(trainer.schedule)
+    try:
+        with FlopCounterMode(display=False, custom_mapping=extra_flop_formulas()) as counter:
+            schedule.train_step(model, itertools.repeat(peeked), Replica(trainer))
+        flops = float(counter.get_total_flops())
+    finally:
+        with torch.no_grad():
+            for p, g in zip(model.parameters(), grads, strict=True):
+                p.grad = g
+            for b, saved in zip(model.buffers(), buffers, strict=True):
+                b.copy_(saved)
+        _set_rng_state(rng)
+    return flops, itertools.chain([peeked], batches)
+
+
+def _rng_state() -> dict[str, Any]:
+    import random
+
+    import numpy as np
+    import torch
+
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state()}
+    state["python"] = random.getstate()
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    import random
+
+    import numpy as np
+    import torch
+
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if "cuda" in state:
+        torch.cuda.set_rng_state_all(state["cuda"])

@@ -1,0 +1,137 @@
+"""Packed grids: runs share a GPU when their measured memory fits, and packing changes no result."""
+
+from __future__ import annotations
+
+import json
+import random
+import textwrap
+
+import pytest
+from ponderkit.cli import main
+from ponderkit.lab import grid, packing
+from ponderkit.lab.packing import CONTEXT_BYTES, MARGIN, GpuPacker, Slots
+
+GiB = 2**30
+
+
+def test_fixed_slots_are_taken_and_given_back():
+    slots = Slots([{"OMP_NUM_THREADS": "2"}] * 3)
+    placed = [slots.place(None) for _ in range(4)]
+    assert placed[:3] == [(0, {"OMP_NUM_THREADS": "2"}), (1, {"OMP_NUM_THREADS": "2"}),
+                          (2, {"OMP_NUM_THREADS": "2"})]  # fmt: skip
+    assert placed[3] is None
+    slots.release(1)
+    assert slots.place(None) == (1, {"OMP_NUM_THREADS": "2"})
+
+
+def test_cpu_grids_share_the_cores(monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(grid.os, "cpu_count", lambda: 8)
+    placer = grid.make_placer(3, [], [], {}, print)
+    assert placer.envs == [{"OMP_NUM_THREADS": "2"}] * 3
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_packing_never_starts_a_run_that_does_not_fit(seed):
+    """A simulated grid: runs of random sizes on GPUs of random free memory, finishing in
+    random order; at every start, each GPU's placed needs stay within its free memory (a run
+    too big to share runs alone on an idle GPU), at most ``jobs`` run, and every run runs."""
+    rng = random.Random(seed)
+    free = {str(g): rng.randint(4, 80) * GiB for g in range(rng.randint(1, 4))}
+    jobs = rng.randint(1, 12)
+    needs = [rng.randint(1, 90) * GiB for _ in range(rng.randint(1, 30))]
+    packer = GpuPacker(free, jobs, need=lambda run: needs[run])
+    pending, running, ran = list(range(len(needs))), [], []
+    while pending or running:
+        for run in list(pending):
+            got = packer.place(run)
+            if got is None:
+                continue
+            (gpu, need), env = got
+            assert env == {"CUDA_VISIBLE_DEVICES": gpu} and need == needs[run]
+            pending.remove(run)
+            running.append((run, (gpu, need)))
+            ran.append(run)
+            on_gpu = [needs[r] for r, (g, _) in running if g == gpu]
+            assert sum(on_gpu) <= free[gpu] or on_gpu == [needs[run]]  # fits, or alone
+            assert len(running) <= jobs
+        if running:  # one run finishes
+            run, handle = running.pop(rng.randrange(len(running)))
+            packer.release(handle)
+    assert sorted(ran) == list(range(len(needs)))
+
+
+def test_packing_fills_gpus_by_room():
+    # two GPUs with 40 and 30 GiB free, runs of 12 GiB: most room first, 0 1 0 1, then 0 again
+    # (16 GiB left there, 6 on GPU 1); a sixth fits nowhere (4 and 6 GiB) until one finishes
+    packer = GpuPacker({"0": 40 * GiB, "1": 30 * GiB}, jobs=8, need=lambda run: 12 * GiB)
+    assert [packer.place(i)[0][0] for i in range(5)] == ["0", "1", "0", "1", "0"]
+    assert packer.place(5) is None
+    packer.release(("1", 12 * GiB))
+    assert packer.place(5)[0][0] == "1"
+    # jobs bounds the runs at once, whatever fits
+    small = GpuPacker({"0": 80 * GiB}, jobs=2, need=lambda run: GiB)
+    assert small.place(0) and small.place(1) and small.place(2) is None
+
+
+def test_cuda_grid_probes_each_config_once(monkeypatch, write, sort_yaml, registry):
+    """On CUDA (simulated): every distinct config is probed once, before free memory is read,
+    and the packer gets probe peak x margin + a CUDA context per run."""
+    import torch
+    from ponderkit.lab.ablation import load_ablation
+
+    path = write("abl.yaml", "base: sort.yaml\nvariants: {wide: {model.d_model: 64}}\nseeds: 2\n")
+    runs = load_ablation(path, registry=registry).runs()
+    calls = []
+
+    def probe(config, gpu, env, plugin_args=()):
+        calls.append((config.model.d_model, gpu))
+        return config.model.d_model * GiB // 16
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5")
+    monkeypatch.setattr(packing, "probe_peak_bytes", probe)
+    monkeypatch.setattr(packing, "free_memory", lambda gpus: {g: 10 * GiB for g in gpus})
+    placer = grid.make_placer(4, runs, ["python"], {}, lambda text: None)
+    assert sorted(calls) == [(32, "3"), (64, "3")]  # 2 configs x 2 seeds: 2 probes
+    assert placer.capacity == {"3": 10 * GiB, "5": 10 * GiB}
+    need = {r.config.model.d_model: placer.need(r) for r in runs}
+    assert need[64] == int(4 * GiB * MARGIN) + CONTEXT_BYTES
+
+
+def run_grid_with_jobs(write, sort_yaml, jobs: int, name: str):
+    path = write(
+        f"{name}.yaml",
+        textwrap.dedent(
+            """
+            base: sort.yaml
+            overrides: {train.threads: 1, train.log_every: 5, train.eval_every: 10}
+            variants: {narrow: {model.d_model: 16}}
+            seeds: [0, 1]
+            budget: {steps: 10}
+            """
+        ),
+    )
+    out = path.parent / f"out_{name}"
+    assert main(["ablate", str(path), "--out", str(out), "--jobs", str(jobs)]) == 0
+    return out
+
+
+def test_a_packed_grid_trains_what_one_at_a_time_trains(write, sort_yaml):
+    from safetensors.torch import load_file
+
+    one = run_grid_with_jobs(write, sort_yaml, 1, "one")
+    two = run_grid_with_jobs(write, sort_yaml, 2, "two")
+    timing = {"samples_per_s", "elapsed_s"}
+    for run in ("base/seed0", "base/seed1", "narrow/seed0", "narrow/seed1"):
+        a = load_file(one / run / "checkpoints/final/model.safetensors")
+        b = load_file(two / run / "checkpoints/final/model.safetensors")
+        assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a), run
+        metrics = [
+            [{k: v for k, v in json.loads(line).items() if k not in timing}
+             for line in (out / run / "metrics.jsonl").read_text().splitlines()]
+            for out in (one, two)
+        ]  # fmt: skip
+        assert metrics[0] == metrics[1], run
