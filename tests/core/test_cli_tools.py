@@ -116,8 +116,15 @@ def test_config_output_revalidates_to_the_same_experiment(registry, tmp_path, ca
     assert want.model.d_model == 32 and want.model.halting.config.max_steps == 3
 
 
-def test_config_of_an_ablation_variant(registry, tmp_path, capsys):
-    abl = REPO / "experiments" / "quickstart.yaml"
+def test_config_of_an_ablation_variant(registry, sort_yaml, write, tmp_path, capsys):
+    abl = write(
+        "abl.yaml",
+        f"""
+        base: {sort_yaml.name}
+        variants:
+          one_layer: {{model.recursion.layers: 1}}
+        """,
+    )
     assert main(["config", f"{abl}:one_layer"]) == 0
     printed = tmp_path / "variant.yaml"
     printed.write_text(capsys.readouterr().out)
