@@ -269,6 +269,8 @@ def cmd_show(args: argparse.Namespace, plugins: Plugins) -> int:
             default = f.default
         if isinstance(default, attrs.Factory):  # type: ignore[arg-type]
             default = default.factory()
+        if isinstance(default, tuple):  # written as a YAML list
+            default = list(default)
         shown = "(required)" if default is attrs.NOTHING else f"= {default!r}"
         help_text = f.metadata.get("help", "")
         print(f"  {f.name}: {tp} {shown}" + (f"  # {help_text}" if help_text else ""))

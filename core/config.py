@@ -68,6 +68,12 @@ def type_name(tp: Any) -> str:
         return " | ".join(repr(a) for a in typing.get_args(tp))
     if origin in (typing.Union, types.UnionType):
         return " | ".join(type_name(a) for a in typing.get_args(tp))
+    args_ = typing.get_args(tp)
+    if origin is tuple and len(args_) == 2 and args_[1] is Ellipsis:  # tuple[X, ...]: a list
+        inner = type_name(args_[0])
+        return f"list of ({inner})" if " | " in inner else f"list of {inner}"
+    if origin is tuple:  # tuple[X, Y]: a YAML list of that length
+        return "[" + ", ".join(type_name(a) for a in args_) + "]"
     if origin is not None:
         args = ", ".join(type_name(a) for a in typing.get_args(tp))
         return f"{getattr(origin, '__name__', str(origin))}[{args}]"

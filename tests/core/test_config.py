@@ -184,3 +184,15 @@ def test_all_errors_are_collected_at_once(write, registry):
         ("train", "batch_size"),
     ]
     assert [i.line for i in issues] == [1, 4, 5]
+
+
+def test_type_names_read_as_yaml():
+    """What `show` and error messages print for a field's type: tuples are YAML lists."""
+    from typing import Literal
+
+    from ponderkit.config import type_name
+
+    assert type_name(tuple[int, ...]) == "list of int"
+    assert type_name(tuple[Literal["q", "k"], ...]) == "list of ('q' | 'k')"
+    assert type_name(tuple[float, float]) == "[float, float]"  # a list of two
+    assert type_name(int | None) == "int | null"
