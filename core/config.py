@@ -255,6 +255,11 @@ class Structurer:
     def structure_value(self, tp: Any, value: Any, path: tuple) -> Any:
         if isinstance(tp, type) and attrs.has(tp):
             return self.structure_class(tp, value, path)
+        args = typing.get_args(tp)
+        if typing.get_origin(tp) is tuple and args and args[-1] is not Ellipsis:
+            if not isinstance(value, list | tuple) or len(value) != len(args):
+                self.fail(path, f"expected a list {type_name(tp)}, got {_given(value)}")
+                return None
         try:
             return CONVERTER.structure(value, tp)
         except _LeafError as exc:
@@ -294,7 +299,12 @@ class Structurer:
 
 def _describe_cattrs(exc: Exception, tp: Any, value: Any) -> str:
     if isinstance(exc, cattrs.BaseValidationError):
-        parts = cattrs.transform_error(exc, path="")
+        parts = []
+        for part in cattrs.transform_error(exc, path=""):
+            message, _, where = part.rpartition(" @ ")
+            if message.startswith("unknown error (") and message.endswith(")"):
+                message = message[len("unknown error (") : -1]
+            parts.append(f"item {where.strip()}: {message}" if where.strip() else message)
         return "; ".join(parts)
     return f"expected {type_name(tp)}, got {_given(value)} ({exc})"
 

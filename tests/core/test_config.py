@@ -196,3 +196,17 @@ def test_type_names_read_as_yaml():
     assert type_name(tuple[Literal["q", "k"], ...]) == "list of ('q' | 'k')"
     assert type_name(tuple[float, float]) == "[float, float]"  # a list of two
     assert type_name(int | None) == "int | null"
+
+
+def test_list_fields_name_the_bad_item_or_the_length(write, registry):
+    path = write(
+        "bad.yaml",
+        """
+        task: sort
+        optimizer: {betas: [0.9]}
+        schedule: {name: staged, stages: [supervised], steps: [1, x]}
+        """,
+    )
+    got = {i.path: i.message for i in issues_of(path, registry)}
+    assert got[("optimizer", "betas")] == "expected a list [float, float], got list [0.9]"
+    assert got[("schedule", "steps")] == "item [1]: expected int, got str 'x'"
