@@ -13,7 +13,9 @@ steps, compilation included) and samples/s:
 
 - ``--modes``: ``eager`` (``train.compile: false``), ``block`` (``train.compile: block``:
   each block compiled once, small graphs), ``compiled`` (``train.compile: true``: the whole
-  recursion, one graph of every step);
+  recursion, one graph of every step), ``graphs`` (the same with ``train.compile_mode:
+  reduce-overhead``: CUDA graphs replayed), ``autotune`` (``max-autotune-no-cudagraphs``:
+  GEMM kernels searched);
 - ``--no-grad-precision``: ``same`` or ``bf16`` (``model.recursion.no_grad_precision``: the
   T-1 recursions without gradients in bf16 throughout, residual stream included).
 
@@ -66,7 +68,9 @@ def sync(device: torch.device) -> None:
 
 
 RECIPES = {"att": "trm_sudoku_att.yaml", "mlp": "trm_sudoku_mlp.yaml"}
-COMPILE = {"eager": "false", "block": "block", "compiled": "true"}
+COMPILE = {"eager": "false", "block": "block", "compiled": "true", "graphs": "true",
+           "autotune": "true"}  # fmt: skip
+COMPILE_MODE = {"graphs": "reduce-overhead", "autotune": "max-autotune-no-cudagraphs"}
 SMOKE = [
     "model.d_model=32",
     "model.recursion.H_cycles=2",
@@ -100,6 +104,7 @@ def _measure(recipe: str, mode: str, no_grad: str, args: argparse.Namespace, reg
         f"train.batch_size={args.batch}",
         f"train.precision={args.precision}",
         f"train.compile={COMPILE[mode]}",
+        f"train.compile_mode={COMPILE_MODE.get(mode, 'default')}",
         f"train.device={args.device}",
         f"model.recursion.no_grad_precision={no_grad}",
         *(SMOKE if args.smoke else []),

@@ -124,6 +124,11 @@ class TrainConfig:
     # true: the whole recursion through torch.compile (one graph of every step, the longest
     # warm-up); block: each block once (small graphs reused by every step, a short warm-up)
     compile: bool | Literal["block"] = False
+    # torch.compile's mode for what ``compile`` compiles: ``reduce-overhead`` replays CUDA
+    # graphs (fewer launches), ``max-autotune`` also searches GEMM kernels (longer warm-up)
+    compile_mode: Literal[
+        "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"
+    ] = "default"
     threads: int | None = attrs.field(default=None, validator=v.optional(positive))
     # FLOPs of an optimizer step are counted (torch FlopCounterMode) at the first step and
     # every ``flops_every`` steps; the steps between count the latest measurement; 0: never

@@ -111,11 +111,12 @@ class Trainer:
         # of the optimizer
         owned = [p for cb in self.callbacks for p in _call(cb, "owned_parameters", self) or ()]
         self.optimizer = build_optimizer(self.model, config.optimizer, frozenset(map(id, owned)))
+        mode = None if train.compile_mode == "default" else train.compile_mode
         if train.compile == "block":  # in place: parameter names stay the same
             for block in dict.fromkeys(built.blocks):  # a shared block once
-                block.compile()
+                block.compile(mode=mode)
         elif train.compile:
-            self.model.recursion.compile()
+            self.model.recursion.compile(mode=mode)
         self.step = 0
         self.samples_before = 0  # global samples drawn before a resume (any world size)
         self.samples = 0  # fresh samples drawn (a deep-supervision slot refilled counts one)
