@@ -165,3 +165,22 @@ def test_compile_accepts_true_false_and_block_only(registry):
         load_experiment(
             REPO / "experiments" / "trm_sudoku4_cpu.yaml", ["train.compile=blok"], registry=registry
         )
+
+
+@pytest.mark.parametrize(
+    ("compile_", "mode"), [("true", "reduce-overhead"), ("block", "max-autotune")]
+)
+def test_compile_mode_reaches_torch_compile(registry, monkeypatch, compile_, mode):
+    """``train.compile_mode`` is handed to torch.compile for what ``train.compile`` compiles
+    (recorded, not compiled: no C++ toolchain needed)."""
+    seen: list[tuple[str, object]] = []
+
+    def record(self, *args, **kwargs):
+        seen.append((type(self).__name__, kwargs.get("mode")))
+
+    monkeypatch.setattr(nn.Module, "compile", record)
+    trainer = trainer_for(registry, [f"train.compile={compile_}", f"train.compile_mode={mode}"])
+    assert seen and all(m == mode for _, m in seen), seen
+    blocks = {type(b).__name__ for b in trainer.model.recursion.net.blocks}
+    names = {name for name, _ in seen}
+    assert names == (blocks if compile_ == "block" else {type(trainer.model.recursion).__name__})
