@@ -212,12 +212,12 @@ def _draw(
                 ax.add_patch(_rect(c, r, colours[text]))
                 if step.changed[i]:
                     used.add("dot")
-                    ax.plot(c + 0.5, r + 0.5, "o", ms=font * 0.55, mfc="white", mec="black")
+                    ax.plot(c + 0.2, r + 0.2, "o", ms=font * 0.7, mfc="white", mec="black")
                 if wrong:
                     used.add("cross")
-                    for dy in (0.2, 0.8):
+                    for dy in (0.3, 0.7):
                         ax.plot(
-                            [c + 0.2, c + 0.8], [r + dy, r + 1 - dy], color="white", lw=1.5,
+                            [c + 0.3, c + 0.7], [r + dy, r + 1 - dy], color="white", lw=1.5,
                             path_effects=outline,
                         )  # fmt: skip
                 continue
@@ -232,6 +232,8 @@ def _draw(
             elif colour == PREDICTED and not is_input:
                 used.add("blue")
             ax.text(c + 0.5, r + 0.5, text, ha="center", va="center", fontsize=font, color=colour)
+    if rows == 0 or cols == 0:
+        ax.text(frame[1] / 2, frame[0] / 2, "no grid", ha="center", va="center", color="gray")
     thin = "#808080" if colours else "black"
     box = task.grid_boxes
     for r in range(rows + 1):
@@ -258,7 +260,7 @@ def _rect(
 def _legend(used: set[str]) -> str:
     marks = [
         ("yellow", "yellow = changed since the previous step"),
-        ("dot", "dot = changed since the previous step"),
+        ("dot", "dot in the corner = changed since the previous step"),
         ("blue", "blue = predicted"),
         ("red", "red = wrong"),
         ("cross", "cross = wrong"),
