@@ -180,9 +180,10 @@ def _draw(
     step: Step,
     title: str,
     frame: tuple[int, int],
-    is_input: bool = False,
+    given: bool = False,
 ) -> set[str]:
-    """Draw ``step``'s grid on ``ax``; returns which marks it used (for the legend)."""
+    """Draw ``step``'s grid on ``ax`` (a ``given`` one, the input or the expected output,
+    without marks of wrong cells); returns which marks it used (for the legend)."""
     import matplotlib.patheffects as pe
 
     width = task.grid_shape[1]
@@ -190,7 +191,7 @@ def _draw(
     colours = task.grid_colours if isinstance(task, ColouredGrid) else {}
     cells = task.grid_cells(step.prediction)
     givens = task.grid_cells(tr.inputs)
-    labels = None if is_input else tr.labels
+    labels = None if given else tr.labels
     ax.set_xlim(0, frame[1])
     ax.set_ylim(frame[0], 0)
     ax.set_aspect("equal")
@@ -229,7 +230,7 @@ def _draw(
             if wrong:
                 colour = WRONG
                 used.add("red")
-            elif colour == PREDICTED and not is_input:
+            elif colour == PREDICTED and not given:
                 used.add("blue")
             ax.text(c + 0.5, r + 0.5, text, ha="center", va="center", fontsize=font, color=colour)
     if rows == 0 or cols == 0:
@@ -307,7 +308,7 @@ def write_sheet(task: GridView, tr: Trace, path: Path, label: str = "", columns:
     for k, ax in enumerate(axes.ravel()):
         if k < len(givens):
             step, title = givens[k]
-            used |= _draw(ax, task, tr, step, title, frame, is_input=True)
+            used |= _draw(ax, task, tr, step, title, frame, given=True)
         elif k < total:
             i = k - len(givens) + 1
             step = tr.steps[i - 1]
