@@ -324,15 +324,22 @@ def write_sheet(task: GridView, tr: Trace, path: Path, label: str = "", columns:
 
 
 def write_gif(task: GridView, tr: Trace, path: Path, ms_per_step: int = 700) -> Path:
-    """An animated GIF, one frame per step."""
+    """An animated GIF, one frame per step; beside it, for a task whose answers the rules cannot
+    judge (ARC), the input and the expected output (a Sudoku's step shows its givens)."""
     from PIL import Image
 
     plt = _matplotlib()
     frame = _frame(task, tr)
+    context = [] if isinstance(task, GridPuzzle) else _givens(task, tr)
     frames = []
     for k, step in enumerate(tr.steps):
-        fig, ax = plt.subplots(figsize=(4, 4.4), layout="constrained")
-        _draw(ax, task, tr, step, _title(k + 1, step, tr, task, frame), frame)
+        fig, axes = plt.subplots(
+            1, len(context) + 1, figsize=(4 * (len(context) + 1), 4.6), layout="constrained"
+        )
+        axes = np.atleast_1d(axes)
+        for ax, (given, title) in zip(axes, context, strict=False):
+            _draw(ax, task, tr, given, title, frame, given=True)
+        _draw(axes[-1], task, tr, step, _title(k + 1, step, tr, task, frame), frame)
         buf = io.BytesIO()
         fig.savefig(buf, format="png", dpi=80)
         plt.close(fig)
