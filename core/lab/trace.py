@@ -198,6 +198,7 @@ def _draw(
     ax.set_xticks([])
     ax.set_yticks([])
     ax.set_title(title, fontsize=8)
+    ax.spines[:].set_visible(False)  # the grid draws its own border; the expected size's shows
     if (rows, cols) != frame:  # the part of the frame this grid does not cover
         ax.add_patch(_rect(0, 0, OUTSIDE, frame[1], frame[0]))
     font = max(4.0, min(12.0, 120.0 / max(frame)))
@@ -213,7 +214,7 @@ def _draw(
                 ax.add_patch(_rect(c, r, colours[text]))
                 if step.changed[i]:
                     used.add("dot")
-                    ax.plot(c + 0.2, r + 0.2, "o", ms=font * 0.7, mfc="white", mec="black")
+                    ax.plot(c + 0.15, r + 0.15, "o", ms=font * 0.6, mfc="white", mec="black")
                 if wrong:
                     used.add("cross")
                     for dy in (0.3, 0.7):
