@@ -377,8 +377,9 @@ def _class_has(cls: type, capability: type) -> bool:
     attribute)."""
     from .interfaces import protocol_members
 
-    data = set(capability.__annotations__)
-    methods = [n for n in protocol_members(capability) if n not in data]
+    members = protocol_members(capability)
+    methods = [n for n in members if callable(getattr(capability, n, None))]
+    data = [n for n in members if n not in methods]
     if methods:
         return all(callable(getattr(cls, n, None)) for n in methods)
     return all(hasattr(cls, n) for n in data)

@@ -242,7 +242,7 @@ def cmd_predict(args: argparse.Namespace, plugins: Plugins) -> int:
     from .lab.trace import grid_task
 
     run = load_model(args.run_dir, plugins.registry, args.checkpoint)
-    task = grid_task(run.task, "predict")
+    task = grid_task(run, "predict", typed=True)
     inputs = parse_puzzle(task, args.file)
     batch = run.to_device({"inputs": torch.as_tensor(inputs, dtype=torch.long)[None]})
     with run.autocast():
@@ -259,10 +259,20 @@ def cmd_predict(args: argparse.Namespace, plugins: Plugins) -> int:
 
 def cmd_trace(args: argparse.Namespace, plugins: Plugins) -> int:
     from .engine.evaluate import load_model
-    from .lab.trace import eval_sample, grid_task, trace, write_gif, write_sheet
+    from .interfaces import GridPuzzle, PaddedGrid
+    from .lab.trace import (
+        eval_sample,
+        grid_extent,
+        grid_task,
+        solves,
+        trace,
+        write_gif,
+        write_sheet,
+    )
 
     run = load_model(args.run_dir, plugins.registry, args.checkpoint)
-    task = grid_task(run.task, "trace")
+    typed = args.data is not None
+    task = grid_task(run, "trace --data" if typed else "trace", typed=typed)
     if args.data is not None:
         inputs, labels, pid, stem = parse_puzzle(task, args.data), None, 0, args.data.stem
     else:
@@ -273,10 +283,20 @@ def cmd_trace(args: argparse.Namespace, plugins: Plugins) -> int:
     out = args.out or args.run_dir / "trace"
     sheet = write_sheet(task, tr, out / f"{stem}.png", label=f"{args.run_dir.name} {stem}")
     gif = write_gif(task, tr, out / f"{stem}.gif")
-    valid = bool(task.check_answer(inputs, tr.answer))
-    print(
-        f"halted at step {tr.halted_at} of {len(tr.steps)}; answer valid: {'yes' if valid else 'no'}"
-    )
+    solved = solves(task, tr, tr.answer)
+    if solved is None:
+        verdict = ""
+    elif isinstance(task, GridPuzzle):
+        verdict = f"; answer valid: {'yes' if solved else 'no'}"
+    else:
+        verdict = f"; answer equals the held-out output: {'yes' if solved else 'no'}"
+    print(f"halted at step {tr.halted_at} of {len(tr.steps)}{verdict}")
+    if isinstance(task, PaddedGrid):
+        sizes = [("input", inputs), ("answer", tr.answer)]
+        if labels is not None:
+            sizes.append(("expected", labels))
+        shown = ", ".join(f"{k} {'x'.join(map(str, grid_extent(task, t)))}" for k, t in sizes)
+        print(f"grids: {shown}")
     print(f"sheet: {sheet}")
     print(f"gif: {gif} ({len(tr.steps)} frames)")
     return 0

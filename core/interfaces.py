@@ -454,29 +454,55 @@ class RoutedLayer(Protocol):
 
 
 @runtime_checkable
-class GridPuzzle(Protocol):
-    """A task whose samples are grids a person can read and type (Sudoku, mazes): what
-    ``ponderkit predict`` and ``ponderkit trace`` need. A sample's ``seq_len`` tokens are the
-    grid, row-major.
+class GridView(Protocol):
+    """A task whose samples can be drawn as grids: what ``ponderkit trace`` needs. A sample's
+    ``seq_len`` tokens are the grid, row-major.
 
     - ``grid_shape``: (rows, cols), rows * cols == seq_len.
     - ``grid_boxes``: (rows, cols) of the blocks outlined when drawn (Sudoku's boxes; the whole
       grid for none).
-    - ``parse_grid(text) -> (seq_len,) int64 array`` of input tokens; malformed text raises
-      :class:`~ponderkit.TextError` with the 1-based line and column.
     - ``grid_cells(tokens (seq_len,)) -> list[str]``: what to show in each cell ('' for a
-      blank); joined row by row it is the text ``parse_grid`` reads.
-    - ``check_answer(inputs, prediction) -> bool``: whether ``prediction`` solves the puzzle
-      ``inputs``, judged by rules (not by comparing with a stored label)."""
+      blank)."""
 
     grid_shape: tuple[int, int]
     grid_boxes: tuple[int, int]
 
-    def parse_grid(self, text: str) -> Any: ...
-
     def grid_cells(self, tokens: Any) -> list[str]: ...
 
+
+@runtime_checkable
+class GridPuzzle(GridView, Protocol):
+    """A :class:`GridView` a person can also type and check (Sudoku, mazes): what ``ponderkit
+    predict`` and ``trace --data`` need.
+
+    - ``parse_grid(text) -> (seq_len,) int64 array`` of input tokens; malformed text raises
+      :class:`~ponderkit.TextError` with the 1-based line and column. ``grid_cells`` joined row
+      by row is the text ``parse_grid`` reads.
+    - ``check_answer(inputs, prediction) -> bool``: whether ``prediction`` solves the puzzle
+      ``inputs``, judged by rules (not by comparing with a stored label)."""
+
+    def parse_grid(self, text: str) -> Any: ...
+
     def check_answer(self, inputs: Any, prediction: Any) -> bool: ...
+
+
+@runtime_checkable
+class ColouredGrid(Protocol):
+    """A :class:`GridView` some of whose cells are colours (ARC's ten, a maze's walls):
+    ``grid_colours`` maps a cell's text (from ``grid_cells``) to a matplotlib colour; such a
+    cell is drawn as a square of that colour instead of as text."""
+
+    grid_colours: Mapping[str, str]
+
+
+@runtime_checkable
+class PaddedGrid(Protocol):
+    """A :class:`GridView` whose grid is smaller than ``grid_shape`` and sits at its top left,
+    the rest padding (ARC's grids on a 30x30 canvas): ``grid_extent(tokens (seq_len,)) ->
+    (rows, cols)`` is the size of the grid ``tokens`` hold (0 rows or columns when they hold
+    none); only that part is drawn."""
+
+    def grid_extent(self, tokens: Any) -> tuple[int, int]: ...
 
 
 #: The Protocol a builder's result must satisfy, per kind.
@@ -501,7 +527,7 @@ CAPABILITIES: dict[str, tuple[type, ...]] = {
     "ffn": (RoutedLayer,),
     "router": (ResettableRouter,),
     "halting": (WeighsSteps, NextStepTarget),
-    "task": (GridPuzzle,),
+    "task": (GridView, GridPuzzle, ColouredGrid, PaddedGrid),
 }
 
 
@@ -521,13 +547,22 @@ def contract_problem(kind: str, obj: Any) -> str | None:
 
 
 def protocol_members(protocol: type) -> list[str]:
-    """The attributes and methods a Protocol requires, in declaration order."""
-    names = list(getattr(protocol, "__annotations__", {}))
-    names += [
-        n
-        for n, v in vars(protocol).items()
-        if callable(v) and not n.startswith("_") and n not in names
-    ]
+    """The attributes and methods a Protocol requires (those of the Protocols it extends
+    first), in declaration order."""
+    bases = [c for c in reversed(protocol.__mro__) if c.__dict__.get("_is_protocol")]
+    names: list[str] = []
+    for base in bases:
+        if base is Protocol:
+            continue
+        names += [n for n in base.__dict__.get("__annotations__", {}) if n not in names]
+    for base in bases:
+        if base is Protocol:
+            continue
+        names += [
+            n
+            for n, v in vars(base).items()
+            if callable(v) and not n.startswith("_") and n not in names
+        ]
     return names
 
 

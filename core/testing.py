@@ -24,7 +24,10 @@ from torch import Tensor, nn
 
 from .interfaces import (
     PROTOCOLS,
+    ColouredGrid,
     ForwardContext,
+    GridView,
+    PaddedGrid,
     ResettableRouter,
     Routing,
     WeighsSteps,
@@ -331,7 +334,9 @@ def check_halting(factory: LayerFactory, max_examples: int = 30) -> None:
 def check_task(task: Any, batch_size: int = 4, batches: int = 3) -> None:
     """Check a built task: the Task Protocol, batch shapes, token ids within the vocabulary,
     labels within it or -100, reproducible training batches for a seed, a fixed evaluation set,
-    and ``score`` giving (B,) metrics."""
+    ``score`` giving (B,) metrics, and for a task drawn as a grid (:class:`GridView`) a grid
+    that covers the sequence, one text per cell, extents within it and colours matplotlib
+    reads."""
     _contract("task", task)
     it, again = task.train_batches(batch_size, 0), task.train_batches(batch_size, 0)
     for _ in range(batches):
@@ -351,6 +356,31 @@ def check_task(task: Any, batch_size: int = 4, batches: int = 3) -> None:
     scores = task.score(batch["inputs"], batch)
     for name, value in scores.items():
         assert value.shape == (batch["inputs"].shape[0],), f"score {name!r} must be (B,)"
+    if isinstance(task, GridView):
+        _check_grid(task, batch)
+
+
+def _check_grid(task: Any, batch: dict[str, Tensor]) -> None:
+    from matplotlib.colors import is_color_like
+
+    rows, cols = task.grid_shape
+    assert rows * cols == task.seq_len, (
+        f"grid_shape {task.grid_shape} must hold seq_len={task.seq_len} cells"
+    )
+    for tokens in (*batch["inputs"], *batch["labels"]):
+        tokens = tokens.numpy()
+        cells = task.grid_cells(tokens)
+        assert len(cells) == task.seq_len and all(isinstance(c, str) for c in cells), (
+            "grid_cells must give one str per token"
+        )
+        if isinstance(task, PaddedGrid):
+            h, w = task.grid_extent(tokens)
+            assert 0 <= h <= rows and 0 <= w <= cols, (
+                f"grid_extent {(h, w)} outside grid_shape {task.grid_shape}"
+            )
+    if isinstance(task, ColouredGrid):
+        bad = [text for text, colour in task.grid_colours.items() if not is_color_like(colour)]
+        assert not bad, f"grid_colours: {bad[0]!r} is not a matplotlib colour"
 
 
 def _check_batch(task: Any, batch: dict[str, Tensor]) -> None:

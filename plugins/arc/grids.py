@@ -16,6 +16,20 @@ import numpy as np
 
 PAD, EOS, COLOUR0 = 0, 1, 2
 VOCAB_SIZE = 12
+#: ARC's usual palette for the colours 0..9: black, blue, red, green, yellow, grey, magenta,
+#: orange, light blue, maroon.
+PALETTE = (
+    "#000000",
+    "#0074d9",
+    "#ff4136",
+    "#2ecc40",
+    "#ffdc00",
+    "#aaaaaa",
+    "#f012be",
+    "#ff851b",
+    "#7fdbff",
+    "#870c25",
+)
 
 
 def _rot90(grid: np.ndarray, k: int) -> np.ndarray:

