@@ -184,8 +184,7 @@ def main() -> None:
     gen = generation_row(args, registry)
     nsa = nsa_row(args, registry)
     lines = [
-        f"device: CPU ({platform.machine()}), torch {torch.__version__}, "
-        f"{args.threads} thread(s)",
+        f"device: CPU ({platform.machine()}), torch {torch.__version__}, {args.threads} thread(s)",
         "",
         "| part | ops | kernels (non-view ops) | CPU ms |",
         "| --- | --- | --- | --- |",

@@ -20,6 +20,8 @@ def _up(x: Tensor) -> Tensor:
 
 def masked_softmax(scores: Tensor, mask: Tensor) -> Tensor:
     """Softmax over the last dim where ``mask`` holds; a row with nothing allowed gives 0."""
+    if not scores.shape[-1]:  # no compressed block yet (a sequence shorter than a block)
+        return scores
     scores = scores.masked_fill(~mask, float("-inf"))
     top = scores.amax(-1, keepdim=True).clamp(min=torch.finfo(scores.dtype).min)
     e = torch.exp(scores - top) * mask

@@ -208,3 +208,38 @@ def test_tiled_block_masks_are_exact(causal, total, block, tile):
     want_w = ((d >= 0) & (d < window)) if causal else (d.abs() < window)
     bm = flex.window_block_mask(1, total, tile, window, causal, "cpu")
     assert torch.equal(kernel_view(bm, 1, total)[0], want_w)
+
+
+@pytest.mark.parametrize("prompt", [1, 4, 6])
+@pytest.mark.parametrize("capacity", [None, 40, 20])  # cat per token, buffers, buffers outgrown
+def test_decoding_token_by_token_equals_the_parallel_masked_forward(prompt, capacity):
+    """A prompt, then one token at a time through the KV cache (blocks compressed as they
+    complete, a selection made per query block, the window sliced) gives, row for row, the
+    explicit-mask parallel forward of the whole sequence; float64. 8 blocks of 4 with 2
+    selected and a window of 5: selection and window both drop most of the past."""
+    from ponderkit import KVCache
+
+    t = 32
+    m = make((0.3, -0.2, 0.1), block=4, selected=2, window=5, causal=True, kernel="masked")
+    torch.nn.init.normal_(m.gate.weight, std=0.3)
+    h = torch.randn(3, t, D, dtype=torch.float64)
+    with torch.no_grad():
+        full = m(h, ForwardContext(positions="rope"))
+        cache = KVCache(capacity=capacity)
+        rows = []
+        for start, end in [(0, prompt), *((i, i + 1) for i in range(prompt, t))]:
+            ctx = ForwardContext(positions="rope", cache=cache)
+            cache.begin()
+            rows.append(m(h[:, start:end], ctx))
+            cache.advance(end - start)
+    torch.testing.assert_close(torch.cat(rows, 1), full, rtol=1e-10, atol=1e-10)
+
+
+def test_rope_tables_grown_for_decoding_equal_fresh_ones():
+    ctx = ForwardContext(positions="rope")
+    for n in (3, 4, 9, 5, 30):
+        cos, sin = ctx.rope(n, DH, torch.device("cpu"))
+        fresh_cos, fresh_sin = ForwardContext(positions="rope").rope(n, DH, torch.device("cpu"))
+        assert cos.shape == (n, DH)
+        torch.testing.assert_close(cos, fresh_cos, rtol=0, atol=1e-7)
+        torch.testing.assert_close(sin, fresh_sin, rtol=0, atol=1e-7)
