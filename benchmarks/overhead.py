@@ -45,15 +45,18 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 class OpCounter(TorchDispatchMode):
-    """Counts aten operations (all, and those that are not views) by name."""
+    """Counts aten operations (all, and those that are not views) by name, and by the part
+    of the model that ran them (``part``, set by :func:`attribute_parts`)."""
 
     def __init__(self) -> None:
         super().__init__()
         self.ops: Counter[str] = Counter()
+        self.by_part: Counter[str] = Counter()
         self.views = 0
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         self.ops[str(func.overloadpacket.__name__)] += 1
+        self.by_part[PART[-1]] += 1
         if func.is_view:
             self.views += 1
         return func(*args, **(kwargs or {}))
@@ -61,6 +64,21 @@ class OpCounter(TorchDispatchMode):
     @property
     def total(self) -> int:
         return sum(self.ops.values())
+
+
+#: the part of the model running now (a stack: parts do not nest in these models)
+PART = ["other"]
+
+
+def attribute_parts(model: torch.nn.Module) -> None:
+    """Count the ops of every block's mixer and FFN apart from the rest (embedding, norms,
+    residuals, head, the generation loop), by the mixer's or FFN's class name."""
+    for name, module in model.named_modules():
+        part = name.rsplit(".", 1)[-1]
+        if part in ("mixer", "ffn"):
+            label = f"{part} ({type(module).__name__})"
+            module.register_forward_pre_hook(lambda m, a, label=label: PART.append(label))
+            module.register_forward_hook(lambda m, a, o: PART.pop() and None)
 
 
 def counted(fn) -> OpCounter:
@@ -105,6 +123,7 @@ def seed003_model(args, registry):
 def generation_row(args, registry) -> dict:
     model, prompt = seed003_model(args, registry)
     model.train()  # as EAVI generates (routers count activations)
+    attribute_parts(model)
     n = args.tokens
 
     def run(length: int):
@@ -123,6 +142,9 @@ def generation_row(args, registry) -> dict:
         "kernels_per_token": (ops_n.total - ops_n.views - ops_1.total + ops_1.views) / (n - 1),
         "ms_per_token": 1e3 * (ms_n - ms_1) / (n - 1),
         "prefill_ops": ops_1.total,
+        "ops_per_token_by_part": {
+            part: (ops_n.by_part[part] - ops_1.by_part[part]) / (n - 1) for part in ops_n.by_part
+        },
         "top_ops": dict(per_token.most_common(15)),
     }
     return row
@@ -194,6 +216,8 @@ def main() -> None:
         f"| nsa fixed path fwd+bwd (T {nsa['T']}, batch {nsa['batch']}) | {nsa['ops']} | "
         f"{nsa['kernels']} | {nsa['ms']:.2f} |",
     ]
+    parts = ", ".join(f"{k} {v:.0f}" for k, v in gen["ops_per_token_by_part"].items())
+    lines.append(f"\ngenerate, ops per token by part (all layers): {parts}")
     table = "\n".join(lines)
     print(table)
     print("generate, most frequent ops per token:", gen["top_ops"])
