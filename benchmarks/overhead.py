@@ -8,8 +8,9 @@ operations it dispatches, which is what bounds a GPU decode step of the seed-003
 1. ``generate`` (greedy, KV cache) with the model of experiments/seed003_nsa_dynmoe.yaml shrunk
    to ``--d-model`` 32 (NSA + DynMoE, ``--layers`` 2, the same block, selection and window),
    batch 8, on serialized sorting with a ``--prompt``-token prompt: aten operations and CPU
-   milliseconds per generated token, marginal (``generate(n)`` minus ``generate(1)``, over
-   n - 1), so the prompt's one parallel pass is not counted.
+   milliseconds per generated token: ops marginal (``generate(n)`` minus ``generate(1)``, over
+   n - 1), time from the first one-token step to the end, over n - 1, so the prompt's one
+   parallel pass is not counted; both also split by part (the mixers, the FFNs, the rest).
 2. Forward + backward of one causal ``nsa`` mixer at T = ``--length`` with its attention
    kernels replaced by a stand-in (``q * 1``): what is left is the fixed path (projections,
    RoPE, compression, block ranking and selection, the FlexAttention block masks, gates),
@@ -66,8 +67,10 @@ class OpCounter(TorchDispatchMode):
         return sum(self.ops.values())
 
 
-#: the part of the model running now (a stack: parts do not nest in these models)
+#: the part of the model running now (a stack: parts do not nest in these models), and the
+#: seconds spent in each part
 PART = ["other"]
+PART_SECONDS: Counter[str] = Counter()
 
 
 def attribute_parts(model: torch.nn.Module) -> None:
@@ -77,8 +80,30 @@ def attribute_parts(model: torch.nn.Module) -> None:
         part = name.rsplit(".", 1)[-1]
         if part in ("mixer", "ffn"):
             label = f"{part} ({type(module).__name__})"
-            module.register_forward_pre_hook(lambda m, a, label=label: PART.append(label))
-            module.register_forward_hook(lambda m, a, o: PART.pop() and None)
+            module.register_forward_pre_hook(lambda m, a, label=label: enter(label, a[0]))
+            module.register_forward_hook(lambda m, a, o: leave(a[0]))
+    model.recursion.register_forward_pre_hook(lambda m, a: mark_decoding(a[1]))
+
+
+#: when the first decoding step (one token after the prompt) of the current call began
+DECODING: list[float] = []
+
+
+def mark_decoding(x: torch.Tensor) -> None:
+    if x.shape[1] == 1 and not DECODING:
+        DECODING.append(time.perf_counter())
+
+
+def enter(label: str, h: torch.Tensor) -> None:
+    PART.append(label)
+    if h.shape[1] == 1:  # time the decoding steps only, not the prompt's parallel pass
+        PART_SECONDS[label] -= time.perf_counter()
+
+
+def leave(h: torch.Tensor) -> None:
+    label = PART.pop()
+    if h.shape[1] == 1:
+        PART_SECONDS[label] += time.perf_counter()
 
 
 def counted(fn) -> OpCounter:
@@ -87,12 +112,15 @@ def counted(fn) -> OpCounter:
     return counter
 
 
-def median_seconds(fn, reps: int) -> float:
+def median_seconds(fn, reps: int, decoding_only: bool = False) -> float:
+    """Median seconds of ``fn()``; ``decoding_only``: from its first decoding step on."""
     times = []
     for _ in range(reps):
+        DECODING.clear()
         t = time.perf_counter()
         fn()
-        times.append(time.perf_counter() - t)
+        end = time.perf_counter()
+        times.append(end - (DECODING[0] if decoding_only else t))
     return statistics.median(times)
 
 
@@ -132,20 +160,26 @@ def generation_row(args, registry) -> dict:
     generate(model, prompt, 2)  # warm-up
     ops_n, ops_1 = counted(run(n)), counted(run(1))
     per_token = Counter({k: (ops_n.ops[k] - ops_1.ops[k]) / (n - 1) for k in ops_n.ops})
-    ms_n = median_seconds(run(n), args.reps)
-    ms_1 = median_seconds(run(1), args.reps)
+    # the decoding steps only (n - 1 of them and the last token's pick): the prompt's pass
+    # costs seconds on the CPU and would drown them in its noise
+    PART_SECONDS.clear()
+    decoding = median_seconds(run(n), args.reps, decoding_only=True)
     row = {
         "prompt": prompt.shape[1],
         "batch": prompt.shape[0],
         "tokens": n,
         "ops_per_token": (ops_n.total - ops_1.total) / (n - 1),
         "kernels_per_token": (ops_n.total - ops_n.views - ops_1.total + ops_1.views) / (n - 1),
-        "ms_per_token": 1e3 * (ms_n - ms_1) / (n - 1),
+        "ms_per_token": 1e3 * decoding / (n - 1),
         "prefill_ops": ops_1.total,
         "ops_per_token_by_part": {
             part: (ops_n.by_part[part] - ops_1.by_part[part]) / (n - 1) for part in ops_n.by_part
         },
         "top_ops": dict(per_token.most_common(15)),
+        # mean over the repetitions (the total above is a median)
+        "ms_per_token_by_part": {
+            part: 1e3 * seconds / args.reps / (n - 1) for part, seconds in PART_SECONDS.items()
+        },
     }
     return row
 
@@ -218,6 +252,8 @@ def main() -> None:
     ]
     parts = ", ".join(f"{k} {v:.0f}" for k, v in gen["ops_per_token_by_part"].items())
     lines.append(f"\ngenerate, ops per token by part (all layers): {parts}")
+    ms = ", ".join(f"{k} {v:.2f}" for k, v in gen["ms_per_token_by_part"].items())
+    lines.append(f"generate, CPU ms per token in the mixers and FFNs (all layers): {ms}")
     table = "\n".join(lines)
     print(table)
     print("generate, most frequent ops per token:", gen["top_ops"])
