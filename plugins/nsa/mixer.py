@@ -137,8 +137,7 @@ class NativeSparseAttention(nn.Module):
             o_win = branches.masked_attention(q, k, v, win)
         if slot is not None:
             slot["kc"], slot["vc"], slot["q_last"] = kc, vc, q[:, :, -1:]
-            # token mask (B, nkb * l) of the blocks the last query block reads
-            slot["selected"] = chosen[:, -1].repeat_interleave(self.block, dim=-1)
+            slot["selected"] = self.selection_bias(chosen[:, -1], q.dtype)
         return o_cmp, o_slc, o_win
 
     def decode_step(
@@ -168,14 +167,23 @@ class NativeSparseAttention(nn.Module):
             slot["selected"] = self.select_for_block(slot["q_last"], kc, pos // block)
         slot["q_last"] = q
         o_cmp = _attention(q, kc, vc) if kc.shape[2] else torch.zeros_like(q)
-        o_slc = _attention(q, k, v, slot["selected"][:, None, None, : pos + 1])
+        o_slc = _attention(q, k, v, slot["selected"][:, :, :, : pos + 1])
         start = max(0, pos + 1 - self.window)
         o_win = _attention(q, k[:, :, start:], v[:, :, start:])
         return o_cmp, o_slc, o_win
 
+    def selection_bias(self, chosen: Tensor, dtype: torch.dtype) -> Tensor:
+        """Additive attention mask (B, 1, 1, nkb * l): 0 on the tokens of the key blocks
+        ``chosen`` (B, nkb) bool, -inf elsewhere (made once per query block, where SDPA
+        would turn a boolean mask into this at every token)."""
+        tokens = chosen.repeat_interleave(self.block, dim=-1)[:, None, None]
+        return torch.zeros(tokens.shape, dtype=dtype, device=tokens.device).masked_fill_(
+            ~tokens, float("-inf")
+        )
+
     def select_for_block(self, q_before: Tensor, kc: Tensor, qb: int) -> Tensor:
-        """Token mask (B, (qb+1) * l) of the blocks query block ``qb`` reads: its own and the
-        top ``selected - 1`` of blocks 0..qb-1 (all complete) by the compressed-attention
+        """:meth:`selection_bias` of the blocks query block ``qb`` reads: its own and the top
+        ``selected - 1`` of blocks 0..qb-1 (all complete) by the compressed-attention
         probabilities of ``q_before`` (B,H,1,Dh), the query at qb * l - 1, summed over heads."""
         b = kc.shape[0]
         scores = branches._up(q_before @ kc.transpose(-1, -2)) / self.head_dim**0.5
@@ -184,11 +192,11 @@ class NativeSparseAttention(nn.Module):
         chosen[:, qb] = True
         top = importance.topk(min(self.selected - 1, qb), dim=-1).indices
         chosen.scatter_(-1, top, True)
-        return chosen.repeat_interleave(self.block, dim=-1)
+        return self.selection_bias(chosen, q_before.dtype)
 
 
 def _attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None) -> Tensor:
-    """softmax(q k^T / sqrt(Dh)) v, over the pairs ``mask`` allows; every row allows one."""
+    """softmax(q k^T / sqrt(Dh) + mask) v; ``mask`` additive, every row with a finite entry."""
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
 
 
