@@ -7,6 +7,7 @@ length, nb = T // l complete key blocks, nqb = ceil(T / l) query blocks.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -42,12 +43,37 @@ def compressed_visible(q_pos: Tensor, nb: int, block: int, causal: bool) -> Tens
     return ends[None, :] <= q_pos[:, None]
 
 
+def shape_constant(fn):
+    """Memoise ``fn``, whose tensors depend on shapes only (made once per shape; always
+    ordinary tensors, also when first asked for under ``torch.inference_mode``)."""
+
+    @functools.lru_cache(maxsize=32)
+    def made(*args):
+        with torch.inference_mode(False):
+            return fn(*args)
+
+    return functools.wraps(fn)(made)
+
+
+@shape_constant
+def prefix_visible(total: int, nb: int, block: int, causal: bool, device) -> Tensor:
+    """:func:`compressed_visible` of the queries at 0..total-1."""
+    return compressed_visible(torch.arange(total, device=device), nb, block, causal)
+
+
 def compressed_attention(
-    q: Tensor, kc: Tensor, vc: Tensor, q_pos: Tensor, block: int, causal: bool
+    q: Tensor,
+    kc: Tensor,
+    vc: Tensor,
+    q_pos: Tensor,
+    block: int,
+    causal: bool,
+    visible: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Attention over the compressed block tokens kc, vc (B,H,nb,Dh): (output, probabilities
-    (B,H,t,nb))."""
-    visible = compressed_visible(q_pos, kc.shape[2], block, causal)
+    (B,H,t,nb)); ``visible``: :func:`compressed_visible` when the caller has it."""
+    if visible is None:
+        visible = compressed_visible(q_pos, kc.shape[2], block, causal)
     scores = _up(q @ kc.transpose(-1, -2)) / math.sqrt(q.shape[-1])  # (B,H,t,nb)
     probs = masked_softmax(scores, visible)
     return (probs.to(vc.dtype) @ vc).to(q.dtype), probs
@@ -66,9 +92,8 @@ def block_importance(
     query of the block would then steer an earlier one (a leak from the future)."""
     nqb = -(-total // block)
     if causal:
-        sel_pos = torch.arange(nqb, device=kc.device) * block - 1  # (nqb,), -1 for block 0
-        q_sel = q_all[:, :, sel_pos.clamp(min=0)]  # (B,H,nqb,Dh)
-        visible = compressed_visible(sel_pos, kc.shape[2], block, causal=True)
+        sel_pos, visible = _selecting_queries(nqb, kc.shape[2], block, kc.device)
+        q_sel = q_all[:, :, sel_pos]  # (B,H,nqb,Dh)
         scores = _up(q_sel @ kc.transpose(-1, -2)) / math.sqrt(q_all.shape[-1])
         return masked_softmax(scores, visible).sum(1)
     assert probs is not None
@@ -80,6 +105,26 @@ def block_importance(
     return (summed / counts[:, None]).sum(1)
 
 
+@shape_constant
+def _selecting_queries(nqb: int, nb: int, block: int, device) -> tuple[Tensor, Tensor]:
+    """Causal selection: the position of the query that chooses for each query block (the last
+    one before it, clamped to 0 for block 0) (nqb,), and the blocks it sees (nqb, nb)."""
+    sel_pos = torch.arange(nqb, device=device) * block - 1  # (nqb,), -1 for block 0
+    visible = compressed_visible(sel_pos, nb, block, causal=True)
+    return sel_pos.clamp(min=0), visible
+
+
+@shape_constant
+def _selection_template(nqb: int, nb: int, causal: bool, device) -> Tensor:
+    """(nqb, nkb) float32 added to the importance: +inf on the own block, -inf on blocks not
+    complete (>= nb) and, causal, on blocks from the future, 0 elsewhere."""
+    template = torch.zeros(nqb, nqb, device=device)
+    template[:, nb:] = float("-inf")
+    if causal:
+        template = template.masked_fill(torch.ones_like(template).triu(1).bool(), float("-inf"))
+    return template.fill_diagonal_(float("inf"))
+
+
 def select_blocks(
     importance: Tensor, selected: int, block: int, total: int, causal: bool
 ) -> Tensor:
@@ -88,13 +133,9 @@ def select_blocks(
     blocks from the future never."""
     b, nqb, nb = importance.shape
     nkb = nqb
-    scores = torch.full((b, nqb, nkb), float("-inf"), device=importance.device)
-    scores[:, :, :nb] = importance
-    qb = torch.arange(nqb, device=importance.device)
-    kb = torch.arange(nkb, device=importance.device)
-    if causal:
-        scores = scores.masked_fill(kb[None, None, :] > qb[None, :, None], float("-inf"))
-    scores[:, qb, qb] = float("inf")  # the own block
+    # the importance is finite, so the template's infinities decide where they stand
+    padded = torch.nn.functional.pad(importance.to(torch.float32), (0, nkb - nb))
+    scores = padded + _selection_template(nqb, nb, causal, importance.device)
     k = min(selected, nkb)
     top = scores.topk(k, dim=-1)
     chosen = torch.zeros(b, nqb, nkb, dtype=torch.bool, device=importance.device)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 
 import torch
+from ponderkit.plugins.nsa.branches import shape_constant
 from torch import Tensor
 
 
@@ -76,7 +77,7 @@ def _overlap(tiles: int, tile: int, blocks: int, block: int, device) -> Tensor:
     return ((b0 < t0 + tile) & (t0 < b0 + block)).to(torch.float32)
 
 
-@functools.lru_cache(maxsize=32)
+@shape_constant
 def _tile_layout(total: int, block: int, tile: int, causal: bool, device) -> tuple:
     """What the selected branch's BlockMask needs that depends on the shapes only, made once
     per shape: the overlaps of query and key tiles with NSA blocks (nt, nqb) and (nt, nkb),
@@ -121,7 +122,7 @@ def selected_block_mask(chosen: Tensor, total: int, block: int, causal: bool, ti
     return _from_rows(None, read & ~whole, total, tile, mod, whole)
 
 
-@functools.lru_cache(maxsize=32)
+@shape_constant
 def window_block_mask(batch: int, total: int, block: int, window: int, causal: bool, device):
     """The sliding window's BlockMask: each query block reads the key blocks its window spans.
     It depends on the shapes only, so it is made once per shape (and reused: one object also

@@ -116,7 +116,10 @@ class NativeSparseAttention(nn.Module):
         total = k.shape[2]
         q_pos = torch.arange(total, device=q.device)
         kc, vc = self.compress(k, v)
-        o_cmp, probs = branches.compressed_attention(q, kc, vc, q_pos, self.block, self.causal)
+        visible = branches.prefix_visible(total, kc.shape[2], self.block, self.causal, q.device)
+        o_cmp, probs = branches.compressed_attention(
+            q, kc, vc, q_pos, self.block, self.causal, visible
+        )
         importance = branches.block_importance(q, kc, probs, total, self.block, self.causal)
         chosen = branches.select_blocks(
             importance, self.selected, self.block, total, self.causal

@@ -243,3 +243,21 @@ def test_rope_tables_grown_for_decoding_equal_fresh_ones():
         assert cos.shape == (n, DH)
         torch.testing.assert_close(cos, fresh_cos, rtol=0, atol=1e-7)
         torch.testing.assert_close(sin, fresh_sin, rtol=0, atol=1e-7)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("total", [24, 27])  # whole blocks, and a ragged last block
+def test_select_blocks_against_brute_force(causal, total):
+    """Each query block: its own block, plus the ``selected - 1`` complete blocks (causal: not
+    from the future) of highest importance."""
+    from ponderkit.plugins.nsa.branches import select_blocks
+
+    blk, n = 4, 3
+    nqb, nb = -(-total // blk), total // blk
+    importance = torch.rand(2, nqb, nb, dtype=torch.float64)
+    chosen = select_blocks(importance, n, blk, total, causal)
+    for b in range(2):
+        for qb in range(nqb):
+            rest = [j for j in range(nb) if j != qb and (not causal or j < qb)]
+            rest = sorted(rest, key=lambda j: -float(importance[b, qb, j]))[: n - 1]
+            assert {int(j) for j in chosen[b, qb].nonzero()} == {qb, *rest}
