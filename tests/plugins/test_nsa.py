@@ -247,12 +247,13 @@ def test_rope_tables_grown_for_decoding_equal_fresh_ones():
 
 @pytest.mark.parametrize("causal", [False, True])
 @pytest.mark.parametrize("total", [24, 27])  # whole blocks, and a ragged last block
-def test_select_blocks_against_brute_force(causal, total):
+@pytest.mark.parametrize("n", [3, 9])  # some blocks, more than there are
+def test_select_blocks_against_brute_force(causal, total, n):
     """Each query block: its own block, plus the ``selected - 1`` complete blocks (causal: not
     from the future) of highest importance."""
     from ponderkit.plugins.nsa.branches import select_blocks
 
-    blk, n = 4, 3
+    blk = 4
     nqb, nb = -(-total // blk), total // blk
     importance = torch.rand(2, nqb, nb, dtype=torch.float64)
     chosen = select_blocks(importance, n, blk, total, causal)
