@@ -108,7 +108,12 @@ def selected_block_mask(chosen: Tensor, total: int, block: int, causal: bool, ti
     tile = tile or block
     b, nqb, nkb = chosen.shape
     over, pairs, may_be_whole = _tile_layout(total, block, tile, causal, chosen.device)
-    hits = torch.einsum("qi,bij,kj->bqk", over, chosen.to(torch.float32), over)
+    if tile % block == 0:  # whole NSA blocks per tile: the chosen pairs summed per tile pair
+        per, pad = tile // block, -(-total // tile) * (tile // block) - nqb
+        padded = torch.nn.functional.pad(chosen, (0, pad, 0, pad))
+        hits = padded.view(b, -1, per, padded.shape[2] // per, per).sum((2, 4))  # (B, nt, nt)
+    else:
+        hits = torch.einsum("qi,bij,kj->bqk", over, chosen.to(torch.float32), over)
     read = (hits > 0)[:, None]  # (B, 1, nt, nt)
     whole = read & (hits == pairs)[:, None] & may_be_whole
     last_q, last_k = nqb - 1, nkb - 1
