@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import math
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -55,10 +56,39 @@ def shape_constant(fn):
     return functools.wraps(fn)(made)
 
 
+class AdditiveMask(NamedTuple):
+    """A boolean mask (t, n) in the form a plain softmax takes, made once per shape: ``bias``
+    (t, n) float32, 0 where allowed and float32's lowest finite value elsewhere (its exp is
+    exactly 0 beside any allowed score), and ``rows`` (t, 1) float32, 0 for a row that allows
+    nothing (whose output, and gradient, :func:`softmax_where` zeroes)."""
+
+    bias: Tensor
+    rows: Tensor
+
+
+def additive(mask: Tensor) -> AdditiveMask:
+    bias = torch.zeros(mask.shape, device=mask.device).masked_fill(
+        ~mask, torch.finfo(torch.float32).min
+    )
+    return AdditiveMask(bias, mask.any(-1, keepdim=True).to(torch.float32))
+
+
+def softmax_where(scores: Tensor, mask: Tensor | AdditiveMask | None) -> Tensor:
+    """:func:`masked_softmax` of ``scores`` over a boolean mask, an :class:`AdditiveMask`
+    (three operations, not ten) or None (everything allowed)."""
+    if mask is None:
+        return torch.softmax(scores, dim=-1)
+    if isinstance(mask, AdditiveMask):
+        return torch.softmax(scores + mask.bias, dim=-1) * mask.rows
+    return masked_softmax(scores, mask)
+
+
 @shape_constant
-def prefix_visible(total: int, nb: int, block: int, causal: bool, device) -> Tensor:
-    """:func:`compressed_visible` of the queries at 0..total-1."""
-    return compressed_visible(torch.arange(total, device=device), nb, block, causal)
+def prefix_visible(total: int, nb: int, block: int, causal: bool, device) -> AdditiveMask | None:
+    """:func:`compressed_visible` of the queries at 0..total-1 (None: all visible)."""
+    if not causal:
+        return None
+    return additive(compressed_visible(torch.arange(total, device=device), nb, block, causal))
 
 
 def compressed_attention(
@@ -68,14 +98,15 @@ def compressed_attention(
     q_pos: Tensor,
     block: int,
     causal: bool,
-    visible: Tensor | None = None,
+    visible: Tensor | AdditiveMask | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Attention over the compressed block tokens kc, vc (B,H,nb,Dh): (output, probabilities
-    (B,H,t,nb)); ``visible``: :func:`compressed_visible` when the caller has it."""
+    (B,H,t,nb)); ``visible``: :func:`compressed_visible` (or :func:`prefix_visible`) when the
+    caller has it."""
     if visible is None:
         visible = compressed_visible(q_pos, kc.shape[2], block, causal)
     scores = _up(q @ kc.transpose(-1, -2)) / math.sqrt(q.shape[-1])  # (B,H,t,nb)
-    probs = masked_softmax(scores, visible)
+    probs = softmax_where(scores, visible)
     return (probs.to(vc.dtype) @ vc).to(q.dtype), probs
 
 
@@ -95,7 +126,7 @@ def block_importance(
         sel_pos, visible = _selecting_queries(nqb, kc.shape[2], block, kc.device)
         q_sel = q_all[:, :, sel_pos]  # (B,H,nqb,Dh)
         scores = _up(q_sel @ kc.transpose(-1, -2)) / math.sqrt(q_all.shape[-1])
-        return masked_softmax(scores, visible).sum(1)
+        return softmax_where(scores, visible).sum(1)
     assert probs is not None
     b, h, t, nb = probs.shape
     pad = nqb * block - t
@@ -106,12 +137,12 @@ def block_importance(
 
 
 @shape_constant
-def _selecting_queries(nqb: int, nb: int, block: int, device) -> tuple[Tensor, Tensor]:
+def _selecting_queries(nqb: int, nb: int, block: int, device) -> tuple[Tensor, AdditiveMask]:
     """Causal selection: the position of the query that chooses for each query block (the last
     one before it, clamped to 0 for block 0) (nqb,), and the blocks it sees (nqb, nb)."""
     sel_pos = torch.arange(nqb, device=device) * block - 1  # (nqb,), -1 for block 0
     visible = compressed_visible(sel_pos, nb, block, causal=True)
-    return sel_pos.clamp(min=0), visible
+    return sel_pos.clamp(min=0), additive(visible)
 
 
 @shape_constant

@@ -262,3 +262,23 @@ def test_select_blocks_against_brute_force(causal, total, n):
             rest = [j for j in range(nb) if j != qb and (not causal or j < qb)]
             rest = sorted(rest, key=lambda j: -float(importance[b, qb, j]))[: n - 1]
             assert {int(j) for j in chosen[b, qb].nonzero()} == {qb, *rest}
+
+
+def test_additive_mask_softmax_equals_the_masked_softmax_with_gradients():
+    """The compressed branch's softmax through a cached additive mask: the same probabilities
+    and gradients as the boolean masked softmax (float64), 0 on rows that allow nothing."""
+    from ponderkit.plugins.nsa.branches import additive, masked_softmax, softmax_where
+
+    mask = torch.rand(7, 5) < 0.5
+    mask[2] = False  # a row with nothing visible
+    scores = (10 * torch.randn(2, 3, 7, 5, dtype=torch.float64)).requires_grad_()
+    upstream = torch.randn(2, 3, 7, 5, dtype=torch.float64)
+    outs, grads = [], []
+    for fn in (lambda s: masked_softmax(s, mask), lambda s: softmax_where(s, additive(mask))):
+        out = fn(scores)
+        (grad,) = torch.autograd.grad((out * upstream).sum(), scores)
+        outs.append(out)
+        grads.append(grad)
+    assert (outs[1][..., 2, :] == 0).all() and (grads[1][..., 2, :] == 0).all()
+    torch.testing.assert_close(outs[1], outs[0], rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(grads[1], grads[0], rtol=1e-12, atol=1e-12)
