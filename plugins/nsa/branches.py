@@ -53,7 +53,13 @@ def shape_constant(fn):
         with torch.inference_mode(False):
             return fn(*args)
 
-    return functools.wraps(fn)(made)
+    @functools.wraps(fn)
+    def call(*args):
+        if torch.compiler.is_compiling():  # traced: the constants fold into the graph
+            return fn(*args)
+        return made(*args)
+
+    return call
 
 
 class AdditiveMask(NamedTuple):
