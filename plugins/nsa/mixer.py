@@ -41,7 +41,9 @@ class NsaConfig:
     it across a GQA group's heads), which makes the selected branch exactly block-sparse;
     causal selection uses the last query before the block (see ``branches.block_importance``).
     ``kernel``: ``flex`` (FlexAttention block masks, compiled on CUDA), ``masked`` (explicit
-    T x T masks; the reference), ``auto`` (flex on CUDA, masked elsewhere and when decoding)."""
+    T x T masks; the reference), ``auto`` (flex on CUDA, masked elsewhere and for a prompt
+    with a KV cache). Decoding one token at a time after a prompt takes its own path
+    (:meth:`NativeSparseAttention.decode_step`) whatever the kernel."""
 
     heads: int = attrs.field(default=8, validator=attrs.validators.gt(0))
     head_dim: int | None = None
