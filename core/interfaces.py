@@ -125,17 +125,26 @@ class ForwardContext:
         }
 
     def rope(self, seq_len: int, head_dim: int, device: torch.device) -> tuple[Tensor, Tensor]:
-        """cos, sin tables of shape (T, head_dim) for rotary embeddings (half-split layout)."""
-        key = (seq_len, head_dim, device)
-        if key not in self._rope_cache:
+        """cos, sin tables of shape (T, head_dim) for rotary embeddings (half-split layout).
+
+        One table per (head_dim, device), grown (at least doubled) when a longer one is asked
+        for, so that decoding one token at a time rebuilds it O(log T) times, not per token;
+        a row depends only on its position, so any prefix of a longer table is the table."""
+        key = (head_dim, device)
+        table = self._rope_cache.get(key)
+        if table is None or table[0].shape[0] < seq_len:
+            length = seq_len if table is None else max(seq_len, 2 * table[0].shape[0])
             inv = 1.0 / (
                 self.rope_theta
                 ** (torch.arange(0, head_dim, 2, device=device, dtype=torch.float32) / head_dim)
             )
-            angles = torch.outer(torch.arange(seq_len, device=device, dtype=torch.float32), inv)
+            angles = torch.outer(torch.arange(length, device=device, dtype=torch.float32), inv)
             emb = torch.cat([angles, angles], dim=-1)
-            self._rope_cache[key] = (emb.cos(), emb.sin())
-        return self._rope_cache[key]
+            table = self._rope_cache[key] = (emb.cos(), emb.sin())
+        cos, sin = table
+        if cos.shape[0] == seq_len:
+            return cos, sin
+        return cos[:seq_len], sin[:seq_len]
 
 
 @attrs.frozen

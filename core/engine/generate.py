@@ -37,11 +37,16 @@ class KVCache:
     Every forward visits the model's causal mixers in the same order; the i-th call of a
     forward gets the i-th slot (a dict the mixer fills, e.g. ``{"k": ..., "v": ...}``), so a
     block re-applied over several recursion steps keeps one slot per application.
-    ``offset`` is the position of the first token of the current call."""
+    ``offset`` is the position of the first token of the current call. With a ``capacity``
+    (the most tokens the cache will hold), :meth:`extend` writes each token into buffers
+    allocated once instead of copying the whole prefix per token. ``rope_tables`` keeps the
+    rotary tables of the contexts of successive calls (see ``ForwardContext.rope``)."""
 
-    def __init__(self) -> None:
+    def __init__(self, capacity: int | None = None) -> None:
         self.slots: list[dict[str, Tensor]] = []
         self.offset = 0
+        self.capacity = capacity
+        self.rope_tables: dict[tuple, tuple[Tensor, Tensor]] = {}
         self._next = 0
 
     def begin(self) -> None:
@@ -53,6 +58,20 @@ class KVCache:
         slot = self.slots[self._next]
         self._next += 1
         return slot
+
+    def extend(self, slot: dict[str, Tensor], name: str, value: Tensor) -> Tensor:
+        """Append ``value`` (B, H, t, ...), the tokens at ``offset..offset+t``, to
+        ``slot[name]`` along dim 2; returns every position so far (B, H, offset+t, ...)."""
+        end = self.offset + value.shape[2]
+        held = slot.get(name)
+        if self.capacity is None or end > self.capacity:
+            prefix = None if held is None else held[:, :, : self.offset]
+            slot[name] = value if prefix is None else torch.cat([prefix, value], dim=2)
+            return slot[name]
+        if held is None:
+            held = slot[name] = value.new_empty(*value.shape[:2], self.capacity, *value.shape[3:])
+        held[:, :, self.offset : end] = value
+        return held[:, :, :end]
 
     def advance(self, tokens: int) -> None:
         self.offset += tokens
@@ -84,6 +103,7 @@ def forward_logits(
     ctx.cache = cache
     if cache is not None:
         cache.begin()
+        ctx._rope_cache = cache.rope_tables  # one set of tables for every decoding step
     logits_steps, signals_steps = [], []
     carry = model.initial_carry(x)
     for _, logits, signals in model.unroll(carry, x, ctx, model.halting.max_steps):
@@ -122,7 +142,7 @@ def generate(
     tokens: list[Tensor] = []
     steps: list[Tensor] = []
     if use_cache:
-        cache = KVCache()
+        cache = KVCache(capacity=prompt.shape[1] + length)
         last = forward_logits(model, embed_tokens(model, prompt), cache)[:, -1]
         for i in range(length):
             steps.append(last)

@@ -47,27 +47,43 @@ def attend(q: Tensor, k: Tensor, v: Tensor, ctx: ForwardContext | None, causal: 
     return o.transpose(1, 2).reshape(b, t, heads * head_dim)
 
 
+def rope_span(x: Tensor, ctx: ForwardContext, offset: int) -> Tensor:
+    """RoPE on x (..., t, Dh) whose tokens sit at positions ``offset..offset+t``; queries and
+    keys stacked on a leading dim take one call."""
+    if ctx.positions != "rope":
+        return x
+    t = x.shape[-2]
+    cos, sin = ctx.rope(offset + t, x.shape[-1], x.device)
+    if offset:
+        cos, sin = cos[offset:], sin[offset:]
+    return apply_rope(x, cos, sin)
+
+
 def rope_at(q: Tensor, k: Tensor, ctx: ForwardContext, offset: int) -> tuple[Tensor, Tensor]:
     """RoPE on q, k (B,H,t,Dh) whose tokens sit at positions ``offset..offset+t``."""
     if ctx.positions != "rope":
         return q, k
-    t = q.shape[2]
-    cos, sin = ctx.rope(offset + t, q.shape[-1], q.device)
-    cos, sin = cos[offset:], sin[offset:]
-    return apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+    return rope_span(q, ctx, offset), rope_span(k, ctx, offset)
+
+
+def cache_slot(ctx: ForwardContext, causal: bool) -> dict[str, Tensor] | None:
+    """This call site's slot of ``ctx.cache`` (None without a cache); a non-causal mixer cannot
+    decode incrementally."""
+    if ctx.cache is None:
+        return None
+    if not causal:
+        raise RuntimeError("a non-causal mixer cannot decode incrementally; set causal: true")
+    return ctx.cache.slot()
 
 
 def extend_cache(ctx: ForwardContext, causal: bool, **new: Tensor) -> tuple[int, dict[str, Tensor]]:
     """(offset, tensors): with no cache, (0, ``new``); with one, ``new`` (B,H,t,.) appended
     along the sequence to this call site's slot, and the position of the first new token."""
-    if ctx.cache is None:
+    slot = cache_slot(ctx, causal)
+    if slot is None:
         return 0, new
-    if not causal:
-        raise RuntimeError("a non-causal mixer cannot decode incrementally; set causal: true")
-    slot, offset = ctx.cache.slot(), ctx.cache.offset
-    for name, value in new.items():
-        slot[name] = torch.cat([slot[name], value], dim=2) if name in slot else value
-    return offset, {name: slot[name] for name in new}
+    offset = ctx.cache.offset
+    return offset, {name: ctx.cache.extend(slot, name, value) for name, value in new.items()}
 
 
 def self_attention(q: Tensor, k: Tensor, v: Tensor, ctx: ForwardContext, causal: bool) -> Tensor:

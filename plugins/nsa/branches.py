@@ -7,7 +7,9 @@ length, nb = T // l complete key blocks, nqb = ceil(T / l) query blocks.
 
 from __future__ import annotations
 
+import functools
 import math
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -20,6 +22,8 @@ def _up(x: Tensor) -> Tensor:
 
 def masked_softmax(scores: Tensor, mask: Tensor) -> Tensor:
     """Softmax over the last dim where ``mask`` holds; a row with nothing allowed gives 0."""
+    if not scores.shape[-1]:  # no compressed block yet (a sequence shorter than a block)
+        return scores
     scores = scores.masked_fill(~mask, float("-inf"))
     top = scores.amax(-1, keepdim=True).clamp(min=torch.finfo(scores.dtype).min)
     e = torch.exp(scores - top) * mask
@@ -40,14 +44,75 @@ def compressed_visible(q_pos: Tensor, nb: int, block: int, causal: bool) -> Tens
     return ends[None, :] <= q_pos[:, None]
 
 
+def shape_constant(fn):
+    """Memoise ``fn``, whose tensors depend on shapes only (made once per shape; always
+    ordinary tensors, also when first asked for under ``torch.inference_mode``)."""
+
+    @functools.lru_cache(maxsize=32)
+    def made(*args):
+        with torch.inference_mode(False):
+            return fn(*args)
+
+    @functools.wraps(fn)
+    def call(*args):
+        if torch.compiler.is_compiling():  # traced: the constants fold into the graph
+            return fn(*args)
+        return made(*args)
+
+    return call
+
+
+class AdditiveMask(NamedTuple):
+    """A boolean mask (t, n) in the form a plain softmax takes, made once per shape: ``bias``
+    (t, n) float32, 0 where allowed and float32's lowest finite value elsewhere (its exp is
+    exactly 0 beside any allowed score), and ``rows`` (t, 1) float32, 0 for a row that allows
+    nothing (whose output, and gradient, :func:`softmax_where` zeroes)."""
+
+    bias: Tensor
+    rows: Tensor
+
+
+def additive(mask: Tensor) -> AdditiveMask:
+    bias = torch.zeros(mask.shape, device=mask.device).masked_fill(
+        ~mask, torch.finfo(torch.float32).min
+    )
+    return AdditiveMask(bias, mask.any(-1, keepdim=True).to(torch.float32))
+
+
+def softmax_where(scores: Tensor, mask: Tensor | AdditiveMask | None) -> Tensor:
+    """:func:`masked_softmax` of ``scores`` over a boolean mask, an :class:`AdditiveMask`
+    (three operations, not ten) or None (everything allowed)."""
+    if mask is None:
+        return torch.softmax(scores, dim=-1)
+    if isinstance(mask, AdditiveMask):
+        return torch.softmax(scores + mask.bias, dim=-1) * mask.rows
+    return masked_softmax(scores, mask)
+
+
+@shape_constant
+def prefix_visible(total: int, nb: int, block: int, causal: bool, device) -> AdditiveMask | None:
+    """:func:`compressed_visible` of the queries at 0..total-1 (None: all visible)."""
+    if not causal:
+        return None
+    return additive(compressed_visible(torch.arange(total, device=device), nb, block, causal))
+
+
 def compressed_attention(
-    q: Tensor, kc: Tensor, vc: Tensor, q_pos: Tensor, block: int, causal: bool
+    q: Tensor,
+    kc: Tensor,
+    vc: Tensor,
+    q_pos: Tensor,
+    block: int,
+    causal: bool,
+    visible: Tensor | AdditiveMask | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Attention over the compressed block tokens kc, vc (B,H,nb,Dh): (output, probabilities
-    (B,H,t,nb))."""
-    visible = compressed_visible(q_pos, kc.shape[2], block, causal)
+    (B,H,t,nb)); ``visible``: :func:`compressed_visible` (or :func:`prefix_visible`) when the
+    caller has it."""
+    if visible is None:
+        visible = compressed_visible(q_pos, kc.shape[2], block, causal)
     scores = _up(q @ kc.transpose(-1, -2)) / math.sqrt(q.shape[-1])  # (B,H,t,nb)
-    probs = masked_softmax(scores, visible)
+    probs = softmax_where(scores, visible)
     return (probs.to(vc.dtype) @ vc).to(q.dtype), probs
 
 
@@ -64,11 +129,10 @@ def block_importance(
     query of the block would then steer an earlier one (a leak from the future)."""
     nqb = -(-total // block)
     if causal:
-        sel_pos = torch.arange(nqb, device=kc.device) * block - 1  # (nqb,), -1 for block 0
-        q_sel = q_all[:, :, sel_pos.clamp(min=0)]  # (B,H,nqb,Dh)
-        visible = compressed_visible(sel_pos, kc.shape[2], block, causal=True)
+        sel_pos, visible = _selecting_queries(nqb, kc.shape[2], block, kc.device)
+        q_sel = q_all[:, :, sel_pos]  # (B,H,nqb,Dh)
         scores = _up(q_sel @ kc.transpose(-1, -2)) / math.sqrt(q_all.shape[-1])
-        return masked_softmax(scores, visible).sum(1)
+        return softmax_where(scores, visible).sum(1)
     assert probs is not None
     b, h, t, nb = probs.shape
     pad = nqb * block - t
@@ -76,6 +140,26 @@ def block_importance(
     counts = torch.full((nqb,), float(block), device=probs.device)
     counts[-1] = block - pad
     return (summed / counts[:, None]).sum(1)
+
+
+@shape_constant
+def _selecting_queries(nqb: int, nb: int, block: int, device) -> tuple[Tensor, AdditiveMask]:
+    """Causal selection: the position of the query that chooses for each query block (the last
+    one before it, clamped to 0 for block 0) (nqb,), and the blocks it sees (nqb, nb)."""
+    sel_pos = torch.arange(nqb, device=device) * block - 1  # (nqb,), -1 for block 0
+    visible = compressed_visible(sel_pos, nb, block, causal=True)
+    return sel_pos.clamp(min=0), additive(visible)
+
+
+@shape_constant
+def _selection_template(nqb: int, nb: int, causal: bool, device) -> Tensor:
+    """(nqb, nkb) float32 added to the importance: +inf on the own block, -inf on blocks not
+    complete (>= nb) and, causal, on blocks from the future, 0 elsewhere."""
+    template = torch.zeros(nqb, nqb, device=device)
+    template[:, nb:] = float("-inf")
+    if causal:
+        template = template.masked_fill(torch.ones_like(template).triu(1).bool(), float("-inf"))
+    return template.fill_diagonal_(float("inf"))
 
 
 def select_blocks(
@@ -86,13 +170,9 @@ def select_blocks(
     blocks from the future never."""
     b, nqb, nb = importance.shape
     nkb = nqb
-    scores = torch.full((b, nqb, nkb), float("-inf"), device=importance.device)
-    scores[:, :, :nb] = importance
-    qb = torch.arange(nqb, device=importance.device)
-    kb = torch.arange(nkb, device=importance.device)
-    if causal:
-        scores = scores.masked_fill(kb[None, None, :] > qb[None, :, None], float("-inf"))
-    scores[:, qb, qb] = float("inf")  # the own block
+    # the importance is finite, so the template's infinities decide where they stand
+    padded = torch.nn.functional.pad(importance.to(torch.float32), (0, nkb - nb))
+    scores = padded + _selection_template(nqb, nb, causal, importance.device)
     k = min(selected, nkb)
     top = scores.topk(k, dim=-1)
     chosen = torch.zeros(b, nqb, nkb, dtype=torch.bool, device=importance.device)

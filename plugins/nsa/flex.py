@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 
 import torch
+from ponderkit.plugins.nsa.branches import shape_constant
 from torch import Tensor
 
 
@@ -32,22 +33,26 @@ def flex(q: Tensor, k: Tensor, v: Tensor, block_mask) -> Tensor:
         return flex_attention(q, k, v, block_mask=block_mask)
 
 
-def _indices(rows: Tensor, valid: Tensor) -> tuple[Tensor, Tensor]:
-    """(counts (B,1,nqb), indices (B,1,nqb,n)) of the key blocks ``rows[valid]``, valid first."""
+def _indices(rows: Tensor | None, valid: Tensor) -> tuple[Tensor, Tensor]:
+    """(counts (B,1,nqb), indices (B,1,nqb,n)) of the key blocks ``rows[valid]``, valid first;
+    ``rows`` None: the key blocks are the columns of ``valid`` themselves."""
     order = (~valid).to(torch.int8).argsort(dim=-1, stable=True)
-    return valid.sum(-1).to(torch.int32), rows.gather(-1, order).to(torch.int32)
+    indices = order if rows is None else rows.gather(-1, order)
+    return valid.sum(-1).to(torch.int32), indices.to(torch.int32)
 
 
-def _from_rows(rows: Tensor, valid: Tensor, total: int, block: int, mask_mod, full=None):
+def _from_rows(rows: Tensor | None, valid: Tensor, total: int, block: int, mask_mod, full=None):
     """A BlockMask whose query block i reads key blocks ``rows[..., i, :][valid]`` through
-    ``mask_mod`` and the blocks ``rows[full]`` whole (no mask evaluated there).
+    ``mask_mod`` and the blocks ``rows[full]`` whole (no mask evaluated there); ``rows`` None:
+    column j of ``valid`` and ``full`` is key block j.
 
     ``mask_mod`` must itself be exact: the kernel skips unread blocks, but torch's unfused
     path (CPU) evaluates ``mask_mod`` on every pair."""
     from torch.nn.attention.flex_attention import BlockMask
 
     nkb = -(-total // block)
-    if rows.shape[-1] < nkb:  # BlockMask wants one index column per key block
+    if valid.shape[-1] < nkb:  # BlockMask wants one index column per key block
+        assert rows is not None
         pad = (0, nkb - rows.shape[-1])
         rows = torch.nn.functional.pad(rows, pad)
         valid = torch.nn.functional.pad(valid, pad)
@@ -72,6 +77,24 @@ def _overlap(tiles: int, tile: int, blocks: int, block: int, device) -> Tensor:
     return ((b0 < t0 + tile) & (t0 < b0 + block)).to(torch.float32)
 
 
+@shape_constant
+def _tile_layout(total: int, block: int, tile: int, causal: bool, device) -> tuple:
+    """What the selected branch's BlockMask needs that depends on the shapes only, made once
+    per shape: the overlaps of query and key tiles with NSA blocks (nt, nqb) and (nt, nkb),
+    the block pairs inside each tile pair (nt, nt), and where a tile may be read whole at all
+    (not ragged, strictly below the diagonal under ``causal``) (nt, nt) bool."""
+    nt, nb = -(-total // tile), -(-total // block)
+    over = _overlap(nt, tile, nb, block, device)  # queries and keys share the block layout
+    per_tile = over.sum(1)
+    pairs = per_tile[:, None] * per_tile[None, :]
+    may_be_whole = torch.ones(nt, nt, dtype=torch.bool, device=device)
+    if total % tile:
+        may_be_whole[:, -1] = False
+    if causal:
+        may_be_whole = may_be_whole.tril(-1)
+    return over, pairs, may_be_whole
+
+
 def selected_block_mask(chosen: Tensor, total: int, block: int, causal: bool, tile: int = 0):
     """From block choices (B,nqb,nkb) bool: the selected branch's BlockMask (heads shared).
 
@@ -84,18 +107,15 @@ def selected_block_mask(chosen: Tensor, total: int, block: int, causal: bool, ti
     larger tile may read up to (tile/block)^2 block pairs for each chosen one."""
     tile = tile or block
     b, nqb, nkb = chosen.shape
-    nt = -(-total // tile)
-    over_q = _overlap(nt, tile, nqb, block, chosen.device)  # (nt, nqb)
-    over_k = _overlap(nt, tile, nkb, block, chosen.device)
-    hits = torch.einsum("qi,bij,kj->bqk", over_q, chosen.to(torch.float32), over_k)
-    pairs = over_q.sum(1)[:, None] * over_k.sum(1)[None, :]  # block pairs in each tile
-    read = hits > 0
-    whole = hits == pairs
-    if total % tile:
-        whole[:, :, -1] = False
-    if causal:
-        whole &= torch.ones(nt, nt, dtype=torch.bool, device=chosen.device).tril(-1)
-    rows = torch.arange(nt, device=chosen.device).expand(b, 1, nt, nt)
+    over, pairs, may_be_whole = _tile_layout(total, block, tile, causal, chosen.device)
+    if tile % block == 0:  # whole NSA blocks per tile: the chosen pairs summed per tile pair
+        per, pad = tile // block, -(-total // tile) * (tile // block) - nqb
+        padded = torch.nn.functional.pad(chosen, (0, pad, 0, pad))
+        hits = padded.view(b, -1, per, padded.shape[2] // per, per).sum((2, 4))  # (B, nt, nt)
+    else:
+        hits = torch.einsum("qi,bij,kj->bqk", over, chosen.to(torch.float32), over)
+    read = (hits > 0)[:, None]  # (B, 1, nt, nt)
+    whole = read & (hits == pairs)[:, None] & may_be_whole
     last_q, last_k = nqb - 1, nkb - 1
 
     def mod(b, h, q_idx, kv_idx):
@@ -104,11 +124,14 @@ def selected_block_mask(chosen: Tensor, total: int, block: int, causal: bool, ti
         inside = chosen[b, qb, kb] & (kv_idx < total)
         return inside & (kv_idx <= q_idx) if causal else inside
 
-    return _from_rows(rows, (read & ~whole)[:, None], total, tile, mod, (read & whole)[:, None])
+    return _from_rows(None, read & ~whole, total, tile, mod, whole)
 
 
+@shape_constant
 def window_block_mask(batch: int, total: int, block: int, window: int, causal: bool, device):
-    """The sliding window's BlockMask: each query block reads the key blocks its window spans."""
+    """The sliding window's BlockMask: each query block reads the key blocks its window spans.
+    It depends on the shapes only, so it is made once per shape (and reused: one object also
+    keeps the compiled kernel's guards stable)."""
     nqb = -(-total // block)
     reach = -(-(window - 1) // block)  # key blocks the window reaches beyond the own one
     span = reach + 1 if causal else 2 * reach + 1

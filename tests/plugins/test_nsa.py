@@ -208,3 +208,77 @@ def test_tiled_block_masks_are_exact(causal, total, block, tile):
     want_w = ((d >= 0) & (d < window)) if causal else (d.abs() < window)
     bm = flex.window_block_mask(1, total, tile, window, causal, "cpu")
     assert torch.equal(kernel_view(bm, 1, total)[0], want_w)
+
+
+@pytest.mark.parametrize("prompt", [1, 4, 6])
+@pytest.mark.parametrize("capacity", [None, 40, 20])  # cat per token, buffers, buffers outgrown
+def test_decoding_token_by_token_equals_the_parallel_masked_forward(prompt, capacity):
+    """A prompt, then one token at a time through the KV cache (blocks compressed as they
+    complete, a selection made per query block, the window sliced) gives, row for row, the
+    explicit-mask parallel forward of the whole sequence; float64. 8 blocks of 4 with 2
+    selected and a window of 5: selection and window both drop most of the past."""
+    from ponderkit import KVCache
+
+    t = 32
+    m = make((0.3, -0.2, 0.1), block=4, selected=2, window=5, causal=True, kernel="masked")
+    torch.nn.init.normal_(m.gate.weight, std=0.3)
+    h = torch.randn(3, t, D, dtype=torch.float64)
+    with torch.no_grad():
+        full = m(h, ForwardContext(positions="rope"))
+        cache = KVCache(capacity=capacity)
+        rows = []
+        for start, end in [(0, prompt), *((i, i + 1) for i in range(prompt, t))]:
+            ctx = ForwardContext(positions="rope", cache=cache)
+            cache.begin()
+            rows.append(m(h[:, start:end], ctx))
+            cache.advance(end - start)
+    torch.testing.assert_close(torch.cat(rows, 1), full, rtol=1e-10, atol=1e-10)
+
+
+def test_rope_tables_grown_for_decoding_equal_fresh_ones():
+    ctx = ForwardContext(positions="rope")
+    for n in (3, 4, 9, 5, 30):
+        cos, sin = ctx.rope(n, DH, torch.device("cpu"))
+        fresh_cos, fresh_sin = ForwardContext(positions="rope").rope(n, DH, torch.device("cpu"))
+        assert cos.shape == (n, DH)
+        torch.testing.assert_close(cos, fresh_cos, rtol=0, atol=1e-7)
+        torch.testing.assert_close(sin, fresh_sin, rtol=0, atol=1e-7)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("total", [24, 27])  # whole blocks, and a ragged last block
+@pytest.mark.parametrize("n", [3, 9])  # some blocks, more than there are
+def test_select_blocks_against_brute_force(causal, total, n):
+    """Each query block: its own block, plus the ``selected - 1`` complete blocks (causal: not
+    from the future) of highest importance."""
+    from ponderkit.plugins.nsa.branches import select_blocks
+
+    blk = 4
+    nqb, nb = -(-total // blk), total // blk
+    importance = torch.rand(2, nqb, nb, dtype=torch.float64)
+    chosen = select_blocks(importance, n, blk, total, causal)
+    for b in range(2):
+        for qb in range(nqb):
+            rest = [j for j in range(nb) if j != qb and (not causal or j < qb)]
+            rest = sorted(rest, key=lambda j: -float(importance[b, qb, j]))[: n - 1]
+            assert {int(j) for j in chosen[b, qb].nonzero()} == {qb, *rest}
+
+
+def test_additive_mask_softmax_equals_the_masked_softmax_with_gradients():
+    """The compressed branch's softmax through a cached additive mask: the same probabilities
+    and gradients as the boolean masked softmax (float64), 0 on rows that allow nothing."""
+    from ponderkit.plugins.nsa.branches import additive, masked_softmax, softmax_where
+
+    mask = torch.rand(7, 5) < 0.5
+    mask[2] = False  # a row with nothing visible
+    scores = (10 * torch.randn(2, 3, 7, 5, dtype=torch.float64)).requires_grad_()
+    upstream = torch.randn(2, 3, 7, 5, dtype=torch.float64)
+    outs, grads = [], []
+    for fn in (lambda s: masked_softmax(s, mask), lambda s: softmax_where(s, additive(mask))):
+        out = fn(scores)
+        (grad,) = torch.autograd.grad((out * upstream).sum(), scores)
+        outs.append(out)
+        grads.append(grad)
+    assert (outs[1][..., 2, :] == 0).all() and (grads[1][..., 2, :] == 0).all()
+    torch.testing.assert_close(outs[1], outs[0], rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(grads[1], grads[0], rtol=1e-12, atol=1e-12)
