@@ -231,6 +231,12 @@ def _spent(done: dict[str, list[RunSummary]], plan: dict[str, Any]) -> list[str]
     ]
 
 
+def _possible(ci: tuple[float, float] | None) -> tuple[float, float] | None:
+    """A 95% interval of a difference of two accuracies, cut to the differences that can
+    occur (-1..1): a t-interval over few seeds can reach past them."""
+    return None if ci is None else (max(ci[0], -1.0), min(ci[1], 1.0))
+
+
 def _free_running(done: dict[str, list[RunSummary]], base: str) -> list[str]:
     """Serialized tasks: accuracy of the outputs the model generated itself (greedy, KV cache)
     beside the teacher-forced ones, and the change in free-running exact accuracy."""
@@ -240,7 +246,7 @@ def _free_running(done: dict[str, list[RunSummary]], base: str) -> list[str]:
     rows = []
     for v, runs in done.items():
         delta = difference(by_seed(runs, "free_exact_acc"), by_seed(ref, "free_exact_acc"))
-        ci = delta.ci95() if delta and v != base else None
+        ci = _possible(delta.ci95()) if delta and v != base else None
         rows.append(
             [
                 f"`{v}`",
@@ -276,7 +282,7 @@ def _differences(done: dict[str, list[RunSummary]], base: str) -> list[str]:
             continue
         deltas = {k: difference(by_seed(runs, k), by_seed(ref, k)) for k in DELTAS}
         exact = deltas["exact_acc"]
-        ci = exact.ci95() if exact else None
+        ci = _possible(exact.ci95()) if exact else None
         rows.append(
             [
                 f"`{v}`",
@@ -296,8 +302,8 @@ def _differences(done: dict[str, list[RunSummary]], base: str) -> list[str]:
         f"## Difference from `{base}`",
         "",
         "Δ = variant − baseline, ± standard error. Paired: mean of per-seed differences "
-        "(sd/√n); unpaired: difference of means (Welch). 95% CI from Student's t; n/a with one "
-        "seed. pp = percentage points.",
+        "(sd/√n); unpaired: difference of means (Welch). 95% CI from Student's t, cut to "
+        "[-100, 100] pp; n/a with one seed. pp = percentage points.",
         "",
         table(headers, rows) if rows else "(no other variant finished)",
         "",

@@ -189,3 +189,20 @@ def test_report_states_budget_spent_and_both_weight_sets(tmp_path):
     assert "exact acc, raw weights (%)" in results and "exact acc, EMA weights (%)" in results
     assert row(report, "other", "Results")[2:5] == ["30.00 ± 0.00", "50.00 ± 0.00", "30.00 ± 0.00"]
     assert (root / "plots" / "accuracy_flops.png").read_bytes().startswith(PNG)
+
+
+def test_intervals_of_accuracy_differences_stay_within_what_can_occur(tmp_path):
+    """Baseline 0.9, 0.95, 1.0 exact; a variant at 0: the paired t-interval
+    -0.95 -+ 4.303 * 0.05 / sqrt(3) reaches below -100 pp and is cut there."""
+    root = tmp_path / "abl"
+    for seed, exact in enumerate([0.9, 0.95, 1.0]):
+        make_run(root, "base", seed, exact=exact, loss=0.4)
+        make_run(root, "zero", seed, exact=0.0, loss=1.0)
+    plan = {"name": "synthetic", "baseline": "base", "seeds": [0, 1, 2],
+            "budget_text": "30 optimizer steps per run", "variants": {"base": [], "zero": []}}  # fmt: skip
+    (root / "ablation.json").write_text(json.dumps(plan))
+    half = 4.303 * 0.05 / math.sqrt(3)
+    assert -0.95 - half < -1.0 < -0.95 + half  # the uncut interval does pass -100 pp
+    zero = row(write_report(root).read_text(), "zero", "Difference from `base`")
+    assert zero[3] == "-95.00 ± 2.89"
+    assert zero[4] == f"[-100.00, {100 * (-0.95 + half):.2f}]"
