@@ -94,10 +94,7 @@ def _curves(groups, colours, keys, path: Path, log: bool = False) -> Path | None
         ax.set(title=title, xlabel="optimizer step", ylabel=title)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8, title="mean; band: min–max over seeds", title_fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def flops_series(runs: Sequence[RunSummary], key: str = "eval/exact_acc") -> tuple[list, ...]:
@@ -143,10 +140,7 @@ def _accuracy_flops(groups, colours, path: Path) -> Path | None:
     )
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, title="mean; band: min–max over seeds", title_fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def _accuracy_halting(groups, colours, path: Path) -> Path | None:
@@ -182,6 +176,12 @@ def _accuracy_halting(groups, colours, path: Path) -> Path | None:
     )
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, title="dots: runs; cross: mean ± std", title_fontsize=8)
+    return _save(fig, path)
+
+
+def _save(fig: Any, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -226,10 +226,7 @@ def _halting(groups, colours, path: Path) -> Path | None:
         ax.set_xticks(sorted({1, top, *range(step, top + 1, step)}))
         ax.grid(alpha=0.3, axis="y")
     axes[0][0].set_ylabel("share of held-out samples")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def _experts(groups, colours, path: Path) -> Path | None:
@@ -285,10 +282,7 @@ def _experts(groups, colours, path: Path) -> Path | None:
             ax.set_xlabel("expert")
             ax.set_xticks(range(width))
             fig.colorbar(im, ax=ax)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def _expert_curve(ax: Any, routed: dict, colours: dict, key: str, title: str) -> None:
