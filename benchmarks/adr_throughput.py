@@ -43,11 +43,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from common import sync, synthetic_batches
 from ponderkit.config import iter_specs
+from ponderkit.engine.flops import extra_flop_formulas
 from ponderkit.engine.nn import parameter_count, swiglu_width
 from ponderkit.engine.train import Trainer
 from ponderkit.experiment import load_experiment
-from ponderkit.lab.grid import _extra_flop_formulas
 from ponderkit.loading import Plugins
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -118,27 +119,6 @@ DEFAULT_VARIANTS = [v for v in VARIANTS if v != "trm_mlp"]
 SMOKE = ["model.d_model=32", "model.recursion.block.mixer.heads=2", "train.threads=1"]
 
 
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
-def synthetic_batches(batch: int, seq: int, vocab: int, device: torch.device):
-    """Random tokens in [1, vocab) (0 is padding), four batches in turn."""
-    gen = torch.Generator(device="cpu").manual_seed(0)
-    pool = [
-        {
-            "inputs": torch.randint(1, vocab, (batch, seq), generator=gen).to(device),
-            "labels": torch.randint(1, vocab, (batch, seq), generator=gen).to(device),
-        }
-        for _ in range(4)
-    ]
-    i = 0
-    while True:
-        yield pool[i % len(pool)]
-        i += 1
-
-
 def routed_paths(config: Any) -> list[str]:
     """Dotted paths of every dynmoe / dynsmha in ``config``."""
     return [".".join(map(str, p)) for p, s in iter_specs(config) if s.name in ROUTED]
@@ -150,7 +130,7 @@ def count_flops(step) -> float:
     # compiled code is run eagerly for the count: FlopCounterMode sees aten ops, not graphs
     stance = getattr(torch.compiler, "set_stance", None)
     eager = stance("force_eager") if stance else contextlib.nullcontext()
-    with eager, FlopCounterMode(display=False, custom_mapping=_extra_flop_formulas()) as counter:
+    with eager, FlopCounterMode(display=False, custom_mapping=extra_flop_formulas()) as counter:
         step()
     return float(counter.get_total_flops())
 

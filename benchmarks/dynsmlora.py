@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 
 import torch
+from common import sync
 from ponderkit import ForwardContext
 from ponderkit.plugins.dynmoe.smha import DynSMHA, DynSMHAConfig
 from ponderkit.plugins.dynsmlora.mixer import DynSMLoRA, DynSMLoRAConfig
@@ -39,11 +40,6 @@ from ponderkit.plugins.routing.topk_softmax import TopKSoftmaxConfig, TopKSoftma
 from torch import nn
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
 
 
 def make(kind: str, args: argparse.Namespace, experts: int, rank: int) -> nn.Module:

@@ -41,6 +41,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from common import sync
 from ponderkit import ForwardContext, use_triton
 from ponderkit.plugins.dynmoe.dispatch import grouped_gemm_ok
 from ponderkit.plugins.dynmoe.experts import SwiGLUExperts
@@ -51,11 +52,6 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
 
 
 def build_dynmoe(

@@ -26,17 +26,13 @@ import time
 from pathlib import Path
 
 import torch
+from common import sync
 from ponderkit import BuildContext, ForwardContext
 from ponderkit.engine.train import Trainer
 from ponderkit.experiment import load_experiment
 from ponderkit.loading import Plugins
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
 
 
 def timed(fn, device: torch.device, warmup: int, reps: int) -> float:

@@ -37,6 +37,7 @@ import time
 from pathlib import Path
 
 import torch
+from common import sync, synthetic_batches
 from ponderkit.engine.nn import parameter_count
 from ponderkit.engine.train import Trainer
 from ponderkit.experiment import load_experiment
@@ -45,26 +46,6 @@ from torch.utils.flop_counter import FlopCounterMode
 
 REPO = Path(__file__).resolve().parent.parent
 DATASHEET_BF16 = {"H100": 989.4e12, "H200": 989.4e12}  # dense bf16 tensor-core peak, SXM
-
-
-def synthetic_batches(batch: int, seq: int, vocab: int, device: torch.device):
-    gen = torch.Generator(device="cpu").manual_seed(0)
-    pool = [
-        {
-            "inputs": torch.randint(1, vocab, (batch, seq), generator=gen).to(device),
-            "labels": torch.randint(1, vocab, (batch, seq), generator=gen).to(device),
-        }
-        for _ in range(4)
-    ]
-    i = 0
-    while True:
-        yield pool[i % len(pool)]
-        i += 1
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
 
 
 RECIPES = {"att": "trm_sudoku_att.yaml", "mlp": "trm_sudoku_mlp.yaml"}
