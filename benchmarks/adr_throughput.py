@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from common import sync, synthetic_batches
+from common import synthetic_batches, timed
 from ponderkit.config import iter_specs
 from ponderkit.engine.flops import extra_flop_formulas
 from ponderkit.engine.nn import parameter_count, swiglu_width
@@ -158,18 +158,9 @@ def _measure(config: Any, registry: Any, args: argparse.Namespace) -> dict[str, 
 
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    t = time.perf_counter()
-    for _ in range(args.warmup):
-        step()
-    sync(device)
-    warmup_s = time.perf_counter() - t
+    warmup_s = timed(step, args.warmup, device)
     flops_before = count_flops(step)
-    sync(device)
-    t = time.perf_counter()
-    for _ in range(args.steps):
-        step()
-    sync(device)
-    elapsed = time.perf_counter() - t
+    elapsed = timed(step, args.steps, device)
     flops_after = count_flops(step)
     row = {
         "batch": batch,

@@ -3,7 +3,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 
 import torch
 
@@ -31,3 +32,13 @@ def synthetic_batches(
     while True:
         yield pool[i % len(pool)]
         i += 1
+
+
+def timed(fn: Callable[[], object], n: int, device: torch.device) -> float:
+    """Seconds for ``n`` calls of ``fn``, from a synchronized start to a synchronized end."""
+    sync(device)
+    t = time.perf_counter()
+    for _ in range(n):
+        fn()
+    sync(device)
+    return time.perf_counter() - t

@@ -37,7 +37,7 @@ import time
 from pathlib import Path
 
 import torch
-from common import sync, synthetic_batches
+from common import sync, synthetic_batches, timed
 from ponderkit.engine.nn import parameter_count
 from ponderkit.engine.train import Trainer
 from ponderkit.experiment import load_experiment
@@ -100,12 +100,7 @@ def _measure(recipe: str, mode: str, no_grad: str, args: argparse.Namespace, reg
         torch.cuda.reset_peak_memory_stats()
     batches = synthetic_batches(args.batch, trainer.task.seq_len, trainer.task.vocab_size, device)
     step = lambda: trainer.schedule.train_step(trainer.model, batches, trainer)  # noqa: E731
-    sync(device)
-    t_warmup = time.perf_counter()
-    for _ in range(args.warmup):
-        step()
-    sync(device)
-    t_warmup = time.perf_counter() - t_warmup
+    t_warmup = timed(step, args.warmup, device)
     flops = count_flops(step) if args.count_flops else None
     sync(device)
     times = []
