@@ -21,6 +21,7 @@ steps, compilation included) and samples/s:
 
     python benchmarks/trm_throughput.py [--recipes att,mlp] [--modes eager,block,compiled]
         [--no-grad-precision same,bf16] [--batch 768] [--steps 30]
+    python benchmarks/trm_throughput.py --rows att:eager:same,att:compiled:bf16   # chosen rows
     python benchmarks/trm_throughput.py --smoke     # tiny CPU run of the same code
 
 Prints a markdown table and writes benchmarks/results/trm_throughput.{json,md}.
@@ -147,6 +148,12 @@ def main() -> None:
     parser.add_argument("--recipes", default="att", help="att,mlp")
     parser.add_argument("--modes", default="eager,block,compiled")
     parser.add_argument("--no-grad-precision", default="same,bf16")
+    parser.add_argument(
+        "--rows",
+        default=None,
+        help="explicit rows instead of the cross product: recipe:mode:no-grad,... "
+        "(e.g. att:eager:same,att:compiled:bf16)",
+    )
     parser.add_argument("--batch", type=int, default=768)
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--warmup", type=int, default=5)
@@ -162,15 +169,23 @@ def main() -> None:
         "trm_throughput_smoke.json" if args.smoke else "trm_throughput.json"
     )
     registry = Plugins(autoload=False).registry
-    combos = [
-        (recipe, mode, no_grad)
-        for recipe in args.recipes.split(",")
-        for no_grad in args.no_grad_precision.split(",")
-        for mode in args.modes.split(",")
-    ]
-    for recipe, mode, _ in combos:
-        if recipe not in RECIPES or mode not in COMPILE:
-            parser.error(f"recipes: {', '.join(RECIPES)}; modes: {', '.join(COMPILE)}")
+    if args.rows:
+        combos = [tuple(row.split(":")) for row in args.rows.split(",")]
+    else:
+        combos = [
+            (recipe, mode, no_grad)
+            for recipe in args.recipes.split(",")
+            for no_grad in args.no_grad_precision.split(",")
+            for mode in args.modes.split(",")
+        ]
+    for combo in combos:
+        if len(combo) != 3 or combo[0] not in RECIPES or combo[1] not in COMPILE:
+            parser.error(
+                f"a row is recipe:mode:no-grad, got {':'.join(combo)!r}; "
+                f"recipes: {', '.join(RECIPES)}; modes: {', '.join(COMPILE)}"
+            )
+        if combo[2] not in ("same", "bf16"):
+            parser.error(f"no-grad precision is same or bf16, got {combo[2]!r}")
     rows, flops = [], {}
     for recipe, mode, no_grad in combos:
         args.count_flops = recipe not in flops  # the same FLOPs for every option of a recipe

@@ -140,6 +140,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="train each run data-parallel over K processes (torchrun; K GPUs a run on CUDA)",
     )
     p.add_argument(
+        "--memory-per-run",
+        type=float,
+        default=None,
+        metavar="GIB",
+        help="GPU memory a run needs, in GiB: skips the per-config memory probes of --jobs "
+        "(each trains two steps, compiling first when train.compile is on)",
+    )
+    p.add_argument(
         "--only",
         action="append",
         metavar="VARIANT[/seedK]",
@@ -579,6 +587,10 @@ def cmd_ablate(args: argparse.Namespace, plugins: Plugins) -> int:
         raise InputError(f"--jobs must be at least 1, got {args.jobs}")
     if args.nproc < 1:
         raise InputError(f"--nproc must be at least 1, got {args.nproc}")
+    if args.memory_per_run is not None and not args.memory_per_run > 0:
+        raise InputError(
+            f"--memory-per-run must be a positive number of GiB, got {args.memory_per_run}"
+        )
     if not args.worker and _launched_world() > 1:
         raise InputError(
             "ablate starts its runs itself: run it without torchrun and give --nproc K to "
@@ -616,6 +628,7 @@ def cmd_ablate(args: argparse.Namespace, plugins: Plugins) -> int:
             plugins.registry,
             jobs=args.jobs,
             nproc=args.nproc,
+            memory_per_run=args.memory_per_run,
             child_argv=worker_command(
                 args.file, out, [a for m in modules for a in ("--plugin", m)]
             ),

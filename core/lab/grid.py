@@ -179,12 +179,14 @@ def run_grid(
     child_env: dict[str, str] | None = None,
     say: Say = print,
     plan_runs: Sequence[Run] | None = None,
+    memory_per_run: float | None = None,
 ) -> list[str]:
     """Run every run of ``runs`` not finished yet; returns the keys of runs that failed.
 
     Every existing run directory is checked first: one holding another config stops the grid
     before anything runs. Then ``ablation.json`` describes ``plan_runs`` (every run, when the
-    grid runs only some), unless it is None (a worker running one run for its parent)."""
+    grid runs only some), unless it is None (a worker running one run for its parent).
+    ``memory_per_run`` (GiB) replaces the memory probes of a packed CUDA grid."""
     t0 = time.perf_counter()
 
     def log(text: str) -> None:
@@ -211,7 +213,10 @@ def run_grid(
     if nproc > 1:
         child_argv = distributed_command(child_argv, nproc)
         child_env = {**(child_env or {}), "PYTHONSAFEPATH": "1"}  # torchrun starts no -P
-    return _subprocesses(todo, out, jobs, child_argv, child_env or {}, log, nproc)
+    placer = make_placer(
+        jobs, [r for r, _ in todo], child_argv, child_env or {}, log, nproc, memory_per_run
+    )
+    return _subprocesses(todo, out, jobs, child_argv, child_env or {}, log, nproc, placer)
 
 
 def _in_process(todo: list, out: Path, registry: Any, time_budget: float | None, log) -> list:
@@ -301,10 +306,11 @@ def make_placer(
     child_env: dict[str, str],
     log,
     nproc: int = 1,
+    memory_per_run: float | None = None,
 ) -> Any:
     """CPU (or ``nproc > 1``): ``jobs`` fixed slots (:func:`_device_slots`). CUDA: runs packed
     onto the visible GPUs by their measured memory (:mod:`~ponderkit.lab.packing`), every
-    distinct config probed first."""
+    distinct config probed first, or by ``memory_per_run`` GiB each when the user gives it."""
     import torch
 
     from .packing import GpuPacker, MemoryProbe, Slots, free_memory, visible_gpus
@@ -314,14 +320,19 @@ def make_placer(
     gpus = visible_gpus()
     argv = list(child_argv)
     plugin_args = [a for i, a in enumerate(argv) if a == "--plugin" or argv[i - 1] == "--plugin"]
-    probe = MemoryProbe(gpus[0], child_env, plugin_args)
-    for run in runs:  # before any run holds memory, so that the probes see an idle GPU
-        probe(run)
-    for digest, need in probe.cache.items():
-        log(f"memory   config {digest}: {need / 2**30:.2f} GiB per run (probe peak + margin)")
+    if memory_per_run is not None:
+        given = int(memory_per_run * 2**30)
+        need: Callable[[Any], int] = lambda run: given  # noqa: E731
+        log(f"memory   {memory_per_run:g} GiB per run (--memory-per-run; not probed)")
+    else:
+        need = probe = MemoryProbe(gpus[0], child_env, plugin_args)
+        for run in runs:  # before any run holds memory, so that the probes see an idle GPU
+            probe(run)
+        for digest, bytes_ in probe.cache.items():
+            log(f"memory   config {digest}: {bytes_ / 2**30:.2f} GiB per run (probe peak + margin)")
     free = free_memory(gpus)
     log("free     " + ", ".join(f"GPU {g}: {b / 2**30:.1f} GiB" for g, b in free.items()))
-    return GpuPacker(free, jobs, probe)
+    return GpuPacker(free, jobs, need)
 
 
 def _device_slots(jobs: int, nproc: int = 1) -> list[tuple[int, dict[str, str]]]:

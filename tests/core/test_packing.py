@@ -101,6 +101,35 @@ def test_cuda_grid_probes_each_config_once(monkeypatch, write, sort_yaml, regist
     assert need[64] == int(4 * GiB * MARGIN) + CONTEXT_BYTES
 
 
+def test_memory_per_run_replaces_the_probes(write, sort_yaml, registry, monkeypatch):
+    """``--memory-per-run`` (simulated CUDA): no probe runs, every run needs the given GiB,
+    so 10 GiB free holds three runs of 3 GiB and not a fourth."""
+    import torch
+    from ponderkit.lab.ablation import load_ablation
+
+    path = write("abl.yaml", "base: sort.yaml\nvariants: {wide: {model.d_model: 64}}\nseeds: 2\n")
+    runs = load_ablation(path, registry=registry).runs()
+
+    def probe(*args, **kwargs):
+        raise AssertionError("probed although --memory-per-run was given")
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
+    monkeypatch.setattr(packing, "probe_peak_bytes", probe)
+    monkeypatch.setattr(packing, "free_memory", lambda gpus: {g: 10 * GiB for g in gpus})
+    placer = grid.make_placer(8, runs, ["python"], {}, lambda text: None, memory_per_run=3)
+    placed = [placer.place(r) for r in runs]
+    assert [p is not None for p in placed] == [True, True, True, False]
+    assert placed[0][0] == ("0", 3 * GiB)
+
+
+@pytest.mark.parametrize("value", ["0", "-2"])
+def test_memory_per_run_must_be_positive(write, sort_yaml, capsys, value):
+    path = write("abl.yaml", "base: sort.yaml\nvariants: {wide: {model.d_model: 64}}\n")
+    assert main(["ablate", str(path), "--jobs", "2", "--memory-per-run", value]) == 2
+    assert "--memory-per-run must be a positive number of GiB" in capsys.readouterr().err
+
+
 def run_grid_with_jobs(write, sort_yaml, jobs: int, name: str):
     path = write(
         f"{name}.yaml",
