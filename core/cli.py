@@ -144,8 +144,9 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=None,
         metavar="GIB",
-        help="GPU memory a run needs, in GiB: skips the per-config memory probes of --jobs "
-        "(each trains two steps, compiling first when train.compile is on)",
+        help="GPU memory a run needs at its peak (evaluation included), in GiB: skips the "
+        "per-config memory probes of --jobs (each trains two steps, compiling first when "
+        "train.compile is on); a run that needs more than this can run out of memory",
     )
     p.add_argument(
         "--only",

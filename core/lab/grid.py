@@ -275,7 +275,8 @@ def _subprocesses(
                 running[proc] = (run, handle, time.perf_counter(), logfile)
                 where = " ".join(f"{k}={v}" for k, v in slot_env.items())
                 if isinstance(handle, tuple):  # a GPU: (id, bytes needed)
-                    where += f", needs {handle[1] / 2**30:.2f} GiB (measured)"
+                    basis = getattr(placer, "basis", "measured")
+                    where += f", needs {handle[1] / 2**30:.2f} GiB ({basis})"
                 log(f"{_started(state, run, run.directory(out))} ({where}; log {logfile})")
             time.sleep(0.2)
             for proc in [p for p in running if p.poll() is not None]:
@@ -332,7 +333,9 @@ def make_placer(
             log(f"memory   config {digest}: {bytes_ / 2**30:.2f} GiB per run (probe peak + margin)")
     free = free_memory(gpus)
     log("free     " + ", ".join(f"GPU {g}: {b / 2**30:.1f} GiB" for g, b in free.items()))
-    return GpuPacker(free, jobs, need)
+    packer = GpuPacker(free, jobs, need)
+    packer.basis = "given" if memory_per_run is not None else "measured"
+    return packer
 
 
 def _device_slots(jobs: int, nproc: int = 1) -> list[tuple[int, dict[str, str]]]:

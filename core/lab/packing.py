@@ -54,6 +54,7 @@ class GpuPacker:
         self.jobs = jobs
         self.need = need  # run -> bytes
         self.placed: dict[str, list[int]] = {g: [] for g in free}
+        self.basis = "measured"  # or "given" (--memory-per-run): how the needs were known
 
     def used(self, gpu: str) -> int:
         return sum(self.placed[gpu])

@@ -411,8 +411,11 @@ def _method(done: dict[str, list[RunSummary]]) -> list[str]:
         "- wall time: training time from `elapsed_s`, summed over resumed segments (start-up, "
         "evaluation after the end and data generation excluded); samples/s: median of the "
         "logged windows.",
-        "- active params/token: " + "; ".join(f"`{v}`: {m}" for v, m in methods.items()) + ".",
     ]
+    if methods:  # none when no run of the grid has finished
+        lines.append(
+            "- active params/token: " + "; ".join(f"`{v}`: {m}" for v, m in methods.items()) + "."
+        )
     return lines + [""]
 
 
