@@ -80,7 +80,7 @@ def plot(runs: dict[str, dict[str, list[dict]]], path: Path) -> Path | None:
                 got = at_steps(records, key)
                 xs = sorted(got)
                 ax.plot(xs, [got[x] for x in xs], color=colour, lw=1.4, alpha=0.9,
-                        ls=["-", "--", ":", "-."][j % 4], label=name)  # fmt: skip
+                        ls=["-", "--", ":", "-."][j % 4], marker="o", ms=3, label=name)  # fmt: skip
         if key == "loss":
             ax.set_yscale("log")
         ax.set(title=title, xlabel="optimizer step")
