@@ -3,8 +3,9 @@ runs on CPU for a smoke test).
 
 Recipes: ``att``, the attention TRM of the paper (trm_sudoku_att.yaml: D=512, 8 heads, 2
 layers, T=3, n=6, 81 Sudoku tokens + 16 puzzle-prefix positions), and ``mlp``, its mlp_t
-Sudoku variant (trm_sudoku_mlp.yaml); batch 768, bf16 autocast, one deep-supervision step per
-optimizer step. FLOPs per optimizer step are counted by torch's FlopCounterMode over one real
+Sudoku variant (trm_sudoku_mlp.yaml); ``maze``, the attention TRM on 30x30 mazes (900 tokens,
+trm_maze.yaml); batch 768 (``--batch``), bf16 autocast, one deep-supervision step per
+optimizer step; ``--override KEY=VALUE`` changes every row's config. FLOPs per optimizer step are counted by torch's FlopCounterMode over one real
 step (compiled code run eagerly for the count), so no-grad passes count forward only and the
 graded pass forward + backward.
 
@@ -49,7 +50,7 @@ REPO = Path(__file__).resolve().parent.parent
 DATASHEET_BF16 = {"H100": 989.4e12, "H200": 989.4e12}  # dense bf16 tensor-core peak, SXM
 
 
-RECIPES = {"att": "trm_sudoku_att.yaml", "mlp": "trm_sudoku_mlp.yaml"}
+RECIPES = {"att": "trm_sudoku_att.yaml", "mlp": "trm_sudoku_mlp.yaml", "maze": "trm_maze.yaml"}
 COMPILE = {"eager": "false", "block": "block", "compiled": "true", "graphs": "true",
            "autotune": "true"}  # fmt: skip
 COMPILE_MODE = {"graphs": "reduce-overhead", "autotune": "max-autotune-no-cudagraphs"}
@@ -89,6 +90,7 @@ def _measure(recipe: str, mode: str, no_grad: str, args: argparse.Namespace, reg
         f"train.compile_mode={COMPILE_MODE.get(mode, 'default')}",
         f"train.device={args.device}",
         f"model.recursion.no_grad_precision={no_grad}",
+        *args.override,
         *(SMOKE if args.smoke else []),
     ]
     cfg = load_experiment(
@@ -153,6 +155,13 @@ def main() -> None:
         default=None,
         help="explicit rows instead of the cross product: recipe:mode:no-grad,... "
         "(e.g. att:eager:same,att:compiled:bf16)",
+    )
+    parser.add_argument(
+        "--override",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a config override for every row (repeatable), e.g. model.recursion.L_cycles=6",
     )
     parser.add_argument("--batch", type=int, default=768)
     parser.add_argument("--steps", type=int, default=30)
