@@ -10,7 +10,16 @@ variants:                     # name -> overrides (a mapping of dotted keys, or 
   narrow: ["model.d_model=32"]
 seeds: [0, 1]                 # a list, or N for 0..N-1
 budget: {steps: 300}          # or {epochs: 10}, {time_s: 60}, {flops: 1.0e12}; the same for all
+reference:                    # optional: published figures to read the result beside
+  source: "the paper, table 2"
+  values:                     # variant -> metric -> figure (metrics: REFERENCE_METRICS)
+    base: {loss: 1.06}
+    one_layer: {loss: 1.10}
 ```
+
+With ``reference:`` the report adds a table that reads each variant's difference from the
+baseline beside the source's: the same direction with a 95% interval that excludes 0 (agrees),
+the opposite direction (disagrees), or an interval that includes 0.
 
 Without ``baseline:`` an implicit variant ``base`` (no overrides) is the reference. Every
 variant's config is validated before anything runs, and every error of every variant is
@@ -51,6 +60,16 @@ BUDGET_KEYS = {
     "flops": None,
 }
 Where = tuple[str | None, int | None]
+#: what a ``reference:`` may give per variant: run summary values (see run_analysis)
+REFERENCE_METRICS = (
+    "exact_acc",
+    "token_acc",
+    "loss",
+    "initial_loss",
+    "min_loss",
+    "loss_improvement",
+    "halting_steps",
+)
 
 
 def _optional_positive(kind: type) -> Any:
@@ -105,6 +124,8 @@ class AblationFile:
     factor: Any = None
     #: ``warn``: confounds are listed in the report; ``error``: they are refused before any run
     confounds: Literal["warn", "error"] = "warn"
+    #: published figures per variant and metric (``{source, values}``), read beside the result
+    reference: Any = None
 
 
 @attrs.frozen
@@ -143,6 +164,8 @@ class Ablation:
     budget: Budget
     common: tuple[Override, ...]
     factor: tuple[str, ...] = ()
+    #: ``{"source": str, "values": {variant: {metric: float}}}`` or None
+    reference: dict[str, Any] | None = None
 
     def variant(self, name: str) -> Variant:
         return next(v for v in self.variants if v.name == name)
@@ -181,6 +204,7 @@ class Ablation:
                 for v in self.variants
                 if v.name != self.baseline
             },
+            "reference": self.reference,
         }
 
 
@@ -245,6 +269,7 @@ def load_ablation(path: str | Path, *, registry: Registry, build: bool = True) -
             continue
         variants.append(Variant(name, tuple(overrides), config, exp.document))
     factor = _factor(spec.factor, doc, issues)
+    published = _reference(spec.reference, named, baseline, doc, issues)
     reference = next((v for v in variants if v.name == baseline), None)
     if spec.confounds == "error" and reference is not None:
         for v in variants:
@@ -273,6 +298,7 @@ def load_ablation(path: str | Path, *, registry: Registry, build: bool = True) -
         budget=spec.budget,
         common=tuple(common),
         factor=tuple(factor),
+        reference=published,
     )
 
 
@@ -373,6 +399,56 @@ def _factor(value: Any, doc: Document, issues: list[Issue]) -> list[str]:
         issues.append(_at(doc, ("factor",), "expected a dotted config path or a list of them"))
         return []
     return list(items)
+
+
+def _reference(
+    value: Any, named: Mapping[str, Any], baseline: str, doc: Document, issues: list[Issue]
+) -> dict[str, Any] | None:
+    """``reference: {source: TEXT, values: {variant: {metric: number}}}``, checked: known
+    variants (the baseline among them) and metrics, numbers."""
+    if value is None:
+        return None
+    if not isinstance(value, Mapping) or set(value) - {"source", "values"}:
+        issues.append(_at(doc, ("reference",), "expected {source: TEXT, values: {VARIANT: "
+                          "{METRIC: NUMBER}}}"))  # fmt: skip
+        return None
+    source = value.get("source", "")
+    if not isinstance(source, str):
+        issues.append(_at(doc, ("reference", "source"), f"expected text, got {source!r}"))
+    values = value.get("values")
+    if not isinstance(values, Mapping) or not values:
+        issues.append(_at(doc, ("reference", "values"), "expected {VARIANT: {METRIC: NUMBER}}"))
+        return None
+    out: dict[str, dict[str, float]] = {}
+    for variant, metrics in values.items():
+        at = ("reference", "values", variant)
+        if variant not in named:
+            hint = suggestion(str(variant), named) or f"variants: {', '.join(named)}"
+            issues.append(_at(doc, at, f"no variant named {variant!r}", hint))
+            continue
+        if not isinstance(metrics, Mapping):
+            issues.append(_at(doc, at, "expected {METRIC: NUMBER}"))
+            continue
+        for metric, number in metrics.items():
+            if metric not in REFERENCE_METRICS:
+                hint = suggestion(str(metric), REFERENCE_METRICS) or (
+                    f"metrics: {', '.join(REFERENCE_METRICS)}"
+                )
+                issues.append(_at(doc, (*at, metric), f"unknown metric {metric!r}", hint))
+            elif isinstance(number, bool) or not isinstance(number, int | float):
+                issues.append(_at(doc, (*at, metric), f"expected a number, got {number!r}"))
+            else:
+                out.setdefault(str(variant), {})[metric] = float(number)
+    if out and baseline not in out:
+        issues.append(
+            _at(
+                doc,
+                ("reference", "values"),
+                f"no figures for the baseline {baseline!r}: "
+                "the source's differences are taken from it",
+            )  # fmt: skip
+        )
+    return {"source": source if isinstance(source, str) else "", "values": out}
 
 
 def _name_variants(per_variant: dict[str, list[Issue]]) -> list[Issue]:

@@ -185,7 +185,7 @@ def render(plan: dict[str, Any], groups: dict[str, list[RunSummary]], plots: lis
         out += ["exact acc is the evaluation weights' (EMA's where a run averages them); the "
                 "raw and EMA columns give both weight sets, from the same last evaluation.", ""]  # fmt: skip
     out += _spent(done, plan)
-    out += _differences(done, base) + _free_running(done, base)
+    out += _differences(done, base) + _against_reference(done, plan) + _free_running(done, base)
     out += _trajectory(done) + _halting(done)
     if plots:
         out += ["## Plots", ""] + [f"![{p.stem}]({p.as_posix()})" for p in plots] + [""]
@@ -229,6 +229,91 @@ def _spent(done: dict[str, list[RunSummary]], plan: dict[str, Any]) -> list[str]
         table(headers, rows),
         "",
     ]
+
+
+# metric of a ``reference:`` -> (name in the table, formatter, unit of its differences)
+REFERENCE_LABELS = {
+    "exact_acc": ("exact acc (%)", pct, "pp"),
+    "token_acc": ("token acc (%)", pct, "pp"),
+    "loss": ("final loss", num, ""),
+    "initial_loss": ("initial loss", num, ""),
+    "min_loss": ("min loss", num, ""),
+    "loss_improvement": ("loss improvement (%)", pct, "pp"),
+    "halting_steps": ("halting steps", num, ""),
+}
+
+
+def reference_verdict(ours: Delta | None, theirs: float, bounded: bool = False) -> tuple:
+    """(95% interval, verdict) of our difference from the baseline read beside the source's:
+    ``agrees`` (interval excludes 0, same sign), ``disagrees`` (excludes 0, opposite sign),
+    ``interval includes 0``; ``n/a`` without an interval (one seed)."""
+    ci = ours.ci95() if ours is not None else None
+    if bounded:
+        ci = _possible(ci)
+    if ci is None:
+        return None, "n/a (one seed: no interval)"
+    if ci[0] <= 0 <= ci[1]:
+        return ci, "interval includes 0"
+    if theirs == 0:
+        return ci, "source shows no difference"
+    return ci, "agrees" if (ours.mean > 0) == (theirs > 0) else "disagrees"
+
+
+def _against_reference(done: dict[str, list[RunSummary]], plan: dict[str, Any]) -> list[str]:
+    ref = plan.get("reference") or {}
+    figures = ref.get("values") or {}
+    base = plan.get("baseline", "")
+    if not figures or base not in figures:
+        return []
+    metrics = [m for m in REFERENCE_LABELS if any(m in f for f in figures.values())]
+    rows = []
+    for metric in metrics:
+        label, f, unit = REFERENCE_LABELS[metric]
+        if metric not in figures[base]:
+            continue
+        theirs_base = figures[base][metric]
+        ours_base = done.get(base) or []
+        rows.append([f"`{base}` (baseline)", label, f(theirs_base), "",
+                     fmt_stat(stat(ours_base, metric), f), "", "", ""])  # fmt: skip
+        for variant, values in figures.items():
+            if variant == base or metric not in values:
+                continue
+            theirs = values[metric] - theirs_base
+            runs = done.get(variant) or []
+            ours = difference(by_seed(runs, metric), by_seed(ours_base, metric))
+            ci, verdict = reference_verdict(ours, theirs, bounded=unit == "pp")
+            interval = f"[{f(ci[0])}, {f(ci[1])}]" if ci else "n/a"
+            rows.append(
+                [
+                    f"`{variant}`",
+                    label,
+                    f(values[metric]),
+                    _signed(theirs, f),
+                    fmt_stat(stat(runs, metric), f),
+                    fmt_delta(ours, f),
+                    interval,
+                    verdict if runs else "not run",
+                ]  # fmt: skip
+            )
+    if not rows:
+        return []
+    source = ref.get("source") or "the ablation file's reference"
+    headers = ["variant", "metric", "source", "source Δ", "ours (mean ± std)", "our Δ ± se",
+               "our 95% CI", "verdict"]  # fmt: skip
+    return [
+        "## Against the reference",
+        "",
+        f"Source: {source}. Δ = variant − baseline, in each. Verdict: `agrees` when our 95% "
+        "interval excludes 0 on the source's side, `disagrees` when it excludes 0 on the other "
+        "side, else `interval includes 0` (this budget and these seeds cannot tell).",
+        "",
+        table(headers, rows),
+        "",
+    ]
+
+
+def _signed(x: float, f: Callable[[float], str]) -> str:
+    return ("+" if x >= 0 else "-") + f(abs(x))
 
 
 def _possible(ci: tuple[float, float] | None) -> tuple[float, float] | None:

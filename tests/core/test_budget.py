@@ -193,3 +193,32 @@ def test_an_interrupted_epoch_run_resumes_to_the_same_end(trm_yaml, tmp_path, mo
     ]
     keys = ("step", "samples", "flops", "stopped", "eval/exact_acc", "eval/raw/token_acc")
     assert [e[k] for k in keys for e in ends[:1]] == [e[k] for k in keys for e in ends[1:]]
+
+
+def test_ema_changes_only_the_evaluated_weights(trm_yaml, registry, tmp_path):
+    """Seed 002's `no_ema` arm trains exactly like `baseline` (same seed): the EMA callback
+    reads the weights and never the training's random stream, with evaluations in between
+    (exploration and halting draw random numbers every step). The checkpoint's model file
+    holds the evaluated (EMA) weights, its trainer state the trained ones."""
+    from safetensors.torch import load_file
+
+    losses, trained, evaluated = {}, {}, {}
+    for name, callbacks in (
+        ("ema", "callbacks=[{name: ema, decay: 0.9}]"),
+        ("none", "callbacks=[]"),
+    ):
+        out = tmp_path / name
+        args = ["run", str(trm_yaml), "--out", str(out), "--quiet", callbacks,
+                "train.eval_every=4", "train.epochs=3"]  # fmt: skip
+        assert main(args) == 0
+        records = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+        losses[name] = [(r["step"], r["loss"]) for r in records if "loss" in r]
+        final = out / "checkpoints/final"
+        trained[name] = torch.load(final / "trainer.pt", weights_only=False)["train_weights"]
+        evaluated[name] = load_file(final / "model.safetensors")
+    assert len(losses["ema"]) > 5 and losses["ema"] == losses["none"]
+    assert trained["ema"].keys() == trained["none"].keys()
+    assert all(torch.equal(trained["ema"][k], trained["none"][k]) for k in trained["none"])
+    # without EMA the evaluated weights are the trained ones; with it they are not
+    assert all(torch.equal(evaluated["none"][k], trained["none"][k]) for k in trained["none"])
+    assert not all(torch.equal(evaluated["ema"][k], trained["ema"][k]) for k in trained["ema"])
