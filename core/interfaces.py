@@ -12,7 +12,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import AbstractContextManager
-from typing import Any, Protocol, runtime_checkable
+from types import MappingProxyType
+from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 import attrs
 import torch
@@ -147,8 +148,10 @@ class ForwardContext:
         return cos[:seq_len], sin[:seq_len]
 
 
-@attrs.frozen
-class Routing:
+_EMPTY: Mapping[str, Tensor] = MappingProxyType({})
+
+
+class Routing(NamedTuple):
     """What a router returns for N tokens over E experts.
 
     - ``weights`` (N,E) float: >= 0; 0 wherever ``mask`` is False; per token they sum to 1 when
@@ -160,14 +163,18 @@ class Routing:
     - ``param_aux``: named losses that depend only on the router's parameters (SDL), counted
       once per optimizer step however often the router runs.
     - ``stats``: ``expert_counts`` (E,), ``experts_per_token`` (scalar), ``dead_experts`` (scalar).
+
+    A ``NamedTuple`` (immutable, built with keywords as before) rather than a frozen attrs
+    class: torch.compile traces a NamedTuple's construction inside a compiled forward, and
+    breaks the graph at (or, in newer torch, fails on) a frozen attrs ``__init__``.
     """
 
     weights: Tensor
     mask: Tensor
     logits: Tensor
-    aux: Mapping[str, Tensor] = attrs.field(factory=dict)
-    stats: Mapping[str, Tensor] = attrs.field(factory=dict)
-    param_aux: Mapping[str, Tensor] = attrs.field(factory=dict)
+    aux: Mapping[str, Tensor] = _EMPTY
+    stats: Mapping[str, Tensor] = _EMPTY
+    param_aux: Mapping[str, Tensor] = _EMPTY
 
 
 # -- one Protocol per kind: every member the runtime calls -------------------------------------

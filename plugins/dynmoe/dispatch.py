@@ -28,9 +28,8 @@ differentiable.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, NamedTuple
 
-import attrs
 import torch
 from ponderkit import counting_flops, use_triton
 from ponderkit.plugins.dynmoe.dispatch_kernels import Combine, ScatterRows, Slots, plan_positions
@@ -47,9 +46,9 @@ MAX_KERNEL_EXPERTS = 1024
 _GROUPED_MM = getattr(F, "grouped_mm", None) or getattr(torch, "_grouped_mm", None)
 
 
-@attrs.frozen
-class DispatchPlan:
-    """Where every active (token, expert) pair of one routing goes.
+class DispatchPlan(NamedTuple):
+    """Where every active (token, expert) pair of one routing goes (a NamedTuple, which
+    torch.compile traces; a frozen attrs class breaks its graph).
 
     - ``weights`` (N, E): the routing weights (keep the router's graph); ``mask`` (N, E) bool.
     - ``pos`` (N, E) int32: the row of pair (n, e) among the expert-sorted rows, -1 where

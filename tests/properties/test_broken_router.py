@@ -7,7 +7,6 @@ with one implementation swapped for a broken one.
 
 from __future__ import annotations
 
-import attrs
 import pytest
 import torch
 from hypothesis import given, settings
@@ -88,7 +87,7 @@ def test_router_properties_catch_a_broken_router(broken, message):
 
 def test_dispatch_properties_catch_a_combine_that_cuts_the_router_gradient():
     def detached_combine(y, plan):
-        return combine(y, attrs.evolve(plan, weights=plan.weights.detach()))
+        return combine(y, plan._replace(weights=plan.weights.detach()))
 
     @settings(parent=PROPERTY, max_examples=150, database=None, report_multiple_bugs=False)
     @given(case=dispatch_cases())
