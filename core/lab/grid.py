@@ -327,8 +327,7 @@ def make_placer(
         log(f"memory   {memory_per_run:g} GiB per run (--memory-per-run; not probed)")
     else:
         need = probe = MemoryProbe(gpus[0], child_env, plugin_args)
-        for run in runs:  # before any run holds memory, so that the probes see an idle GPU
-            probe(run)
+        probe.probe_all(runs)  # before any run holds memory, so that the probes see an idle GPU
         for digest, bytes_ in probe.cache.items():
             log(f"memory   config {digest}: {bytes_ / 2**30:.2f} GiB per run (probe peak + margin)")
     free = free_memory(gpus)

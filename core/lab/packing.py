@@ -3,7 +3,8 @@
 On CUDA, a run's memory is measured, not guessed: the first time a config is met, a probe
 subprocess (``python -m ponderkit.lab.packing CONFIG``, a fresh CUDA context) trains two
 optimizer steps and evaluates one held-out batch, and reports ``torch.cuda.max_memory_reserved``
-(what the caching allocator held at its peak). A run then needs that peak plus
+(what the caching allocator held at its peak); up to :data:`PROBES_AT_ONCE` distinct configs
+are probed at once, each in its own process. A run then needs that peak plus
 :data:`CONTEXT_BYTES` for its own CUDA context and :data:`MARGIN` for fragmentation. Each GPU's
 free memory is read once, before the first run starts (``torch.cuda.mem_get_info``); a run
 starts on a GPU only when the needs of the runs already placed there plus its own fit into
@@ -23,6 +24,7 @@ from typing import Any
 
 CONTEXT_BYTES = 600 * 2**20  # a CUDA context with cuBLAS/cuDNN handles, not in the allocator
 MARGIN = 1.15  # the probe's peak, plus room for fragmentation and a bigger eval batch
+PROBES_AT_ONCE = 4  # concurrent memory probes (each a process training two steps)
 Env = dict[str, str]
 
 
@@ -100,16 +102,41 @@ class MemoryProbe:
         self.gpu, self.env, self.plugin_args = gpu, env or {}, list(plugin_args)
         self.cache: dict[str, int] = {}
 
-    def __call__(self, run: Any) -> int:
+    @staticmethod
+    def key(run: Any) -> str:
         import attrs
 
         from .grid import config_digest
 
-        key = config_digest(attrs.evolve(run.config, seed=0))  # seeds need the same memory
+        return config_digest(attrs.evolve(run.config, seed=0))  # seeds need the same memory
+
+    def __call__(self, run: Any) -> int:
+        key = self.key(run)
         if key not in self.cache:
             peak = probe_peak_bytes(run.config, self.gpu, self.env, self.plugin_args)
             self.cache[key] = int(peak * MARGIN) + CONTEXT_BYTES
         return self.cache[key]
+
+    def probe_all(self, runs: Sequence[Any], at_once: int = PROBES_AT_ONCE) -> None:
+        """Probe every distinct config of ``runs``, up to ``at_once`` probes concurrently (each
+        reads its own process's peak, so they need not wait for each other); a probe that
+        fails while others ran (say, out of memory on a small GPU) is repeated alone, and its
+        second failure is the one raised."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        todo = {}
+        for run in runs:
+            todo.setdefault(self.key(run), run)
+        todo = {k: r for k, r in todo.items() if k not in self.cache}
+        if at_once <= 1 or len(todo) <= 1:
+            for run in todo.values():
+                self(run)
+            return
+        with ThreadPoolExecutor(max_workers=min(at_once, len(todo))) as pool:
+            futures = {k: pool.submit(self, run) for k, run in todo.items()}
+            failed = [k for k, f in futures.items() if f.exception() is not None]
+        for key in failed:  # alone this time
+            self(todo[key])
 
 
 def probe_peak_bytes(config: Any, gpu: str, env: Env, plugin_args: Sequence[str] = ()) -> int:

@@ -130,6 +130,62 @@ def test_memory_per_run_must_be_positive(write, sort_yaml, capsys, value):
     assert "--memory-per-run must be a positive number of GiB" in capsys.readouterr().err
 
 
+def test_probes_run_concurrently_and_a_failed_one_is_repeated_alone(
+    write, sort_yaml, registry, monkeypatch
+):
+    """Four distinct configs (x 2 seeds): 4 probes, concurrently; one that fails while others
+    run is probed again alone, and its result is kept."""
+    import threading
+    import time
+
+    from ponderkit.lab.ablation import load_ablation
+
+    path = write(
+        "abl.yaml",
+        "base: sort.yaml\nvariants: {a: {model.d_model: 16}, b: {model.d_model: 48}, "
+        "c: {model.d_model: 64}}\nseeds: 2\n",
+    )
+    runs = load_ablation(path, registry=registry).runs()
+    lock, live, most, calls = threading.Lock(), [0], [0], []
+
+    def probe(config, gpu, env, plugin_args=()):
+        d = config.model.d_model
+        with lock:
+            calls.append(d)
+            live[0] += 1
+            most[0] = max(most[0], live[0])
+            first_64 = calls.count(64) == 1
+        time.sleep(0.3)
+        with lock:
+            live[0] -= 1
+        if d == 64 and first_64:
+            raise RuntimeError("memory probe failed (exit 1): CUDA out of memory")
+        return d * GiB // 16
+
+    monkeypatch.setattr(packing, "probe_peak_bytes", probe)
+    probe_ = packing.MemoryProbe("0")
+    probe_.probe_all(runs)
+    assert sorted(calls) == [16, 32, 48, 64, 64]  # one probe per config, 64 twice
+    assert most[0] == 4
+    assert probe_(runs[-1]) == int(4 * GiB * MARGIN) + CONTEXT_BYTES  # d=64, cached
+
+
+def test_a_probe_that_fails_alone_too_is_raised(write, sort_yaml, registry, monkeypatch):
+    from ponderkit.lab.ablation import load_ablation
+
+    path = write("abl.yaml", "base: sort.yaml\nvariants: {a: {model.d_model: 16}}\n")
+    runs = load_ablation(path, registry=registry).runs()
+
+    def probe(config, gpu, env, plugin_args=()):
+        if config.model.d_model == 16:
+            raise RuntimeError("memory probe failed (exit 1): broken")
+        return GiB
+
+    monkeypatch.setattr(packing, "probe_peak_bytes", probe)
+    with pytest.raises(RuntimeError, match="broken"):
+        packing.MemoryProbe("0").probe_all(runs)
+
+
 def run_grid_with_jobs(write, sort_yaml, jobs: int, name: str):
     path = write(
         f"{name}.yaml",
