@@ -6,10 +6,12 @@ deep-supervision step) runs eagerly under a dispatch mode that records every GEM
 (``mm``/``addmm``/``bmm``) and every attention kernel (SDPA forward and backward) with its
 argument shapes, strides and dtypes. Each distinct call is then replayed alone on fresh random
 tensors of those layouts (``--reps`` times after a warm-up, CUDA-synchronized) and its median
-time multiplied by how often the step made it. The sum is a floor for the step under the same
-kernels (torch.compile's default mode calls the same cuBLAS GEMMs and attention kernels): every
-norm, activation, residual add, loss, cast and optimizer update, and every launch gap, comes on
-top. ``samples/s bound`` = batch / that floor; compare it with ``trm_throughput.py``'s measured
+time multiplied by how often the step made it. The sum is a floor for a step that calls these
+kernels on these layouts (torch.compile's default mode calls the same cuBLAS GEMMs and attention
+kernels): every norm, activation, residual add, loss, cast and optimizer update, and every
+launch gap, comes on top. Inductor may change a layout, though (mlp_t's compiled step, whose
+token-mixing GEMMs have an inner size of 97, beat its eager-layout sum on the H200), so the
+floor holds for a recipe whose compiled step stays above it. ``samples/s bound`` = batch / that floor; compare it with ``trm_throughput.py``'s measured
 step.
 
     python benchmarks/trm_bound.py [--recipes att,mlp] [--batch 768] [--reps 20]
