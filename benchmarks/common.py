@@ -3,8 +3,10 @@
 
 from __future__ import annotations
 
+import argparse
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import torch
 
@@ -42,3 +44,11 @@ def timed(fn: Callable[[], object], n: int, device: torch.device) -> float:
         fn()
     sync(device)
     return time.perf_counter() - t
+
+
+def add_device_options(parser: argparse.ArgumentParser, smoke_help: str) -> None:
+    """``--precision``, ``--device``, ``--smoke`` and ``--out``, as every GPU benchmark has them."""
+    parser.add_argument("--precision", default="bf16")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--smoke", action="store_true", help=smoke_help)
+    parser.add_argument("--out", type=Path, default=None)

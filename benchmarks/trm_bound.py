@@ -33,16 +33,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from common import sync, synthetic_batches
+from common import add_device_options, sync, synthetic_batches
 from ponderkit.engine.train import Trainer
 from ponderkit.experiment import load_experiment
 from ponderkit.loading import Plugins
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_map
+from trm_throughput import RECIPES, SMOKE
 
 REPO = Path(__file__).resolve().parent.parent
-RECIPES = {"att": "trm_sudoku_att.yaml", "mlp": "trm_sudoku_mlp.yaml"}
-SMOKE = ["model.d_model=32", "model.recursion.H_cycles=2", "model.recursion.L_cycles=1"]
 aten = torch.ops.aten
 GEMMS = {aten.mm.default, aten.addmm.default, aten.bmm.default}
 
@@ -169,10 +168,7 @@ def main() -> None:
     parser.add_argument("--recipes", default="att,mlp")
     parser.add_argument("--batch", type=int, default=768)
     parser.add_argument("--reps", type=int, default=20)
-    parser.add_argument("--precision", default="bf16")
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--smoke", action="store_true", help="a tiny TRM on the CPU")
-    parser.add_argument("--out", type=Path, default=None)
+    add_device_options(parser, "a tiny TRM on the CPU")
     args = parser.parse_args()
     if args.smoke:
         args.device, args.precision, args.batch, args.reps = "cpu", "fp32", 4, 2

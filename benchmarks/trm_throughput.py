@@ -39,7 +39,7 @@ import time
 from pathlib import Path
 
 import torch
-from common import sync, synthetic_batches, timed
+from common import add_device_options, sync, synthetic_batches, timed
 from ponderkit.engine.nn import parameter_count
 from ponderkit.engine.train import Trainer
 from ponderkit.experiment import load_experiment
@@ -166,10 +166,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=768)
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--warmup", type=int, default=5)
-    parser.add_argument("--precision", default="bf16")
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--smoke", action="store_true", help="a tiny TRM on the CPU")
-    parser.add_argument("--out", type=Path, default=None)
+    add_device_options(parser, "a tiny TRM on the CPU")
     args = parser.parse_args()
     if args.smoke:
         args.device, args.precision, args.batch = "cpu", "fp32", 4
