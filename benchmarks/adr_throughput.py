@@ -19,9 +19,10 @@ bf16 autocast; synthetic tokens, so no data set is generated):
   twin's (the twin's MFU over the variant's): 1.0 means the variant trains at the speed of
   its active FLOPs.
 
-Options: ``--modes eager,compiled`` (``train.compile``), ``--dispatch exact,static`` (routed
-variants; ``auto`` is static on CUDA). A variant or mode that fails (e.g. a kernel that does
-not lower) gets a row with the reason instead of numbers.
+Options: ``--modes eager,compiled,block`` (``train.compile`` false, true, block: each block
+compiled once), ``--dispatch exact,static`` (routed variants; ``auto`` is static on CUDA).
+A variant or mode that fails (e.g. a kernel that does not lower) gets a row with the reason
+instead of numbers.
 
     python benchmarks/adr_throughput.py                       # GPU, eager, exact + static
     python benchmarks/adr_throughput.py --modes eager,compiled
@@ -116,6 +117,7 @@ VARIANTS: dict[str, tuple[str, list[str], list[str]]] = {
     ),
 }
 DEFAULT_VARIANTS = [v for v in VARIANTS if v != "trm_mlp"]
+COMPILE = {"eager": "false", "compiled": "true", "block": "block"}  # --modes -> train.compile
 SMOKE = ["model.d_model=32", "model.recursion.block.mixer.heads=2", "train.threads=1"]
 
 
@@ -223,7 +225,7 @@ def run_variant(name: str, args: argparse.Namespace, registry: Any) -> list[dict
         base.append(f"train.batch_size={args.batch}")
     rows = []
     for mode in args.modes:
-        compile_flag = f"train.compile={'true' if mode == 'compiled' else 'false'}"
+        compile_flag = f"train.compile={COMPILE[mode]}"
         try:
             config = load_experiment(
                 REPO / "experiments" / path, [*base, compile_flag], registry=registry
@@ -355,7 +357,7 @@ def markdown(rows: list[dict[str, Any]], header: str) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--variants", default=",".join(DEFAULT_VARIANTS))
-    parser.add_argument("--modes", default="eager", help="eager,compiled")
+    parser.add_argument("--modes", default="eager", help="eager,compiled,block")
     parser.add_argument("--dispatch", default="exact,static", help="for routed variants")
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=3)
@@ -369,6 +371,8 @@ def main() -> None:
         args.device, args.precision = "cpu", "fp32"
         args.steps, args.warmup, args.batch = 2, 1, args.batch or 4
     args.modes = args.modes.split(",")
+    if not set(args.modes) <= set(COMPILE):
+        parser.error(f"--modes: one of {', '.join(COMPILE)} each, not {args.modes}")
     args.dispatch = args.dispatch.split(",")
     names = args.variants.split(",")
     unknown = [n for n in names if n not in VARIANTS]
