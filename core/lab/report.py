@@ -185,7 +185,8 @@ def render(plan: dict[str, Any], groups: dict[str, list[RunSummary]], plots: lis
         out += ["exact acc is the evaluation weights' (EMA's where a run averages them); the "
                 "raw and EMA columns give both weight sets, from the same last evaluation.", ""]  # fmt: skip
     out += _spent(done, plan)
-    out += _differences(done, base) + _against_reference(done, plan) + _free_running(done, base)
+    out += _differences(done, base) + _pairs(done)
+    out += _against_reference(done, plan) + _free_running(done, base)
     out += _trajectory(done) + _halting(done)
     if plots:
         out += ["## Plots", ""] + [f"![{p.stem}]({p.as_posix()})" for p in plots] + [""]
@@ -391,6 +392,52 @@ def _differences(done: dict[str, list[RunSummary]], base: str) -> list[str]:
         "[-100, 100] pp; n/a with one seed. pp = percentage points.",
         "",
         table(headers, rows) if rows else "(no other variant finished)",
+        "",
+    ]
+
+
+def pair_verdict(a: str, b: str, exact: Delta | None, token: Delta | None) -> str:
+    """Which of ``a`` and ``b`` is better: exact accuracy decides when its 95% interval
+    excludes 0; otherwise token accuracy is read the same way, as the secondary measure."""
+    ci = exact.ci95() if exact else None
+    if ci is None:
+        return "no interval (one seed)"
+    if ci[0] > 0 or ci[1] < 0:
+        return f"`{a if ci[0] > 0 else b}` better (exact)"
+    both_zero = exact is not None and exact.mean == 0 and ci == (0.0, 0.0)
+    head = "exact: both 0%" if both_zero else "exact: CI includes 0"
+    tci = token.ci95() if token else None
+    if tci and (tci[0] > 0 or tci[1] < 0):
+        return f"{head}; `{a if tci[0] > 0 else b}` higher token acc"
+    return f"{head}; token: CI includes 0"
+
+
+def _pairs(done: dict[str, list[RunSummary]]) -> list[str]:
+    names = [v for v, runs in done.items() if runs]
+    if len(names) < 3:  # with two, the difference from the baseline is the one pair
+        return []
+    rows = []
+    for i, a in enumerate(names):
+        for b in names[i + 1 :]:
+            d = {k: difference(by_seed(done[a], k), by_seed(done[b], k)) for k in DELTAS[:2]}
+            cells = []
+            for key in DELTAS[:2]:
+                ci = _possible(d[key].ci95()) if d[key] else None
+                bounds = f"[{pct(ci[0])}, {pct(ci[1])}]" if ci else "n/a"
+                cells += [fmt_delta(d[key], pct), bounds]
+            seeds = d["exact_acc"].seeds if d["exact_acc"] else "0"
+            verdict = pair_verdict(a, b, d["exact_acc"], d["token_acc"])
+            rows.append([f"`{a}`", f"`{b}`", seeds, *cells, verdict])
+    headers = ["A", "B", "n", "Δ exact acc (pp)", "95% CI", "Δ token acc (pp)", "95% CI",
+               "verdict at this budget"]  # fmt: skip
+    return [
+        "## Every pair",
+        "",
+        "Δ = A − B, ± standard error, paired by seed where both ran the same seeds (else "
+        "Welch), 95% CI from Student's t. Exact accuracy decides where its interval excludes "
+        "0; where it includes 0, token accuracy is read the same way as the secondary measure.",
+        "",
+        table(headers, rows),
         "",
     ]
 

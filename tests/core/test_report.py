@@ -206,3 +206,45 @@ def test_intervals_of_accuracy_differences_stay_within_what_can_occur(tmp_path):
     zero = row(write_report(root).read_text(), "zero", "Difference from `base`")
     assert zero[3] == "-95.00 ± 2.89"
     assert zero[4] == f"[-100.00, {100 * (-0.95 + half):.2f}]"
+
+
+def test_every_pair_reads_exact_first_then_token(tmp_path):
+    """Three variants over seeds 0-2. a - b exact: 0.3, 0.2, 0.4 -> mean 0.3, sd 0.1, paired
+    interval 0.3 -+ 4.303 * 0.1 / sqrt(3) (excludes 0: a better). b and c are both 0 exact;
+    their token accuracy ((1 + exact) / 2 in make_run) is then equal too, so neither wins."""
+    root = tmp_path / "abl"
+    for seed, (a, b) in enumerate([(0.3, 0.0), (0.2, 0.0), (0.4, 0.0)]):
+        make_run(root, "a", seed, exact=a, loss=0.4)
+        make_run(root, "b", seed, exact=b, loss=0.5)
+        make_run(root, "c", seed, exact=0.0, loss=0.6)
+    plan = {"name": "synthetic", "baseline": "a", "seeds": [0, 1, 2],
+            "budget_text": "30 optimizer steps per run", "variants": {"a": [], "b": [], "c": []}}  # fmt: skip
+    (root / "ablation.json").write_text(json.dumps(plan))
+    report = write_report(root).read_text()
+    half = 4.303 * 0.1 / math.sqrt(3)
+    pairs = report.split("## Every pair")[1].split("\n## ")[0]
+    lines = {tuple(c.strip() for c in x.strip("|").split("|")[:2]): x for x in pairs.splitlines()
+             if x.startswith("| `")}  # fmt: skip
+    ab = [c.strip() for c in lines[("`a`", "`b`")].strip("|").split("|")]
+    assert ab[3] == f"+30.00 ± {100 * 0.1 / math.sqrt(3):.2f}"
+    assert ab[4] == f"[{100 * (0.3 - half):.2f}, {100 * (0.3 + half):.2f}]"
+    assert ab[-1] == "`a` better (exact)"
+    bc = [c.strip() for c in lines[("`b`", "`c`")].strip("|").split("|")]
+    assert bc[-1] == "exact: both 0%; token: CI includes 0"
+    assert set(lines) == {("`a`", "`b`"), ("`a`", "`c`"), ("`b`", "`c`")}
+
+
+def test_pair_verdict_reads_token_accuracy_when_exact_cannot_decide():
+    from ponderkit.lab.report import pair_verdict
+    from ponderkit.lab.stats import Delta
+
+    zero = Delta(0.0, 0.0, 3, 3, True, 2)
+    up = Delta(0.10, 0.01, 3, 3, True, 2)  # interval 0.10 -+ 0.043: above 0
+    wide = Delta(0.05, 0.05, 3, 3, True, 2)  # interval includes 0
+    assert pair_verdict("x", "y", zero, up) == "exact: both 0%; `x` higher token acc"
+    assert pair_verdict("x", "y", zero, Delta(-0.1, 0.01, 3, 3, True, 2)).endswith(
+        "`y` higher token acc"
+    )
+    assert pair_verdict("x", "y", wide, wide) == "exact: CI includes 0; token: CI includes 0"
+    assert pair_verdict("x", "y", Delta(-0.2, 0.01, 3, 3, True, 2), wide) == "`y` better (exact)"
+    assert pair_verdict("x", "y", Delta(0.2, None, 1, 1, True), up) == "no interval (one seed)"
