@@ -7,9 +7,11 @@
 #
 # Each command runs from the repository root with its output in runs/gpu/NN.log; runs/gpu/status
 # says which ran and how each ended. `wait` returns when all are done, the driver died, or
-# SECONDS passed; it prints the status and the logs' last lines, then packs runs/gpu (without
-# checkpoint weights and optimizer state) into DEST/gpu.tgz (default: $OUT, the folder a device
-# machine brings back), so a result survives the machine even when the work is unfinished.
+# SECONDS passed; it prints the status and the logs' last lines, then packs runs/gpu without
+# its checkpoints/ folders into DEST/gpu.tgz (default: $OUT, the folder a device machine brings
+# back), so a result survives the machine even when the work is unfinished. A finished run
+# comes back with halting.json and no checkpoints, which `ablate` and `report` count as
+# finished; a checkpoint folder without its weights would read as a damaged checkpoint.
 # Source benchmarks/gpu_setup.sh first where ponderkit is not installed.
 set -u
 dir=runs/gpu
@@ -35,9 +37,11 @@ start)
 wait)
     end=$(( $(date +%s) + ${2:-60} ))
     dest=${3:-${OUT:-.}}
-    pid=$(cat "$dir/driver.pid" 2>/dev/null || echo 0)
-    while [ "$(date +%s)" -lt "$end" ] && kill -0 "$pid" 2>/dev/null; do sleep 5; done
-    kill -0 "$pid" 2>/dev/null && echo "still running" || echo "driver finished"
+    pid=$(cat "$dir/driver.pid" 2>/dev/null)
+    alive() { [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; }  # (kill -0 0: this very group)
+    while [ "$(date +%s)" -lt "$end" ] && alive; do sleep 5; done
+    if alive; then echo "still running"; elif [ -n "$pid" ]; then echo "driver finished"
+    else echo "no driver started here"; fi
     cat "$dir/status" 2>/dev/null
     for log in "$dir"/[0-9]*.log; do
         [ -f "$log" ] && { echo "== $log"; tail -n 8 "$log"; }
@@ -45,7 +49,7 @@ wait)
     command -v nvidia-smi > /dev/null && nvidia-smi --query-gpu=memory.used,utilization.gpu \
         --format=csv,noheader
     mkdir -p "$dest"
-    tar czf "$dest/gpu.tgz" --exclude='*.safetensors' --exclude='trainer.pt' "$dir"
+    tar czf "$dest/gpu.tgz" --exclude='checkpoints' "$dir"
     ls -l "$dest/gpu.tgz"
     ;;
 *)

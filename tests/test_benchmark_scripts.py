@@ -23,3 +23,27 @@ def test_benchmark_script_imports(script, monkeypatch):
     monkeypatch.setitem(sys.modules, spec.name, module)
     spec.loader.exec_module(module)
     assert callable(getattr(module, "main", None)), f"{script.name} has no main()"
+
+
+def test_gpu_background_brings_runs_back_without_checkpoints(tmp_path):
+    """`wait` packs runs/gpu for the trip back: a finished run's halting.json and metrics come
+    along, its checkpoints/ folder (weights, or what is left of it) does not."""
+    import subprocess
+    import tarfile
+
+    run = tmp_path / "runs" / "gpu" / "grid" / "base" / "seed0"
+    (run / "checkpoints" / "final").mkdir(parents=True)
+    (run / "checkpoints" / "final" / "model.safetensors").write_bytes(b"w")
+    (run / "checkpoints" / "final" / "state.json").write_text("{}")
+    (run / "halting.json").write_text("{}")
+    (run / "metrics.jsonl").write_text("{}\n")
+    out = subprocess.run(
+        ["bash", str(BENCHMARKS / "gpu_background.sh"), "wait", "0", str(tmp_path / "back")],
+        cwd=tmp_path, capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    assert "no driver started here" in out
+    with tarfile.open(tmp_path / "back" / "gpu.tgz") as tar:
+        names = set(tar.getnames())
+    assert "runs/gpu/grid/base/seed0/halting.json" in names
+    assert "runs/gpu/grid/base/seed0/metrics.jsonl" in names
+    assert not [n for n in names if "checkpoints" in n]
