@@ -97,6 +97,9 @@ class TrainConfig:
     # so the steps an epoch takes depend on halting.
     steps: int | None = attrs.field(default=None, validator=v.optional(positive))
     epochs: int | None = attrs.field(default=None, validator=v.optional(positive))
+    # or training FLOPs spent, as counted (see flops_every): a run stops once it has spent
+    # them, so a step made cheaper (a sparser router, an earlier halt) buys more steps
+    flops: float | None = attrs.field(default=None, validator=v.optional([finite, positive]))
 
     @epochs.validator
     def _one_length(self, attribute: attrs.Attribute, value: int | None) -> None:
@@ -105,8 +108,18 @@ class TrainConfig:
                 f"set 'steps' or 'epochs', not both (steps={self.steps}, epochs={value})"
             )
 
+    @flops.validator
+    def _one_budget(self, attribute: attrs.Attribute, value: float | None) -> None:
+        if value is None:
+            return
+        if self.steps is not None or self.epochs is not None:
+            given = "steps" if self.steps is not None else "epochs"
+            raise ValueError(f"set one of 'steps', 'epochs', 'flops', not {given} and flops")
+        if not self.flops_every:
+            raise ValueError("flops needs flops_every > 0 (the FLOPs spent are counted)")
+
     def __attrs_post_init__(self) -> None:
-        if self.steps is None and self.epochs is None:
+        if self.steps is None and self.epochs is None and self.flops is None:
             object.__setattr__(self, "steps", DEFAULT_STEPS)
 
     # stop early (and checkpoint) after this wall-clock time

@@ -64,7 +64,7 @@ def lr_factor(
     """Linear warmup to 1, then constant or cosine down to ``min_lr_ratio``.
 
     The cosine follows ``step`` out of ``total`` steps, or, when training is measured in
-    epochs (``total`` None), ``done``: the fraction of the epoch budget's samples drawn."""
+    epochs or FLOPs (``total`` None), ``done``: the fraction of that budget spent."""
     if cfg.warmup_steps and step < cfg.warmup_steps:
         return (step + 1) / cfg.warmup_steps
     if cfg.decay == "constant":
@@ -173,17 +173,29 @@ class Trainer:
         return epochs * int(size)
 
     def budget_spent(self) -> str | None:
-        """Why training is over (``steps`` or ``epochs``), or None while it goes on."""
+        """Why training is over (``steps``, ``epochs``, ``flops``), or None while it goes on."""
         steps = self.config.train.steps
         if steps is not None and self.step >= steps:
             return "steps"
         if self.sample_limit is not None and self.samples >= self.sample_limit:
             return "epochs"
+        if self.config.train.flops is not None and self.flops >= self.config.train.flops:
+            return "flops"
         return None
 
+    def progress(self) -> float:
+        """The fraction of the training budget spent: steps, epochs' samples or FLOPs."""
+        train = self.config.train
+        if train.flops is not None:
+            return min(1.0, self.flops / train.flops)
+        if self.sample_limit:
+            return min(1.0, self.samples / self.sample_limit)
+        return min(1.0, self.step / train.steps) if train.steps else 0.0
+
     def _set_lr(self) -> None:
-        done = self.samples / self.sample_limit if self.sample_limit else None
-        factor = lr_factor(self.step, self.config.train.steps, self.config.optimizer, done)
+        steps = self.config.train.steps
+        done = None if steps is not None else self.progress()
+        factor = lr_factor(self.step, steps, self.config.optimizer, done)
         for group in self.optimizer.param_groups:
             group["lr"] = self.config.optimizer.lr * factor
 
@@ -210,7 +222,7 @@ class Trainer:
         for _ in range(self.samples_before // cfg.batch_size):
             next(batches)
         last_eval: dict[str, float] = {}
-        progress = _Progress(cfg.steps, enabled=not self.quiet)  # None: epochs, no known total
+        progress = _Progress(cfg.steps, enabled=not self.quiet)  # None: no known total
         # a resumed run continues its clock: elapsed_s and max_time_s count all segments
         t0 = time.perf_counter() - self.elapsed_before
         # the speed window starts now, not at t0, which a resume moves into the past

@@ -57,7 +57,7 @@ BUDGET_KEYS = {
     "steps": ("train", "steps"),
     "epochs": ("train", "epochs"),
     "time_s": ("train", "max_time_s"),
-    "flops": None,
+    "flops": ("train", "flops"),
 }
 Where = tuple[str | None, int | None]
 #: what a ``reference:`` may give per variant: run summary values (see run_analysis)
@@ -87,8 +87,9 @@ class Budget:
 
     ``steps`` sets ``train.steps``; ``epochs`` sets ``train.epochs`` (every run stops once it
     has drawn epochs x train_size fresh samples, however many optimizer steps that takes);
-    ``time_s`` sets ``train.max_time_s``; ``flops`` sets each variant's ``train.steps`` to
-    ``flops // (FLOPs of one optimizer step)``, measured once."""
+    ``time_s`` sets ``train.max_time_s``; ``flops`` sets ``train.flops`` (every run stops once
+    it has spent them, as counted, so a variant whose steps grow cheaper, a sparser router or
+    an earlier halt, takes more of them)."""
 
     steps: int | None = _optional_positive(int)
     epochs: int | None = _optional_positive(int)
@@ -103,7 +104,7 @@ class Budget:
         if self.time_s:
             return f"{self.time_s:g} s of training per run (train.max_time_s)"
         if self.flops:
-            return f"{self.flops:.3g} training FLOPs per run (steps = FLOPs // FLOPs per step)"
+            return f"{self.flops:.3g} training FLOPs spent per run (train.flops)"
         return "none (each variant trains as its config says)"
 
 
@@ -546,8 +547,8 @@ def _budget_conflicts(
     other kind of limit either (a variant with ``train.max_time_s`` under a steps budget trains
     for a different budget than the report says), nor replace the whole ``train`` mapping."""
     issues = []
-    limits = [("train", "steps"), ("train", "epochs"), ("train", "max_time_s")]
-    lengths = [("train", "steps"), ("train", "epochs")]  # a budget of either fixes both
+    limits = [("train", "steps"), ("train", "epochs"), ("train", "flops"), ("train", "max_time_s")]
+    lengths = [("train", "steps"), ("train", "epochs"), ("train", "flops")]  # one fixes all
     own = lengths if key in ("steps", "epochs", "flops") else [BUDGET_KEYS[key]] if key else []
     for where, overrides in [(("overrides",), common)] + [
         (("variants", n), o) for n, o in named.items()
@@ -576,8 +577,13 @@ def _budget_overrides(budget: Budget, doc: Document) -> list[Override]:
             Override("train.steps=null", where),
             Override(f"train.epochs={budget.epochs}", where),
         ]
-    if budget.flops:  # steps per variant come from the measured FLOPs of a step (grid.prepare)
-        return [Override("train.epochs=null", doc.where(("budget", "flops")))]
+    if budget.flops:  # every run stops once it has spent them, as counted
+        where = doc.where(("budget", "flops"))
+        return [
+            Override("train.steps=null", where),
+            Override("train.epochs=null", where),
+            Override(f"train.flops={budget.flops!r}", where),
+        ]
     if budget.time_s:
         return [Override(f"train.max_time_s={budget.time_s}", doc.where(("budget", "time_s")))]
     return []

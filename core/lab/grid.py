@@ -31,38 +31,16 @@ Say = Callable[[str], None]
 
 
 def prepare(ablation: Ablation, out: Path, registry: Any, measure: bool = True) -> list[Run]:
-    """The runs of ``ablation``, with a FLOPs budget resolved (measured once, cached in
-    ``budget.json`` so that a resumed grid gets the same step counts)."""
+    """The runs of ``ablation`` (a FLOPs budget is ``train.flops``: each run counts what it
+    spends, so nothing is measured ahead)."""
     out.mkdir(parents=True, exist_ok=True)
-    steps = None
-    if ablation.budget.flops:
-        cache = out / "budget.json"
-        saved = read_json(cache)
-        wanted = {v.name: config_digest(v.config) for v in ablation.variants}
-        known = {k: e.get("config") for k, e in saved.get("variants", {}).items()}
-        if saved.get("flops") != ablation.budget.flops or known != wanted:
-            if not measure:
-                raise PonderkitError(f"{cache} is missing or stale; run the grid without --worker")
-            saved = {"flops": ablation.budget.flops, "variants": {}}
-            for v in ablation.variants:
-                per_step = measure_step_flops(v.config, registry)
-                saved["variants"][v.name] = {
-                    "config": wanted[v.name],
-                    "flops_per_step": per_step,
-                    "steps": max(1, int(ablation.budget.flops // max(per_step, 1.0))),
-                }
-            write_json_atomic(cache, saved)
-        steps = {name: entry["steps"] for name, entry in saved["variants"].items()}
-    return ablation.runs(steps)
+    return ablation.runs()
 
 
 def write_plan(ablation: Ablation, runs: Sequence[Run], out: Path) -> None:
     """``ablation.yaml`` (the file as run) and ``ablation.json`` (what reports read)."""
     write_text_atomic(out / "ablation.yaml", ablation.path.read_text("utf-8"))
-    plan = ablation.plan()
-    if ablation.budget.flops:
-        plan["steps_per_variant"] = {r.variant: r.config.train.steps for r in runs}
-    write_json_atomic(out / "ablation.json", plan)
+    write_json_atomic(out / "ablation.json", ablation.plan())
 
 
 def config_digest(config: Any) -> str:

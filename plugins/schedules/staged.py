@@ -18,10 +18,11 @@ class StagedConfig:
     ``steps: [300]`` with two stages runs the first for optimizer steps 0..299 and the second
     from step 300 to the end of training; give one entry per stage, or one fewer (the last
     stage then takes what is left). ``fractions: [0.75]`` does the same in shares of
-    ``train.steps`` (so an ablation's step budget splits the same way in every variant; a
-    FLOPs budget counts each stage's step at its share).
-    The stage follows from the optimizer step alone, so a resumed run continues in the right
-    stage; every logged record carries ``stage`` (its index). Each stage keeps its own state."""
+    ``train.steps``, or, under ``train.epochs`` or ``train.flops``, of that budget as spent
+    (so an ablation's budget splits the same way in every variant).
+    The stage follows from the optimizer step or the budget spent, both checkpointed, so a
+    resumed run continues in the right stage; every logged record carries ``stage`` (its
+    index). Each stage keeps its own state."""
 
     stages: tuple[Spec, ...] = components("schedule", help="the schedules, in order")
     steps: tuple[int, ...] = ()
@@ -49,8 +50,17 @@ class Staged:
     def stage_at(self, step: int, total: int) -> int:
         return sum(step >= end for end in self.boundaries(total))
 
+    def stage_at_progress(self, done: float) -> int:
+        """The stage at ``done``, the fraction of an epochs or FLOPs budget spent."""
+        ends = list(itertools.accumulate(self.cfg.fractions))[: len(self.stages) - 1]
+        return sum(done >= end for end in ends)
+
     def train_step(self, model: Any, batches: Iterator[Batch], trainer: Any) -> dict[str, Any]:
-        index = self.stage_at(trainer.step, trainer.config.train.steps)
+        total = trainer.config.train.steps
+        if total is None and self.cfg.fractions:  # shares of an epochs or FLOPs budget
+            index = self.stage_at_progress(trainer.progress())
+        else:
+            index = self.stage_at(trainer.step, total)
         metrics = self.stages[index].train_step(model, batches, trainer)
         return {**metrics, "stage": float(index)}
 
@@ -79,11 +89,8 @@ def check_staged(cfg: StagedConfig, env) -> list:
         problems.append((key, f"{len(budget)} entries for {n} stages; give {n - 1} or {n}"))
     if any(b <= 0 for b in budget):
         problems.append((key, "every budget must be > 0"))
-    total = env.experiment.train.steps
-    if total is None and n > 1:  # train.epochs: the number of optimizer steps is not known
-        problems.append(("stages", "staged splits train.steps; set train.steps, not epochs"))
-        return problems
-    if cfg.steps and sum(cfg.steps[: n - 1]) >= total:
+    total = env.experiment.train.steps  # None: an epochs or FLOPs budget (fractions of it)
+    if cfg.steps and total is not None and sum(cfg.steps[: n - 1]) >= total:
         problems.append(("steps", f"the stages before the last use all train.steps={total}"))
     if cfg.fractions and sum(cfg.fractions[: n - 1]) >= 1.0:
         problems.append(("fractions", "the stages before the last leave no share for it"))

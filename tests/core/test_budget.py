@@ -222,3 +222,60 @@ def test_ema_changes_only_the_evaluated_weights(trm_yaml, registry, tmp_path):
     # without EMA the evaluated weights are the trained ones; with it they are not
     assert all(torch.equal(evaluated["none"][k], trained["none"][k]) for k in trained["none"])
     assert not all(torch.equal(evaluated["ema"][k], trained["ema"][k]) for k in trained["ema"])
+
+
+def test_flops_budget_stops_on_what_was_spent(trm_yaml, registry):
+    """train.flops = 3.5 steps' FLOPs: the run takes 4 steps (stops once spent >= budget) and
+    its cosine follows the share spent: lr after step k = 0.1 + 0.9 * (1 + cos(pi * k / 3.5)) / 2
+    (min_lr_ratio 0.1, no warmup)."""
+    import math
+
+    config = load_experiment(trm_yaml, registry=registry).config
+    per_step = measure_step_flops(config, registry)
+    overrides = ["train.epochs=null", f"train.flops={3.5 * per_step!r}", "optimizer.decay=cosine"]
+    trainer = trainer_halting_by_slot(trm_yaml, registry, [1, 1, 1], overrides)
+    lrs = []
+    real = trainer._set_lr
+
+    def record():
+        real()
+        lrs.append(trainer.optimizer.param_groups[0]["lr"])
+
+    trainer._set_lr = record
+    trainer.fit()
+    assert trainer.step == 4 and trainer.budget_spent() == "flops"
+    assert trainer.flops == pytest.approx(4 * per_step, rel=1e-6)
+    want = [
+        1e-3 * (0.1 + 0.9 * (1 + math.cos(math.pi * min(1.0, k / 3.5))) / 2) for k in (1, 2, 3, 4)
+    ]
+    assert lrs == pytest.approx(want, rel=1e-9)
+
+
+def test_a_cheaper_step_buys_more_steps_under_a_flops_budget(trm_yaml, registry, monkeypatch):
+    """Counted FLOPs per step 100, 50, 33.3, 25, ... (a router growing sparser): a budget of
+    200 is spent after 4 steps (100 + 50 + 33.3 + 25 = 208.3); at a constant 100, after 2."""
+    import ponderkit.engine.train as train_module
+
+    for costs, steps in (([100.0 / (i + 1) for i in range(10)], 4), ([100.0] * 10, 2)):
+        it = iter(costs)
+        monkeypatch.setattr(train_module, "count_step_flops", lambda tr, b, it=it: (next(it), b))
+        overrides = ["train.epochs=null", "train.flops=200", "train.flops_every=1"]
+        trainer = trainer_halting_by_slot(trm_yaml, registry, [1, 1, 1], overrides)
+        trainer.fit()
+        assert trainer.step == steps and trainer.budget_spent() == "flops"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["train.flops=1e9"], "set one of 'steps', 'epochs', 'flops', not epochs and flops"),
+        (
+            ["train.epochs=null", "train.flops=1e9", "train.flops_every=0"],
+            "flops needs flops_every > 0",
+        ),
+    ],
+)
+def test_flops_budget_mistakes_are_refused(trm_yaml, capsys, overrides, message):
+    assert main(["validate", str(trm_yaml), *overrides]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err

@@ -181,3 +181,26 @@ def test_staged_resumes_mid_stage_to_the_same_weights(write, registry, tmp_path)
         resumed.fit()
         for name, value in whole.model.state_dict().items():
             torch.testing.assert_close(resumed.model.state_dict()[name], value, msg=name)
+
+
+def test_staged_fractions_split_a_flops_budget_by_what_was_spent(write, registry, monkeypatch):
+    """train.flops = 500, every step counted at 100 FLOPs, fractions [0.6]: a step's stage is
+    read from what was spent before it: 0, 100, 200 (under 60%) -> stage 0; 300, 400 -> stage 1;
+    the budget is spent after 5 steps."""
+    import ponderkit.engine.train as train_module
+
+    monkeypatch.setattr(train_module, "count_step_flops", lambda tr, b: (100.0, b))
+    t = trainer_for(
+        write,
+        registry,
+        "schedule={name: staged, stages: [teacher_forcing, eavi], fractions: [0.6]}",
+        "train.steps=null",
+        "train.flops=500",
+        "train.flops_every=1",
+    )
+    seen = []
+    t.callbacks.append(
+        type("Spy", (), {"on_step_end": lambda s, tr, step, m: seen.append(m["stage"])})()
+    )
+    t.fit()
+    assert seen == [0.0, 0.0, 0.0, 1.0, 1.0] and t.budget_spent() == "flops"
