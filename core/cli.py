@@ -614,7 +614,7 @@ def cmd_ablate(args: argparse.Namespace, plugins: Plugins) -> int:
                 raise InputError(f"--out {out} is a file, not a directory")
             out.mkdir(parents=True, exist_ok=True)
             held.enter_context(RunLock(out))
-        every = prepare(ablation, out, plugins.registry, measure=not args.worker)
+        every = prepare(ablation, out)
         if not args.worker:
             print(
                 f"ablation {ablation.name}: {len(ablation.variants)} variants x "

@@ -171,15 +171,13 @@ class Ablation:
     def variant(self, name: str) -> Variant:
         return next(v for v in self.variants if v.name == name)
 
-    def runs(self, steps: Mapping[str, int] | None = None) -> list[Run]:
-        """Every variant x seed; ``steps`` (variant -> steps) applies a FLOPs budget."""
-        out = []
-        for v in self.variants:
-            config = v.config
-            if steps is not None:
-                config = attrs.evolve(config, train=attrs.evolve(config.train, steps=steps[v.name]))
-            out.extend(Run(v.name, s, attrs.evolve(config, seed=s)) for s in self.seeds)
-        return out
+    def runs(self) -> list[Run]:
+        """Every variant x seed."""
+        return [
+            Run(v.name, s, attrs.evolve(v.config, seed=s))
+            for v in self.variants
+            for s in self.seeds
+        ]
 
     def plan(self) -> dict[str, Any]:
         """The JSON-able description written to ``ablation.json`` (read by reports)."""

@@ -30,9 +30,9 @@ from .run_analysis import analyse_run, read_json
 Say = Callable[[str], None]
 
 
-def prepare(ablation: Ablation, out: Path, registry: Any, measure: bool = True) -> list[Run]:
-    """The runs of ``ablation`` (a FLOPs budget is ``train.flops``: each run counts what it
-    spends, so nothing is measured ahead)."""
+def prepare(ablation: Ablation, out: Path) -> list[Run]:
+    """The runs of ``ablation``, its directory made (a FLOPs budget is ``train.flops``: each
+    run counts what it spends, so nothing is measured ahead)."""
     out.mkdir(parents=True, exist_ok=True)
     return ablation.runs()
 

@@ -128,7 +128,7 @@ def test_budgets(grid, registry, tmp_path, monkeypatch):
         grid("variants: {small: {model.d_model: 16}}\nbudget: {flops: 1.0e9}\n", "f.yaml"),
         registry=registry,
     )
-    runs = ablation_run.prepare(flops, tmp_path / "out", registry)
+    runs = ablation_run.prepare(flops, tmp_path / "out")
     assert {(r.config.train.flops, r.config.train.steps, r.config.train.epochs) for r in runs} == {
         (1.0e9, None, None)
     }
