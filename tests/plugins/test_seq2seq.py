@@ -116,6 +116,16 @@ def test_eavi_generates_without_a_graph_and_backpropagates_once(write, registry,
     assert {"gen_exact_acc", "gen_token_acc", "loss"} <= set(metrics)
 
 
+def stages_seen(trainer) -> list[float]:
+    """Train ``trainer`` to the end; the ``stage`` each optimizer step logged, in order."""
+    seen = []
+    trainer.callbacks.append(
+        type("Spy", (), {"on_step_end": lambda s, tr, step, m: seen.append(m["stage"])})()
+    )
+    trainer.fit()
+    return seen
+
+
 def test_staged_runs_its_stages_in_order_and_records_them(write, registry, tmp_path):
     t = trainer_for(
         write,
@@ -123,11 +133,7 @@ def test_staged_runs_its_stages_in_order_and_records_them(write, registry, tmp_p
         "schedule={name: staged, stages: [teacher_forcing, eavi], steps: [3]}",
         "train.steps=5",
     )
-    seen = []
-    t.callbacks.append(
-        type("Spy", (), {"on_step_end": lambda s, tr, step, m: seen.append(m["stage"])})()
-    )
-    t.fit()
+    seen = stages_seen(t)
     assert seen == [0.0, 0.0, 0.0, 1.0, 1.0]
     assert t.schedule.stage_at(3, 5) == 1 and t.schedule.stage_at(2, 5) == 0  # from the step alone
 
@@ -198,9 +204,5 @@ def test_staged_fractions_split_a_flops_budget_by_what_was_spent(write, registry
         "train.flops=500",
         "train.flops_every=1",
     )
-    seen = []
-    t.callbacks.append(
-        type("Spy", (), {"on_step_end": lambda s, tr, step, m: seen.append(m["stage"])})()
-    )
-    t.fit()
+    seen = stages_seen(t)
     assert seen == [0.0, 0.0, 0.0, 1.0, 1.0] and t.budget_spent() == "flops"
