@@ -58,7 +58,7 @@ def measure_step_flops(config: Any, registry: Any) -> float:
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    from ..engine.flops import extra_flop_formulas
+    from ..engine.flops import eagerly, extra_flop_formulas
     from ..engine.train import Trainer
 
     trainer = Trainer(config, registry, run_dir=None, quiet=True)
@@ -72,9 +72,9 @@ def measure_step_flops(config: Any, registry: Any) -> float:
     shares = trainer.schedule.shares(config.train.steps) if stages else [1.0]
     flops = 0.0
     for schedule, share in zip(stages or [trainer.schedule], shares, strict=True):
-        with FlopCounterMode(display=False, custom_mapping=extra_flop_formulas()) as counter:
+        with eagerly(), FlopCounterMode(display=False, custom_mapping=extra_flop_formulas()) as c:
             schedule.train_step(trainer.model, batches, trainer)
-        flops += share * float(counter.get_total_flops())
+        flops += share * float(c.get_total_flops())
     del trainer
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
