@@ -47,3 +47,28 @@ def test_gpu_background_brings_runs_back_without_checkpoints(tmp_path):
     assert "runs/gpu/grid/base/seed0/halting.json" in names
     assert "runs/gpu/grid/base/seed0/metrics.jsonl" in names
     assert not [n for n in names if "checkpoints" in n]
+
+
+def test_trm_profile_sorts_kernels_seen_on_an_h100_into_families(monkeypatch):
+    """Kernel names from the maze step's profile (H100, torch 2.11): cuDNN's flash attention is
+    attention although its name also says 'wgmma', a fused Triton kernel that feeds attention is
+    Triton's, cuBLAS's nvjet GEMMs are GEMMs."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    spec = importlib.util.spec_from_file_location("_bench_family", BENCHMARKS / "trm_profile.py")
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, module)
+    spec.loader.exec_module(module)
+    names = {
+        "nvjet_sm90_tst_192x192_64x4_2x1_v_bz_coopB_TNN": "gemm",
+        "cudnn_generated_fort_native_sdpa_sm90_flash_fprop_wgmma_f16_knob_7_64x128x64_4x1": (
+            "attention"
+        ),
+        "triton_poi_fused__unsafe_view_mul_silu_split_6": "triton",
+        "triton_poi_fused__scaled_dot_product_cudnn_attention__to_copy__unsafe_view_add_c": (
+            "triton"
+        ),
+        "void at::native::vectorized_elementwise_kernel<4, at::native::CUDAFunctor_add<float>>": (
+            "other"
+        ),
+    }
+    assert {n: module.family(n) for n in names} == names
