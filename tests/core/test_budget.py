@@ -167,7 +167,10 @@ def test_counting_flops_leaves_training_unchanged(trm_yaml, registry):
     assert all(torch.equal(w1[k], w2[k]) for k in w1)
 
 
-def test_counting_flops_does_not_keep_a_compiled_block_eager(trm_yaml, registry, monkeypatch):
+@pytest.mark.parametrize("compile_", ["block", "true"])
+def test_counting_flops_does_not_keep_compiled_code_eager(
+    trm_yaml, registry, monkeypatch, compile_
+):
     """The FLOPs count replays the first step before it runs; a frame dynamo meets first under
     FlopCounterMode is never compiled afterwards, so the count must run compiled code eagerly.
     (It did not: train.compile: block trained at the eager rate, 270 vs 540 samples/s on
@@ -180,14 +183,14 @@ def test_counting_flops_does_not_keep_a_compiled_block_eager(trm_yaml, registry,
         torch.nn.Module, "compile", lambda self, **kw: compile_module(self, backend=counter)
     )
     torch._dynamo.reset()
-    overrides = ["train.compile=block", "train.flops_every=100", "train.epochs=null",
+    overrides = [f"train.compile={compile_}", "train.flops_every=100", "train.epochs=null",
                  "train.steps=2"]  # fmt: skip
     config = load_experiment(trm_yaml, overrides, registry=registry).config
     trainer = Trainer(config, registry, quiet=True)
     trainer.fit()
     torch._dynamo.reset()
     assert trainer.flops_per_step > 0
-    assert counter.frame_count >= 1  # the block was compiled (0 before the fix)
+    assert counter.frame_count >= 1  # compiled (0 before the fix)
 
 
 def test_an_interrupted_epoch_run_resumes_to_the_same_end(trm_yaml, tmp_path, monkeypatch):
