@@ -72,3 +72,67 @@ def test_trm_profile_sorts_kernels_seen_on_an_h100_into_families(monkeypatch):
         ),
     }
     assert {n: module.family(n) for n in names} == names
+
+
+def test_gpu_setup_records_the_commit_the_sources_come_from(tmp_path):
+    """`gpu_setup.sh commit` writes .carry/commit (hash, dirty flag) for the GPU machine, whose
+    copy of the sources has no .git (sourcing the script there exports it for meta.json)."""
+    import os
+    import subprocess
+
+    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t",
+           "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}  # fmt: skip
+    script = BENCHMARKS / "gpu_setup.sh"
+
+    def sh(*cmd: str) -> str:
+        done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+        return done.stdout.strip()
+
+    sh("git", "init", "-q")
+    (tmp_path / "f.txt").write_text("a")
+    sh("git", "add", "f.txt")
+    sh("git", "commit", "-q", "-m", "x")
+    head = sh("git", "rev-parse", "HEAD")
+    sh("bash", str(script), "commit")
+    assert (tmp_path / ".carry" / "commit").read_text().split() == [head, "0"]
+    (tmp_path / "f.txt").write_text("b")  # a tracked file changed: dirty
+    sh("bash", str(script), "commit")
+    assert (tmp_path / ".carry" / "commit").read_text().split() == [head, "1"]
+
+
+def test_collect_runs_copies_finished_runs_without_weights_or_machine_paths(tmp_path, monkeypatch):
+    import json
+
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    spec = importlib.util.spec_from_file_location("_bench_collect", BENCHMARKS / "collect_runs.py")
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, module)
+    spec.loader.exec_module(module)
+    src, dest = tmp_path / "back", tmp_path / "results"
+    plan = {"name": "g", "variants": {"a": [], "b": []}, "seeds": [0], "budget": {}}
+    src.mkdir()
+    (src / "ablation.json").write_text(json.dumps(plan))
+    for key, finished in (("a/seed0", True), ("b/seed0", False)):
+        run = src / key
+        (run / "checkpoints" / "final").mkdir(parents=True)
+        (run / "checkpoints" / "final" / "model.safetensors").write_bytes(b"w")
+        (run / "config.yaml").write_text("seed: 0\n")
+        (run / ".lock").write_text("")
+        argv = [str(tmp_path / "site" / "ponderkit" / "__main__.py"), "ablate", "x.yaml"]
+        (run / "meta.json").write_text(json.dumps({"command": argv}))
+        if finished:
+            (run / "halting.json").write_text("{}")
+    done = module.collect(src, dest)
+    assert done == {"copied": ["a/seed0"], "already there": [], "unfinished": ["b/seed0"]}
+    assert sorted(p.name for p in (dest / "a" / "seed0").iterdir()) == [
+        "config.yaml", "halting.json", "meta.json"
+    ]  # fmt: skip
+    meta = json.loads((dest / "a" / "seed0" / "meta.json").read_text())
+    assert meta["command"] == ["ponderkit", "ablate", "x.yaml"]
+    assert not (dest / "b").exists() and (dest / "ablation.json").is_file()
+    # again: nothing replaced; another ablation's runs are refused
+    assert module.collect(src, dest)["already there"] == ["a/seed0"]
+    (dest / "ablation.json").write_text(json.dumps({**plan, "seeds": [0, 1]}))
+    with pytest.raises(SystemExit, match="seeds differs"):
+        module.collect(src, dest)

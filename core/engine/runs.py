@@ -53,14 +53,22 @@ def create_run_dir(path: str | Path) -> Path:
 
 
 def git_state(cwd: Path | None = None) -> dict[str, Any]:
-    """The commit and dirty flag of the source checkout, when it is a git repository."""
+    """The commit and dirty flag of the source checkout, when it is a git repository; else
+    ``PONDERKIT_GIT_COMMIT`` (and ``PONDERKIT_GIT_DIRTY=1``), for a copy of the sources that
+    travelled without its ``.git`` (a GPU machine: benchmarks/gpu_setup.sh sets them)."""
     cwd = cwd or Path(__file__).resolve().parent
+    told = os.environ.get("PONDERKIT_GIT_COMMIT")
+    fallback = (
+        {"commit": told, "dirty": os.environ.get("PONDERKIT_GIT_DIRTY") == "1"}
+        if told
+        else {"commit": None, "dirty": None}
+    )
     try:
         commit = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=5
         )
         if commit.returncode != 0:
-            return {"commit": None, "dirty": None}
+            return fallback
         dirty = subprocess.run(
             ["git", "status", "--porcelain", "--untracked-files=no"],
             cwd=cwd,
@@ -70,7 +78,7 @@ def git_state(cwd: Path | None = None) -> dict[str, Any]:
         )
         return {"commit": commit.stdout.strip(), "dirty": bool(dirty.stdout.strip())}
     except (OSError, subprocess.SubprocessError):
-        return {"commit": None, "dirty": None}
+        return fallback
 
 
 def write_meta(

@@ -150,3 +150,30 @@ def test_interrupted_run_resumes_to_the_same_result(sort_yaml, tmp_path, registr
     )  # finished: nothing to do
     other = main(["run", str(sort_yaml), "--out", str(broken), "--resume", "train.steps=40"])
     assert other == 2  # a different config is refused (bad input)
+
+
+def test_git_state_outside_a_repository_takes_the_commit_it_is_told(tmp_path, monkeypatch):
+    """A GPU machine gets the sources without .git: the commit travels in the environment."""
+    import os
+    import subprocess
+
+    from ponderkit.engine.runs import git_state
+
+    monkeypatch.delenv("PONDERKIT_GIT_COMMIT", raising=False)
+    assert git_state(tmp_path) == {"commit": None, "dirty": None}
+    monkeypatch.setenv("PONDERKIT_GIT_COMMIT", "0123abcd")
+    monkeypatch.setenv("PONDERKIT_GIT_DIRTY", "1")
+    assert git_state(tmp_path) == {"commit": "0123abcd", "dirty": True}
+    # inside a repository git decides, whatever the environment says
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    env = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
+           "GIT_COMMITTER_EMAIL": "t@t"}  # fmt: skip
+    subprocess.run(
+        ["git", "-C", str(tmp_path), "commit", "-q", "--allow-empty", "-m", "x"],
+        check=True,
+        env={**os.environ, **env},
+    )
+    head = subprocess.run(
+        ["git", "-C", str(tmp_path), "rev-parse", "HEAD"], capture_output=True, text=True
+    ).stdout.strip()
+    assert git_state(tmp_path) == {"commit": head, "dirty": False}
