@@ -6,9 +6,10 @@ files, with the command in ``meta.json`` no longer naming the machine's install 
     python benchmarks/collect_runs.py back/runs/gpu/seed002 benchmarks/results/seed002_h100
     ponderkit report benchmarks/results/seed002_h100
 
-Runs already in DEST are left as they are (a finished run is never replaced); ``ablation.json``
-and ``ablation.yaml`` are copied when DEST has none, and must otherwise describe the same
-ablation (the same variants and seeds). Unfinished runs are listed and left behind.
+Runs already in DEST are left as they are (a finished run is never replaced). ``ablation.json``
+and ``ablation.yaml`` come from SRC, the newer plan (its reference figures, comments), and must
+describe the same grid as DEST's (name, variants, seeds, budget). Unfinished runs are listed
+and left behind.
 """
 
 from __future__ import annotations
@@ -60,8 +61,8 @@ def collect(src: Path, dest: Path) -> dict[str, list[str]]:
                 meta.write_text(json.dumps(data, indent=2) + "\n")
             done["copied"].append(key)
     dest.mkdir(parents=True, exist_ok=True)
-    for name in ("ablation.json", "ablation.yaml"):
-        if (src / name).is_file() and not (dest / name).exists():
+    for name in ("ablation.json", "ablation.yaml"):  # the newer plan of the same grid
+        if (src / name).is_file():
             shutil.copy2(src / name, dest / name)
     return done
 

@@ -68,6 +68,9 @@ REFERENCE_METRICS = (
     "initial_loss",
     "min_loss",
     "loss_improvement",
+    "last_epoch_loss",
+    "min_epoch_loss",
+    "epoch_loss_improvement",
     "halting_steps",
 )
 

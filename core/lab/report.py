@@ -240,6 +240,9 @@ REFERENCE_LABELS = {
     "initial_loss": ("initial loss", num, ""),
     "min_loss": ("min loss", num, ""),
     "loss_improvement": ("loss improvement (%)", pct, "pp"),
+    "last_epoch_loss": ("last epoch's mean loss", num, ""),
+    "min_epoch_loss": ("lowest epoch mean loss", num, ""),
+    "epoch_loss_improvement": ("improvement to the last epoch's mean (%)", pct, "pp"),
     "halting_steps": ("halting steps", num, ""),
 }
 
@@ -443,14 +446,20 @@ def _pairs(done: dict[str, list[RunSummary]]) -> list[str]:
 
 
 def _trajectory(done: dict[str, list[RunSummary]]) -> list[str]:
-    keys = (("initial_loss", num), ("loss", num), ("min_loss", num), ("loss_improvement", pct))
+    keys = [("initial_loss", num), ("loss", num), ("min_loss", num), ("loss_improvement", pct)]
+    headers = ["variant", "n", "initial loss", "final loss", "min loss", "improvement (%)"]
+    text = "First, last and lowest logged training loss; improvement = (initial − final) / initial."
+    by_epoch = any("last_epoch_loss" in r.values for runs in done.values() for r in runs)
+    if by_epoch:  # runs that count epochs: the loss per epoch too, less noisy than one step's
+        keys += [("last_epoch_loss", num), ("min_epoch_loss", num), ("epoch_loss_improvement", pct)]
+        headers += ["last epoch's mean", "lowest epoch mean", "improvement to it (%)"]
+        text += (" Per epoch: the mean of the losses logged while that epoch's samples were "
+                 "drawn; improvement = (initial − last epoch's mean) / initial.")  # fmt: skip
     rows = [
         [f"`{v}`", str(len(r)), *(fmt_stat(stat(r, k), f) for k, f in keys)]
         for v, r in done.items()
     ]
-    headers = ["variant", "n", "initial loss", "final loss", "min loss", "improvement (%)"]
-    return ["## Training loss", "", "First, last and lowest logged training loss; improvement = "
-            "(initial − final) / initial.", "", table(headers, rows), ""]  # fmt: skip
+    return ["## Training loss", "", text, "", table(headers, rows), ""]
 
 
 def _halting(done: dict[str, list[RunSummary]]) -> list[str]:

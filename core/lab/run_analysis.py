@@ -9,7 +9,9 @@ writes ``active_params.json`` then ``halting.json`` into the run directory.
 from __future__ import annotations
 
 import json
+import math
 import statistics
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -209,6 +211,24 @@ class RunSummary:
         return self.status != "incomplete"
 
 
+def epoch_mean_losses(records: Sequence[dict[str, Any]]) -> list[float]:
+    """The mean logged training loss of each full epoch, from the ``epoch`` each record was
+    logged at (fresh samples / training-set size): epoch k holds the records logged at
+    k <= epoch < k + 1, and the few logged after the last whole epoch (a budget of N epochs
+    stops once N were drawn, a step or so past) join epoch N - 1. Empty when the run logged no
+    epochs or did not finish one."""
+    logged = [(r["epoch"], r["loss"]) for r in records if "loss" in r and "epoch" in r]
+    if not logged:
+        return []
+    full = int(math.floor(logged[-1][0] + 1e-9))
+    if full < 1:
+        return []
+    groups: list[list[float]] = [[] for _ in range(full)]
+    for epoch, loss in logged:
+        groups[min(int(math.floor(epoch + 1e-9)), full - 1)].append(loss)
+    return [sum(g) / len(g) for g in groups if g]
+
+
 def summarize_run(run_dir: Path) -> RunSummary:
     run_dir = Path(run_dir)
     path = run_dir / "metrics.jsonl"
@@ -233,6 +253,12 @@ def summarize_run(run_dir: Path) -> RunSummary:
     if losses:
         values.update(loss=losses[-1], initial_loss=losses[0], min_loss=min(losses))
         values["loss_improvement"] = (losses[0] - losses[-1]) / losses[0] if losses[0] else 0.0
+        means = epoch_mean_losses(records)
+        if means:  # the training loss per epoch, as papers and tutorials plot it
+            values.update(last_epoch_loss=means[-1], min_epoch_loss=min(means))
+            values["epoch_loss_improvement"] = (
+                (losses[0] - means[-1]) / losses[0] if losses[0] else 0.0
+            )
     if halting:
         values["halting_steps"] = halting["mean_steps"]
         values["exact_acc_early_exit"] = halting["exact_acc"]

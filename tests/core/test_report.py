@@ -248,3 +248,40 @@ def test_pair_verdict_reads_token_accuracy_when_exact_cannot_decide():
     assert pair_verdict("x", "y", wide, wide) == "exact: CI includes 0; token: CI includes 0"
     assert pair_verdict("x", "y", Delta(-0.2, 0.01, 3, 3, True, 2), wide) == "`y` better (exact)"
     assert pair_verdict("x", "y", Delta(0.2, None, 1, 1, True), up) == "no interval (one seed)"
+
+
+def test_epoch_mean_losses_by_hand():
+    """Losses logged at epochs 0.2, 0.6 | 1.0, 1.4 | 2.0, 2.04: a budget of 2 epochs stopped a
+    step past its end, so the last record joins epoch 1; a run short of one epoch has none."""
+    from ponderkit.lab.run_analysis import epoch_mean_losses
+
+    records = [
+        {"step": 10, "loss": 2.0, "epoch": 0.2},
+        {"step": 20, "loss": 1.0, "epoch": 0.6},
+        {"step": 25, "eval/exact_acc": 0.0},  # no loss: not counted
+        {"step": 30, "loss": 0.8, "epoch": 1.0},
+        {"step": 40, "loss": 0.6, "epoch": 1.4},
+        {"step": 50, "loss": 0.5, "epoch": 2.0},
+        {"step": 51, "loss": 0.3, "epoch": 2.04},
+    ]
+    assert epoch_mean_losses(records) == pytest.approx([1.5, (0.8 + 0.6 + 0.5 + 0.3) / 4])
+    assert epoch_mean_losses(records[:2]) == []
+    assert epoch_mean_losses([{"step": 1, "loss": 1.0}]) == []  # no epochs logged
+
+
+def test_training_loss_table_adds_epoch_means_for_runs_that_count_epochs(tmp_path):
+    root = tmp_path / "abl"
+    for seed in range(2):
+        run = make_run(root, "base", seed, exact=0.5, loss=0.5)
+        records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+        for r, epoch in zip(records, (0.5, 1.0, 2.0), strict=True):  # losses 2.0, 1.0, 0.5
+            r["epoch"] = epoch
+        (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    plan = {"name": "e", "baseline": "base", "seeds": [0, 1], "budget_text": "2 epochs",
+            "variants": {"base": []}}  # fmt: skip
+    (root / "ablation.json").write_text(json.dumps(plan))
+    report = write_report(root).read_text()
+    # epoch 0: 2.0; epoch 1: 1.0 and the last record (0.5) -> 0.75; improvement (2 - 0.75) / 2
+    cells = row(report, "base", "Training loss")
+    assert cells[6:] == ["0.75 ± 0", "0.75 ± 0", "62.50 ± 0.00"]
+    assert "last epoch's mean" in report
