@@ -14,14 +14,20 @@ BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 SCRIPTS = sorted(p for p in BENCHMARKS.glob("*.py") if p.name != "common.py")
 
 
-@pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.stem)
-def test_benchmark_script_imports(script, monkeypatch):
-    assert "__main__" in script.read_text(), f"{script.name} runs on import"
-    monkeypatch.syspath_prepend(str(BENCHMARKS))  # as `python benchmarks/NAME.py` sees it
+def load_script(script: Path, monkeypatch):
+    """A benchmark script imported as `python benchmarks/NAME.py` sees its folder."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
     spec = importlib.util.spec_from_file_location(f"_bench_{script.stem}", script)
     module = importlib.util.module_from_spec(spec)
     monkeypatch.setitem(sys.modules, spec.name, module)
     spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.stem)
+def test_benchmark_script_imports(script, monkeypatch):
+    assert "__main__" in script.read_text(), f"{script.name} runs on import"
+    module = load_script(script, monkeypatch)
     assert callable(getattr(module, "main", None)), f"{script.name} has no main()"
 
 
@@ -53,11 +59,7 @@ def test_trm_profile_sorts_kernels_seen_on_an_h100_into_families(monkeypatch):
     """Kernel names from the maze step's profile (H100, torch 2.11): cuDNN's flash attention is
     attention although its name also says 'wgmma', a fused Triton kernel that feeds attention is
     Triton's, cuBLAS's nvjet GEMMs are GEMMs."""
-    monkeypatch.syspath_prepend(str(BENCHMARKS))
-    spec = importlib.util.spec_from_file_location("_bench_family", BENCHMARKS / "trm_profile.py")
-    module = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, spec.name, module)
-    spec.loader.exec_module(module)
+    module = load_script(BENCHMARKS / "trm_profile.py", monkeypatch)
     names = {
         "nvjet_sm90_tst_192x192_64x4_2x1_v_bz_coopB_TNN": "gemm",
         "cudnn_generated_fort_native_sdpa_sm90_flash_fprop_wgmma_f16_knob_7_64x128x64_4x1": (
@@ -104,11 +106,7 @@ def test_gpu_setup_records_the_commit_the_sources_come_from(tmp_path):
 def test_collect_runs_copies_finished_runs_without_weights_or_machine_paths(tmp_path, monkeypatch):
     import json
 
-    monkeypatch.syspath_prepend(str(BENCHMARKS))
-    spec = importlib.util.spec_from_file_location("_bench_collect", BENCHMARKS / "collect_runs.py")
-    module = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, spec.name, module)
-    spec.loader.exec_module(module)
+    module = load_script(BENCHMARKS / "collect_runs.py", monkeypatch)
     src, dest = tmp_path / "back", tmp_path / "results"
     plan = {"name": "g", "variants": {"a": [], "b": []}, "seeds": [0], "budget": {}}
     src.mkdir()
