@@ -362,7 +362,8 @@ def variant_sheets(
 ) -> list[Path]:
     """One trace sheet per variant (its first complete seed with final weights) on the same
     held-out puzzle, for the ablation report; nothing for a task without grids or a variant
-    whose weights are missing (a report without them is still a report)."""
+    whose weights are missing (a report without them is still a report), unless its sheet was
+    drawn earlier, while they were there: results kept without weights keep their sheets."""
     from ..engine.evaluate import load_model
     from ..errors import PonderkitError
 
@@ -373,6 +374,9 @@ def variant_sheets(
             None,
         )
         if run_dir is None:
+            kept = out / f"trace-{variant}.png"
+            if kept.is_file():  # drawn while the weights were there (results copied without)
+                written.append(kept)
             continue
         try:
             run = load_model(run_dir, registry, device="cpu")

@@ -215,6 +215,20 @@ def test_report_trace_sheets_one_per_variant_skipping_missing_weights(
     shutil.copytree(sudoku_run, tmp_path / "abl" / "trained" / "seed0")
     assert main(["report", str(tmp_path / "abl")]) == 0
     assert "![trace-trained](plots/trace-trained.png)" in (tmp_path / "abl/report.md").read_text()
+    # results kept without weights (benchmarks/collect_runs.py) keep the sheet drawn before:
+    # analysed as `ablate` does (halting.json marks it finished), then the weights removed
+    from ponderkit.lab.run_analysis import analyse_run
+
+    analyse_run(tmp_path / "abl" / "trained" / "seed0", registry)
+    shutil.rmtree(tmp_path / "abl" / "trained" / "seed0" / "checkpoints")
+    sheet = tmp_path / "abl/plots/trace-trained.png"
+    drawn = sheet.read_bytes()
+    assert main(["report", str(tmp_path / "abl")]) == 0
+    assert "![trace-trained](plots/trace-trained.png)" in (tmp_path / "abl/report.md").read_text()
+    assert sheet.read_bytes() == drawn
+    sheet.unlink()  # and a sheet never drawn is not listed
+    assert main(["report", str(tmp_path / "abl")]) == 0
+    assert "trace-trained" not in (tmp_path / "abl/report.md").read_text()
 
 
 # -- 5. predict -----------------------------------------------------------------------------------
