@@ -141,6 +141,19 @@ def write_report(
     return path
 
 
+def code_versions(runs: list[RunSummary]) -> str:
+    """The commit the runs were trained at; with several (a grid finished over sittings), each
+    with its number of runs, in order of first appearance."""
+    counts: dict[str, int] = {}
+    for run in runs:
+        git = run.meta.get("git") or {}
+        commit = (git.get("commit") or "unknown")[:10] + (" (dirty)" if git.get("dirty") else "")
+        counts[commit] = counts.get(commit, 0) + 1
+    if len(counts) == 1:
+        return next(iter(counts))
+    return ", ".join(f"{c} ({n} run{'s' if n > 1 else ''})" for c, n in counts.items())
+
+
 def render(plan: dict[str, Any], groups: dict[str, list[RunSummary]], plots: list[Path]) -> str:
     done = {v: [r for r in runs if r.complete] for v, runs in groups.items()}
     base = plan.get("baseline", "")
@@ -162,8 +175,7 @@ def render(plan: dict[str, Any], groups: dict[str, list[RunSummary]], plots: lis
         steps = ", ".join(f"{v} {s}" for v, s in plan["steps_per_variant"].items())
         out.append(f"- Steps from the FLOPs budget: {steps}")
     if any_run is not None:
-        git = any_run.meta.get("git") or {}
-        commit = (git.get("commit") or "unknown")[:10] + (" (dirty)" if git.get("dirty") else "")
+        commit = code_versions([r for g in done.values() for r in g])
         out.append(
             f"- Code: ponderkit {any_run.meta.get('ponderkit', '?')} at {commit}; torch "
             f"{any_run.meta.get('torch', '?')}; device {any_run.meta.get('device', '?')}"

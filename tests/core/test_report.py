@@ -285,3 +285,21 @@ def test_training_loss_table_adds_epoch_means_for_runs_that_count_epochs(tmp_pat
     cells = row(report, "base", "Training loss")
     assert cells[6:] == ["0.75 ± 0", "0.75 ± 0", "62.50 ± 0.00"]
     assert "last epoch's mean" in report
+
+
+def test_code_line_names_every_commit_a_grid_was_trained_at(tmp_path):
+    """A grid finished over sittings: runs from two commits and one without a repository."""
+    root = tmp_path / "abl"
+    commits = {("a", 0): "1" * 40, ("a", 1): "2" * 40, ("b", 0): "2" * 40, ("b", 1): None}
+    for (variant, seed), commit in commits.items():
+        run = make_run(root, variant, seed, exact=0.5, loss=0.3)
+        git = {"commit": commit, "dirty": False} if commit else {}
+        meta = json.loads((run / "meta.json").read_text())
+        (run / "meta.json").write_text(json.dumps({**meta, "git": git}))
+    report = write_report(root).read_text()
+    line = next(x for x in report.splitlines() if x.startswith("- Code:"))
+    assert "at 1111111111 (1 run), 2222222222 (2 runs), unknown (1 run);" in line
+    for run in root.glob("*/seed*"):  # one commit: named once, no count
+        (run / "meta.json").write_text(json.dumps({"seed": 0, "git": {"commit": "3" * 40}}))
+    report = write_report(root).read_text()
+    assert "at 3333333333; torch" in report
