@@ -380,7 +380,7 @@ def variant_sheets(
             continue
         try:
             # on the GPU where there is one: seed 002's maze model (6.8M parameters, 16 steps
-            # of H=3 x L=6 over 900 cells) took 171 s on 2 CPU cores (`ponderkit trace`)
+            # of H=3 x L=6 over 900 cells) took 49 s on 2 CPU cores (`ponderkit trace`)
             run = load_model(run_dir, registry, device="auto")
             if not isinstance(run.task, GridView):
                 return []  # every variant shares the task
