@@ -149,6 +149,14 @@ def build_parser() -> argparse.ArgumentParser:
         "train.compile is on); a run that needs more than this can run out of memory",
     )
     p.add_argument(
+        "--progress",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="say each running run's progress (share of its budget, loss, samples/s, time "
+        "left) every SECONDS (default 60; 0: only start and finish lines)",
+    )
+    p.add_argument(
         "--only",
         action="append",
         metavar="VARIANT[/seedK]",
@@ -592,6 +600,8 @@ def cmd_ablate(args: argparse.Namespace, plugins: Plugins) -> int:
         raise InputError(
             f"--memory-per-run must be a positive number of GiB, got {args.memory_per_run}"
         )
+    if not args.progress >= 0 or args.progress == float("inf"):
+        raise InputError(f"--progress must be a number of seconds >= 0, got {args.progress}")
     if not args.worker and _launched_world() > 1:
         raise InputError(
             "ablate starts its runs itself: run it without torchrun and give --nproc K to "
@@ -636,6 +646,7 @@ def cmd_ablate(args: argparse.Namespace, plugins: Plugins) -> int:
             child_env=worker_env(modules),
             say=lambda text: print(text, flush=True) if launched_rank() == 0 else None,
             plan_runs=None if args.worker else every,
+            progress_s=0.0 if args.worker else args.progress,  # the parent says it
         )
         if not args.worker:
             print(f"report: {write_report(out, warn=_warn, registry=plugins.registry)}")

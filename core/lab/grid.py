@@ -25,6 +25,7 @@ from typing import Any
 from ..engine.runs import write_json_atomic, write_text_atomic
 from ..errors import InputError, PonderkitError, suggestion
 from .ablation import Ablation, Run
+from .progress import ProgressWatcher
 from .run_analysis import analyse_run, read_json
 
 Say = Callable[[str], None]
@@ -158,13 +159,16 @@ def run_grid(
     say: Say = print,
     plan_runs: Sequence[Run] | None = None,
     memory_per_run: float | None = None,
+    progress_s: float = 0.0,
 ) -> list[str]:
     """Run every run of ``runs`` not finished yet; returns the keys of runs that failed.
 
     Every existing run directory is checked first: one holding another config stops the grid
     before anything runs. Then ``ablation.json`` describes ``plan_runs`` (every run, when the
     grid runs only some), unless it is None (a worker running one run for its parent).
-    ``memory_per_run`` (GiB) replaces the memory probes of a packed CUDA grid."""
+    ``memory_per_run`` (GiB) replaces the memory probes of a packed CUDA grid. Every
+    ``progress_s`` seconds (0: never) each running run's progress is said
+    (:mod:`~ponderkit.lab.progress`)."""
     t0 = time.perf_counter()
 
     def log(text: str) -> None:
@@ -186,23 +190,37 @@ def run_grid(
     if plan_runs is not None:
         write_plan(ablation, plan_runs, out)
     time_budget = ablation.budget.time_s
+    watcher = ProgressWatcher(log, progress_s)
     if nproc <= 1 and (jobs <= 1 or len(todo) <= 1):
-        return _in_process(todo, out, registry, time_budget, log)
+        with watcher:
+            return _in_process(todo, out, registry, time_budget, log, watcher)
     if nproc > 1:
         child_argv = distributed_command(child_argv, nproc)
         child_env = {**(child_env or {}), "PYTHONSAFEPATH": "1"}  # torchrun starts no -P
     placer = make_placer(
         jobs, [r for r, _ in todo], child_argv, child_env or {}, log, nproc, memory_per_run
     )
-    return _subprocesses(todo, out, jobs, child_argv, child_env or {}, log, nproc, placer)
+    with watcher:
+        return _subprocesses(
+            todo, out, jobs, child_argv, child_env or {}, log, nproc, placer, watcher, time_budget
+        )
 
 
-def _in_process(todo: list, out: Path, registry: Any, time_budget: float | None, log) -> list:
+def _in_process(
+    todo: list,
+    out: Path,
+    registry: Any,
+    time_budget: float | None,
+    log,
+    watcher: ProgressWatcher | None = None,
+) -> list:
+    watcher = watcher or ProgressWatcher(log, 0)
     failed = []
     for run, state in todo:
         run_dir = run.directory(out)
         log(_started(state, run, run_dir))
         started = time.perf_counter()
+        watcher.watch(run.key, run_dir, run.config.train, time_budget)
         try:
             train_run(run, run_dir, registry, time_budget)
         except KeyboardInterrupt:
@@ -212,6 +230,8 @@ def _in_process(todo: list, out: Path, registry: Any, time_budget: float | None,
             log(f"FAILED   {run.key}: {type(exc).__name__}: {exc}")
             failed.append(run.key)
             continue
+        finally:
+            watcher.forget(run.key)
         log(f"finished {run.key} in {time.perf_counter() - started:.1f} s{_result(run_dir)}")
     return failed
 
@@ -225,8 +245,11 @@ def _subprocesses(
     log,
     nproc: int = 1,
     placer: Any = None,
+    watcher: ProgressWatcher | None = None,
+    time_budget: float | None = None,
 ) -> list:
     placer = placer or make_placer(jobs, [r for r, _ in todo], child_argv, child_env, log, nproc)
+    watcher = watcher or ProgressWatcher(log, 0)
     (out / "logs").mkdir(exist_ok=True)
     pending, running, failed = list(todo), {}, []
     try:
@@ -251,6 +274,7 @@ def _subprocesses(
                         preexec_fn=_die_with_parent if nproc > 1 else None,
                     )
                 running[proc] = (run, handle, time.perf_counter(), logfile)
+                watcher.watch(run.key, run.directory(out), run.config.train, time_budget)
                 where = " ".join(f"{k}={v}" for k, v in slot_env.items())
                 if isinstance(handle, tuple):  # a GPU: (id, bytes needed)
                     basis = getattr(placer, "basis", "measured")
@@ -259,6 +283,7 @@ def _subprocesses(
             time.sleep(0.2)
             for proc in [p for p in running if p.poll() is not None]:
                 run, handle, started, logfile = running.pop(proc)
+                watcher.forget(run.key)
                 placer.release(handle)
                 took = time.perf_counter() - started
                 if proc.returncode == 0:
