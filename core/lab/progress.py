@@ -128,11 +128,11 @@ class ProgressWatcher:
             if record is None or record["step"] == self._shown.get(key):
                 continue
             text = progress_text(record, train, time_budget)
-            with self._lock:
+            with self._lock:  # said under the lock: `forget` returns after it, never before
                 if key not in self._runs:  # ended meanwhile: its "finished" line says it all
                     continue
                 self._shown[key] = record["step"]
-            self.say(f"progress {key}: {text}")
+                self.say(f"progress {key}: {text}")
 
     def _loop(self) -> None:
         while not self._stop.wait(self.every_s):
