@@ -13,9 +13,10 @@ if [ "${1:-}" = commit ]; then
     return 0 2>/dev/null || exit 0
 fi
 set -e
-python3 -m pip install -q --upgrade --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl
-python3 -m pip install -q --upgrade --no-index --no-deps --no-build-isolation --target /tmp/site .
-export PYTHONPATH=/tmp/site
+site=${PONDERKIT_SITE:-${TMPDIR:-/tmp}/ponderkit-site}  # where the wheels go on that machine
+python3 -m pip install -q --upgrade --no-index --no-deps --no-compile --target "$site" .whl/*.whl
+python3 -m pip install -q --upgrade --no-index --no-deps --no-build-isolation --target "$site" .
+export PYTHONPATH=$site
 export PONDERKIT_CACHE=${PONDERKIT_CACHE:-$PWD/.carry/cache}
 if [ -f .carry/commit ]; then
     read -r PONDERKIT_GIT_COMMIT PONDERKIT_GIT_DIRTY < .carry/commit
