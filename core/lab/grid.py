@@ -212,9 +212,8 @@ def _in_process(
     registry: Any,
     time_budget: float | None,
     log,
-    watcher: ProgressWatcher | None = None,
+    watcher: ProgressWatcher,
 ) -> list:
-    watcher = watcher or ProgressWatcher(log, 0)
     failed = []
     for run, state in todo:
         run_dir = run.directory(out)
@@ -243,13 +242,11 @@ def _subprocesses(
     child_argv: Sequence[str],
     child_env: dict[str, str],
     log,
-    nproc: int = 1,
-    placer: Any = None,
-    watcher: ProgressWatcher | None = None,
-    time_budget: float | None = None,
+    nproc: int,
+    placer: Any,
+    watcher: ProgressWatcher,
+    time_budget: float | None,
 ) -> list:
-    placer = placer or make_placer(jobs, [r for r, _ in todo], child_argv, child_env, log, nproc)
-    watcher = watcher or ProgressWatcher(log, 0)
     (out / "logs").mkdir(exist_ok=True)
     pending, running, failed = list(todo), {}, []
     try:
