@@ -45,12 +45,12 @@ from typing import Any
 
 import torch
 from common import synthetic_batches, timed
-from ponderkit.config import iter_specs
+from ponderkit.contract.config import iter_specs
+from ponderkit.contract.experiment import load_experiment
+from ponderkit.contract.loading import Plugins
 from ponderkit.engine.flops import extra_flop_formulas
 from ponderkit.engine.nn import parameter_count, swiglu_width
 from ponderkit.engine.train import Trainer
-from ponderkit.experiment import load_experiment
-from ponderkit.loading import Plugins
 from torch.utils.flop_counter import FlopCounterMode
 
 REPO = Path(__file__).resolve().parent.parent

@@ -28,9 +28,9 @@ from pathlib import Path
 import torch
 from common import sync
 from ponderkit import BuildContext, ForwardContext
+from ponderkit.contract.experiment import load_experiment
+from ponderkit.contract.loading import Plugins
 from ponderkit.engine.train import Trainer
-from ponderkit.experiment import load_experiment
-from ponderkit.loading import Plugins
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -50,7 +50,7 @@ def timed(fn, device: torch.device, warmup: int, reps: int) -> float:
 
 
 def mixer(registry, spec: dict, d_model: int, device: torch.device) -> torch.nn.Module:
-    from ponderkit.config import Structurer
+    from ponderkit.contract.config import Structurer
 
     s = Structurer(registry)
     built = s.structure_spec("mixer", spec, ())

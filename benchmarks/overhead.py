@@ -37,9 +37,9 @@ from unittest import mock
 
 import torch
 from ponderkit import ForwardContext, generate
+from ponderkit.contract.experiment import load_experiment
+from ponderkit.contract.loading import Plugins
 from ponderkit.engine.build import build_components
-from ponderkit.experiment import load_experiment
-from ponderkit.loading import Plugins
 from torch.utils._python_dispatch import TorchDispatchMode
 
 REPO = Path(__file__).resolve().parent.parent
@@ -185,8 +185,8 @@ def generation_row(args, registry) -> dict:
 
 
 def nsa_row(args, registry) -> dict:
-    from ponderkit.config import Structurer
-    from ponderkit.interfaces import BuildContext
+    from ponderkit.contract.config import Structurer
+    from ponderkit.engine.context import BuildContext
 
     spec = {"name": "nsa", "heads": args.heads, "block": args.block, "selected": args.selected,
             "window": args.window, "causal": True, "kernel": "flex", "tile": args.tile}  # fmt: skip

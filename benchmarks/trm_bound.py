@@ -34,9 +34,9 @@ from typing import Any
 
 import torch
 from common import add_device_options, sync, synthetic_batches
+from ponderkit.contract.experiment import load_experiment
+from ponderkit.contract.loading import Plugins
 from ponderkit.engine.train import Trainer
-from ponderkit.experiment import load_experiment
-from ponderkit.loading import Plugins
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_map
 from trm_throughput import RECIPES, SMOKE

@@ -21,9 +21,9 @@ import time
 
 import torch
 from common import add_device_options, sync, synthetic_batches
+from ponderkit.contract.experiment import load_experiment
+from ponderkit.contract.loading import Plugins
 from ponderkit.engine.train import Trainer
-from ponderkit.experiment import load_experiment
-from ponderkit.loading import Plugins
 from torch.profiler import ProfilerActivity, profile
 from trm_throughput import COMPILE, RECIPES, REPO, SMOKE
 

@@ -40,10 +40,10 @@ from pathlib import Path
 
 import torch
 from common import add_device_options, sync, synthetic_batches, timed
+from ponderkit.contract.experiment import load_experiment
+from ponderkit.contract.loading import Plugins
 from ponderkit.engine.nn import parameter_count
 from ponderkit.engine.train import Trainer
-from ponderkit.experiment import load_experiment
-from ponderkit.loading import Plugins
 from torch.utils.flop_counter import FlopCounterMode
 
 REPO = Path(__file__).resolve().parent.parent

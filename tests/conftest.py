@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 from hypothesis import settings
-from ponderkit.loading import Plugins
+from ponderkit.contract.loading import Plugins
 
 REPO = Path(__file__).resolve().parent.parent
 

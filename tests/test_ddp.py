@@ -19,9 +19,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from ponderkit.cli import main
+from ponderkit.app.cli import main
+from ponderkit.contract.errors import InputError
 from ponderkit.engine.distributed import Distributed
-from ponderkit.errors import InputError
 from safetensors.torch import load_file
 
 EXPERIMENT = """

@@ -48,49 +48,126 @@ def test_plugins_use_only_the_public_ponderkit_api():
                 assert node.module.startswith("ponderkit.plugins"), f"{path.name}: {node.module}"
 
 
+def _type_checking_lines(tree: ast.AST) -> set[int]:
+    """Line numbers inside ``if TYPE_CHECKING:`` blocks (annotations only, never executed)."""
+    lines: set[int] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and getattr(node.test, "id", None) == "TYPE_CHECKING":
+            for child in node.body:
+                lines.update(range(child.lineno, (child.end_lineno or child.lineno) + 1))
+    return lines
+
+
 def _imports(path: Path) -> list[str]:
-    """Absolute module names ``path`` imports (relative imports resolved), lazily or not."""
+    """Absolute module names ``path`` imports (relative imports resolved), lazily or not;
+    ``from package import module`` names the module. Imports under ``TYPE_CHECKING`` are not
+    executed and do not count."""
     package = ["ponderkit", *path.parent.relative_to(REPO / "core").parts]
+    tree = ast.parse(path.read_text())
+    skip = _type_checking_lines(tree)
     found = []
-    for node in ast.walk(ast.parse(path.read_text())):
+    for node in ast.walk(tree):
+        if getattr(node, "lineno", None) in skip:
+            continue
         if isinstance(node, ast.Import):
             found += [a.name for a in node.names]
         elif isinstance(node, ast.ImportFrom):
             if node.level:
                 base = package[: len(package) - node.level + 1]
                 module = ".".join([*base, node.module] if node.module else base)
-                found += [module] if node.module else [f"{module}.{a.name}" for a in node.names]
             else:
-                found.append(node.module or "")
+                module = node.module or ""
+            subs = [f"{module}.{a.name}" for a in node.names if f"{module}.{a.name}" in CORE]
+            found += subs or [module]
     return found
+
+
+def _core_modules() -> dict[str, Path]:
+    out = {}
+    for path in (REPO / "core").rglob("*.py"):
+        parts = path.relative_to(REPO / "core").with_suffix("").parts
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+        out[".".join(["ponderkit", *parts])] = path
+    return out
+
+
+CORE = _core_modules()
+
+#: core's layers, bottom up: a module imports only from its own layer or below
+LAYERS = {"contract": 0, "engine": 1, "lab": 2, "devkit": 2, "app": 3, "__main__": 3}
 
 
 def _layer(module: str) -> int:
     parts = module.split(".")
     if parts[0] != "ponderkit" or len(parts) < 2:
-        return -1  # not ponderkit
-    layers = {"engine": 1, "lab": 2, "cli": 3, "cli_tools": 3, "__main__": 3, "testing": 1}
-    return layers.get(parts[1], 0)
+        return -1  # not ponderkit, or the facade (which imports lazily, by string)
+    return LAYERS[parts[1]]
+
+
+def test_core_root_holds_only_the_facade_and_the_layers():
+    root = {p.name for p in (REPO / "core").iterdir() if not p.name.startswith((".", "__py"))}
+    assert root == {"__init__.py", "__main__.py", *(n for n in LAYERS if n != "__main__")}
 
 
 def test_core_layers_import_only_downwards():
-    """contract (core's root, 0) <- runtime (engine, 1) <- lab (2) <- command line (3): no
-    module imports from a layer above its own. The package ``__init__`` re-exports names
-    from every layer lazily (by string), which this check does not see."""
-    for path in (REPO / "core").rglob("*.py"):
-        rel = path.relative_to(REPO / "core").with_suffix("")
-        own = _layer(".".join(["ponderkit", *rel.parts]))
-        for module in _imports(path):
-            assert _layer(module) <= own, f"core/{rel}.py (layer {own}) imports {module}"
+    """contract (0) <- engine, the runtime (1) <- lab and devkit (2) <- app, the command line
+    (3): no module imports from a layer above its own. The package ``__init__`` re-exports
+    names lazily (by string), which this check does not see."""
+    for module, path in CORE.items():
+        own = 99 if module == "ponderkit" else _layer(module)  # the facade sits on top
+        for imported in _imports(path):
+            assert _layer(imported) <= own, f"{module} (layer {own}) imports {imported}"
+
+
+def _import_cycles() -> list[list[str]]:
+    graph = {m: sorted({i for i in _imports(p) if i in CORE and i != m}) for m, p in CORE.items()}
+    return _cycles(graph)
+
+
+def _cycles(graph: dict[str, list[str]]) -> list[list[str]]:
+    """Every cycle found by a depth-first search, each once (as the path that closes it)."""
+    found, state, stack = [], {}, []
+
+    def visit(node: str) -> None:
+        state[node] = "open"
+        stack.append(node)
+        for nxt in graph.get(node, []):
+            if state.get(nxt) == "open":
+                found.append(stack[stack.index(nxt) :] + [nxt])
+            elif nxt not in state:
+                visit(nxt)
+        stack.pop()
+        state[node] = "done"
+
+    for node in sorted(graph):
+        if node not in state:
+            visit(node)
+    return found
+
+
+def test_core_has_no_import_cycles():
+    """No cycle among core's modules, counting imports inside functions too: a cycle hidden
+    behind a local import is still a cycle."""
+    assert _import_cycles() == []
+
+
+def test_the_cycle_check_finds_a_cycle():
+    graph = {"a": ["b"], "b": ["c"], "c": ["a"], "d": ["a"]}
+    assert _cycles(graph) == [["a", "b", "c", "a"]]
+    assert _cycles({"a": ["b"], "b": []}) == []
 
 
 def test_the_layer_check_sees_an_upward_import():
     assert (
-        _layer("ponderkit.lab.report")
+        _layer("ponderkit.app.cli")
+        > _layer("ponderkit.lab.report")
         > _layer("ponderkit.engine.train")
-        > _layer("ponderkit.interfaces")
+        > _layer("ponderkit.contract.interfaces")
     )
     assert "ponderkit.engine.model" in _imports(REPO / "core" / "engine" / "build.py")
+    # a TYPE_CHECKING import does not count; the contract names the runtime's context only there
+    assert "ponderkit.engine.context" not in _imports(REPO / "core" / "contract" / "interfaces.py")
 
 
 def test_a_built_wheel_installs_and_lists_the_catalogue(tmp_path):
@@ -129,7 +206,7 @@ def test_a_built_wheel_installs_and_lists_the_catalogue(tmp_path):
         [
             str(venv / "bin" / "python"),
             "-c",
-            "import ponderkit.cli as c, sys; sys.exit(c.main(['list']))",
+            "import ponderkit.app.cli as c, sys; sys.exit(c.main(['list']))",
         ],
         capture_output=True,
         text=True,

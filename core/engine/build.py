@@ -8,15 +8,18 @@ its plugin and the config path at file:line, before any run directory exists.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 import attrs
 import torch
 
-from ..config import iter_specs
-from ..errors import ConfigError, Issue
-from ..experiment import Experiment, ExperimentConfig
-from ..interfaces import BuildContext, Task
+from ..contract.config import iter_specs
+from ..contract.errors import ConfigError, InputError, Issue
+from ..contract.experiment import Experiment, ExperimentConfig
+from ..contract.interfaces import Task
+from .context import BuildContext
 from .model import ReasoningModel
 from .nn import parameter_count
 
@@ -62,8 +65,6 @@ def check_buildable(exp: Experiment, registry: Any) -> tuple[int, int]:
     """Build every component of ``exp`` (the model on the meta device) and check each against
     its kind's contract; returns (parameters, of which the puzzle-embedding table). Raises a
     :class:`~ponderkit.ConfigError` located in the experiment's file."""
-    from .preflight import module_limit
-
     config = exp.config
     try:
         ctx = build_context(config, registry)
@@ -101,3 +102,30 @@ def experiment_parameters(config: ExperimentConfig, registry: Any) -> int:
     task = ctx.build(config.task)
     with torch.device("meta"):
         return count_parameters(build_model(config, task, ctx))[0]
+
+
+MAX_MODULES = 20_000  # real models have thousands at most; `layers: 100000000` would hang
+
+
+@contextlib.contextmanager
+def module_limit() -> Iterator[None]:
+    """Stop a build that registers absurdly many submodules: meta tensors cost nothing, but
+    a hundred million Python module objects still take hours and all memory."""
+    from torch.nn.modules.module import register_module_module_registration_hook
+
+    count = 0
+
+    def hook(module: Any, name: str, submodule: Any) -> None:
+        nonlocal count
+        count += 1
+        if count > MAX_MODULES:
+            raise InputError(
+                f"model: building it registers more than {MAX_MODULES} modules; a layer, "
+                "step or expert count is far too large"
+            )
+
+    handle = register_module_module_registration_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()

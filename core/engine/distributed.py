@@ -48,7 +48,7 @@ from typing import Any, TypeVar
 import torch
 from torch import Tensor, nn
 
-from ..errors import InputError, PonderkitError
+from ..contract.errors import InputError, PonderkitError
 
 T = TypeVar("T")
 
@@ -300,7 +300,7 @@ class Distributed:
             return
         import torch.distributed as dist
 
-        from ..interfaces import ResettableRouter
+        from ..contract.interfaces import ResettableRouter
 
         counters = [
             t
@@ -428,7 +428,7 @@ def init_from_env(device_name: str) -> Iterator[Distributed]:
     (NCCL when ``device_name`` resolves to CUDA, gloo otherwise); outside ``torchrun`` (or at
     world size 1) the single process. The group is left at the end of the block."""
     global _CURRENT
-    from .evaluate import resolve_device
+    from .device import resolve_device
 
     world = _env_int("WORLD_SIZE", 1)
     if world <= 1:

@@ -17,32 +17,16 @@ import attrs
 import torch
 from torch import Tensor
 
-from ..errors import ConfigError, InputError, Issue
-from ..experiment import ExperimentConfig, load_experiment
-from ..interfaces import Batch, Task
-from ..yamlio import OVERRIDE_ORIGIN
+from ..contract.errors import ConfigError, InputError, Issue
+from ..contract.experiment import ExperimentConfig, load_experiment
+from ..contract.interfaces import Batch, Task
+from ..contract.yamlio import OVERRIDE_ORIGIN
 from .build import build_components
+from .device import autocast, resolve_device, to_device
 from .distributed import Distributed
 from .generate import SequenceTask, free_running_metrics
 from .losses import accuracy
 from .model import ReasoningModel
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-def autocast(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
-    """The forward-pass precision context of a run (``train.precision``)."""
-    if precision == "bf16":
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
-def to_device(batch: Batch, device: torch.device) -> Batch:
-    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
 
 
 @torch.no_grad()

@@ -16,7 +16,8 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 from torch import Tensor
 
-from ..interfaces import Batch, ForwardContext, WeighsSteps
+from ..contract.interfaces import Batch, WeighsSteps
+from .context import ForwardContext
 from .losses import accuracy
 
 

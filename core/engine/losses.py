@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..interfaces import IGNORE_LABEL
+from ..contract.interfaces import IGNORE_LABEL
 
 
 def stablemax_log_probs(logits: Tensor) -> Tensor:

@@ -13,8 +13,9 @@ import attrs
 import torch
 from torch import Tensor, nn
 
-from ..experiment import ModelConfig
-from ..interfaces import Batch, BuildContext, Carry, ForwardContext, Task, WeighsSteps
+from ..contract.experiment import ModelConfig
+from ..contract.interfaces import Batch, Carry, Task, WeighsSteps
+from .context import BuildContext, ForwardContext
 from .losses import accuracy
 from .nn import Linear, trunc_normal_
 

@@ -8,14 +8,12 @@ the device has free; activations come on top, so a refusal is certain, an ok onl
 
 from __future__ import annotations
 
-import contextlib
 import os
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from ..errors import InputError, Issue
+from ..contract.errors import InputError, Issue
 
 # fp32 weights + gradients + AdamW exp_avg and exp_avg_sq (bf16 autocast keeps fp32 masters)
 BYTES_PER_PARAMETER = 16
@@ -90,37 +88,10 @@ def cache_problem() -> str | None:
 
 def count_parameters(config: Any, registry: Any) -> int:
     """Parameters of ``config``'s model, built on the meta device (no memory, no init cost)."""
-    from .build import experiment_parameters
+    from .build import experiment_parameters, module_limit
 
     with module_limit():
         return experiment_parameters(config, registry)
-
-
-MAX_MODULES = 20_000  # real models have thousands at most; `layers: 100000000` would hang
-
-
-@contextlib.contextmanager
-def module_limit() -> Iterator[None]:
-    """Stop a build that registers absurdly many submodules: meta tensors cost nothing, but
-    a hundred million Python module objects still take hours and all memory."""
-    from torch.nn.modules.module import register_module_module_registration_hook
-
-    count = 0
-
-    def hook(module: Any, name: str, submodule: Any) -> None:
-        nonlocal count
-        count += 1
-        if count > MAX_MODULES:
-            raise InputError(
-                f"model: building it registers more than {MAX_MODULES} modules; a layer, "
-                "step or expert count is far too large"
-            )
-
-    handle = register_module_module_registration_hook(hook)
-    try:
-        yield
-    finally:
-        handle.remove()
 
 
 def memory_issues(config: Any, registry: Any, parameters: int | None = None) -> list[Issue]:

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from types import TracebackType
 
-from ..errors import InputError
+from ..contract.errors import InputError
 
 LOCK_NAME = ".lock"
 

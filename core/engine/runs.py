@@ -17,7 +17,7 @@ from typing import Any
 
 import attrs
 
-from ..errors import InputError
+from ..contract.errors import InputError
 from .runlock import is_empty_run_dir
 
 
@@ -91,7 +91,7 @@ def write_meta(
 ) -> None:
     import torch
 
-    from ..loading import ponderkit_version
+    from ..contract.loading import ponderkit_version
 
     meta = {
         "ponderkit": ponderkit_version(),

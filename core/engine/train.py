@@ -16,13 +16,14 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..config import iter_specs, unstructure
-from ..experiment import ExperimentConfig, OptimizerConfig
-from ..interfaces import Batch
-from ..yamlio import dump
+from ..contract.config import iter_specs, unstructure
+from ..contract.experiment import ExperimentConfig, OptimizerConfig
+from ..contract.interfaces import Batch
+from ..contract.yamlio import dump
 from . import distributed
 from .build import build_components
-from .evaluate import autocast, evaluate, resolve_device, to_device
+from .device import autocast, resolve_device, to_device
+from .evaluate import evaluate
 from .flops import count_step_flops
 from .nn import parameter_count
 from .recovery import Interrupted, StopOnSignal, prune
@@ -164,7 +165,7 @@ class Trainer:
             return None
         size = getattr(self.task, "train_size", None)
         if not size:
-            from ..errors import InputError
+            from ..contract.errors import InputError
 
             raise InputError(
                 f"train.epochs: task {self.config.task.name!r} has no fixed training set "
@@ -494,8 +495,8 @@ def resume_or_start(
     config is refused, so a resumed run never mixes two experiments. Under ``torchrun`` every
     rank calls this: rank 0 inspects and repairs the directory, then tells the others which
     checkpoint to load."""
-    from ..errors import InputError
-    from ..experiment import load_experiment
+    from ..contract.errors import InputError
+    from ..contract.experiment import load_experiment
     from . import recovery
     from .runlock import is_empty_run_dir
     from .runs import create_run_dir

@@ -37,18 +37,18 @@ from typing import Any, Literal
 
 import attrs
 
-from ..config import Structurer, unstructure
-from ..engine.build import check_buildable
-from ..errors import ConfigError, Issue, dotted, suggestion
-from ..experiment import (
+from ..contract.config import Structurer, unstructure
+from ..contract.errors import ConfigError, Issue, dotted, suggestion
+from ..contract.experiment import (
     SEED_LIMIT,
     Experiment,
     ExperimentConfig,
     experiment_from_document,
     plain_name,
 )
-from ..registry import Registry
-from ..yamlio import Document, apply_overrides, load_document
+from ..contract.registry import Registry
+from ..contract.yamlio import Document, apply_overrides, load_document
+from ..engine.build import check_buildable
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 RESERVED = {"plots", "logs"}  # subdirectories of an ablation directory
@@ -588,3 +588,12 @@ def _budget_overrides(budget: Budget, doc: Document) -> list[Override]:
     if budget.time_s:
         return [Override(f"train.max_time_s={budget.time_s}", doc.where(("budget", "time_s")))]
     return []
+
+
+def config_digest(config: Any) -> str:
+    import hashlib
+
+    from ..contract.config import unstructure
+    from ..contract.yamlio import dump
+
+    return hashlib.sha256(dump(unstructure(config)).encode()).hexdigest()[:16]

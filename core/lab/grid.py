@@ -22,8 +22,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from ..contract.errors import InputError, PonderkitError, suggestion
 from ..engine.runs import write_json_atomic, write_text_atomic
-from ..errors import InputError, PonderkitError, suggestion
 from .ablation import Ablation, Run
 from .progress import ProgressWatcher
 from .run_analysis import analyse_run, read_json
@@ -42,15 +42,6 @@ def write_plan(ablation: Ablation, runs: Sequence[Run], out: Path) -> None:
     """``ablation.yaml`` (the file as run) and ``ablation.json`` (what reports read)."""
     write_text_atomic(out / "ablation.yaml", ablation.path.read_text("utf-8"))
     write_json_atomic(out / "ablation.json", ablation.plan())
-
-
-def config_digest(config: Any) -> str:
-    import hashlib
-
-    from ..config import unstructure
-    from ..yamlio import dump
-
-    return hashlib.sha256(dump(unstructure(config)).encode()).hexdigest()[:16]
 
 
 def measure_step_flops(config: Any, registry: Any) -> float:
@@ -98,8 +89,8 @@ def run_state(run: Run, run_dir: Path, registry: Any) -> str:
     """``new``, ``resume``, ``analyse`` (trained, halting.json missing) or ``done``.
 
     Raises when the directory holds a run of another config (the ablation file changed)."""
+    from ..contract.experiment import load_experiment
     from ..engine.runlock import is_empty_run_dir
-    from ..experiment import load_experiment
 
     if is_empty_run_dir(run_dir):
         return "new"

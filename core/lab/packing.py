@@ -106,7 +106,7 @@ class MemoryProbe:
     def key(run: Any) -> str:
         import attrs
 
-        from .grid import config_digest
+        from .ablation import config_digest
 
         return config_digest(attrs.evolve(run.config, seed=0))  # seeds need the same memory
 
@@ -142,8 +142,8 @@ class MemoryProbe:
 def probe_peak_bytes(config: Any, gpu: str, env: Env, plugin_args: Sequence[str] = ()) -> int:
     """Peak reserved GPU memory of two training steps and one evaluation batch of ``config``,
     measured in a fresh process on ``gpu``."""
-    from ..config import unstructure
-    from ..yamlio import dump
+    from ..contract.config import unstructure
+    from ..contract.yamlio import dump
 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "config.yaml"
@@ -162,9 +162,9 @@ def measure_peak(config_path: str, plugin_modules: Sequence[str] = ()) -> int:
     current CUDA device; the peak of ``torch.cuda.max_memory_reserved``."""
     import torch
 
+    from ..contract.experiment import load_experiment
+    from ..contract.loading import Plugins
     from ..engine.train import Trainer
-    from ..experiment import load_experiment
-    from ..loading import Plugins
 
     registry = Plugins(modules=list(plugin_modules)).registry
     config = load_experiment(config_path, registry=registry).config

@@ -20,8 +20,8 @@ import attrs
 import numpy as np
 import torch
 
-from ..errors import InputError
-from ..interfaces import ColouredGrid, GridPuzzle, GridView, PaddedGrid, WeighsSteps
+from ..contract.errors import InputError
+from ..contract.interfaces import ColouredGrid, GridPuzzle, GridView, PaddedGrid, WeighsSteps
 
 CHANGED = "#ffe08a"  # background of a text cell that changed since the previous step
 OUTSIDE = "#ececec"  # the part of a panel outside a smaller grid (ARC's)
@@ -364,8 +364,8 @@ def variant_sheets(
     held-out puzzle, for the ablation report; nothing for a task without grids or a variant
     whose weights are missing (a report without them is still a report), unless its sheet was
     drawn earlier, while they were there: results kept without weights keep their sheets."""
+    from ..contract.errors import PonderkitError
     from ..engine.evaluate import load_model
-    from ..errors import PonderkitError
 
     written = []
     for variant, runs in groups.items():

@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 
 import pytest
-from ponderkit.cli import main
+from ponderkit.app.cli import main
 
 HERE = Path(__file__).resolve().parent
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 from ponderkit import BuildContext, Routing, Spec
-from ponderkit.config import structure
-from ponderkit.testing import (
+from ponderkit.contract.config import structure
+from ponderkit.devkit.conformance import (
     check_block,
     check_ffn,
     check_halting,

@@ -6,9 +6,9 @@ import json
 import textwrap
 
 import pytest
-from ponderkit.cli import main
+from ponderkit.app.cli import main
+from ponderkit.contract.errors import ConfigError
 from ponderkit.engine.flops import Replica
-from ponderkit.errors import ConfigError
 from ponderkit.lab import grid as ablation_run
 from ponderkit.lab.ablation import load_ablation
 from ponderkit.plugins.schedules.supervised import Supervised

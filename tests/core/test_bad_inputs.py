@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from ponderkit.cli import main
+from ponderkit.app.cli import main
 
 BASE = [
     "name: tiny",  # 1
@@ -405,9 +405,9 @@ def _write(root: Path, files: dict[str, str | bytes]) -> None:
 @pytest.mark.parametrize(("patch", "expected"), [c[1:] for c in CONFIG_CASES],
                          ids=[c[0] for c in CONFIG_CASES])  # fmt: skip
 def test_bad_config(here, capsys, monkeypatch, patch, expected):
-    from ponderkit.engine import preflight
+    from ponderkit.engine import build
 
-    monkeypatch.setattr(preflight, "MAX_MODULES", 2000)  # the real limit, reached sooner
+    monkeypatch.setattr(build, "MAX_MODULES", 2000)  # the real limit, reached sooner
     (here / "bad.yaml").write_text(base_text(**patch))
     check(capsys, here, ["validate", "bad.yaml"], expected)
 

@@ -6,9 +6,9 @@ import json
 
 import pytest
 import torch
-from ponderkit.cli import main
+from ponderkit.app.cli import main
+from ponderkit.contract.experiment import load_experiment
 from ponderkit.engine.train import Trainer
-from ponderkit.experiment import load_experiment
 from ponderkit.lab.ablation import load_ablation
 from ponderkit.lab.grid import measure_step_flops
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ponderkit.loading import Plugins
+from ponderkit.contract.loading import Plugins
 
 
 def test_registry_yaml_matches_live_registry():

@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from ponderkit.cli import main
+from ponderkit.app.cli import main
 
 
 def test_list_shows_kinds_names_and_origins(capsys):
@@ -24,7 +24,7 @@ def test_list_unknown_kind_suggests(capsys):
 
 def test_list_does_not_import_torch_or_plugin_bodies():
     code = (
-        "import sys; from ponderkit.cli import main; main(['list']); "
+        "import sys; from ponderkit.app.cli import main; main(['list']); "
         "bad = [m for m in sys.modules if m == 'torch' or m.startswith('ponderkit.plugins.')]; "
         "print(bad); sys.exit(1 if bad else 0)"
     )
@@ -61,7 +61,7 @@ def test_show_kind_prints_the_contract(capsys):
         assert member in out
     assert "num_experts=E" in out and "ForwardContext.add_routing" in out
     assert "ponderkit.ResettableRouter: enabled, activation_counts" in out
-    assert "cosine_threshold" in out and "ponderkit.testing.check_router" in out
+    assert "cosine_threshold" in out and "ponderkit.devkit.conformance.check_router" in out
     assert main(["show", "callback"]) == 0
     out = capsys.readouterr().out
     assert "on_step_end(trainer, step, metrics)" in out

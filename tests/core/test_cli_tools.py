@@ -11,8 +11,8 @@ import sysconfig
 from pathlib import Path
 
 import pytest
-from ponderkit.cli import main
-from ponderkit.experiment import load_experiment
+from ponderkit.app.cli import main
+from ponderkit.contract.experiment import load_experiment
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -339,7 +339,7 @@ def test_new_plugin_installs_into_a_venv_and_passes_its_own_test(tmp_path, capsy
     env = {k: v for k, v in os.environ.items() if k != "PONDERKIT_DISABLE_PLUGIN_AUTOLOAD"}
     # its own test, then the example through the installed entry point (no --plugin)
     script = (
-        "import sys, pytest; from ponderkit.cli import main; "
+        "import sys, pytest; from ponderkit.app.cli import main; "
         f"code = pytest.main(['-q', '-p', 'no:cacheprovider', {str(pkg)!r}]); "
         f"sys.exit(code or main(['validate', {str(pkg / 'example.yaml')!r}]))"
     )

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from ponderkit.errors import ConfigError
-from ponderkit.experiment import load_experiment
+from ponderkit.contract.errors import ConfigError
+from ponderkit.contract.experiment import load_experiment
 
 
 def issues_of(path, registry, overrides=()):
@@ -190,7 +190,7 @@ def test_type_names_read_as_yaml():
     """What `show` and error messages print for a field's type: tuples are YAML lists."""
     from typing import Literal
 
-    from ponderkit.config import type_name
+    from ponderkit.contract.config import type_name
 
     assert type_name(tuple[int, ...]) == "list of int"
     assert type_name(tuple[Literal["q", "k"], ...]) == "list of ('q' | 'k')"

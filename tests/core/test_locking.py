@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from ponderkit.cli import main
+from ponderkit.app.cli import main
 from ponderkit.engine.runlock import RunLock, RunLocked
 
 HOLD = textwrap.dedent(

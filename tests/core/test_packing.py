@@ -7,7 +7,7 @@ import random
 import textwrap
 
 import pytest
-from ponderkit.cli import main
+from ponderkit.app.cli import main
 from ponderkit.lab import grid, packing
 from ponderkit.lab.packing import CONTEXT_BYTES, MARGIN, GpuPacker, Slots
 

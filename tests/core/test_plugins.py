@@ -8,9 +8,9 @@ import textwrap
 import attrs
 import pytest
 from ponderkit import hookimpl
-from ponderkit.errors import PluginError, UnknownComponentError
-from ponderkit.loading import Plugins
-from ponderkit.registry import Origin, Registry
+from ponderkit.contract.errors import PluginError, UnknownComponentError
+from ponderkit.contract.loading import Plugins
+from ponderkit.contract.registry import Origin, Registry
 
 
 @attrs.frozen

@@ -8,8 +8,8 @@ import textwrap
 import time
 
 import pytest
-from ponderkit.cli import main
-from ponderkit.experiment import TrainConfig
+from ponderkit.app.cli import main
+from ponderkit.contract.experiment import TrainConfig
 from ponderkit.lab.progress import ProgressWatcher, last_record, progress_text, share_done
 from ponderkit.plugins.schedules.supervised import Supervised
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from ponderkit.cli import main
+from ponderkit.app.cli import main
 from ponderkit.engine.flops import Replica
 from ponderkit.engine.runs import CheckpointDamaged, load_checkpoint
 from ponderkit.plugins.schedules.supervised import Supervised
@@ -201,7 +201,7 @@ def test_first_speed_after_a_resume_counts_only_the_new_window(damaged, sort_yam
 
 
 def test_default_cadence_checkpoints_by_time_and_keeps_the_newest(sort_yaml, tmp_path):
-    from ponderkit.experiment import TrainConfig
+    from ponderkit.contract.experiment import TrainConfig
 
     assert TrainConfig().checkpoint_every == 0 and TrainConfig().checkpoint_every_s > 0
     out = tmp_path / "run"

@@ -10,8 +10,8 @@ import statistics
 import textwrap
 
 import pytest
-from ponderkit.cli import main
-from ponderkit.errors import ConfigError
+from ponderkit.app.cli import main
+from ponderkit.contract.errors import ConfigError
 from ponderkit.lab.ablation import load_ablation
 from ponderkit.lab.report import reference_verdict
 from ponderkit.lab.stats import difference

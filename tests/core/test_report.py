@@ -7,7 +7,7 @@ import math
 
 import pytest
 import torch
-from ponderkit.cli import main
+from ponderkit.app.cli import main
 from ponderkit.engine.runs import save_checkpoint
 from ponderkit.lab.report import write_report
 from ponderkit.lab.run_analysis import summarize_run, training_seconds

@@ -6,10 +6,10 @@ import json
 
 import pytest
 import torch
-from ponderkit.cli import main
+from ponderkit.app.cli import main
+from ponderkit.contract.experiment import load_experiment
 from ponderkit.engine.flops import Replica
 from ponderkit.engine.train import Trainer, lr_factor
-from ponderkit.experiment import load_experiment
 from safetensors.torch import load_file
 
 

@@ -9,9 +9,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from ponderkit.contract.experiment import load_experiment
+from ponderkit.contract.loading import Plugins
 from ponderkit.engine.train import Trainer
-from ponderkit.experiment import load_experiment
-from ponderkit.loading import Plugins
 
 
 @pytest.fixture

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from ponderkit.contract.experiment import load_experiment
 from ponderkit.engine.train import Trainer
-from ponderkit.experiment import load_experiment
 
 UNIVERSAL = """
 name: adaptive

@@ -9,8 +9,8 @@ import numpy as np
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from ponderkit.contract.experiment import load_experiment
 from ponderkit.engine.train import Trainer
-from ponderkit.experiment import load_experiment
 from ponderkit.plugins.dynsiha.mixer import SparseProtoLinear
 
 REPO = Path(__file__).resolve().parents[2]

@@ -13,8 +13,8 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 from ponderkit import ForwardContext
+from ponderkit.contract.experiment import load_experiment
 from ponderkit.engine.train import Trainer
-from ponderkit.experiment import load_experiment
 from ponderkit.plugins.dynsmlora.mixer import DynSMLoRA, DynSMLoRAConfig
 from ponderkit.plugins.layers.attention import Attention
 

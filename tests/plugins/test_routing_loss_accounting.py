@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from ponderkit.contract.experiment import load_experiment
 from ponderkit.engine.build import build_components
-from ponderkit.experiment import load_experiment
 
 EXPERIMENT = """
 name: accounting

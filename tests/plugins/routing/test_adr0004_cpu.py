@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ponderkit.contract.experiment import load_experiment
 from ponderkit.engine.train import Trainer
-from ponderkit.experiment import load_experiment
 
 REPO = Path(__file__).resolve().parents[3]
 

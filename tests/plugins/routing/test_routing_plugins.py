@@ -8,16 +8,16 @@ from pathlib import Path
 import pytest
 import torch
 from ponderkit import BuildContext, ConfigError, ForwardContext
-from ponderkit.cli import main
+from ponderkit.app.cli import main
+from ponderkit.contract.experiment import load_experiment
 from ponderkit.engine.train import Trainer
-from ponderkit.experiment import load_experiment
 
 REPO = Path(__file__).resolve().parents[3]
 ROUTERS = ["cosine_threshold", "topk_softmax", "spl", "dense"]
 
 
 def build(registry, kind: str, data, d_model: int = 16, **kwargs):
-    from ponderkit.config import Structurer
+    from ponderkit.contract.config import Structurer
 
     s = Structurer(registry)
     spec = s.structure_spec(kind, data, ())

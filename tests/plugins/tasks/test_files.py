@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 from ponderkit import IGNORE_LABEL, accuracy, sequence_loss
-from ponderkit.cli import main
+from ponderkit.app.cli import main
 from ponderkit.plugins.tasks.file_formats import DataError, write_trm_split
 from ponderkit.plugins.tasks.files import FilesConfig, FilesTask
 

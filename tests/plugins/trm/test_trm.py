@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from ponderkit.cli import main
+from ponderkit.app.cli import main
+from ponderkit.contract.experiment import load_experiment
 from ponderkit.engine.build import experiment_parameters
 from ponderkit.engine.train import Trainer
-from ponderkit.experiment import load_experiment
 
 REPO = Path(__file__).resolve().parents[3]
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from ponderkit.contract.experiment import load_experiment
 from ponderkit.engine.train import Trainer
-from ponderkit.experiment import load_experiment
 from ponderkit.plugins.trm.recursion import TRMRecursion
 from torch import nn
 
@@ -159,7 +159,7 @@ def test_compile_accepts_true_false_and_block_only(registry):
             registry=registry,
         ).config
         assert cfg.train.compile == want
-    from ponderkit.errors import ConfigError
+    from ponderkit.contract.errors import ConfigError
 
     with pytest.raises(ConfigError, match=r"train.compile.*or 'block'.*did you mean 'block'"):
         load_experiment(

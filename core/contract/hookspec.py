@@ -1,7 +1,7 @@
 """The whole plugin contract: one hook.
 
 A plugin is any module (or object) with a function marked ``@hookimpl`` named
-``ponderkit_register``. It is called once with the live :class:`~ponderkit.registry.Registry`
+``ponderkit_register``. It is called once with the live :class:`~ponderkit.contract.registry.Registry`
 and adds components to it::
 
     from ponderkit import hookimpl

@@ -14,8 +14,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError, InputError, Issue, TextError, suggestion
-from .loading import Plugins
+from ..contract.errors import ConfigError, InputError, Issue, TextError, suggestion
+from ..contract.loading import Plugins
 
 
 def add_tool_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
@@ -71,7 +71,7 @@ def add_tool_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
 # -- validate on an ablation file ---------------------------------------------------------------
 def is_ablation_file(path: Path) -> bool:
     """Whether ``path`` is an ablation file (``base:`` and no ``task:``), as ``ablate`` reads."""
-    from .yamlio import load_document
+    from ..contract.yamlio import load_document
 
     try:
         data = load_document(path).data
@@ -83,10 +83,10 @@ def is_ablation_file(path: Path) -> bool:
 def validate_ablation(args: argparse.Namespace, plugins: Plugins) -> int:
     """Validate an ablation's base and every variant, all errors at once; one ``ok`` line per
     variant with its parameter count."""
-    from .engine.build import check_buildable
-    from .engine.preflight import check_cache, memory_issues, preflight
-    from .experiment import Experiment
-    from .lab.ablation import _name_variants, load_ablation
+    from ..contract.experiment import Experiment
+    from ..engine.build import check_buildable
+    from ..engine.preflight import check_cache, memory_issues, preflight
+    from ..lab.ablation import _name_variants, load_ablation
 
     if args.overrides:
         raise InputError(
@@ -124,9 +124,9 @@ def validate_ablation(args: argparse.Namespace, plugins: Plugins) -> int:
 def resolve_experiment(ref: str, overrides: Sequence[str], registry: Any) -> Any:
     """The :class:`~ponderkit.ExperimentConfig` that ``ref`` names: a run directory (its
     ``config.yaml``), an ablation variant ``FILE:VARIANT``, or an experiment file."""
-    from .experiment import load_experiment
-    from .lab.ablation import load_ablation, variant_experiment
-    from .yamlio import load_document
+    from ..contract.experiment import load_experiment
+    from ..contract.yamlio import load_document
+    from ..lab.ablation import load_ablation, variant_experiment
 
     path = Path(ref)
     if path.is_dir():
@@ -155,9 +155,9 @@ def resolve_experiment(ref: str, overrides: Sequence[str], registry: Any) -> Any
             )
         config = ablation.variant(variant).config
         if overrides:
-            from .config import unstructure
-            from .lab.ablation import Override
-            from .yamlio import Document
+            from ..contract.config import unstructure
+            from ..contract.yamlio import Document
+            from ..lab.ablation import Override
 
             doc = Document(unstructure(config), {}, f"{path}:{variant}")
             over = [Override(o, ("<command line>", None)) for o in overrides]
@@ -170,8 +170,8 @@ def resolve_experiment(ref: str, overrides: Sequence[str], registry: Any) -> Any
 
 
 def cmd_config(args: argparse.Namespace, plugins: Plugins) -> int:
-    from .config import unstructure
-    from .yamlio import dump
+    from ..contract.config import unstructure
+    from ..contract.yamlio import dump
 
     config = resolve_experiment(args.file, args.overrides, plugins.registry)
     sys.stdout.write(dump(unstructure(config)))
@@ -179,7 +179,7 @@ def cmd_config(args: argparse.Namespace, plugins: Plugins) -> int:
 
 
 def cmd_diff(args: argparse.Namespace, plugins: Plugins) -> int:
-    from .lab.ablation import flat_config
+    from ..lab.ablation import flat_config
 
     a = flat_config(resolve_experiment(args.a, (), plugins.registry))
     b = flat_config(resolve_experiment(args.b, (), plugins.registry))
@@ -238,8 +238,8 @@ def grid_text(task: Any, tokens: Any) -> str:
 def cmd_predict(args: argparse.Namespace, plugins: Plugins) -> int:
     import torch
 
-    from .engine.evaluate import load_model
-    from .lab.trace import grid_task
+    from ..engine.evaluate import load_model
+    from ..lab.trace import grid_task
 
     run = load_model(args.run_dir, plugins.registry, args.checkpoint)
     task = grid_task(run, "predict", typed=True)
@@ -258,9 +258,9 @@ def cmd_predict(args: argparse.Namespace, plugins: Plugins) -> int:
 
 
 def cmd_trace(args: argparse.Namespace, plugins: Plugins) -> int:
-    from .engine.evaluate import load_model
-    from .interfaces import GridPuzzle, PaddedGrid
-    from .lab.trace import (
+    from ..contract.interfaces import GridPuzzle, PaddedGrid
+    from ..engine.evaluate import load_model
+    from ..lab.trace import (
         eval_sample,
         grid_extent,
         grid_task,
@@ -308,7 +308,7 @@ def overrides_suffix(overrides: Sequence[str]) -> str:
 
 
 def cmd_new_plugin(args: argparse.Namespace, plugins: Plugins) -> int:
-    from .scaffold import write_plugin
+    from ..devkit.scaffold import write_plugin
 
     written = write_plugin(args.dir, args.kind, args.name)
     for path in written:

@@ -2,7 +2,7 @@
 
 The package holds a ``pyproject.toml`` with the ``ponderkit.plugins`` entry point, one module
 with a working component of the chosen kind (config class, builder, registration, in that
-order), its test through the conformance kit (``ponderkit.testing``), and an example
+order), its test through the conformance kit (``ponderkit.devkit.conformance``), and an example
 experiment that uses it on the small ``sort`` task.
 """
 
@@ -12,7 +12,7 @@ import keyword
 import re
 from pathlib import Path
 
-from .errors import InputError, suggestion
+from ..contract.errors import InputError, suggestion
 
 _PYPROJECT = """\
 [build-system]
@@ -170,7 +170,7 @@ def ponderkit_register(registry) -> None:
 _TEST = '''\
 """The conformance kit on ``{kind}/{name}``: ``pytest`` in this folder."""
 
-from ponderkit.testing import check_{kind}
+from ponderkit.devkit.conformance import check_{kind}
 
 from {module} import {cls}, {cls}Config
 
@@ -223,7 +223,7 @@ TEMPLATES = {"ffn": _FFN, "mixer": _MIXER, "halting": _HALTING}
 
 def write_plugin(directory: Path, kind: str, name: str | None = None) -> list[Path]:
     """Write the package into ``directory`` (new or empty); returns the files written."""
-    from .registry import KINDS
+    from ..contract.registry import KINDS
 
     if kind not in TEMPLATES:
         hint = suggestion(kind, TEMPLATES) if kind not in KINDS else ""

@@ -12,10 +12,16 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from ..contract.errors import (
+    ConfigError,
+    InputError,
+    PonderkitError,
+    UnknownComponentError,
+    suggestion,
+)
+from ..contract.loading import Plugins
+from ..contract.registry import KINDS, split_key
 from .cli_tools import TOOL_COMMANDS, add_tool_parsers
-from .errors import ConfigError, InputError, PonderkitError, UnknownComponentError, suggestion
-from .loading import Plugins
-from .registry import KINDS, split_key
 
 EXIT_CONFIG = 2
 
@@ -258,7 +264,7 @@ def cmd_list(args: argparse.Namespace, plugins: Plugins) -> int:
 def cmd_show(args: argparse.Namespace, plugins: Plugins) -> int:
     import attrs
 
-    from .config import DEFAULT_KEY, KIND_KEY, fields_of, type_name
+    from ..contract.config import DEFAULT_KEY, KIND_KEY, fields_of, type_name
 
     if "/" not in args.key:
         return show_kind(args.key, plugins)
@@ -303,8 +309,8 @@ def show_kind(kind: str, plugins: Plugins) -> int:
     how a builder is called, and which built-ins provide each capability."""
     import inspect
 
-    from .interfaces import CALLBACK_HOOKS, CAPABILITIES, MODULE_KINDS, PROTOCOLS
-    from .interfaces import protocol_members as members
+    from ..contract.interfaces import CALLBACK_HOOKS, CAPABILITIES, MODULE_KINDS, PROTOCOLS
+    from ..contract.interfaces import protocol_members as members
 
     if kind not in KINDS:
         owners = [f"{k}/{kind}" for k in KINDS if kind in plugins.registry.names(k)]
@@ -335,7 +341,7 @@ def show_kind(kind: str, plugins: Plugins) -> int:
     extra = ", num_experts=E" if kind == "router" else ""
     print(f"builder(config, ctx: ponderkit.BuildContext{extra}) -> the {kind}; checked when built")
     if kind == "router":
-        from .interfaces import Routing
+        from ..contract.interfaces import Routing
 
         print()
         print("forward returns ponderkit.Routing:")
@@ -345,7 +351,9 @@ def show_kind(kind: str, plugins: Plugins) -> int:
     kit = kit or {"halting": "check_halting", "task": "check_task"}.get(kind)
     if kit:
         print()
-        print(f"conformance test: ponderkit.testing.{kit}(factory) (README: The plugin contract)")
+        print(
+            f"conformance test: ponderkit.devkit.conformance.{kit}(factory) (README: The plugin contract)"
+        )
     caps = CAPABILITIES.get(kind, ())
     reg = plugins.registry
     names = reg.names(kind)
@@ -392,7 +400,7 @@ def _class_has(cls: type, capability: type) -> bool:
     """Whether instances of ``cls`` have ``capability``, judged from the class: its methods
     (data members are usually set in ``__init__``; a data-only capability needs a class
     attribute)."""
-    from .interfaces import protocol_members
+    from ..contract.interfaces import protocol_members
 
     members = protocol_members(capability)
     methods = [n for n in members if callable(getattr(capability, n, None))]
@@ -403,10 +411,10 @@ def _class_has(cls: type, capability: type) -> bool:
 
 
 def cmd_validate(args: argparse.Namespace, plugins: Plugins) -> int:
+    from ..contract.experiment import load_experiment
+    from ..engine.build import check_buildable
+    from ..engine.preflight import check_cache, memory_issues, preflight
     from .cli_tools import is_ablation_file, validate_ablation
-    from .engine.build import check_buildable
-    from .engine.preflight import check_cache, memory_issues, preflight
-    from .experiment import load_experiment
 
     if is_ablation_file(args.file):
         return validate_ablation(args, plugins)
@@ -429,13 +437,13 @@ def cmd_run(args: argparse.Namespace, plugins: Plugins) -> int:
     directory (its checks and lock run there and their outcome reaches every rank)."""
     import contextlib
 
-    from .engine.build import check_buildable
-    from .engine.distributed import init_from_env
-    from .engine.preflight import check_cache, preflight
-    from .engine.runlock import RunLock, is_empty_run_dir
-    from .engine.runs import create_run_dir, default_run_dir, ensure_new_run_dir
-    from .engine.train import Trainer, resume_or_start
-    from .experiment import load_experiment
+    from ..contract.experiment import load_experiment
+    from ..engine.build import check_buildable
+    from ..engine.distributed import init_from_env
+    from ..engine.preflight import check_cache, preflight
+    from ..engine.runlock import RunLock, is_empty_run_dir
+    from ..engine.runs import create_run_dir, default_run_dir, ensure_new_run_dir
+    from ..engine.train import Trainer, resume_or_start
 
     exp = load_experiment(args.file, args.overrides, registry=plugins.registry)
     if args.resume and not args.out:
@@ -495,9 +503,9 @@ def cmd_eval(args: argparse.Namespace, plugins: Plugins) -> int:
 
     import attrs
 
+    from ..engine.evaluate import load_model
+    from ..engine.runs import write_json_atomic, write_text_atomic
     from .cli_tools import overrides_suffix
-    from .engine.evaluate import load_model
-    from .engine.runs import write_json_atomic, write_text_atomic
 
     run = load_model(args.run_dir, plugins.registry, args.checkpoint, overrides=args.overrides)
     if args.data is not None:
@@ -557,8 +565,8 @@ def cmd_eval(args: argparse.Namespace, plugins: Plugins) -> int:
 
 def _data_task(data: Path, run: object, registry: object) -> object:
     """The ``task/files`` evaluation split at ``data``, checked against the run's model."""
-    from .errors import Issue
-    from .interfaces import BuildContext
+    from ..contract.errors import Issue
+    from ..engine.context import BuildContext
 
     comp = registry.get("task", "files")  # type: ignore[attr-defined]
     cfg = comp.config_cls(path=str(data), train_split=None)
@@ -584,11 +592,11 @@ def _data_task(data: Path, run: object, registry: object) -> object:
 def cmd_ablate(args: argparse.Namespace, plugins: Plugins) -> int:
     import contextlib
 
-    from .engine.preflight import check_cache
-    from .engine.runlock import RunLock
-    from .lab.ablation import load_ablation, preflight_variants
-    from .lab.grid import die_with_parent, prepare, run_grid, select, worker_command, worker_env
-    from .lab.report import write_report
+    from ..engine.preflight import check_cache
+    from ..engine.runlock import RunLock
+    from ..lab.ablation import load_ablation, preflight_variants
+    from ..lab.grid import die_with_parent, prepare, run_grid, select, worker_command, worker_env
+    from ..lab.report import write_report
 
     ablation = load_ablation(args.file, registry=plugins.registry)
     out = args.out or Path("runs") / ablation.name
@@ -657,7 +665,7 @@ def cmd_ablate(args: argparse.Namespace, plugins: Plugins) -> int:
 
 
 def cmd_report(args: argparse.Namespace, plugins: Plugins) -> int:
-    from .lab.report import write_report
+    from ..lab.report import write_report
 
     if not args.dir.is_dir():
         raise InputError(f"{args.dir} is not a directory")
@@ -672,7 +680,7 @@ def _warn(text: str) -> None:
 
 
 def cmd_compare(args: argparse.Namespace, plugins: Plugins) -> int:
-    from .lab.report import compare_table
+    from ..lab.report import compare_table
 
     missing = [str(d) for d in args.run_dirs if not (d / "metrics.jsonl").is_file()]
     if missing:

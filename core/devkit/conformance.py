@@ -5,7 +5,7 @@ too. Each ``check_*`` takes a *factory* that builds a fresh component for a give
 shapes, dtypes and inputs with Hypothesis (a dev dependency: ``pip install hypothesis``) and
 raises ``AssertionError`` naming the broken rule::
 
-    from ponderkit.testing import check_router
+    from ponderkit.devkit.conformance import check_router
 
     def test_my_router_keeps_the_contract():
         check_router(lambda d_model, num_experts: MyRouter(d_model, num_experts, MyConfig()))
@@ -22,10 +22,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .interfaces import (
+from ..contract.interfaces import (
     PROTOCOLS,
     ColouredGrid,
-    ForwardContext,
     GridView,
     PaddedGrid,
     ResettableRouter,
@@ -33,6 +32,7 @@ from .interfaces import (
     WeighsSteps,
     contract_problem,
 )
+from ..engine.context import ForwardContext
 
 __all__ = [
     "check_router",
@@ -54,7 +54,9 @@ def _hypothesis() -> Any:
     try:
         import hypothesis
     except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise ImportError("ponderkit.testing needs hypothesis: pip install hypothesis") from exc
+        raise ImportError(
+            "ponderkit.devkit.conformance needs hypothesis: pip install hypothesis"
+        ) from exc
     return hypothesis
 
 
