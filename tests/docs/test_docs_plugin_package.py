@@ -1,4 +1,4 @@
-"""The README's "Write a plugin" section, followed verbatim in a temporary directory."""
+"""docs/plugins.md's "A plugin by hand" section, followed verbatim in a temporary directory."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from pathlib import Path
 BIN = Path(sys.executable).parent
 
 
-def test_readme_plugin_package_installs_lists_and_runs(tmp_path, readme_files):
-    files = readme_files("Write a plugin")
+def test_docs_plugin_package_installs_lists_and_runs(tmp_path, doc_files):
+    files = doc_files("docs/plugins.md", "A plugin by hand")
     assert set(files) == {
         "ponderkit-parallel/pyproject.toml",
         "ponderkit-parallel/ponderkit_parallel.py",

@@ -1,4 +1,4 @@
-"""The README's "plugin contract" router, followed verbatim: its conformance test passes and it
+"""docs/plugins.md's "plugin contract" router, followed verbatim: its conformance test passes and it
 trains inside dynmoe with exact and static dispatch, its aux loss part of the training loss."""
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from ponderkit.engine.train import Trainer
 
 
 @pytest.fixture
-def package(tmp_path, monkeypatch, readme_files) -> Path:
-    files = readme_files("The plugin contract")
+def package(tmp_path, monkeypatch, doc_files) -> Path:
+    files = doc_files("docs/plugins.md", "The plugin contract")
     assert set(files) == {"top_two_router.py", "test_top_two_router.py", "top_two_sort.yaml"}
     for name, body in files.items():
         (tmp_path / name).write_text(body)
@@ -24,7 +24,7 @@ def package(tmp_path, monkeypatch, readme_files) -> Path:
     return tmp_path
 
 
-def test_the_readme_router_passes_its_own_conformance_test(package):
+def test_the_docs_router_passes_its_own_conformance_test(package):
     result = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "test_top_two_router.py"],
         cwd=package,
@@ -37,7 +37,7 @@ def test_the_readme_router_passes_its_own_conformance_test(package):
 
 
 @pytest.mark.parametrize("dispatch", ["exact", "static"])
-def test_the_readme_router_trains_inside_dynmoe(package, dispatch):
+def test_the_docs_router_trains_inside_dynmoe(package, dispatch):
     registry = Plugins(["top_two_router"], autoload=False).registry
     overrides = [
         f"model.recursion.block.ffn.dispatch={dispatch}",
