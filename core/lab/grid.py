@@ -181,7 +181,7 @@ def run_grid(
     if plan_runs is not None:
         write_plan(ablation, plan_runs, out)
     time_budget = ablation.budget.time_s
-    watcher = ProgressWatcher(log, progress_s)
+    watcher = ProgressWatcher(log, progress_s, total=len(runs), finished=len(runs) - len(todo))
     if nproc <= 1 and (jobs <= 1 or len(todo) <= 1):
         with watcher:
             return _in_process(todo, out, registry, time_budget, log, watcher)

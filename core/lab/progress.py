@@ -8,12 +8,23 @@ same watcher serves runs trained in this process and runs in subprocesses)::
 The share done is the largest of the run's limits reached so far (steps, epochs, FLOPs, wall
 time): the first limit reached ends the run. The time left extrapolates the training time so
 far (evaluation included, start-up excluded) at that share.
+
+Given the grid's size (``total`` runs, ``finished`` of them done before this invocation), each
+round ends with a line for the whole grid::
+
+    [  121.3 s] progress overall: 1 of 4 runs finished, 2 running; 48% of the grid, ~5.0 min left
+
+The grid's share counts every finished run (failed ones too: no work is left in them) as 1 and
+each running run at its share. The time left divides the work left by the rate of this
+invocation: the work done since it started (a resumed run counts from where it resumed) over
+the wall time since, so runs in parallel (``--jobs``) and start-up costs are in the rate.
 """
 
 from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -91,13 +102,25 @@ class ProgressWatcher:
     when ``every_s`` is 0). Use as a context manager; ``watch`` a run when it starts and
     ``forget`` it when it ends."""
 
-    def __init__(self, say: Callable[[str], None], every_s: float):
+    def __init__(
+        self,
+        say: Callable[[str], None],
+        every_s: float,
+        total: int = 0,
+        finished: int = 0,
+        clock: Callable[[], float] = time.monotonic,
+    ):
         self.say, self.every_s = say, every_s
         self._runs: dict[str, tuple[Path, Any, float | None]] = {}
         self._shown: dict[str, int] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        # the grid: ``total`` runs (0: no overall line), ``finished`` before this invocation
+        self.total, self.finished = total, finished
+        self._clock, self._t0 = clock, clock()
+        self._begun: dict[str, float] = {}  # a running run's share when it was watched
+        self._done_work = 0.0  # work of runs finished in this invocation (1 - share begun)
 
     def __enter__(self) -> ProgressWatcher:
         if self.every_s > 0:
@@ -111,20 +134,43 @@ class ProgressWatcher:
             self._thread.join()
 
     def watch(self, key: str, run_dir: Path, train: Any, time_budget: float | None) -> None:
+        record = last_record(Path(run_dir) / "metrics.jsonl")  # a resumed run's start
+        begun = share_done(record, train, time_budget)[0] if record else 0.0
         with self._lock:
             self._runs[key] = (Path(run_dir), train, time_budget)
+            self._begun[key] = begun
 
     def forget(self, key: str) -> None:
         with self._lock:
-            self._runs.pop(key, None)
+            if self._runs.pop(key, None) is not None:
+                self.finished += 1
+                self._done_work += 1.0 - self._begun.get(key, 0.0)
+            self._begun.pop(key, None)
             self._shown.pop(key, None)
+
+    def overall_text(self, shares: dict[str, float]) -> str:
+        """``1 of 4 runs finished, 2 running; 48% of the grid, ~5.0 min left`` given each
+        running run's share now (see the module docstring)."""
+        with self._lock:
+            finished, begun, done_work = self.finished, dict(self._begun), self._done_work
+        running = [k for k in shares if k in begun]
+        done = finished + sum(shares[k] for k in running)
+        work = done_work + sum(max(0.0, shares[k] - begun[k]) for k in running)
+        text = f"{finished} of {self.total} runs finished, {len(running)} running; "
+        text += f"{min(done / self.total, 1.0):.0%} of the grid"
+        elapsed = self._clock() - self._t0
+        if work > 0.01 and elapsed > 0:  # under 1% of a run done: no guess of time left
+            text += f", ~{_duration((self.total - done) * elapsed / work)} left"
+        return text
 
     def tick(self) -> None:
         """One round of lines: a line for each watched run with a new record."""
         with self._lock:
             runs = list(self._runs.items())
+        shares: dict[str, float] = {}
         for key, (run_dir, train, time_budget) in runs:
             record = last_record(run_dir / "metrics.jsonl")
+            shares[key] = share_done(record, train, time_budget)[0] if record else 0.0
             if record is None or record["step"] == self._shown.get(key):
                 continue
             text = progress_text(record, train, time_budget)
@@ -133,6 +179,8 @@ class ProgressWatcher:
                     continue
                 self._shown[key] = record["step"]
                 self.say(f"progress {key}: {text}")
+        if self.total and runs:
+            self.say(f"progress overall: {self.overall_text(shares)}")
 
     def _loop(self) -> None:
         while not self._stop.wait(self.every_s):

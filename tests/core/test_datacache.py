@@ -111,3 +111,87 @@ def test_generate_distinct_dedups_deterministically():
     assert all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
     with pytest.raises(RuntimeError, match="distinct"):
         datacache.generate_distinct(_draw_small, 13, seed=3, workers=1, max_attempts=20)
+
+
+def test_parallel_builders_build_once_and_the_others_wait(tmp_path, capsys):
+    """Four threads ask for the same data set at once: one builds (slowly), the others wait
+    on the lock and load what it wrote."""
+    import threading
+    import time
+
+    started = threading.Event()
+
+    class Slow(Builder):
+        def __call__(self):
+            started.set()
+            time.sleep(0.3)
+            return super().__call__()
+
+    build = Slow()
+    params = {"n": 2, "version": 1}
+    got = []
+
+    def one() -> None:
+        got.append(datacache.cached_arrays("toy", params, build, cache_dir=tmp_path))
+
+    first = threading.Thread(target=one)
+    first.start()
+    started.wait(5)
+    others = [threading.Thread(target=one) for _ in range(3)]
+    for t in others:
+        t.start()
+    for t in [first, *others]:
+        t.join(10)
+    assert build.calls == 1 and len(got) == 4
+    assert all(np.array_equal(g["x"], got[0]["x"]) for g in got)
+    assert capsys.readouterr().err.count("waiting for another process to build the toy") == 3
+
+
+def test_a_failed_build_leaves_the_lock_free(tmp_path):
+    def broken():
+        raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        datacache.cached_arrays("toy", {"version": 1}, broken, cache_dir=tmp_path)
+    build = Builder()
+    datacache.cached_arrays("toy", {"version": 1}, build, cache_dir=tmp_path)
+    assert build.calls == 1
+
+
+def _square(seq: np.random.SeedSequence) -> tuple[np.ndarray]:
+    return (np.random.default_rng(seq).integers(0, 1 << 30, size=3),)
+
+
+def test_generation_says_its_progress_off_a_terminal(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(datacache, "PROGRESS_EVERY_S", 0.0)  # a line at every chunk
+    params = {"version": 1}
+
+    def build():
+        (x,) = datacache.generate_distinct(_square, 200, seed=0, workers=1)
+        return {"x": x}
+
+    datacache.cached_arrays("squares", params, build, cache_dir=tmp_path)
+    lines = capsys.readouterr().err.splitlines()
+    # 200 samples in chunks of 64: lines after 64, 128 and 192 (none at the end: done)
+    shares = [(64, "32%"), (128, "64%"), (192, "96%")]
+    assert [x.split(", ~")[0] for x in lines] == [
+        f"generating squares data set: {n} of 200 samples ({p})" for n, p in shares
+    ]
+    datacache.cached_arrays("squares", params, build, cache_dir=tmp_path)
+    assert capsys.readouterr().err == ""  # loaded: nothing generated
+
+
+def test_progress_bar_on_a_terminal():
+    import io
+
+    class Tty(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    stream = Tty()
+    progress = datacache.Progress(100, "toy data set", stream=stream, every_s=0)
+    progress.advance(40)
+    progress.advance(60)
+    progress.close()
+    assert progress.bar is not None and progress.bar.n == 100
+    assert "generating toy data set" in stream.getvalue()

@@ -112,3 +112,31 @@ def test_a_bad_progress_period_is_one_line_and_exit_2(write, sort_yaml, capsys, 
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--progress" in err[0] and value in err[0]
     assert not out.exists()
+
+
+def test_overall_line_counts_the_grid_and_extrapolates_this_invocations_rate(tmp_path):
+    """4 runs, 1 finished before; at t=100 s run a (from scratch) is at 50/100 steps and run b
+    (resumed at 20/100) at 40/100: done 1 + 0.5 + 0.4 = 1.9 runs (48%); work this invocation
+    0.5 + 0.2 = 0.7 runs in 100 s, so (4 - 1.9) / 0.007 = 300 s left."""
+    now = [0.0]
+    said: list[str] = []
+    watcher = ProgressWatcher(said.append, 0, total=4, finished=1, clock=lambda: now[0])
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir(), b.mkdir()
+    (b / "metrics.jsonl").write_text(json.dumps({"step": 20, "loss": 2.0}) + "\n")
+    watcher.watch("a/seed0", a, TrainConfig(steps=100), None)
+    watcher.watch("b/seed0", b, TrainConfig(steps=100), None)
+    now[0] = 100.0
+    (a / "metrics.jsonl").write_text(json.dumps({"step": 50, "loss": 1.0}) + "\n")
+    with (b / "metrics.jsonl").open("a") as f:
+        f.write(json.dumps({"step": 40, "loss": 1.5}) + "\n")
+    watcher.tick()
+    assert said[-1] == "progress overall: 1 of 4 runs finished, 2 running; 48% of the grid, " \
+        "~5.0 min left"  # fmt: skip
+    # a finishes (its 1.0 counts in full): done 2 + 0.4 = 2.4, work 1.0 + 0.2 = 1.2 in 120 s,
+    # (4 - 2.4) * 120 / 1.2 = 160 s left
+    now[0] = 120.0
+    watcher.forget("a/seed0")
+    watcher.tick()  # b logged nothing new: no line of its own, the overall line still
+    assert said[-1] == "progress overall: 2 of 4 runs finished, 1 running; 60% of the grid, " \
+        "~2.7 min left"  # fmt: skip
