@@ -126,6 +126,8 @@ def bound(recipe: str, args: argparse.Namespace, registry: Any) -> dict:
         f"train.precision={args.precision}",
         "train.compile=false",
         f"train.device={args.device}",
+        "task.train_size=16",  # synthetic batches: the task gives shapes only
+        "task.eval_size=16",
         *(SMOKE if args.smoke else []),
     ]
     cfg = load_experiment(REPO / "experiments" / RECIPES[recipe], overrides, registry=registry)

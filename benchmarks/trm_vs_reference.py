@@ -55,6 +55,8 @@ from ponderkit.engine.train import Trainer
 REPO = Path(__file__).resolve().parent.parent
 RECIPES = {"att": "trm_sudoku_att.yaml", "mlp": "trm_sudoku_mlp.yaml"}
 OURS_COMPILE = {"eager": "false", "compiled": "true", "block": "block"}
+# the batches are synthetic: the task gives shapes only, so generate a handful of puzzles
+TASK = ["task.train_size=16", "task.eval_size=16"]
 SMOKE = ["model.d_model=64", "model.recursion.H_cycles=2", "model.recursion.L_cycles=2"]
 
 
@@ -226,6 +228,7 @@ def _trainer(recipe: str, mode: str, precision: str, args: argparse.Namespace, r
         f"train.compile={OURS_COMPILE[mode]}",
         f"train.device={args.device_resolved}",
         "optimizer.grad_clip=null",  # the authors clip nothing
+        *TASK,
         *(SMOKE if args.smoke else []),
         *args.override,
     ]
@@ -270,6 +273,7 @@ def time_theirs(recipe: str, mode: str, args: argparse.Namespace, registry, ref:
     seq, vocab = trainer.task.seq_len, trainer.task.vocab_size
     dtype = "bfloat16" if args.precision == "bf16" else "float32"
     opt_cfg = trainer.config.optimizer
+    opt_cfg = getattr(opt_cfg, "config", opt_cfg)  # an `optimizer:` component or plain fields
     del trainer
     gc.collect()
     with torch.device(device):
@@ -302,7 +306,7 @@ def time_theirs(recipe: str, mode: str, args: argparse.Namespace, registry, ref:
 
 
 def _config(recipe: str, args: argparse.Namespace, registry) -> Any:
-    overrides = [*(SMOKE if args.smoke else []), *args.override]
+    overrides = [*TASK, *(SMOKE if args.smoke else []), *args.override]
     return load_experiment(
         REPO / "experiments" / RECIPES[recipe], overrides, registry=registry
     ).config
@@ -386,7 +390,8 @@ def main() -> None:
                     else:
                         row = time_theirs(recipe, mode, args, registry, ref)
                 except Exception as exc:  # a mode that fails here: say so, keep the rest
-                    row = {"impl": impl, "error": f"{type(exc).__name__}: {str(exc)[:300]}"}
+                    name = "ponderkit" if impl == "ours" else "authors"
+                    row = {"impl": name, "error": f"{type(exc).__name__}: {str(exc)[:300]}"}
                 row |= {"recipe": recipe, "mode": mode}
                 print(json.dumps(row), flush=True)
                 rows.append(row)
