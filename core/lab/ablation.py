@@ -37,7 +37,7 @@ from typing import Any, Literal
 
 import attrs
 
-from ..contract.config import Structurer, unstructure
+from ..contract.config import Structurer
 from ..contract.errors import ConfigError, Issue, dotted, suggestion
 from ..contract.experiment import (
     SEED_LIMIT,
@@ -49,6 +49,7 @@ from ..contract.experiment import (
 from ..contract.registry import Registry
 from ..contract.yamlio import Document, apply_overrides, load_document
 from ..engine.build import check_buildable
+from .ladder import config_differences, flat_config  # noqa: F401  (re-exported)
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 RESERVED = {"plots", "logs"}  # subdirectories of an ablation directory
@@ -130,6 +131,8 @@ class AblationFile:
     confounds: Literal["warn", "error"] = "warn"
     #: published figures per variant and metric (``{source, values}``), read beside the result
     reference: Any = None
+    #: factor ladders between arms (:mod:`~ponderkit.lab.ladder`): derived variants
+    ladders: Any = None
 
 
 @attrs.frozen
@@ -170,6 +173,10 @@ class Ablation:
     factor: tuple[str, ...] = ()
     #: ``{"source": str, "values": {variant: {metric: float}}}`` or None
     reference: dict[str, Any] | None = None
+    #: per ladder: ``{from, to, mode, rungs: [{name, parent, step, merged}]}``
+    ladders: tuple[dict[str, Any], ...] = ()
+    #: variants derived by a ladder (not written in ``variants:``): name -> how
+    derived: dict[str, str] = attrs.field(factory=dict)
 
     def variant(self, name: str) -> Variant:
         return next(v for v in self.variants if v.name == name)
@@ -207,6 +214,8 @@ class Ablation:
                 if v.name != self.baseline
             },
             "reference": self.reference,
+            "ladders": list(self.ladders),
+            "derived": dict(self.derived),
         }
 
 
@@ -270,6 +279,11 @@ def load_ablation(path: str | Path, *, registry: Registry, build: bool = True) -
             per_variant[name] = exc.issues
             continue
         variants.append(Variant(name, tuple(overrides), config, exp.document))
+    ladders, derived = [], {}
+    if spec.ladders is not None and not per_variant:  # rungs need every arm they join
+        ladders, rungs = _ladders(spec.ladders, variants, registry, build, doc, issues)
+        variants += rungs
+        derived = {r.name: str(r.overrides[0].text) for r in rungs}
     factor = _factor(spec.factor, doc, issues)
     published = _reference(spec.reference, named, baseline, doc, issues)
     reference = next((v for v in variants if v.name == baseline), None)
@@ -301,7 +315,70 @@ def load_ablation(path: str | Path, *, registry: Registry, build: bool = True) -
         common=tuple(common),
         factor=tuple(factor),
         reference=published,
+        ladders=tuple(ladders),
+        derived=derived,
     )
+
+
+def _ladders(
+    value: Any,
+    variants: list[Variant],
+    registry: Registry,
+    build: bool,
+    doc: Document,
+    issues: list[Issue],
+) -> tuple[list[dict[str, Any]], list[Variant]]:
+    """``ladders:`` -> their plans and the derived variants (a rung whose config equals an arm
+    already in the grid is that arm, run once), every rung validated and, with ``build``,
+    built; a rung that cannot be is one issue naming it (:mod:`~ponderkit.lab.ladder`)."""
+    from .ladder import RungError, derive, parse_specs, unflatten
+
+    specs, problems = parse_specs(value)
+    issues += [_at(doc, at, message) for at, message in problems]
+    arms = {v.name: v for v in variants}
+    plans, derived = [], []
+    for i, spec in specs:
+        at = ("ladders", i)
+        missing = [n for n in (spec.source, spec.target) if n not in arms]
+        for name in missing:
+            hint = suggestion(name, arms) or f"variants: {', '.join(arms)}"
+            issues.append(_at(doc, at, f"no variant named {name!r}", hint))
+        if missing:
+            continue
+        where = doc.where(at)
+
+        def make(flat: dict[str, Any], where: Where = where) -> ExperimentConfig:
+            doc_ = Document(unflatten(flat), {(): where}, where[0])
+            exp = experiment_from_document(doc_, registry)
+            if build:
+                check_buildable(exp, registry)
+            return exp.config
+
+        label = f"{spec.source} -> {spec.target}"
+        try:
+            rungs = derive(spec, arms[spec.source].config, arms[spec.target].config, make)
+        except RungError as exc:
+            issues.append(_at(doc, at, f"ladder {label} ({spec.mode}): {exc}"))
+            continue
+        steps = []
+        renamed: dict[str, str] = {}  # a rung's derived name -> the arm that runs it
+        for rung in rungs:
+            same = next((v.name for v in arms.values() if v.config == rung.config), None)
+            name = same or rung.name
+            if same is None and name in arms:  # the name is taken by another config
+                name = f"{rung.name}@{spec.target}"
+            if same is None:
+                parent = renamed.get(rung.parent, rung.parent)
+                text = f"{label}: {rung.step} of {spec.target} onto {parent}"
+                variant = Variant(name, (Override(text, where),), rung.config,
+                                  Document(unflatten(flat_config(rung.config)), {(): where}, where[0]))  # fmt: skip
+                arms[name] = variant
+                derived.append(variant)
+            renamed[rung.name] = name
+            steps.append({"name": name, "parent": renamed.get(rung.parent, rung.parent),
+                          "step": rung.step, "merged": rung.merged})  # fmt: skip
+        plans.append({"from": spec.source, "to": spec.target, "mode": spec.mode, "rungs": steps})
+    return plans, derived
 
 
 def _variants(spec: AblationFile, doc: Document, issues: list[Issue]) -> tuple[dict, str]:
@@ -359,32 +436,6 @@ def variant_experiment(
             doc.positions[sub] = o.where
         doc.positions.update({(*o.path, *rel): w for rel, w in o.inner.items()})
     return experiment_from_document(doc, registry)
-
-
-def flat_config(config: ExperimentConfig) -> dict[str, Any]:
-    """The resolved config as ``{dotted.key: value}`` (lists and tuples are leaves)."""
-    out: dict[str, Any] = {}
-
-    def walk(value: Any, path: tuple[str, ...]) -> None:
-        if isinstance(value, dict) and value:
-            for k, v in value.items():
-                walk(v, (*path, str(k)))
-        else:
-            out[".".join(path)] = value
-
-    walk(unstructure(config), ())
-    return out
-
-
-def config_differences(base: ExperimentConfig, other: ExperimentConfig) -> dict[str, list]:
-    """Every resolved-config key whose value differs: ``{key: [base value, other value]}``
-    (``seed`` and ``name`` excluded; a key missing on one side shows as None)."""
-    a, b = flat_config(base), flat_config(other)
-    return {
-        k: [a.get(k), b.get(k)]
-        for k in sorted(a.keys() | b.keys())
-        if k not in ("seed", "name") and a.get(k) != b.get(k)
-    }
 
 
 def confounds(base: ExperimentConfig, other: ExperimentConfig, factor: Sequence[str]) -> list[str]:
