@@ -168,6 +168,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="VARIANT[/seedK]",
         help="run only these variants or runs (repeatable); the report still covers all",
     )
+    p.add_argument(
+        "--sweep",
+        action="append",
+        default=[],
+        metavar="KEY=V1,V2,...",
+        help="run every value of the dotted config KEY as variants named by their values "
+        "(repeatable: every combination; see docs/sweeps.md)",
+    )
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
 
     p = sub.add_parser("report", parents=[common], help="(re)write an ablation's report.md")
@@ -598,7 +606,7 @@ def cmd_ablate(args: argparse.Namespace, plugins: Plugins) -> int:
     from ..lab.grid import die_with_parent, prepare, run_grid, select, worker_command, worker_env
     from ..lab.report import write_report
 
-    ablation = load_ablation(args.file, registry=plugins.registry)
+    ablation = load_ablation(args.file, registry=plugins.registry, sweep=args.sweep)
     out = args.out or Path("runs") / ablation.name
     if args.jobs < 1:
         raise InputError(f"--jobs must be at least 1, got {args.jobs}")
@@ -650,7 +658,8 @@ def cmd_ablate(args: argparse.Namespace, plugins: Plugins) -> int:
             memory_per_run=args.memory_per_run,
             child_argv=worker_command(
                 args.file, out, [a for m in modules for a in ("--plugin", m)]
-            ),
+            )
+            + [f"--sweep={s}" for s in args.sweep],
             child_env=worker_env(modules),
             say=lambda text: print(text, flush=True) if launched_rank() == 0 else None,
             plan_runs=None if args.worker else every,

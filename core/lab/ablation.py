@@ -50,6 +50,7 @@ from ..contract.registry import Registry
 from ..contract.yamlio import Document, apply_overrides, load_document
 from ..engine.build import check_buildable
 from .ladder import config_differences, flat_config  # noqa: F401  (re-exported)
+from .sweep import expand
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 RESERVED = {"plots", "logs"}  # subdirectories of an ablation directory
@@ -133,6 +134,10 @@ class AblationFile:
     reference: Any = None
     #: factor ladders between arms (:mod:`~ponderkit.lab.ladder`): derived variants
     ladders: Any = None
+    #: a learning-rate grid each arm picks from before the comparison (:mod:`~ponderkit.lab.tune`)
+    tune: Any = None
+    #: values of config keys expanded into variants (:mod:`~ponderkit.lab.sweep`)
+    sweep: Any = None
 
 
 @attrs.frozen
@@ -233,10 +238,12 @@ class Run:
         return Path(out) / self.variant / f"seed{self.seed}"
 
 
-def load_ablation(path: str | Path, *, registry: Registry, build: bool = True) -> Ablation:
+def load_ablation(
+    path: str | Path, *, registry: Registry, build: bool = True, sweep: Sequence[str] = ()
+) -> Ablation:
     """Load and validate an ablation file and every variant's experiment; one ConfigError.
     With ``build``, every variant's components are also built (the model on the meta device)
-    and checked against their contracts."""
+    and checked against their contracts. ``sweep``: ``KEY=V1,V2`` (``ablate --sweep``)."""
     path = Path(path)
     doc = load_document(path)
     structurer = Structurer(registry)
@@ -255,6 +262,10 @@ def load_ablation(path: str | Path, *, registry: Registry, build: bool = True) -
         )
     common = _overrides(spec.overrides, ("overrides",), doc, issues)
     named, baseline = _variants(spec, doc, issues)
+    if spec.sweep is not None or sweep:  # variants x the values swept
+        named, baseline = expand(
+            named, baseline, bool(spec.variants), spec.sweep, sweep, doc, issues, Override
+        )
     issues += _budget_conflicts(budget_keys[0] if budget_keys else None, common, named)
     written_in = Path(doc.where(("base",))[0] or path)  # relative to the file that says it
     base_path = written_in.parent / spec.base
