@@ -9,10 +9,11 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from .contract.hookspec import hookimpl
+from .contract.hookspec import callback_hook, hookimpl
 
 __all__ = [
     "hookimpl",
+    "callback_hook",
     # registry and configuration
     "Registry",
     "Component",
@@ -57,6 +58,12 @@ __all__ = [
     "GridPuzzle",
     "ColouredGrid",
     "PaddedGrid",
+    "Stateful",
+    "FixedTrainingSet",
+    "EvaluatesPuzzles",
+    "Staged",
+    "CountsActivations",
+    "ReportsActiveParameters",
     "CALLBACK_HOOKS",
     "ForwardContext",
     "BuildContext",
@@ -136,6 +143,12 @@ _WHERE = {
     "GridPuzzle": "contract.interfaces",
     "ColouredGrid": "contract.interfaces",
     "PaddedGrid": "contract.interfaces",
+    "Stateful": "contract.interfaces",
+    "FixedTrainingSet": "contract.interfaces",
+    "EvaluatesPuzzles": "contract.interfaces",
+    "Staged": "contract.interfaces",
+    "CountsActivations": "contract.interfaces",
+    "ReportsActiveParameters": "contract.interfaces",
     "CALLBACK_HOOKS": "contract.interfaces",
     "ForwardContext": "engine.context",
     "BuildContext": "engine.context",

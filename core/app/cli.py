@@ -11,6 +11,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from ..contract.errors import (
     ConfigError,
@@ -44,7 +45,59 @@ def _plugin_options() -> argparse.ArgumentParser:
     return common
 
 
-def build_parser() -> argparse.ArgumentParser:
+#: Commands whose options plugins extend through ``ponderkit_add_options``.
+PLUGIN_OPTION_COMMANDS = ("eval",)
+
+
+class PluginOptions:
+    """What a plugin's ``ponderkit_add_options(command, parser)`` gets as ``parser``: argparse's
+    ``add_argument``, into one group per plugin, recording which plugin added each option so
+    that the command hands a plugin back only its own options."""
+
+    def __init__(self, parser: argparse.ArgumentParser):
+        self._parser = parser
+        self._plugin = ""
+        self._group: Any = None
+        #: option dest -> (the plugin that added it, its flag)
+        self.owners: dict[str, tuple[str, str]] = {}
+
+    def add_argument(self, *flags: str, **kwargs: Any) -> argparse.Action:
+        if self._group is None:
+            self._group = self._parser.add_argument_group(f"options of plugin {self._plugin}")
+        action = self._group.add_argument(*flags, **kwargs)
+        if action.dest in self.owners:  # argparse already refuses a flag added twice
+            raise PonderkitError(
+                f"plugin {self._plugin}: option {action.dest!r} is also added by plugin "
+                f"{self.owners[action.dest][0]}"
+            )
+        self.owners[action.dest] = (self._plugin, action.option_strings[0] if flags else "")
+        return action
+
+    def collect(self, command: str, plugins: Plugins) -> None:
+        """Ask every plugin, built-in ones included, for ``command``'s options."""
+        plugins.load_all_builtins()  # built-ins load lazily; their options are needed now
+        hook = plugins.pm.hook.ponderkit_add_options
+        for impl in reversed(hook.get_hookimpls()):  # in registration order, one group each
+            self._plugin, self._group = impl.plugin_name, None
+            only = plugins.pm.subset_hook_caller(
+                "ponderkit_add_options",
+                [p for p in plugins.pm.get_plugins() if p is not impl.plugin],
+            )
+            only(command=command, parser=self)
+
+    def given(self, args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+        """The plugin options given on the command line: plugin -> {dest: value}."""
+        out: dict[str, dict[str, Any]] = {}
+        for dest, (plugin, _) in self.owners.items():
+            value = vars(args).get(dest)
+            if value is not None and value is not False:
+                out.setdefault(plugin, {})[dest] = value
+        return out
+
+
+def build_parser(plugins: Plugins | None = None) -> argparse.ArgumentParser:
+    """The command-line parser; with ``plugins``, the commands of
+    :data:`PLUGIN_OPTION_COMMANDS` also take the options the plugins add."""
     common = _plugin_options()
     parser = argparse.ArgumentParser(
         prog="ponderkit",
@@ -106,24 +159,9 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         help="evaluate on this data set instead (a task/files path: TRM/HRM split, .npz, .jsonl)",
     )
-    p.add_argument(
-        "--arc-submission",
-        type=Path,
-        metavar="FILE",
-        help="ARC tasks: write the voted predictions as a Kaggle submission.json",
-    )
-    p.add_argument(
-        "--puzzle-ids",
-        choices=["own", "blank", "random"],
-        help="tasks scored per puzzle (ARC): evaluate with each view's own identifier, the "
-        "blank one or a random training one (default: the task's eval_puzzle_ids)",
-    )
-    p.add_argument(
-        "--vote",
-        choices=["count", "confidence"],
-        help="tasks scored per puzzle (ARC): rank each test input's candidates by how many "
-        "views predicted them or by their summed halting confidence (default: the task's vote)",
-    )
+    if plugins is not None:  # a task's own options (ARC's --vote ...), from its plugin
+        p.set_defaults(plugin_options=PluginOptions(p))
+        p.get_default("plugin_options").collect("eval", plugins)
 
     p = sub.add_parser(
         "ablate",
@@ -206,15 +244,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     # overrides may come after options (`run X --out D a.b=1`): collect them from the leftovers
     args, extra = parser.parse_known_args(argv)
+    if args.command in PLUGIN_OPTION_COMMANDS:  # parse again with the plugins' options
+        try:
+            plugins = _load_plugins(args)
+        except PonderkitError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return exc.exit_code
+        parser = build_parser(plugins)
+        args, extra = parser.parse_known_args(argv)
+        args.loaded_plugins = plugins
     stray = [e for e in extra if e.startswith("-") or "=" not in e]
     if stray or (extra and not hasattr(args, "overrides")):
         parser.error(f"unrecognized arguments: {' '.join(stray or extra)}")
     if extra:
         args.overrides = [*args.overrides, *extra]
     try:
-        plugins = Plugins(
-            getattr(args, "plugin", None) or (), strict=getattr(args, "strict_plugins", False)
-        )
+        plugins = vars(args).pop("loaded_plugins", None) or _load_plugins(args)
         code = COMMANDS[args.command](args, plugins)
         sys.stdout.flush()  # a closed pipe shows here, inside the handler below
         return code
@@ -235,6 +280,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         if signum == 2 and not str(exc):
             print("interrupted", file=sys.stderr)
         return 128 + signum
+
+
+def _load_plugins(args: argparse.Namespace) -> Plugins:
+    # `--plugin` and `--strict-plugins` are SUPPRESSed where not given: absent from ``args``
+    return Plugins(
+        getattr(args, "plugin", None) or (), strict=getattr(args, "strict_plugins", False)
+    )
 
 
 def _silence_stdout() -> None:
@@ -507,30 +559,21 @@ def _silent(*args: object, **kwargs: object) -> None:
 
 
 def cmd_eval(args: argparse.Namespace, plugins: Plugins) -> int:
-    import json
-
     import attrs
 
+    from ..contract.interfaces import EvaluatesPuzzles
     from ..engine.evaluate import load_model
-    from ..engine.runs import write_json_atomic, write_text_atomic
+    from ..engine.runs import write_json_atomic
     from .cli_tools import overrides_suffix
 
     run = load_model(args.run_dir, plugins.registry, args.checkpoint, overrides=args.overrides)
     if args.data is not None:
         run = attrs.evolve(run, task=_data_task(args.data, run, plugins.registry))
-    # tasks that score whole puzzles (ARC: votes over augmented views) say so with this method
-    puzzles = getattr(run.task, "evaluate_puzzles", None)
-    given = [o for o in ("arc_submission", "puzzle_ids", "vote") if getattr(args, o)]
-    if puzzles is None and given:
-        option = "--" + given[0].replace("_", "-")
-        raise InputError(
-            f"{option}: task {run.config.task.name!r} does not score puzzles (use task arc)"
-        )
-    if args.arc_submission and not args.arc_submission.parent.is_dir():
-        raise InputError(f"--arc-submission: no directory {args.arc_submission.parent}")
+    options = _task_options(args, run.config.task.name, plugins)
     report = None
-    if puzzles is not None:
-        report = puzzles(run, puzzle_ids=args.puzzle_ids, vote=args.vote)
+    # a task that scores whole puzzles (ARC: votes over augmented views) has this capability
+    if isinstance(run.task, EvaluatesPuzzles):
+        report = run.task.evaluate_puzzles(run, **options)
     full = run.evaluate(early_exit=False)
     result = {"checkpoint": args.checkpoint, "full": full}
     if args.data is not None:
@@ -539,19 +582,13 @@ def cmd_eval(args: argparse.Namespace, plugins: Plugins) -> int:
         result["overrides"] = list(args.overrides)
     print(_eval_line("all steps", full))
     if report is not None:
-        submission = report.pop("submission", None)
-        tests = report.pop("tests_per_task", {})
+        lines = report.pop("lines", [])
         result["puzzles"] = report
         for split in ("eval", "train"):
             if split in report:
                 print(_eval_line(f"{split} set", report[split]))
-        print(f"(puzzle ids: {report['puzzle_ids']}, vote: {report['vote']})")
-        if args.arc_submission and submission is not None:
-            write_text_atomic(args.arc_submission, json.dumps(submission))
-            print(
-                f"submission: {args.arc_submission} ({len(submission)} tasks, "
-                f"{sum(tests.values())} test inputs)"
-            )
+        for line in lines:
+            print(line)
     if args.early_exit:
         early = run.evaluate(early_exit=True)
         saved = 1.0 - early["steps"] / max(full["steps"], 1e-9)
@@ -563,12 +600,29 @@ def cmd_eval(args: argparse.Namespace, plugins: Plugins) -> int:
             f"{delta * 100:+.2f} points"
         )
     suffix = f"-{args.data.stem}" if args.data is not None else ""
-    # a non-default --puzzle-ids or --vote gets a report file of its own
-    suffix += f"-ids-{args.puzzle_ids}" if args.puzzle_ids else ""
-    suffix += f"-vote-{args.vote}" if args.vote else ""
+    # a task option that changes the scores (ARC's --vote) gets a report file of its own; a
+    # file to write (--arc-submission) does not
+    for dest, value in options.items():
+        suffix += f"-{dest.replace('_', '-')}-{value}" if isinstance(value, str) else ""
     suffix += overrides_suffix(args.overrides)
     write_json_atomic(args.run_dir / f"eval-{args.checkpoint}{suffix}.json", result)
     return 0
+
+
+def _task_options(args: argparse.Namespace, task: str, plugins: Plugins) -> dict[str, Any]:
+    """The options ``task``'s plugin added that were given; another plugin's option given is
+    refused (it would be ignored)."""
+    table: PluginOptions = args.plugin_options
+    given = table.given(args)
+    own = plugins.registry.get("task", task).origin.plugin
+    for plugin, options in given.items():
+        if plugin != own:
+            flag = table.owners[next(iter(options))][1]
+            raise InputError(
+                f"{flag}: an option of plugin {plugin}, which task {task!r} is not from "
+                f"(task {task!r} is from {own})"
+            )
+    return given.get(own, {})
 
 
 def _data_task(data: Path, run: object, registry: object) -> object:

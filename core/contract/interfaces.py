@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, runtime_checkable
 
 from torch import Tensor, nn
 
+from .hookspec import callback_problem
+
 if TYPE_CHECKING:
     from ..engine.context import ForwardContext
 
@@ -200,7 +202,9 @@ class TrainerServices(Protocol):
       ``train_step`` calls it exactly once.
     - ``autocast()``: the precision context for forward passes; ``to_device(batch)``.
     - ``parameters_reset(touched, index)``: announce re-initialised parameter slices (callbacks
-      holding weight copies, such as EMA, follow)."""
+      holding weight copies, such as EMA, follow).
+    - ``eval_weights()``: a context manager with the callbacks' evaluation weights (EMA's)
+      swapped in, for a task that evaluates on its own (``evaluate_puzzles``)."""
 
     model: Any
     optimizer: Any
@@ -239,41 +243,127 @@ class Schedule(Protocol):
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
 
-#: Callback hooks by name, with their signatures; a callback defines any of them (at least one).
-CALLBACK_HOOKS: dict[str, str] = {
-    "on_train_start": "on_train_start(trainer) -> None",
-    "on_step_end": "on_step_end(trainer, step, metrics) -> None  (may add to metrics)",
-    "on_log": "on_log(trainer, record) -> None  (each record written to metrics.jsonl: a logger)",
-    "eval_weights": "eval_weights(trainer) -> context manager swapping in evaluation weights",
-    "swaps_weights": "swaps_weights() -> bool: whether eval_weights swaps any in now "
-    "(without it: always); evaluation then also reports the raw weights' metrics",
-    "on_parameters_reset": "on_parameters_reset(trainer, touched, index) -> None",
-    "owned_parameters": "owned_parameters(trainer) -> parameters the callback updates itself "
-    "(kept out of the optimizer)",
-    "state_dict": "state_dict() -> dict",
-    "load_state_dict": "load_state_dict(state) -> None",
-}
-
-
 class Callback(Protocol):
-    """Work between steps. Every hook is optional, but a callback defines at least one, and
-    any public method named ``on_*`` must be one of :data:`CALLBACK_HOOKS` (a misspelt hook
-    is refused when the callback is built, not silently never called):
+    """Work between steps: an object whose methods marked ``@ponderkit.callback_hook``
+    implement hooks of :class:`~ponderkit.contract.hookspec.CallbackSpec` (any, at least one):
     ``on_train_start(trainer)``, ``on_step_end(trainer, step, metrics)`` (may add metrics),
-    ``on_log(trainer, record)`` (each record as it is written to ``metrics.jsonl``, the source of
-    truth: a logging backend such as ``callback/tensorboard`` mirrors it elsewhere),
-    ``eval_weights(trainer)`` (a context manager swapping in weights for evaluation and
-    checkpoints, e.g. EMA), ``on_parameters_reset(trainer, touched, index)`` (slices of
-    parameters were re-initialised: ``touched`` lists (parameter, dim) pairs, ``index`` the
-    positions along ``dim``; announced with :meth:`TrainerServices.parameters_reset`, e.g. by an
-    expert reset, so that copies of the weights such as EMA's follow),
-    ``owned_parameters(trainer)`` (called once the model is built, before the optimizer:
-    parameters this callback updates itself, e.g. a sparse puzzle-embedding table; AdamW
-    leaves them out and gradient clipping ignores them),
-    ``state_dict()``/``load_state_dict(state)``."""
+    ``on_log(trainer, record)`` (each record as it is written to ``metrics.jsonl``: a logging
+    backend mirrors it), ``on_parameters_reset(trainer, touched, index)`` (parameter slices
+    were re-initialised, e.g. by an expert reset: copies of the weights such as EMA's follow),
+    ``owned_parameters(trainer)`` (parameters the callback updates itself, kept out of the
+    optimizer), ``eval_weights(trainer)`` (a context manager swapping in the weights for
+    evaluation and checkpoints, e.g. EMA) and ``swaps_weights()`` (whether it swaps any now).
+
+    The built callback is registered with a pluggy ``PluginManager`` of project
+    ``ponderkit_callback``: a hook name or argument name the spec does not have, or a method
+    named like a hook but not marked, is refused when the callback is built. State kept across
+    a resume: :class:`Stateful`."""
+
+
+@runtime_checkable
+class Optimizer(Protocol):
+    """Parameter groups and the update rule: what an ``optimizer`` builder returns, in
+    practice a ``torch.optim.Optimizer``.
+
+    The builder is called ``builder(config, ctx, *, model, exclude)`` once the model is built:
+    ``config`` extends :class:`~ponderkit.contract.experiment.OptimizerConfig`, ``model`` is
+    the ``nn.Module`` to train and ``exclude`` the ``id``s of parameters a callback updates
+    itself (``owned_parameters``), which the optimizer must leave out. The plugin declares the
+    parameter groups (which decay, which take which rule); the trainer sets every group's
+    ``lr`` to ``config.lr`` times the schedule's factor before each step, clips the gradients
+    of the groups' parameters (``config.grad_clip``), then calls ``step`` and ``zero_grad``;
+    ``state_dict``/``load_state_dict`` go into checkpoints."""
+
+    param_groups: list[dict[str, Any]]
+
+    def step(self, closure: Any = None) -> Any: ...
+
+    def zero_grad(self, set_to_none: bool = True) -> None: ...
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None: ...
 
 
 # -- optional capabilities ---------------------------------------------------------------------
+# The core reads no optional member by name: it asks ``isinstance(obj, Capability)``.
+
+
+class _StaticCheck(type(Protocol)):  # type: ignore[misc]
+    """``isinstance`` against a capability looks its members up without evaluating them (as
+    Python 3.12 does): a task's ``train_size`` property may load the whole data set, which
+    ``validate`` must not. Members an ``nn.Module`` keeps dynamically (buffers, submodules)
+    are found through its ``__getattr__``."""
+
+    def __instancecheck__(cls, obj: Any) -> bool:
+        if not cls.__dict__.get("_is_protocol"):
+            return super().__instancecheck__(obj)
+        return all(_has_member(obj, name) for name in protocol_members(cls))
+
+
+def _has_member(obj: Any, name: str) -> bool:
+    import inspect
+
+    try:
+        inspect.getattr_static(obj, name)
+    except AttributeError:
+        return hasattr(obj, name)  # the checker: a module's buffers live in __getattr__
+    return True
+
+
+@runtime_checkable
+class Stateful(Protocol, metaclass=_StaticCheck):
+    """A callback whose state a checkpoint keeps: ``state_dict() -> dict`` and
+    ``load_state_dict(state)`` (EMA's average, a sparse optimizer's moments)."""
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+@runtime_checkable
+class FixedTrainingSet(Protocol, metaclass=_StaticCheck):
+    """A task with a fixed training set: ``train_size`` distinct training examples (may be a
+    property; it is not evaluated to check the capability). ``train.epochs`` needs it."""
+
+    train_size: int
+
+
+@runtime_checkable
+class EvaluatesPuzzles(Protocol, metaclass=_StaticCheck):
+    """A task that scores whole puzzles (ARC: votes over augmented views, pass@k):
+    ``evaluate_puzzles(trainer, puzzle_ids=None, vote=None, splits=None) -> dict`` of each
+    split's metrics and optionally ``submission`` (a JSON object); ``ponderkit eval`` calls it
+    with the options the task's plugin added (``ponderkit_add_options``)."""
+
+    def evaluate_puzzles(self, trainer: Any, **options: Any) -> dict[str, Any]: ...
+
+
+@runtime_checkable
+class Staged(Protocol, metaclass=_StaticCheck):
+    """A schedule made of stages (``staged``): ``stages`` the sub-schedules in order and
+    ``shares(total_steps) -> [fraction per stage]``."""
+
+    stages: list[Any]
+
+    def shares(self, total_steps: int | None) -> list[float]: ...
+
+
+@runtime_checkable
+class CountsActivations(Protocol, metaclass=_StaticCheck):
+    """A router that accumulates how many tokens each expert received: ``activation_counts``
+    (E,) and ``tokens_seen`` () buffers, in training mode."""
+
+    activation_counts: Tensor
+    tokens_seen: Tensor
+
+
+@runtime_checkable
+class ReportsActiveParameters(Protocol, metaclass=_StaticCheck):
+    """A module that reports the parameters one token uses on average, itself:
+    ``active_parameters() -> float`` (the run summary's ``active_parameters``)."""
+
+    def active_parameters(self) -> float: ...
 
 
 @runtime_checkable
@@ -424,9 +514,11 @@ MODULE_KINDS = frozenset({"block", "mixer", "ffn", "router", "recursion", "halti
 CAPABILITIES: dict[str, tuple[type, ...]] = {
     "mixer": (TransposedMixer, RoutedLayer),
     "ffn": (RoutedLayer,),
-    "router": (ResettableRouter,),
+    "router": (ResettableRouter, CountsActivations),
     "halting": (WeighsSteps, NextStepTarget),
-    "task": (GridView, GridPuzzle, ColouredGrid, PaddedGrid),
+    "task": (FixedTrainingSet, EvaluatesPuzzles, GridView, GridPuzzle, ColouredGrid, PaddedGrid),
+    "schedule": (Staged,),
+    "callback": (Stateful,),
 }
 
 
@@ -437,7 +529,7 @@ def contract_problem(kind: str, obj: Any) -> str | None:
     if kind in MODULE_KINDS and not isinstance(obj, nn.Module):
         return f"a {type(obj).__name__}, not a torch.nn.Module"
     if kind == "callback":
-        return _callback_problem(obj)
+        return callback_problem(obj)
     protocol = PROTOCOLS[kind]
     missing = [m for m in protocol_members(protocol) if not hasattr(obj, m)]
     if missing:
@@ -463,18 +555,3 @@ def protocol_members(protocol: type) -> list[str]:
             if callable(v) and not n.startswith("_") and n not in names
         ]
     return names
-
-
-def _callback_problem(obj: Any) -> str | None:
-    from .errors import suggestion
-
-    public = [n for n in dir(obj) if not n.startswith("_") and callable(getattr(obj, n, None))]
-    for name in public:
-        if name.startswith("on_") and name not in CALLBACK_HOOKS:
-            hint = suggestion(name, CALLBACK_HOOKS)
-            return f"a {type(obj).__name__} with an unknown hook {name!r}" + (
-                f" ({hint})" if hint else f" (hooks: {', '.join(CALLBACK_HOOKS)})"
-            )
-    if not any(name in CALLBACK_HOOKS for name in public):
-        return f"a {type(obj).__name__} with none of the hooks {', '.join(CALLBACK_HOOKS)}"
-    return None

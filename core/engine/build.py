@@ -18,7 +18,7 @@ import torch
 from ..contract.config import iter_specs
 from ..contract.errors import ConfigError, InputError, Issue
 from ..contract.experiment import Experiment, ExperimentConfig
-from ..contract.interfaces import Task
+from ..contract.interfaces import FixedTrainingSet, Task
 from .context import BuildContext
 from .model import ReasoningModel
 from .nn import parameter_count
@@ -69,7 +69,8 @@ def check_buildable(exp: Experiment, registry: Any) -> tuple[int, int]:
     try:
         ctx = build_context(config, registry)
         task = ctx.build(config.task)
-        if config.train.epochs is not None and not hasattr(type(task), "train_size"):
+        # isinstance looks train_size up without evaluating it (a property may load the data)
+        if config.train.epochs is not None and not isinstance(task, FixedTrainingSet):
             raise ConfigError(
                 [
                     Issue(

@@ -99,6 +99,10 @@ class LoadedRun:
     def to_device(self, batch: Batch) -> Batch:
         return to_device(batch, self.device)
 
+    def eval_weights(self) -> contextlib.AbstractContextManager:
+        """Nothing to swap: a run's saved weights are already its evaluation weights (EMA's)."""
+        return contextlib.nullcontext()
+
 
 #: Fields an evaluation may change (``ponderkit eval RUN key=value``): how long and when the
 #: model stops, and how evaluation runs. Everything else shaped the trained weights.

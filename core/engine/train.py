@@ -18,10 +18,11 @@ from torch import Tensor, nn
 
 from ..contract.config import iter_specs, unstructure
 from ..contract.experiment import ExperimentConfig, OptimizerConfig
-from ..contract.interfaces import Batch
+from ..contract.interfaces import Batch, FixedTrainingSet
 from ..contract.yamlio import dump
 from . import distributed
 from .build import build_components
+from .callbacks import CallbackRelay
 from .device import autocast, resolve_device, to_device
 from .evaluate import evaluate
 from .flops import count_step_flops
@@ -106,11 +107,13 @@ class Trainer:
         with self.dist.main_first():  # rank 0 generates (and caches) the data, then the rest
             built = build_components(config, registry)
         self.task, self.schedule, self.callbacks = built.task, built.schedule, built.callbacks
+        # the callbacks' hooks, dispatched by pluggy (checked when each callback was built)
+        self.hooks = CallbackRelay(self.callbacks, [spec.name for spec in config.callbacks])
         self.model = built.model.to(self.device)
         self.dist.broadcast_module(self.model)
         # parameters a callback updates itself (e.g. sign-SGD on the puzzle table) stay out
         # of the optimizer
-        owned = [p for cb in self.callbacks for p in _call(cb, "owned_parameters", self) or ()]
+        owned = self.hooks.owned_parameters(self)
         self.optimizer = build_optimizer(self.model, config.optimizer, frozenset(map(id, owned)))
         mode = None if train.compile_mode == "default" else train.compile_mode
         if train.compile == "block":  # in place: parameter names stay the same
@@ -133,8 +136,7 @@ class Trainer:
     def parameters_reset(self, touched: list[tuple[Any, int]], index: Any) -> None:
         """Tell every callback that slices ``index`` along each (parameter, dim) in ``touched``
         were re-initialised (callbacks that keep their own copy of the weights follow)."""
-        for cb in self.callbacks:
-            _call(cb, "on_parameters_reset", self, touched, index)
+        self.hooks.hook.on_parameters_reset(trainer=self, touched=touched, index=index)
 
     def autocast(self) -> contextlib.AbstractContextManager:
         return autocast(self.config.train.precision, self.device)
@@ -163,7 +165,7 @@ class Trainer:
         epochs = self.config.train.epochs
         if epochs is None:
             return None
-        size = getattr(self.task, "train_size", None)
+        size = self.task.train_size if isinstance(self.task, FixedTrainingSet) else None
         if not size:
             from ..contract.errors import InputError
 
@@ -216,8 +218,7 @@ class Trainer:
         cfg = self.config.train
         if self.step == 0:
             self._start_run()
-        for cb in self.callbacks:
-            _call(cb, "on_train_start", self)
+        self.hooks.hook.on_train_start(trainer=self)
         batches = self._batches()
         # resumed: replay the stream of global batches to where it stopped
         for _ in range(self.samples_before // cfg.batch_size):
@@ -255,8 +256,7 @@ class Trainer:
             self.step += 1
             window_samples += cfg.batch_size
             stopped = self.budget_spent()
-            for cb in self.callbacks:
-                _call(cb, "on_step_end", self, self.step, metrics)
+            self.hooks.hook.on_step_end(trainer=self, step=self.step, metrics=metrics)
             self._set_lr()
             if self.step % cfg.log_every == 0 or stopped:
                 now = time.perf_counter()
@@ -321,7 +321,7 @@ class Trainer:
         out: dict[str, float] = {"samples": self.samples}
         if self.config.train.flops_every:
             out["flops"] = self.flops
-        size = getattr(self.task, "train_size", None)
+        size = self.task.train_size if isinstance(self.task, FixedTrainingSet) else None
         if size:
             out["epoch"] = self.samples / size
         return out
@@ -348,9 +348,7 @@ class Trainer:
             state["schedule"], state.get("per_sample"), self.config.train.batch_size
         )
         self.schedule.load_state_dict(_to_device(schedule, self.device))
-        for cb, cb_state in zip(self.callbacks, state["callbacks"], strict=False):
-            if cb_state:
-                cb.load_state_dict(_to_device(cb_state, self.device))
+        self.hooks.load_state_dicts([_to_device(cb, self.device) for cb in state["callbacks"]])
         rng = state["rng"]
         torch.set_rng_state(rng["torch"])
         n = rng["numpy"]  # stored as tensors and numbers: weights_only loads no numpy arrays
@@ -381,8 +379,8 @@ class Trainer:
         keys hold the evaluation weights' metrics (the run's primary ones), ``raw/<key>`` the
         trained weights' and ``<callback>/<key>`` (``ema/exact_acc``) the swapped-in ones, so
         a short run is not judged by how far its average lags alone."""
-        swapped = self._swapping_callbacks()
-        with self._eval_weights():
+        swapped = self.hooks.swapping()
+        with self.eval_weights():
             result = self._evaluate(early_exit)
         if not swapped:
             return result
@@ -405,22 +403,9 @@ class Trainer:
             dist=self.dist,
         )
 
-    def _swapping_callbacks(self) -> list[str]:
-        """Names of the callbacks that evaluate weights of their own and hold some now."""
-        names = []
-        for spec, cb in zip(self.config.callbacks, self.callbacks, strict=False):
-            active = getattr(cb, "swaps_weights", None)  # hooks by name: CALLBACK_HOOKS
-            if getattr(cb, "eval_weights", None) is not None and (active is None or active()):
-                names.append(spec.name)
-        return names
-
-    def _eval_weights(self) -> contextlib.AbstractContextManager:
-        stack = contextlib.ExitStack()
-        for cb in self.callbacks:
-            hook = getattr(cb, "eval_weights", None)  # hooks by name: CALLBACK_HOOKS
-            if hook is not None:
-                stack.enter_context(hook(self))
-        return stack
+    def eval_weights(self) -> contextlib.AbstractContextManager:
+        """The callbacks' evaluation weights (EMA's) swapped in, restored on exit."""
+        return self.hooks.eval_weights(self)
 
     # -- run directory ---------------------------------------------------------------------
     def _start_run(self) -> None:
@@ -445,8 +430,7 @@ class Trainer:
     def _log(self, record: dict[str, Any]) -> None:
         if self.metrics_log:
             self.metrics_log.write(record)
-        for cb in self.callbacks:  # loggers (TensorBoard, W&B ...) mirror the record
-            _call(cb, "on_log", self, record)
+        self.hooks.hook.on_log(trainer=self, record=record)  # loggers mirror the record
 
     def checkpoint(self, name: str) -> Path | None:
         """Save the run's state as ``checkpoints/<name>``; under ``torchrun`` every rank calls
@@ -460,7 +444,7 @@ class Trainer:
         )
         if not self.run_dir:  # not rank 0
             return None
-        with self._eval_weights():  # clone: the swapped-in tensors are restored in place
+        with self.eval_weights():  # clone: the swapped-in tensors are restored in place
             weights = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
         state = {
             "step": self.step,
@@ -473,7 +457,7 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "schedule": schedule,
             "per_sample": per_sample,
-            "callbacks": [_call(cb, "state_dict") for cb in self.callbacks],
+            "callbacks": self.hooks.state_dicts(),
             "rng": {
                 "torch": torch.get_rng_state(),
                 "numpy": _numpy_rng_state(),
@@ -548,11 +532,6 @@ def _to_device(obj: Any, device: torch.device) -> Any:
     if isinstance(obj, list | tuple):
         return type(obj)(_to_device(v, device) for v in obj)
     return obj
-
-
-def _call(obj: Any, name: str, *args: Any) -> Any:
-    fn = getattr(obj, name, None)
-    return fn(*args) if fn is not None else None
 
 
 def _floats(metrics: dict[str, Any]) -> dict[str, float]:

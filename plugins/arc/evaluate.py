@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -96,14 +95,6 @@ def ranked_candidates(
     return ranked, truth
 
 
-def _eval_weights(trainer: Any) -> contextlib.ExitStack:
-    stack = contextlib.ExitStack()
-    for cb in getattr(trainer, "callbacks", ()):
-        if hasattr(cb, "eval_weights"):
-            stack.enter_context(cb.eval_weights(trainer))
-    return stack
-
-
 def evaluate_puzzles(
     task: Any, trainer: Any, puzzle_ids: str | None, vote: str, splits: Iterable[str]
 ) -> dict[str, Any]:
@@ -118,7 +109,7 @@ def evaluate_puzzles(
     model = trainer.model
     was_training = model.training
     model.eval()
-    with _eval_weights(trainer):
+    with trainer.eval_weights():  # EMA's weights where a callback keeps them
         for split in splits:
             pairs = task.scored_pairs(split)
             if not len(pairs):

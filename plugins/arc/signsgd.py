@@ -6,7 +6,7 @@ from typing import Any
 
 import attrs
 import torch
-from ponderkit import BuildContext, hookimpl
+from ponderkit import BuildContext, callback_hook, hookimpl
 from torch import nn
 
 
@@ -30,6 +30,7 @@ class PuzzleEmbSignSGD:
         self.cfg = cfg
         self.table: nn.Embedding | None = None
 
+    @callback_hook
     def owned_parameters(self, trainer: Any) -> list[nn.Parameter]:
         table = getattr(trainer.model, "puzzle_emb", None)
         if table is None:
@@ -38,6 +39,7 @@ class PuzzleEmbSignSGD:
         self.table = table
         return [table.weight]
 
+    @callback_hook
     @torch.no_grad()
     def on_step_end(self, trainer: Any, step: int, metrics: dict) -> None:
         if self.table is None or self.table.weight.grad is None:
@@ -48,7 +50,7 @@ class PuzzleEmbSignSGD:
         rows, values = grad.indices()[0], grad.values()  # (R,), (R, width)
         lr = self.cfg.lr
         if self.cfg.follow_schedule:
-            base = trainer.config.optimizer.lr
+            base = trainer.config.optimizer.config.lr
             lr *= trainer.optimizer.param_groups[0]["lr"] / base
         updated = weight[rows] * (1 - lr * self.cfg.weight_decay) - lr * torch.sign(values)
         weight.index_copy_(0, rows, updated.to(weight.dtype))

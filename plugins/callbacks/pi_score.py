@@ -29,7 +29,7 @@ from typing import Any
 
 import attrs
 import torch
-from ponderkit import BuildContext, hookimpl, stablemax_log_probs
+from ponderkit import BuildContext, callback_hook, hookimpl, stablemax_log_probs
 from torch import Tensor
 
 
@@ -62,6 +62,7 @@ class PIScore:
         self.cfg = cfg
         self._entropies: list[Tensor] = []
 
+    @callback_hook
     def on_train_start(self, trainer: Any) -> None:
         # the output head's logits are the model's predictions; a hook sees them in every
         # schedule and recursion without the schedules knowing about the score
@@ -75,6 +76,7 @@ class PIScore:
 
         model.head.register_forward_hook(record)
 
+    @callback_hook
     def on_step_end(self, trainer: Any, step: int, metrics: dict) -> None:
         if not self._entropies or "lm_loss" not in metrics or "grad_norm" not in metrics:
             self._entropies.clear()

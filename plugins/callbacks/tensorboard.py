@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import attrs
-from ponderkit import BuildContext, hookimpl
+from ponderkit import BuildContext, callback_hook, hookimpl
 
 
 @attrs.frozen
@@ -33,6 +33,7 @@ class TensorBoardLogger:
         self.cfg = cfg
         self.writer: Any = None
 
+    @callback_hook
     def on_log(self, trainer: Any, record: dict[str, Any]) -> None:
         if trainer.run_dir is None:
             return

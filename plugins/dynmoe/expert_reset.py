@@ -6,7 +6,7 @@ from typing import Any
 
 import attrs
 import torch
-from ponderkit import BuildContext, ResettableRouter, RoutedLayer, hookimpl
+from ponderkit import BuildContext, ResettableRouter, RoutedLayer, callback_hook, hookimpl
 from torch import Tensor, nn
 
 
@@ -89,6 +89,7 @@ class ExpertReset:
                 keys.append(key)
         return groups
 
+    @callback_hook
     def on_step_end(self, trainer: Any, step: int, metrics: dict) -> None:
         if self._groups is None:
             self._groups = self.groups(self.routed(trainer.model))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import attrs
-from ponderkit import hookimpl
+from ponderkit import callback_hook, hookimpl
 from torch import nn
 
 
@@ -23,6 +23,7 @@ class NoShouldHalt(nn.Module):
 
 
 class Misspelt:
+    @callback_hook
     def on_step_ends(self, trainer, step, metrics):  # sic: the hook is on_step_end
         pass
 

@@ -107,7 +107,7 @@ def test_raw_and_ema_metrics_are_the_two_weight_sets(trm_yaml, registry):
     trainer.fit()
     result = trainer.evaluate()
     raw = trainer._evaluate(False)  # the trained weights, nothing swapped in
-    with trainer._eval_weights():
+    with trainer.eval_weights():
         ema = trainer._evaluate(False)
     assert result["raw/token_acc"] == raw["token_acc"]
     assert result["ema/token_acc"] == ema["token_acc"] == result["token_acc"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from ponderkit import ConfigError, generate
+from ponderkit import ConfigError, callback_hook, generate
 from ponderkit.contract.experiment import load_experiment
 from ponderkit.engine.train import Trainer
 
@@ -119,9 +119,13 @@ def test_eavi_generates_without_a_graph_and_backpropagates_once(write, registry,
 def stages_seen(trainer) -> list[float]:
     """Train ``trainer`` to the end; the ``stage`` each optimizer step logged, in order."""
     seen = []
-    trainer.callbacks.append(
-        type("Spy", (), {"on_step_end": lambda s, tr, step, m: seen.append(m["stage"])})()
-    )
+
+    class Spy:
+        @callback_hook
+        def on_step_end(self, metrics):
+            seen.append(metrics["stage"])
+
+    trainer.hooks.pm.register(Spy())
     trainer.fit()
     return seen
 

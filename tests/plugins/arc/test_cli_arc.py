@@ -33,7 +33,7 @@ def test_eval_writes_a_valid_submission(write, tmp_path, capsys):
     assert set(solved) <= {"66e6c45b"} and (len(solved) == 1) == (report["eval"]["pass@2"] == 1)
     assert main(["eval", str(run), "--puzzle-ids", "blank"]) == 0
     assert "puzzle ids: blank" in capsys.readouterr().out
-    blank = json.loads((run / "eval-final-ids-blank.json").read_text())["puzzles"]
+    blank = json.loads((run / "eval-final-puzzle-ids-blank.json").read_text())["puzzles"]
     assert blank["puzzle_ids"] == "blank"
     assert main(["eval", str(run), "--vote", "confidence"]) == 0
     assert "vote: confidence" in capsys.readouterr().out
@@ -47,7 +47,10 @@ def test_arc_options_on_a_task_without_puzzles_fail_in_one_line(sort_yaml, tmp_p
         main(["eval", str(run), "--arc-submission", str(tmp_path / "s.json")]) == 2
     )  # bad input: exit 2
     err = capsys.readouterr().err.strip()
-    assert err == "error: --arc-submission: task 'sort' does not score puzzles (use task arc)"
+    assert err == (
+        "error: --arc-submission: an option of plugin ponderkit.plugins.arc.task, which task "
+        "'sort' is not from (task 'sort' is from ponderkit.plugins.tasks.sort)"
+    )
 
 
 def test_unknown_task_ids_are_config_errors(write, capsys):
