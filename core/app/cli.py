@@ -16,6 +16,7 @@ from typing import Any
 from ..contract.errors import (
     ConfigError,
     InputError,
+    Issue,
     PonderkitError,
     UnknownComponentError,
     suggestion,
@@ -265,16 +266,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         return code
     except ConfigError as exc:
         if launched_rank() == 0:  # under torchrun every rank fails alike; one says so
-            for issue in exc.issues:
-                print(f"error: {issue}", file=sys.stderr)
+            for line in exc.lines():
+                print(f"error: {line}", file=sys.stderr)
         return EXIT_CONFIG
     except PonderkitError as exc:
         if launched_rank() == 0:
-            print(f"error: {exc}", file=sys.stderr)
+            for line in ConfigError([Issue((), text) for text in str(exc).splitlines()]).lines():
+                print(f"error: {line}", file=sys.stderr)
         return exc.exit_code
     except BrokenPipeError:  # `ponderkit list | head`: the reader left, which is fine
         _silence_stdout()
         return 0
+    except OSError as exc:  # the file system refused (full, read-only, a loop): one line
+        if launched_rank() == 0:
+            print(f"error: {os_error_line(exc)}", file=sys.stderr)
+        return EXIT_CONFIG
     except KeyboardInterrupt as exc:
         signum = getattr(exc, "signum", 2)
         if signum == 2 and not str(exc):
@@ -287,6 +293,13 @@ def _load_plugins(args: argparse.Namespace) -> Plugins:
     return Plugins(
         getattr(args, "plugin", None) or (), strict=getattr(args, "strict_plugins", False)
     )
+
+
+def os_error_line(exc: OSError) -> str:
+    """``path: what the system said`` for a file-system error, without a traceback."""
+    what = exc.strerror or str(exc) or type(exc).__name__
+    where = [str(f) for f in (exc.filename, exc.filename2) if f is not None]
+    return f"{' -> '.join(where)}: {what}" if where else what
 
 
 def _silence_stdout() -> None:
@@ -563,9 +576,10 @@ def cmd_eval(args: argparse.Namespace, plugins: Plugins) -> int:
 
     from ..contract.interfaces import EvaluatesPuzzles
     from ..engine.evaluate import load_model
-    from ..engine.runs import write_json_atomic
+    from ..engine.runs import checkpoint_in, write_json_atomic
     from .cli_tools import overrides_suffix
 
+    checkpoint_in(args.run_dir, args.checkpoint)  # a name inside the run, nothing outside it
     run = load_model(args.run_dir, plugins.registry, args.checkpoint, overrides=args.overrides)
     if args.data is not None:
         run = attrs.evolve(run, task=_data_task(args.data, run, plugins.registry))

@@ -9,6 +9,7 @@ typed config. Leaf values go through a cattrs converter with strict hooks (no si
 
 from __future__ import annotations
 
+import math
 import types
 import typing
 from collections.abc import Iterator
@@ -21,6 +22,7 @@ from .errors import ConfigError, Issue, UnknownComponentError, suggestion
 from .registry import Registry
 
 KIND_KEY = "ponderkit.kind"
+ECHO_LIMIT = 200  # characters of a value an error line echoes
 DEFAULT_KEY = "ponderkit.default"
 MANY_KEY = "ponderkit.many"
 
@@ -86,26 +88,46 @@ def type_name(tp: Any) -> str:
 
 def _given(value: Any) -> str:
     kind = "null" if value is None else type(value).__name__
-    return f"{kind} {value!r}" if value is not None else "null"
+    return f"{kind} {shorten(repr(value))}" if value is not None else "null"
+
+
+def shorten(text: str, limit: int = ECHO_LIMIT) -> str:
+    """``text`` cut to ``limit`` characters, saying how much was left out: an error line echoes
+    what it was given, and a 3 MB value must not become a 3 MB line."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... ({len(text) - limit} more characters)"
+
+
+# Every integer a config holds ends in a tensor shape, a C int or a seed: none fits beyond this.
+INT_LIMIT = 2**63
 
 
 def _strict_int(value: Any, _: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise _LeafError(f"expected int, got {_given(value)}")
+    if not -INT_LIMIT <= value < INT_LIMIT:
+        raise _LeafError(f"must lie in [-2**63, 2**63), got {_given(value)}")
     return value
 
 
 def _strict_float(value: Any, _: Any) -> float:
-    if isinstance(value, bool):
-        raise _LeafError(f"expected float, got {_given(value)}")
-    if isinstance(value, int | float):
-        return float(value)
-    if isinstance(value, str):  # YAML 1.1 reads `1e-4` as a string
+    """A float that is finite: no config field means nan or inf (``.nan`` and ``.inf`` are
+    valid YAML, and train nothing but NaN), so the leaf itself refuses them, in every plugin's
+    config as in the core's."""
+    out = None
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        out = float(value) if abs(value) < 2**1024 else math.inf
+    elif isinstance(value, str):  # YAML 1.1 reads `1e-4` as a string
         try:
-            return float(value)
+            out = float(value)
         except ValueError:
             pass
-    raise _LeafError(f"expected float, got {_given(value)}")
+    if out is None:
+        raise _LeafError(f"expected float, got {_given(value)}")
+    if not math.isfinite(out):
+        raise _LeafError(f"must be a finite number, got {shorten(repr(value))}")
+    return out
 
 
 def _strict_bool(value: Any, _: Any) -> bool:

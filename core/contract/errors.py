@@ -10,6 +10,8 @@ import attrs
 
 def did_you_mean(word: str, choices: Iterable[str], n: int = 3) -> list[str]:
     """Close matches of ``word`` among ``choices`` (case-insensitive), best first."""
+    if len(word) > 100:  # no name is this long; difflib on megabytes would take minutes
+        return []
     choices = sorted(set(choices))
     lowered = {c.lower(): c for c in choices}
     hits = difflib.get_close_matches(word.lower(), list(lowered), n=n, cutoff=0.6)
@@ -48,8 +50,22 @@ class Issue:
             if self.file and self.line
             else (f"{self.file}: " if self.file else "")
         )
-        text = f"{where}{dotted(self.path)}: {self.message}" if self.path else where + self.message
-        return f"{text} ({self.hint})" if self.hint else text
+        path = _cut(dotted(self.path), 200)
+        text = f"{where}{path}: {self.message}" if self.path else where + self.message
+        return _cut(f"{text} ({self.hint})" if self.hint else text, LINE_LIMIT)
+
+
+# An error line names what is wrong and where; a value it echoes is cut (config.ECHO_LIMIT),
+# and so is the whole line, whatever a plugin's message holds.
+LINE_LIMIT = 1000
+# At most this many problems are listed, then how many more there were.
+ISSUE_LIMIT = 20
+
+
+def _cut(text: str, limit: int) -> str:
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... ({len(text) - limit} more characters)"
 
 
 class PonderkitError(Exception):
@@ -69,7 +85,14 @@ class ConfigError(InputError):
 
     def __init__(self, issues: Sequence[Issue]):
         self.issues = list(issues)
-        super().__init__("\n".join(str(i) for i in self.issues))
+        super().__init__("\n".join(self.lines()))
+
+    def lines(self, limit: int = ISSUE_LIMIT) -> list[str]:
+        """One line per issue, the first ``limit`` of them, then how many more there are."""
+        shown = [str(i) for i in self.issues[:limit]]
+        if len(self.issues) > limit:
+            shown.append(f"... and {len(self.issues) - limit} more problems like these")
+        return shown
 
 
 class TextError(InputError):
@@ -79,6 +102,13 @@ class TextError(InputError):
     def __init__(self, line: int, column: int, message: str):
         self.line, self.column, self.message = line, column, message
         super().__init__(f"line {line}, column {column}: {message}")
+
+
+class NonFinite(PonderkitError):
+    """Training met a nan or inf loss or gradient (``train.nonfinite: stop``): exit status 3,
+    the run's earlier checkpoints kept."""
+
+    exit_code = 3
 
 
 class PluginError(PonderkitError):

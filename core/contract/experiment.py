@@ -19,6 +19,8 @@ from .yamlio import Document, load_document
 positive = v.gt(0)
 non_negative = v.ge(0)
 SEED_LIMIT = 2**63
+# a batch larger than this is a typo (1e9), caught before the allocator fails on it
+MAX_BATCH = 2**20
 DEFAULT_STEPS = 1000  # train.steps when neither steps nor epochs is set  # torch.manual_seed takes a signed 64-bit seed
 # a run directory is runs/<name>-<time>: the name must stay one path component
 RUN_NAME_RE = re.compile(r"^([A-Za-z0-9][A-Za-z0-9_.-]*)?$")
@@ -124,10 +126,10 @@ class TrainConfig:
 
     # stop early (and checkpoint) after this wall-clock time
     max_time_s: float | None = attrs.field(default=None, validator=v.optional([finite, positive]))
-    batch_size: int = attrs.field(default=64, validator=positive)
+    batch_size: int = attrs.field(default=64, validator=[positive, v.le(MAX_BATCH)])
     log_every: int = attrs.field(default=10, validator=positive)
     eval_every: int = attrs.field(default=0, validator=non_negative)
-    eval_batch_size: int = attrs.field(default=256, validator=positive)
+    eval_batch_size: int = attrs.field(default=256, validator=[positive, v.le(MAX_BATCH)])
     checkpoint_every: int = attrs.field(default=0, validator=non_negative)  # steps; 0: off
     # wall-clock cadence, so that a default run is resumable without costing a long one much
     checkpoint_every_s: float = attrs.field(default=600.0, validator=[finite, non_negative])
@@ -142,7 +144,12 @@ class TrainConfig:
     compile_mode: Literal[
         "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"
     ] = "default"
-    threads: int | None = attrs.field(default=None, validator=v.optional(positive))
+    # torch.set_num_threads takes a C int; more threads than this is a typo, not a machine
+    threads: int | None = attrs.field(default=None, validator=v.optional([positive, v.le(4096)]))
+    # a step whose loss or gradient norm is nan or inf: ``stop`` the run there (exit 3, the
+    # checkpoints written before it kept), or ``skip`` its update and count it
+    # (``nonfinite_skipped`` in the metrics)
+    nonfinite: Literal["stop", "skip"] = "stop"
     # FLOPs of an optimizer step are counted (torch FlopCounterMode) at the first step and
     # every ``flops_every`` steps; the steps between count the latest measurement; 0: never
     # (no ``flops`` logged)

@@ -8,6 +8,8 @@ later (while structuring) can point at the line to fix.
 from __future__ import annotations
 
 import copy
+import os
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -192,8 +194,23 @@ def load_document(path: str | Path, overrides: list[str] | tuple[str, ...] = ())
     return doc
 
 
+# ``extends:`` stays inside the folder of the file named on the command line (and the folders
+# under it), so a config cannot pull in -- and echo into its errors -- any file it likes;
+# PONDERKIT_EXTENDS_ANYWHERE=1 allows any readable file.
+EXTENDS_ANYWHERE_ENV = "PONDERKIT_EXTENDS_ANYWHERE"
+
+
+def _resolved(path: Path, at: tuple, where: str | None) -> Path:
+    try:
+        return path.resolve()
+    except (OSError, RuntimeError) as exc:  # a symlink loop
+        problem = getattr(exc, "strerror", None) or "a symbolic link loop"
+        raise ConfigError([Issue(at, f"{path}: {problem}", file=where)]) from None
+
+
 def _load_with_extends(path: Path, chain: tuple[Path, ...]) -> tuple[dict[str, Any], Positions]:
-    resolved = path.resolve()
+    at = ("extends",) if chain else ()
+    resolved = _resolved(path, at, str(chain[-1]) if chain else None)
     if resolved in chain:
         cycle = " -> ".join(str(p) for p in (*chain, resolved))
         raise ConfigError([Issue(("extends",), f"cyclic extends: {cycle}", file=str(path))])
@@ -204,20 +221,32 @@ def _load_with_extends(path: Path, chain: tuple[Path, ...]) -> tuple[dict[str, A
     parent_ref = data.pop("extends", None)
     if parent_ref is None:
         return data, positions
-    if not isinstance(parent_ref, str):
+    line = positions.get(("extends",), (None, None))[1]
+    if not isinstance(parent_ref, str) or not parent_ref.strip():
+        raise ConfigError([Issue(("extends",), "extends must be a file name", file=str(path),
+                                 line=line)])  # fmt: skip
+    parent = path.parent / parent_ref
+    root = (chain[0] if chain else resolved).parent
+    target = _resolved(parent, ("extends",), str(path))
+    if not target.is_relative_to(root) and os.environ.get(EXTENDS_ANYWHERE_ENV) != "1":
         raise ConfigError(
             [
                 Issue(
                     ("extends",),
-                    "extends must be a file name",
+                    f"{_short(parent_ref)} is outside {root}, the experiment's folder "
+                    f"(set {EXTENDS_ANYWHERE_ENV}=1 to allow it)",
                     file=str(path),
-                    line=positions.get(("extends",), (None, None))[1],
+                    line=line,
                 )
             ]
         )
-    parent_data, parent_pos = _load_with_extends(path.parent / parent_ref, (*chain, resolved))
+    parent_data, parent_pos = _load_with_extends(parent, (*chain, resolved))
     merged = deep_merge(parent_data, data)
     return merged, {**parent_pos, **positions}
+
+
+def _short(text: str, limit: int = 200) -> str:
+    return repr(text) if len(text) <= limit else repr(text[:limit]) + "..."
 
 
 def read_config_text(path: Path, referrer: Path | None = None) -> str:
@@ -232,7 +261,14 @@ def read_config_text(path: Path, referrer: Path | None = None) -> str:
     try:
         if path.is_dir():
             raise fail(f"{what} {path} is a directory, not a file")
-        with path.open("rb") as f:
+        # O_NONBLOCK: a named pipe opens at once instead of waiting for a writer, and is then
+        # refused with every other special file (a device would read forever)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+        with os.fdopen(fd, "rb") as f:
+            mode = os.fstat(f.fileno()).st_mode
+            if not stat.S_ISREG(mode):
+                kind = "a named pipe" if stat.S_ISFIFO(mode) else "a special file"
+                raise fail(f"{what} {path} is {kind}, not a regular file")
             raw = f.read(MAX_FILE_BYTES + 1)
     except FileNotFoundError:
         raise fail(f"{what} not found: {path}") from None
@@ -258,14 +294,25 @@ def read_config_text(path: Path, referrer: Path | None = None) -> str:
 
 
 def deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
-    """``top`` over ``base``; mappings merge key by key, a component's ``name`` change replaces.
+    """``top`` (a child file) over ``base`` (the file it extends), by these rules:
 
-    When ``top`` names a different component (``name:``) than ``base`` at the same place, the
-    base's fields belong to another component, so the whole mapping is replaced.
+    1. a key only one of them sets keeps its value; a scalar or list in ``top`` replaces;
+    2. ``null`` in ``top`` keeps ``base``'s value ("use the parent's"; an override on the
+       command line, ``key=null``, sets null);
+    3. two mappings merge key by key, by the same rules;
+    4. a component named in ``top`` (``ffn: swiglu`` or ``{name: swiglu, ...}``) that is the
+       component ``base`` names there keeps ``base``'s fields (``top``'s own fields merged
+       over them); naming another component replaces them all, as they belong to the other.
     """
     out = copy.deepcopy(base)
     for key, value in top.items():
         old = out.get(key)
+        if value is None and key in out:
+            continue
+        if isinstance(old, str) and isinstance(value, dict) and value.get("name", old) == old:
+            old = {"name": old}  # a bare name in base, fields in top: the same component
+        if isinstance(old, dict) and isinstance(value, str) and old.get("name") == value:
+            continue  # the same component by its bare name: base's fields stay
         if isinstance(old, dict) and isinstance(value, dict) and _same_component(old, value):
             out[key] = deep_merge(old, value)
         else:

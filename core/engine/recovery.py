@@ -4,6 +4,11 @@ A resume takes the newest checkpoint that loads whole; a damaged one (a truncate
 ``trainer.pt``, say, after a full disk) is named in a warning and an older one is used. With
 none intact the run starts again from step 0. Old ``step_*`` checkpoints are pruned to the
 newest few; ``final`` is never pruned.
+
+A kill inside a checkpoint write leaves a temporary ``.<name>.*`` folder: a resume removes it
+(or, where the kill fell between the two renames of a rewrite, puts ``.<name>.old`` back). A
+run whose budget is spent but whose ``final`` is missing or damaged gets it written from the
+newest intact checkpoint (:func:`~ponderkit.engine.train.resume_or_start`).
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ def checkpoints_newest_first(run_dir: Path) -> list[Path]:
 def resume(trainer: Any, run_dir: Path, warn: Warn = _stderr) -> Path | None:
     """Restore ``trainer`` from the newest intact checkpoint of ``run_dir``; returns it, or
     None when there is none (then the metrics log restarts empty)."""
+    clean_temporaries(run_dir, warn)
     candidates = checkpoints_newest_first(run_dir)
     for i, path in enumerate(candidates):
         try:
@@ -55,6 +61,38 @@ def resume(trainer: Any, run_dir: Path, warn: Warn = _stderr) -> Path | None:
     if trainer.metrics_log is not None:  # nothing to continue from: start the log afresh
         trainer.metrics_log.truncate_after(0, warn)
     return None
+
+
+def clean_temporaries(run_dir: Path, warn: Warn = _stderr) -> list[str]:
+    """Remove the temporary folders that killed checkpoint writes left in ``checkpoints/``
+    (a whole checkpoint each); a ``.<name>.old`` whose ``<name>`` is missing is the last
+    intact copy of it (killed between the two renames) and is put back. Returns what it did."""
+    from .runlock import is_temporary
+
+    done = []
+    for path in Path(run_dir).iterdir():  # config.yaml, meta.json ... written atomically
+        if is_temporary(path):
+            path.unlink(missing_ok=True)
+            done.append(f"removed {path.name}")
+    folder = Path(run_dir) / "checkpoints"
+    if not folder.is_dir():
+        return done
+    for path in sorted(folder.iterdir()):
+        name = path.name
+        if not name.startswith(".") or name.startswith(".damaged-"):
+            continue
+        if name.endswith(".old") and not (folder / name[1:-4]).exists():
+            path.rename(folder / name[1:-4])
+            done.append(f"restored {name[1:-4]} from {name}")
+        else:
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+            done.append(f"removed {name}")
+    if done:
+        warn(f"warning: {run_dir}: a write was cut short; " + ", ".join(done))
+    return done
 
 
 def _set_aside(damaged: list[Path], warn: Warn) -> None:

@@ -117,5 +117,13 @@ def _describe(holder: dict) -> str:
 
 
 def is_empty_run_dir(path: Path) -> bool:
-    """True when ``path`` is missing or holds nothing but a lock file."""
-    return not path.exists() or (path.is_dir() and all(p.name == LOCK_NAME for p in path.iterdir()))
+    """True when ``path`` is missing or holds nothing but a lock file (and the temporary file
+    of a first write that a kill cut short: the run had not begun)."""
+    if not path.exists():
+        return True
+    return path.is_dir() and all(p.name == LOCK_NAME or is_temporary(p) for p in path.iterdir())
+
+
+def is_temporary(path: Path) -> bool:
+    """A file that ``runs.atomic_write`` was writing when its process died."""
+    return path.name.startswith(".") and path.name.endswith(".tmp") and path.is_file()

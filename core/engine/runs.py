@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import platform
@@ -27,6 +28,33 @@ class RunDirExists(InputError):
 
 class CheckpointDamaged(InputError):
     """A checkpoint file that cannot be read back (truncated, garbled, or not ours)."""
+
+
+class DiskFull(InputError):
+    """Not enough space to write a checkpoint; the previous checkpoints are left intact."""
+
+
+# -- fault injection ------------------------------------------------------------------------
+# ``PONDERKIT_KILL_AT=POINT@N`` sends SIGKILL to this process the N-th time it passes POINT
+# (``POINT`` alone or ``POINT:DETAIL``, e.g. ``checkpoint-weights:final@1``): how the tests
+# prove that a ``kill -9`` anywhere in a write loses nothing. Unset, it costs a dict lookup.
+KILL_ENV = "PONDERKIT_KILL_AT"
+_kill_hits: dict[str, int] = {}
+
+
+def kill_point(point: str, detail: str = "") -> None:
+    spec = os.environ.get(KILL_ENV)
+    if not spec:
+        return
+    label, _, nth = spec.rpartition("@")
+    if label not in (point, f"{point}:{detail}"):
+        return
+    _kill_hits[spec] = _kill_hits.get(spec, 0) + 1
+    if str(_kill_hits[spec]) == nth:
+        import signal
+
+        sys.stdout.flush()
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def default_run_dir(name: str, root: str | Path = "runs") -> Path:
@@ -128,6 +156,7 @@ def atomic_write(path: Path, write: Callable[[Any], object]) -> None:
             write(f)
             f.flush()
             os.fsync(f.fileno())
+        kill_point("atomic-write", path.name)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -207,8 +236,14 @@ class MetricsLog:
         self.path = path
 
     def write(self, record: dict[str, Any]) -> None:
+        line = json.dumps(record) + "\n"
         with self.path.open("a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
+            if os.environ.get(KILL_ENV):  # a kill half-way through the line
+                f.write(line[: len(line) // 2])
+                f.flush()
+                kill_point("metrics-line")
+                line = line[len(line) // 2 :]
+            f.write(line)
 
     def truncate_after(self, step: int, warn: Callable[[str], None] | None = None) -> None:
         """Drop records logged after ``step`` (a resumed run re-logs them) and lines that are
@@ -230,31 +265,135 @@ def _stderr(text: str) -> None:
 def save_checkpoint(
     run_dir: Path, name: str, tensors: dict[str, Any], state: dict[str, Any]
 ) -> Path:
-    """Write ``checkpoints/<name>/`` atomically: weights as safetensors, the rest with torch."""
+    """Write ``checkpoints/<name>/`` atomically: weights as safetensors, the rest with torch.
+
+    The free space is checked first (:class:`DiskFull` names what is needed); a write that
+    fails or is killed part-way leaves a ``.<name>.*`` temporary that the next resume removes,
+    and the checkpoints written before it untouched."""
     import torch
     from safetensors.torch import save_file
 
     final = run_dir / "checkpoints" / name
-    final.parent.mkdir(parents=True, exist_ok=True)
+    _checkpoint_folder(final.parent)
+    tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    check_space(final.parent, _estimate_bytes(tensors, state))
     tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{name}."))
     try:
+        mode = 0o666 & ~current_umask()
         os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp makes 0700; honour the umask
-        save_file(
-            {k: v.detach().contiguous().cpu() for k, v in tensors.items()},
-            str(tmp / "model.safetensors"),
-        )
+        save_file(tensors, str(tmp / "model.safetensors"))
+        os.chmod(tmp / "model.safetensors", mode)  # safetensors creates it 0600
+        kill_point("checkpoint-weights", name)
         torch.save(state, tmp / "trainer.pt")
+        os.chmod(tmp / "trainer.pt", mode)
+        kill_point("checkpoint-state", name)
         if final.exists():
             old = final.with_name(f".{name}.old")
             os.replace(final, old)
+            kill_point("checkpoint-swap", name)  # resume puts .<name>.old back
             os.replace(tmp, final)
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, final)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if exc.errno == errno.ENOSPC:
+            need = _estimate_bytes(tensors, state)
+            raise DiskFull(
+                f"{final}: no space left on device while writing the checkpoint (it needs "
+                f"about {_mib(need)}, {_mib(_free_bytes(final.parent))} free); the earlier "
+                "checkpoints are intact: free some space and continue with --resume"
+            ) from None
+        raise
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return final
+
+
+def _checkpoint_folder(folder: Path) -> None:
+    """Create ``run/checkpoints``, or say in one line why it cannot be."""
+    if folder.exists() and not folder.is_dir():
+        raise InputError(f"{folder} is a file, not the run's checkpoint folder; move it away")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"{folder}: cannot create it ({exc.strerror or exc})") from None
+
+
+# room above the checkpoint's own size: the filesystem's blocks and the metrics still to come
+SPACE_MARGIN = 1.05
+SPACE_SLACK = 1 << 20
+
+
+def check_space(folder: Path, need: int) -> None:
+    """Raise :class:`DiskFull` when ``folder``'s file system has less than ``need`` bytes (with
+    a margin) free: checked before each checkpoint, so a full disk stops the run with its
+    checkpoints intact rather than half-way through one."""
+    free = _free_bytes(folder)
+    if free is not None and free < need * SPACE_MARGIN + SPACE_SLACK:
+        raise DiskFull(
+            f"{folder}: {_mib(free)} free, a checkpoint needs about "
+            f"{_mib(int(need * SPACE_MARGIN + SPACE_SLACK))}; the earlier checkpoints are "
+            "intact: free some space and continue with --resume"
+        )
+
+
+def _free_bytes(folder: Path) -> int | None:
+    try:
+        st = os.statvfs(folder)
+    except (OSError, AttributeError):
+        return None
+    return st.f_bavail * st.f_frsize
+
+
+def _estimate_bytes(tensors: dict[str, Any], state: dict[str, Any]) -> int:
+    """Bytes of the tensors of ``tensors`` and ``state`` (both files' payload, headers aside)."""
+    import torch
+
+    seen: set[int] = set()
+    total = 0
+
+    def walk(obj: Any) -> None:
+        nonlocal total
+        if isinstance(obj, torch.Tensor):
+            if id(obj) not in seen:
+                seen.add(id(obj))
+                total += obj.numel() * obj.element_size()
+        elif isinstance(obj, dict):
+            for v in obj.values():
+                walk(v)
+        elif isinstance(obj, list | tuple):
+            for v in obj:
+                walk(v)
+
+    walk(tensors)
+    walk(state)
+    return total
+
+
+def _mib(n: int | None) -> str:
+    return "unknown" if n is None else f"{n / 2**20:.1f} MiB"
+
+
+def checkpoint_in(run_dir: Path, name: str) -> Path:
+    """``run_dir/checkpoints/<name>``, refusing a name that leaves that folder (``..``, a
+    slash, an absolute path, a link out of the run): a checkpoint is read from its run."""
+    folder = Path(run_dir) / "checkpoints"
+    path = folder / name
+    plain = name not in ("", ".", "..") and "/" not in name and "\\" not in name
+    if plain and path.exists():
+        plain = path.resolve().is_relative_to(Path(run_dir).resolve())
+    if not plain:
+        raise InputError(
+            f"--checkpoint {shorten_name(name)}: not a checkpoint of {run_dir} (give the name "
+            "of a folder in its checkpoints/, such as final or step_0000100)"
+        )
+    return path
+
+
+def shorten_name(name: str, limit: int = 200) -> str:
+    return repr(name) if len(name) <= limit else repr(name[:limit]) + "..."
 
 
 STATE_KEYS = ("step", "train_weights", "optimizer", "schedule", "callbacks", "rng")

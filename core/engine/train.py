@@ -28,7 +28,7 @@ from .evaluate import evaluate
 from .flops import count_step_flops
 from .nn import parameter_count
 from .recovery import Interrupted, StopOnSignal, prune
-from .runs import MetricsLog, save_checkpoint, write_meta, write_text_atomic
+from .runs import MetricsLog, kill_point, save_checkpoint, write_meta, write_text_atomic
 
 
 def seed_everything(seed: int) -> None:
@@ -126,6 +126,7 @@ class Trainer:
         self.samples = 0  # fresh samples drawn (a deep-supervision slot refilled counts one)
         self.flops = 0.0  # training FLOPs spent, see _train_step
         self.flops_per_step = 0.0  # the latest measurement
+        self.nonfinite_skipped = 0  # steps skipped for a nan/inf loss (train.nonfinite: skip)
         self.sample_limit = self._sample_limit()
         self.elapsed_before = 0.0  # training seconds spent before a resume
         self._t0: float | None = None
@@ -156,9 +157,34 @@ class Trainer:
             norm = torch.nn.utils.clip_grad_norm_(params, clip)
         else:
             norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params]))
+        if not self._finite_update(loss, norm):  # no update: the weights stay finite
+            self.model.zero_grad(set_to_none=True)
+            return norm.detach()
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         return norm.detach()
+
+    def _finite_update(self, loss: Tensor, norm: Tensor) -> bool:
+        """Whether this step's loss and gradient norm are finite; if not, stop the run with
+        :class:`~ponderkit.contract.errors.NonFinite` (``train.nonfinite: stop``) or count the
+        step as skipped (``skip``). One host sync a step: a NaN step must not reach the
+        weights, and every rank decides alike."""
+        finite = torch.isfinite(loss.detach()).all() & torch.isfinite(norm.detach())
+        (bad,) = self.dist.agree(int(not bool(finite)))
+        if not bad:
+            return True
+        if self.config.train.nonfinite == "skip":
+            self.nonfinite_skipped += 1
+            return False
+        from ..contract.errors import NonFinite
+
+        what = "loss" if not bool(torch.isfinite(loss.detach()).all()) else "gradient norm"
+        value = float(loss.detach().float().sum() if what == "loss" else norm)
+        raise NonFinite(
+            f"non-finite {what} ({value}) at step {self.step + 1}: the run stopped before "
+            "updating the weights; the checkpoints written before it are kept "
+            "(train.nonfinite: skip skips such steps instead)"
+        )
 
     def _sample_limit(self) -> int | None:
         """``train.epochs`` x the task's training-set size, or None (a step budget)."""
@@ -254,6 +280,7 @@ class Trainer:
             self.model.train()
             metrics = self._train_step(batches)
             self.step += 1
+            kill_point("step")  # PONDERKIT_KILL_AT=step@N: the tests' kill -9 after step N
             window_samples += cfg.batch_size
             stopped = self.budget_spent()
             self.hooks.hook.on_step_end(trainer=self, step=self.step, metrics=metrics)
@@ -268,6 +295,8 @@ class Trainer:
                     "elapsed_s": now - t0,
                     **self._spent(),
                 }
+                if cfg.nonfinite == "skip":
+                    record["nonfinite_skipped"] = self.nonfinite_skipped
                 window_t, window_samples = now, 0
                 if cfg.eval_every and self.step % cfg.eval_every == 0 or stopped:
                     last_eval = self.evaluate()
@@ -361,6 +390,7 @@ class Trainer:
         self.samples = int(state.get("fresh_samples", 0))
         self.flops = float(state.get("flops", 0.0))
         self.flops_per_step = float(state.get("flops_per_step", 0.0))
+        self.nonfinite_skipped = int(state.get("nonfinite_skipped", 0))
         self.elapsed_before = float(state.get("elapsed_s", 0.0))
         self._set_lr()
         if self.metrics_log:
@@ -452,6 +482,7 @@ class Trainer:
             "fresh_samples": self.samples,
             "flops": self.flops,
             "flops_per_step": self.flops_per_step,
+            "nonfinite_skipped": self.nonfinite_skipped,
             "elapsed_s": (time.perf_counter() - self._t0) if self._t0 is not None else 0.0,
             "train_weights": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
             "optimizer": self.optimizer.state_dict(),
@@ -509,7 +540,13 @@ def resume_or_start(
     chosen = dist.from_main(lambda: recovery.resume(trainer, run_dir))
     if not dist.is_main and chosen is not None:
         trainer.restore(chosen)
-    if trainer.budget_spent():
+    if chosen is not None and Path(chosen).name == "final":
+        return None
+    if trainer.budget_spent():  # killed inside the final write: finish it, idempotently
+        trainer.checkpoint("final")
+        if dist.is_main and not quiet:
+            print(f"{run_dir}: training had finished; wrote its missing final checkpoint "
+                  f"from {Path(chosen).name}", file=sys.stderr, flush=True)  # fmt: skip
         return None
     return trainer
 
