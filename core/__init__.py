@@ -149,7 +149,7 @@ _WHERE = {
     "Staged": "contract.interfaces",
     "CountsActivations": "contract.interfaces",
     "ReportsActiveParameters": "contract.interfaces",
-    "CALLBACK_HOOKS": "contract.interfaces",
+    "CALLBACK_HOOKS": "contract.hookspec",
     "ForwardContext": "engine.context",
     "BuildContext": "engine.context",
     "Batch": "contract.interfaces",

@@ -382,7 +382,8 @@ def show_kind(kind: str, plugins: Plugins) -> int:
     how a builder is called, and which built-ins provide each capability."""
     import inspect
 
-    from ..contract.interfaces import CALLBACK_HOOKS, CAPABILITIES, MODULE_KINDS, PROTOCOLS
+    from ..contract.hookspec import CALLBACK_HOOKS
+    from ..contract.interfaces import CAPABILITIES, MODULE_KINDS, PROTOCOLS
     from ..contract.interfaces import protocol_members as members
 
     if kind not in KINDS:
@@ -400,7 +401,11 @@ def show_kind(kind: str, plugins: Plugins) -> int:
     print()
     print(inspect.cleandoc(protocol.__doc__ or ""))
     print()
-    print("members:" if kind != "callback" else "hooks (any, at least one):")
+    print(
+        "members:"
+        if kind != "callback"
+        else "hooks (any, at least one, each marked @ponderkit.callback_hook):"
+    )
     for name in members(protocol):
         print(f"  {_member_signature(protocol, name)}")
     if kind == "callback":

@@ -293,7 +293,9 @@ class _StaticCheck(type(Protocol)):  # type: ignore[misc]
     """``isinstance`` against a capability looks its members up without evaluating them (as
     Python 3.12 does): a task's ``train_size`` property may load the whole data set, which
     ``validate`` must not. Members an ``nn.Module`` keeps dynamically (buffers, submodules)
-    are found through its ``__getattr__``."""
+    are found through its ``__getattr__``, which Python 3.12's own check never calls (there a
+    plain runtime Protocol misses every router's ``activation_counts``); so the same answer
+    on every Python."""
 
     def __instancecheck__(cls, obj: Any) -> bool:
         if not cls.__dict__.get("_is_protocol"):
@@ -367,7 +369,7 @@ class ReportsActiveParameters(Protocol, metaclass=_StaticCheck):
 
 
 @runtime_checkable
-class WeighsSteps(Protocol):
+class WeighsSteps(Protocol, metaclass=_StaticCheck):
     """A halting policy that weighs all steps' outputs (ACT, PonderNet) instead of keeping the
     output of the step where a sample halted.
 
@@ -394,7 +396,7 @@ class WeighsSteps(Protocol):
 
 
 @runtime_checkable
-class NextStepTarget(Protocol):
+class NextStepTarget(Protocol, metaclass=_StaticCheck):
     """A halting policy whose loss needs the next step's signals (HRM's bootstrapped
     q_continue): when ``needs_next_step`` is True, ``loss`` gets ``next_signals`` computed
     under no_grad."""
@@ -403,7 +405,7 @@ class NextStepTarget(Protocol):
 
 
 @runtime_checkable
-class TransposedMixer(Protocol):
+class TransposedMixer(Protocol, metaclass=_StaticCheck):
     """A mixer over positions (TRM's ``mlp_t``): a post-norm block applies its residual and
     norm in the transposed (B, D, T) frame via ``forward_transposed(ht (B,D,T)) -> (B,D,T)``."""
 
@@ -411,7 +413,7 @@ class TransposedMixer(Protocol):
 
 
 @runtime_checkable
-class ResettableRouter(Protocol):
+class ResettableRouter(Protocol, metaclass=_StaticCheck):
     """A router ``callback/expert_reset`` can revive.
 
     - ``enabled`` (E,) bool buffer: experts that may be selected at all;
@@ -430,7 +432,7 @@ class ResettableRouter(Protocol):
 
 
 @runtime_checkable
-class RoutedLayer(Protocol):
+class RoutedLayer(Protocol, metaclass=_StaticCheck):
     """A layer that owns a router and a set of experts (``dynmoe``, ``dynsmha``).
 
     - ``router``: its :class:`Router`;
@@ -443,7 +445,7 @@ class RoutedLayer(Protocol):
 
 
 @runtime_checkable
-class GridView(Protocol):
+class GridView(Protocol, metaclass=_StaticCheck):
     """A task whose samples can be drawn as grids: what ``ponderkit trace`` needs. A sample's
     ``seq_len`` tokens are the grid, row-major.
 
@@ -476,7 +478,7 @@ class GridPuzzle(GridView, Protocol):
 
 
 @runtime_checkable
-class ColouredGrid(Protocol):
+class ColouredGrid(Protocol, metaclass=_StaticCheck):
     """A :class:`GridView` some of whose cells are colours (ARC's ten, a maze's walls):
     ``grid_colours`` maps a cell's text (from ``grid_cells``) to a matplotlib colour; such a
     cell is drawn as a square of that colour instead of as text."""
@@ -485,7 +487,7 @@ class ColouredGrid(Protocol):
 
 
 @runtime_checkable
-class PaddedGrid(Protocol):
+class PaddedGrid(Protocol, metaclass=_StaticCheck):
     """A :class:`GridView` whose grid is smaller than ``grid_shape`` and sits at its top left,
     the rest padding (ARC's grids on a 30x30 canvas): ``grid_extent(tokens (seq_len,)) ->
     (rows, cols)`` is the size of the grid ``tokens`` hold (0 rows or columns when they hold

@@ -120,26 +120,26 @@ def analyse_run(run_dir: Path, registry: Any) -> dict[str, Any]:
 
 
 class _RoutingCounter:
-    """Forward hooks on every router (a module with ``activation_counts``) that add up how
-    many tokens each expert received: name -> [per-expert counts, tokens]."""
+    """Forward hooks that add up how many tokens each expert received, for every router: any
+    module whose forward returns a :class:`~ponderkit.Routing` (the contract's router output),
+    whether or not it keeps counts of its own (``CountsActivations``):
+    name -> [per-expert counts, tokens]."""
 
     def __init__(self, model: Any):
-        import torch
-
         self.enabled = True
         self.totals: dict[str, list] = {}
+        # every module: which ones route is known from what they return, not from a member
         self.hooks = [
-            module.register_forward_hook(self._hook(name))
-            for name, module in model.named_modules()
-            if isinstance(getattr(module, "activation_counts", None), torch.Tensor)
+            module.register_forward_hook(self._hook(name)) for name, module in model.named_modules()
         ]
 
     def _hook(self, name: str):
+        from ..contract.interfaces import Routing
+
         def hook(module: Any, args: Any, output: Any) -> None:
-            mask = getattr(output, "mask", None)
-            if not self.enabled or mask is None:
+            if not self.enabled or not isinstance(output, Routing):
                 return
-            mask = mask.reshape(-1, mask.shape[-1])  # (N, E)
+            mask = output.mask.reshape(-1, output.mask.shape[-1])  # (N, E)
             counts, tokens = self.totals.get(name, [[0.0] * mask.shape[-1], 0])
             per_expert = mask.sum(0).tolist()
             summed = [a + b for a, b in zip(counts, per_expert, strict=True)]
@@ -155,12 +155,14 @@ class _RoutingCounter:
 def active_parameters(model: Any, routers: dict[str, dict]) -> tuple[float, str]:
     """Parameters a token uses on average: all, minus the experts it does not use.
 
-    A module with an ``active_parameters()`` method reports its own count; a module with a
-    ``router`` over E experts whose mean experts per token k was measured contributes its
+    A module with an ``active_parameters()`` method (``ReportsActiveParameters``) reports its
+    own count; a module with a child ``router`` over E experts whose mean experts per token k
+    was measured (``routers[name]``: ``num_experts`` E, ``experts_per_token`` k) contributes its
     parameters with leading dimension E (the stacked expert weights) scaled by k/E. A weight
     that several routed modules share (a shared expert library, ADR-0005) is counted once, as
     active for the fraction ``1 - prod(1 - k_i/E)`` of its experts: the union of the experts
     its consumers pick, each picking independently."""
+    from ..contract.interfaces import ReportsActiveParameters
     from ..engine.nn import parameter_count
 
     total = float(parameter_count(model))
@@ -169,14 +171,13 @@ def active_parameters(model: Any, routers: dict[str, dict]) -> tuple[float, str]
     for name, module in model.named_modules():
         if module is model or any(name.startswith(h + ".") for h in handled):
             continue
-        own = getattr(module, "active_parameters", None)
-        router = getattr(module, "router", None)
-        if callable(own):
-            inactive += parameter_count(module) - float(own())
+        measured = routers.get(f"{name}.router" if name else "router")
+        if isinstance(module, ReportsActiveParameters):
+            inactive += parameter_count(module) - float(module.active_parameters())
             methods.add(BY_MODULE)
-        elif f"{name}.router" in routers and getattr(router, "num_experts", 0):
-            e = router.num_experts
-            k = routers[f"{name}.router"]["experts_per_token"]
+        elif measured and measured.get("num_experts"):
+            e = int(measured["num_experts"])
+            k = measured["experts_per_token"]
             for pn, p in module.named_parameters():
                 if not pn.startswith("router.") and p.ndim >= 2 and p.shape[0] == e:
                     shared.setdefault(id(p), (p.numel(), []))[1].append(min(k, e) / e)

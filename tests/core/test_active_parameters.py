@@ -25,14 +25,17 @@ class Routed(nn.Module):
 def test_own_experts_count_k_over_e():
     library = nn.Parameter(torch.zeros(8, 3, 5))  # 8 experts of 15 weights
     model = nn.Sequential(Routed(library), nn.Linear(2, 2))  # + 6 dense
-    active, _ = active_parameters(model, {"0.router": {"experts_per_token": 2.0}})
+    active, _ = active_parameters(model, {"0.router": {"num_experts": 8, "experts_per_token": 2.0}})
     assert active == pytest.approx(4 * 8 + 6 + 120 * 2 / 8)
 
 
 def test_a_shared_library_is_counted_once_as_the_union_of_its_users():
     library = nn.Parameter(torch.zeros(8, 3, 5))
     model = nn.Sequential(Routed(library), Routed(library))
-    routers = {"0.router": {"experts_per_token": 2.0}, "1.router": {"experts_per_token": 4.0}}
+    routers = {
+        "0.router": {"num_experts": 8, "experts_per_token": 2.0},
+        "1.router": {"num_experts": 8, "experts_per_token": 4.0},
+    }
     active, _ = active_parameters(model, routers)
     union = 1 - (1 - 2 / 8) * (1 - 4 / 8)  # independent picks: 5/8 of the experts
     assert active == pytest.approx(2 * 4 * 8 + 120 * union)
