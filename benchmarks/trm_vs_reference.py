@@ -290,8 +290,9 @@ def time_theirs(recipe: str, mode: str, args: argparse.Namespace, registry, ref:
     forward = torch.compile(head) if mode == "compiled" else head
     stream = synthetic_batches(args.batch, seq, vocab, device)
     ids = torch.zeros(args.batch, dtype=torch.int32, device=device)
-    with torch.device(device):
-        state = {"carry": head.initial_carry({**next(stream), "puzzle_identifiers": ids})}
+    first = {**next(stream), "puzzle_identifiers": ids}  # drawn outside the device context:
+    with torch.device(device):  # the stream's generator lives on the CPU
+        state = {"carry": head.initial_carry(first)}
 
     def step() -> None:
         batch = {**next(stream), "puzzle_identifiers": ids}
