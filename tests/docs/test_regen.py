@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import difflib
 import importlib.util
 import subprocess
 import sys
@@ -25,11 +26,13 @@ def test_the_cheap_quoted_outputs_are_what_the_commands_print_now():
     regen = load_regen()
     tested = [b for page in regen.pages() for b in regen.blocks(page) if b.tested]
     assert len(tested) >= 5  # the README's and the pages' (test) blocks are found
-    stale = [
-        f"{b.page.relative_to(REPO)}:{b.line}: {' ; '.join(b.commands)}"
-        for b, _ in regen.stale(tested)
-    ]
-    assert stale == [], "stale quoted outputs; run `python docs/regen.py` to rewrite them"
+    stale = regen.stale(tested)
+    shown = "\n".join(
+        f"{b.page.relative_to(REPO)}:{b.line}: {' ; '.join(b.commands)}\n"
+        + "\n".join(difflib.unified_diff(b.body.splitlines(), fresh.splitlines(), lineterm=""))
+        for b, fresh in stale
+    )
+    assert not stale, f"stale quoted outputs; `python docs/regen.py` rewrites them:\n{shown}"
 
 
 def test_a_stale_block_is_found_and_rewritten_with_what_the_command_prints(tmp_path):
