@@ -9,11 +9,13 @@ training machinery (optimizer, schedule, callbacks).
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
+import hashlib
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import attrs
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -27,6 +29,72 @@ from .distributed import Distributed
 from .generate import SequenceTask, free_running_metrics
 from .losses import accuracy
 from .model import ReasoningModel
+from .runs import atomic_write
+
+#: where a run keeps its latest evaluation's per-puzzle outcomes (read by reports)
+PUZZLES_FILE = "eval/puzzles.npz"
+
+
+class PuzzleOutcomes:
+    """Collects one evaluation's per-puzzle exact match (0/1) and token accuracy, in the order
+    of the task's evaluation batches, and a digest of the puzzles evaluated (their inputs and
+    labels, in that order): two runs with the same digest saw the same puzzles and can be
+    compared puzzle by puzzle."""
+
+    def __init__(self) -> None:
+        self.exact = np.zeros(0, np.uint8)
+        self.token_acc = np.zeros(0, np.float32)
+        self.eval_set = ""
+        self._parts: list[tuple[int, np.ndarray, np.ndarray]] = []
+        self._digest = hashlib.blake2b(digest_size=12)
+        self._count = 0
+
+    def see(self, batch: Batch) -> int:
+        """Count and fingerprint one evaluation batch (every rank sees every batch); returns
+        the position of its first sample in the evaluation set."""
+        offset = self._count
+        for key in ("inputs", "labels"):
+            data = batch[key].detach().cpu().contiguous()
+            self._digest.update(str(tuple(data.shape)).encode() + data.numpy().tobytes())
+        self._count += batch["inputs"].shape[0]
+        return offset
+
+    def add(self, offset: int, exact: Tensor, token_acc: Tensor) -> None:
+        self._parts.append(
+            (offset, exact.detach().cpu().numpy(), token_acc.detach().float().cpu().numpy())
+        )
+
+    def finish(self, dist: Distributed | None) -> None:
+        exact, token = np.zeros(self._count, np.float64), np.zeros(self._count, np.float64)
+        for offset, e, t in self._parts:
+            exact[offset : offset + len(e)] = e
+            token[offset : offset + len(t)] = t
+        if dist is not None:  # each rank filled its own batches, zeros elsewhere: add them up
+            summed, _ = dist.sum_totals({"exact": exact, "token_acc": token}, 0)  # type: ignore[arg-type]
+            exact, token = summed["exact"], summed["token_acc"]
+        self.exact, self.token_acc = exact.round().astype(np.uint8), token.astype(np.float32)
+        self.eval_set = self._digest.hexdigest()
+        self._parts = []
+
+
+def write_puzzle_outcomes(
+    run_dir: Path | None, step: int, outcomes: Mapping[str, PuzzleOutcomes]
+) -> None:
+    """Write ``eval/puzzles.npz`` atomically (rank 0: ``run_dir`` is None elsewhere): for each
+    weight set (``""`` the evaluation weights, ``raw`` the trained ones where an average was
+    evaluated too) ``<prefix>exact_acc`` (N,) uint8 and ``<prefix>token_acc`` (N,) float32,
+    plus ``step`` and the ``eval_set`` digest. Each evaluation replaces the previous one, so the
+    file holds the final evaluation's outcomes once a run ends, with its step."""
+    if run_dir is None or not outcomes:
+        return
+    arrays: dict[str, np.ndarray] = {"step": np.asarray(step, np.int64)}
+    for label, o in outcomes.items():
+        prefix = f"{label}_" if label else ""
+        arrays[f"{prefix}exact_acc"], arrays[f"{prefix}token_acc"] = o.exact, o.token_acc
+        arrays["eval_set"] = np.asarray(o.eval_set)
+    path = Path(run_dir) / PUZZLES_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, lambda f: np.savez(f, **arrays))
 
 
 @torch.no_grad()
@@ -39,16 +107,18 @@ def evaluate(
     precision: str = "fp32",
     early_exit: bool = False,
     dist: Distributed | None = None,
+    puzzles: PuzzleOutcomes | None = None,
 ) -> dict[str, float]:
     """Token and exact accuracy, mean steps and the task's own metrics on the held-out set,
     each averaged over samples; on a serialized task also the free-running (generated) token
     and exact accuracy. Under ``torchrun`` (``dist``) each rank evaluates its share of the
-    batches and all ranks get the totals."""
+    batches and all ranks get the totals. ``puzzles`` collects each sample's outcome."""
     was_training = model.training
     model.eval()
     totals: dict[str, float] = {}
     count = 0
     for index, batch in enumerate(task.eval_batches(batch_size)):
+        offset = puzzles.see(batch) if puzzles is not None else 0
         if dist is not None and not dist.owns_eval_batch(index):
             continue
         batch = to_device(batch, device)
@@ -61,6 +131,8 @@ def evaluate(
             "steps": steps.float(),
             **task.score(logits.argmax(-1), batch),
         }
+        if puzzles is not None:
+            puzzles.add(offset, exact, per_sample["token_acc"])
         if isinstance(task, SequenceTask) and task.free_running_eval:
             with autocast(precision, device):  # the output generated, not teacher-forced
                 per_sample.update(free_running_metrics(model, batch, task.prompt_len))
@@ -70,6 +142,8 @@ def evaluate(
     model.train(was_training)
     if dist is not None:
         totals, count = dist.sum_totals(totals, count)
+    if puzzles is not None:
+        puzzles.finish(dist)
     return {k: v / max(count, 1) for k, v in totals.items()}
 
 

@@ -4,14 +4,29 @@ differences from the baseline, the runs behind them, and plots (``report_plots.p
 
 from __future__ import annotations
 
+import csv
 import importlib.util
+import io
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from ..engine.runs import write_text_atomic
+import attrs
+
+from ..engine.runs import write_json_atomic, write_text_atomic
 from .run_analysis import DENSE, RunSummary, read_json, summarize_run
-from .stats import Delta, Stat, describe, difference
+from .stats import (
+    BOOTSTRAP_B,
+    Delta,
+    Interval,
+    Puzzles,
+    Stat,
+    describe,
+    difference,
+    holm,
+    seeds_and_puzzles,
+    t_interval,
+)
 
 
 # -- formatting ---------------------------------------------------------------------------------
@@ -99,6 +114,102 @@ def stat(runs: Sequence[RunSummary], key: str) -> Stat | None:
     return describe(list(by_seed(runs, key).values()))
 
 
+def puzzles_by_seed(runs: Sequence[RunSummary], key: str) -> dict[int, Puzzles] | None:
+    """Each run's per-puzzle outcomes of ``key`` by seed; None unless every run has them."""
+    out = {int(r.meta.get("seed", i)): r.puzzles.get(key) for i, r in enumerate(runs)}
+    return out if out and all(p is not None for p in out.values()) else None
+
+
+def compare(
+    runs: Sequence[RunSummary], reference: Sequence[RunSummary], key: str
+) -> Interval | None:
+    """runs - reference on ``key``: the bootstrap over seeds and puzzles where every run of
+    both saved per-puzzle outcomes, else Student's t over seeds (method ``t``)."""
+    a, b = puzzles_by_seed(runs, key), puzzles_by_seed(reference, key)
+    if a is not None and b is not None:
+        return seeds_and_puzzles(a, b)
+    delta = difference(by_seed(runs, key), by_seed(reference, key))
+    return t_interval(delta) if delta is not None else None
+
+
+@attrs.frozen
+class Comparison:
+    """One row of a differences table: ``a`` - ``b`` on ``metric``, with the p-value adjusted
+    (Holm) across its table's comparisons of that metric."""
+
+    a: str
+    b: str
+    metric: str
+    interval: Interval | None
+    p_holm: float | None
+
+    def as_dict(self) -> dict[str, Any]:
+        iv = self.interval
+        return {
+            "a": self.a, "b": self.b, "metric": self.metric,
+            "difference": iv.mean if iv else None, "lo": iv.lo if iv else None,
+            "hi": iv.hi if iv else None, "p": iv.p if iv else None, "p_holm": self.p_holm,
+            "method": iv.method if iv else None, "seeds": iv.seeds if iv else "0",
+            "paired_by_seed": iv.paired if iv else None,
+            "paired_by_puzzle": iv.puzzles_paired if iv else None,
+        }  # fmt: skip
+
+
+def comparisons(
+    pairs: Sequence[tuple[str, str]], done: dict[str, list[RunSummary]]
+) -> dict[tuple[str, str, str], Comparison]:
+    """Exact and token accuracy of every pair, each metric's p-values Holm-adjusted across
+    the pairs (one family per metric and table)."""
+    out: dict[tuple[str, str, str], Comparison] = {}
+    for key in DELTAS[:2]:
+        intervals = [compare(done[a], done[b], key) for a, b in pairs]
+        usable = [iv.p if iv is not None and not iv.one_seed else None for iv in intervals]
+        for (a, b), iv, p in zip(pairs, intervals, holm(usable), strict=True):
+            out[(a, b, key)] = Comparison(a, b, key, iv, p)
+    return out
+
+
+def method_line(found: Sequence[Comparison]) -> str:
+    """How the intervals of a table were computed, and across how many comparisons the
+    verdicts are adjusted."""
+    ivs = [c.interval for c in found if c.interval is not None]
+    m = sum(c.p_holm is not None for c in found if c.metric == "exact_acc")
+    holm_text = f"Holm-adjusted across {m} comparison{'s' if m != 1 else ''}"
+    boot = [iv for iv in ivs if iv.method == "bootstrap"]
+    if ivs and len(boot) == len(ivs):
+        return (
+            f"95% paired bootstrap over seeds and puzzles, B={BOOTSTRAP_B}, {holm_text} (the "
+            "interval is widened to Student's t over seeds where that is wider; see "
+            "docs/intervals.md)"
+        )
+    seed_only = (
+        "95% Student's t over seeds only (seed-only: runs without per-puzzle outcomes, "
+        "`eval/puzzles.npz`, leave out the evaluation set's noise)"
+    )
+    if boot:
+        return (
+            f"95% paired bootstrap over seeds and puzzles, B={BOOTSTRAP_B}, where every run of "
+            f"both arms saved per-puzzle outcomes, else {seed_only}; {holm_text}"
+        )
+    return f"{seed_only}; {holm_text}"
+
+
+def verdict(
+    a: str, b: str, exact: Comparison | None, token: Comparison | None, adjusted: bool
+) -> str:
+    """:func:`pair_verdict` on the 95% intervals, or on the Holm-adjusted p-values (< 0.05)."""
+    if not adjusted:
+        return pair_verdict(a, b, exact and exact.interval, token and token.interval)
+    return pair_verdict(
+        a,
+        b,
+        exact and exact.interval,
+        token and token.interval,
+        p_exact=exact.p_holm if exact else None,
+        p_token=token.p_holm if token else None,
+    )
+
+
 # -- the ablation report ------------------------------------------------------------------------
 def load_groups(
     ablation_dir: Path, warn: Callable[[str], None] | None = None
@@ -135,10 +246,68 @@ def write_report(
         from .trace import variant_sheets
 
         plots += variant_sheets(done, registry, ablation_dir / "plots", warn)
-    text = render(plan, groups, [p.relative_to(ablation_dir) for p in plots])
+    found = all_comparisons(done, plan.get("baseline", ""))
+    text = render(plan, groups, [p.relative_to(ablation_dir) for p in plots], found)
     path = ablation_dir / "report.md"
     write_text_atomic(path, text)
+    write_results(ablation_dir, plan, groups, found)
     return path
+
+
+def all_comparisons(
+    done: dict[str, list[RunSummary]], base: str
+) -> dict[str, dict[tuple[str, str, str], Comparison]]:
+    """The differences from the baseline and every pair, computed once for the report and
+    ``results.json``."""
+    names = [v for v, runs in done.items() if runs]
+    with_base = [(v, base) for v in names if v != base] if done.get(base) else []
+    pairs = [(a, b) for i, a in enumerate(names) for b in names[i + 1 :]]
+    return {
+        "baseline": comparisons(with_base, done),
+        "pairs": comparisons(pairs, done) if len(names) >= 3 else {},
+    }
+
+
+RESULT_FIELDS = ("variant", "seed", "run", "status", "metric", "value", "steps", "samples",
+                 "flops")  # fmt: skip
+
+
+def write_results(
+    ablation_dir: Path,
+    plan: dict[str, Any],
+    groups: dict[str, list[RunSummary]],
+    found: dict[str, dict[tuple[str, str, str], Comparison]],
+) -> None:
+    """``results.csv``: one row per run and metric (tidy), with what the run spent beside;
+    ``results.json``: the same rows and every comparison of the report with its interval."""
+    rows = []
+    for variant, runs in groups.items():
+        for i, run in enumerate(runs):
+            spent = {k: run.values.get(k) for k in ("steps", "samples", "flops")}
+            for metric, value in sorted(run.values.items()):
+                rows.append({
+                    "variant": variant, "seed": int(run.meta.get("seed", i)),
+                    "run": f"{variant}/{run.path.name}", "status": run.status,
+                    "metric": metric, "value": value, **spent,
+                })  # fmt: skip
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, RESULT_FIELDS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text_atomic(ablation_dir / "results.csv", buffer.getvalue())
+    results = {
+        "name": plan.get("name", ""),
+        "baseline": plan.get("baseline", ""),
+        "seeds": plan.get("seeds", []),
+        "rows": rows,
+        "differences": [c.as_dict() for c in found["baseline"].values()],
+        "pairs": [c.as_dict() for c in found["pairs"].values()],
+        "method": {
+            "differences": method_line(list(found["baseline"].values())),
+            "pairs": method_line(list(found["pairs"].values())),
+        },
+    }
+    write_json_atomic(ablation_dir / "results.json", results)
 
 
 def code_versions(runs: list[RunSummary]) -> str:
@@ -154,9 +323,15 @@ def code_versions(runs: list[RunSummary]) -> str:
     return ", ".join(f"{c} ({n} run{'s' if n > 1 else ''})" for c, n in counts.items())
 
 
-def render(plan: dict[str, Any], groups: dict[str, list[RunSummary]], plots: list[Path]) -> str:
+def render(
+    plan: dict[str, Any],
+    groups: dict[str, list[RunSummary]],
+    plots: list[Path],
+    found: dict[str, dict[tuple[str, str, str], Comparison]] | None = None,
+) -> str:
     done = {v: [r for r in runs if r.complete] for v, runs in groups.items()}
     base = plan.get("baseline", "")
+    found = found if found is not None else all_comparisons(done, base)
     seeds = plan.get("seeds") or sorted(
         {int(r.meta.get("seed", 0)) for g in done.values() for r in g}
     )
@@ -197,7 +372,7 @@ def render(plan: dict[str, Any], groups: dict[str, list[RunSummary]], plots: lis
         out += ["exact acc is the evaluation weights' (EMA's where a run averages them); the "
                 "raw and EMA columns give both weight sets, from the same last evaluation.", ""]  # fmt: skip
     out += _spent(done, plan)
-    out += _differences(done, base) + _pairs(done)
+    out += _differences(done, base, found["baseline"]) + _pairs(done, found["pairs"])
     out += _against_reference(done, plan) + _free_running(done, base)
     out += _trajectory(done) + _halting(done)
     if plots:
@@ -296,7 +471,8 @@ def _against_reference(done: dict[str, list[RunSummary]], plan: dict[str, Any]) 
                 continue
             theirs = values[metric] - theirs_base
             runs = done.get(variant) or []
-            ours = difference(by_seed(runs, metric), by_seed(ours_base, metric))
+            ours = (compare(runs, ours_base, metric) if metric in DELTAS[:2]
+                    else difference(by_seed(runs, metric), by_seed(ours_base, metric)))  # fmt: skip
             ci, verdict = reference_verdict(ours, theirs, bounded=unit == "pp")
             interval = f"[{f(ci[0])}, {f(ci[1])}]" if ci else "n/a"
             rows.append(
@@ -373,7 +549,9 @@ def _free_running(done: dict[str, list[RunSummary]], base: str) -> list[str]:
     ]
 
 
-def _differences(done: dict[str, list[RunSummary]], base: str) -> list[str]:
+def _differences(
+    done: dict[str, list[RunSummary]], base: str, found: dict[tuple[str, str, str], Comparison]
+) -> list[str]:
     ref = done.get(base) or []
     if not ref:
         return [f"No finished run of the baseline `{base}`: no differences.", ""]
@@ -381,76 +559,109 @@ def _differences(done: dict[str, list[RunSummary]], base: str) -> list[str]:
     for v, runs in done.items():
         if v == base or not runs:
             continue
-        deltas = {k: difference(by_seed(runs, k), by_seed(ref, k)) for k in DELTAS}
-        exact = deltas["exact_acc"]
-        ci = _possible(exact.ci95()) if exact else None
+        deltas = {k: difference(by_seed(runs, k), by_seed(ref, k)) for k in DELTAS[2:]}
+        exact, token = found.get((v, base, "exact_acc")), found.get((v, base, "token_acc"))
+        iv = exact.interval if exact else None
+        ci = _possible(iv.ci95()) if iv else None
         rows.append(
             [
                 f"`{v}`",
-                exact.seeds if exact else "0",
-                "paired" if exact and exact.paired else "unpaired",
-                fmt_delta(exact, pct),
+                iv.seeds if iv else "0",
+                "paired" if iv and iv.paired else "unpaired",
+                fmt_delta(iv, pct),
                 f"[{pct(ci[0])}, {pct(ci[1])}]" if ci else "n/a",
-                fmt_delta(deltas["token_acc"], pct),
+                _p(iv.p if iv and not iv.one_seed else None),
+                _p(exact.p_holm if exact else None),
+                verdict(v, base, exact, token, adjusted=True),
+                fmt_delta(token.interval if token else None, pct),
                 fmt_delta(deltas["loss"], num),
                 fmt_delta(deltas["halting_steps"], num),
                 fmt_delta(deltas["wall_s"], lambda x: f"{x:.1f}"),
             ]
         )
-    headers = ["variant", "n", "seeds", "Δ exact acc (pp)", "95% CI", "Δ token acc (pp)",
-               "Δ loss", "Δ halting steps", "Δ wall time (s)"]  # fmt: skip
+    headers = ["variant", "n", "seeds", "Δ exact acc (pp)", "95% CI", "p", "p (Holm)",
+               "verdict (Holm)", "Δ token acc (pp)", "Δ loss", "Δ halting steps",
+               "Δ wall time (s)"]  # fmt: skip
     return [
         f"## Difference from `{base}`",
         "",
-        "Δ = variant − baseline, ± standard error. Paired: mean of per-seed differences "
-        "(sd/√n); unpaired: difference of means (Welch). 95% CI from Student's t, cut to "
-        "[-100, 100] pp; n/a with one seed. pp = percentage points.",
+        f"Intervals: {method_line(list(found.values()))}. Δ = variant − baseline, ± its "
+        "standard error (the bootstrap's standard deviation, or sd/√n of paired per-seed "
+        "differences, Welch when the seeds differ). The 95% CI is cut to [-100, 100] pp; n/a "
+        "with one seed. p: two-sided, of Δ = 0; the verdict reads the Holm-adjusted p (< 0.05) "
+        "of exact accuracy, then of token accuracy. pp = percentage points.",
         "",
         table(headers, rows) if rows else "(no other variant finished)",
         "",
     ]
 
 
-def pair_verdict(a: str, b: str, exact: Delta | None, token: Delta | None) -> str:
+def _p(p: float | None) -> str:
+    if p is None:
+        return "n/a"
+    return "<0.001" if p < 0.001 else f"{p:.3f}"
+
+
+def pair_verdict(
+    a: str,
+    b: str,
+    exact: Delta | Interval | None,
+    token: Delta | Interval | None,
+    p_exact: float | None = None,
+    p_token: float | None = None,
+) -> str:
     """Which of ``a`` and ``b`` is better: exact accuracy decides when its 95% interval
-    excludes 0; otherwise token accuracy is read the same way, as the secondary measure."""
+    excludes 0 (given its adjusted p-value ``p_exact``: when that is below 0.05); otherwise
+    token accuracy is read the same way, as the secondary measure."""
+    adjusted = p_exact is not None or p_token is not None
     ci = exact.ci95() if exact else None
-    if ci is None:
+    if ci is None or (isinstance(exact, Interval) and exact.one_seed):
         return "no interval (one seed)"
-    if ci[0] > 0 or ci[1] < 0:
-        return f"`{a if ci[0] > 0 else b}` better (exact)"
+    if _decides(exact, ci, p_exact, adjusted):
+        return f"`{a if exact.mean > 0 else b}` better (exact)"
     both_zero = exact is not None and exact.mean == 0 and ci == (0.0, 0.0)
-    head = "exact: both 0%" if both_zero else "exact: CI includes 0"
+    head = "exact: both 0%" if both_zero else "exact: includes 0" if adjusted else (
+        "exact: CI includes 0")  # fmt: skip
     tci = token.ci95() if token else None
-    if tci and (tci[0] > 0 or tci[1] < 0):
-        return f"{head}; `{a if tci[0] > 0 else b}` higher token acc"
-    return f"{head}; token: CI includes 0"
+    if tci and _decides(token, tci, p_token, adjusted):
+        return f"{head}; `{a if token.mean > 0 else b}` higher token acc"
+    return f"{head}; token: includes 0" if adjusted else f"{head}; token: CI includes 0"
 
 
-def _pairs(done: dict[str, list[RunSummary]]) -> list[str]:
-    names = [v for v, runs in done.items() if runs]
-    if len(names) < 3:  # with two, the difference from the baseline is the one pair
+def _decides(d: Any, ci: tuple[float, float], p: float | None, adjusted: bool) -> bool:
+    if adjusted:
+        return p is not None and p < 0.05 and d.mean != 0
+    return ci[0] > 0 or ci[1] < 0
+
+
+def _pairs(
+    done: dict[str, list[RunSummary]], found: dict[tuple[str, str, str], Comparison]
+) -> list[str]:
+    pairs = list(dict.fromkeys((a, b) for a, b, _ in found))
+    if not pairs:  # with two variants, the difference from the baseline is the one pair
         return []
     rows = []
-    for i, a in enumerate(names):
-        for b in names[i + 1 :]:
-            d = {k: difference(by_seed(done[a], k), by_seed(done[b], k)) for k in DELTAS[:2]}
-            cells = []
-            for key in DELTAS[:2]:
-                ci = _possible(d[key].ci95()) if d[key] else None
-                bounds = f"[{pct(ci[0])}, {pct(ci[1])}]" if ci else "n/a"
-                cells += [fmt_delta(d[key], pct), bounds]
-            seeds = d["exact_acc"].seeds if d["exact_acc"] else "0"
-            verdict = pair_verdict(a, b, d["exact_acc"], d["token_acc"])
-            rows.append([f"`{a}`", f"`{b}`", seeds, *cells, verdict])
+    for a, b in pairs:
+        exact, token = found[(a, b, "exact_acc")], found[(a, b, "token_acc")]
+        cells = []
+        for c in (exact, token):
+            ci = _possible(c.interval.ci95()) if c.interval else None
+            bounds = f"[{pct(ci[0])}, {pct(ci[1])}]" if ci else "n/a"
+            cells += [fmt_delta(c.interval, pct), bounds]
+        seeds = exact.interval.seeds if exact.interval else "0"
+        rows.append([
+            f"`{a}`", f"`{b}`", seeds, *cells, verdict(a, b, exact, token, adjusted=False),
+            _p(exact.p_holm), verdict(a, b, exact, token, adjusted=True),
+        ])  # fmt: skip
     headers = ["A", "B", "n", "Δ exact acc (pp)", "95% CI", "Δ token acc (pp)", "95% CI",
-               "verdict at this budget"]  # fmt: skip
+               "verdict, unadjusted", "p exact (Holm)", "verdict (Holm)"]  # fmt: skip
     return [
         "## Every pair",
         "",
-        "Δ = A − B, ± standard error, paired by seed where both ran the same seeds (else "
-        "Welch), 95% CI from Student's t. Exact accuracy decides where its interval excludes "
-        "0; where it includes 0, token accuracy is read the same way as the secondary measure.",
+        f"Intervals: {method_line(list(found.values()))}. Δ = A − B, ± standard error. "
+        "Exact accuracy decides where its interval excludes 0 (unadjusted) or its Holm-adjusted "
+        "p is below 0.05 (adjusted); where it does not, token accuracy is read the same way as "
+        "the secondary measure (its own Holm family).",
         "",
         table(headers, rows),
         "",

@@ -11,11 +11,13 @@ from __future__ import annotations
 import json
 import math
 import statistics
+import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import attrs
+import numpy as np
 
 from ..engine.runs import (
     checkpoint_problem,
@@ -23,6 +25,7 @@ from ..engine.runs import (
     write_json_atomic,
     write_text_atomic,
 )
+from .stats import Puzzles
 
 DENSE = "dense: every parameter is used by every token"
 ROUTED = (
@@ -206,6 +209,9 @@ class RunSummary:
     params: dict[str, Any]
     meta: dict[str, Any]
     problems: tuple[str, ...] = ()  # skipped metrics lines, a damaged final checkpoint
+    # metric (exact_acc, token_acc, raw_exact_acc, raw_token_acc) -> per-puzzle outcomes of
+    # the last evaluation (eval/puzzles.npz); empty for runs that saved none
+    puzzles: dict[str, Puzzles] = attrs.field(factory=dict)
 
     @property
     def complete(self) -> bool:
@@ -289,6 +295,52 @@ def summarize_run(run_dir: Path) -> RunSummary:
         problems.append(f"final checkpoint damaged, run counted incomplete: {damage}")
     status = "time limit" if stopped and final else "finished" if final else "incomplete"
     step = max((r.get("step", 0) for r in records), default=0)
+    puzzles, problem = read_puzzles(run_dir, evals[-1] if evals else None)
+    if problem:
+        problems.append(problem)
     return RunSummary(
-        run_dir, status, step, values, records, halting, params, meta, tuple(problems)
+        run_dir, status, step, values, records, halting, params, meta, tuple(problems), puzzles
     )
+
+
+PUZZLE_METRICS = ("exact_acc", "token_acc", "raw_exact_acc", "raw_token_acc")
+
+
+def read_puzzles(
+    run_dir: Path, last_eval: dict[str, Any] | None
+) -> tuple[dict[str, Puzzles], str | None]:
+    """The per-puzzle outcomes of ``run_dir``'s last evaluation, by metric, and a problem when
+    the file exists but cannot be used: damaged, from another step than the last evaluation
+    logged, or with means that are not the logged ones (the report then falls back to the
+    seed-only interval for this run)."""
+    from ..engine.evaluate import PUZZLES_FILE  # engine.evaluate imports torch: only here
+
+    path = Path(run_dir) / PUZZLES_FILE
+    if not path.exists() or last_eval is None:
+        return {}, None
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {k: data[k] for k in data.files}
+    except (OSError, ValueError, zipfile.BadZipFile) as exc:
+        return {}, f"{path}: unreadable ({exc}); seed-only intervals for this run"
+    step = int(arrays.get("step", -1))
+    if step != last_eval.get("step"):
+        return {}, (
+            f"{path}: outcomes of step {step}, but the last evaluation logged is step "
+            f"{last_eval.get('step')}; seed-only intervals for this run"
+        )
+    eval_set = str(arrays.get("eval_set", ""))
+    out = {}
+    for metric in PUZZLE_METRICS:
+        if metric not in arrays:
+            continue
+        values = arrays[metric].astype(np.float64)
+        raw = metric.startswith("raw_")
+        logged = last_eval.get(f"eval/raw/{metric[4:]}" if raw else f"eval/{metric}")
+        if logged is not None and abs(values.mean() - logged) > 1e-4:
+            return {}, (
+                f"{path}: mean {metric} {values.mean():.6f} is not the logged {logged:.6f}; "
+                "seed-only intervals for this run"
+            )
+        out[metric] = Puzzles(eval_set, values)
+    return out, None

@@ -14,6 +14,7 @@ from ponderkit.lab.run_analysis import summarize_run, training_seconds
 from ponderkit.lab.stats import describe, difference
 
 PNG = b"\x89PNG\r\n\x1a\n"
+T2 = 4.302652729911275  # t_{0.975, 2} (printed tables: 4.303)
 
 
 def make_run(root, variant, seed, *, exact, loss, steps=(1, 2, 2, 3), final=True, **extra):
@@ -76,8 +77,8 @@ def test_describe_and_difference_match_the_formulas():
     assert d.paired and d.n == 3 and d.mean == pytest.approx(2 / 15)
     assert d.se == pytest.approx(sd / math.sqrt(3))
     lo, hi = d.ci95()
-    assert lo == pytest.approx(2 / 15 - 4.303 * sd / math.sqrt(3))
-    assert hi == pytest.approx(2 / 15 + 4.303 * sd / math.sqrt(3))
+    assert lo == pytest.approx(2 / 15 - T2 * sd / math.sqrt(3))
+    assert hi == pytest.approx(2 / 15 + T2 * sd / math.sqrt(3))
     # unpaired (different seeds): difference of means, Welch standard error
     u = difference({0: 1.0, 1: 2.0}, {5: 0.0, 6: 2.0, 7: 4.0})
     assert not u.paired and u.mean == pytest.approx(-0.5) and u.seeds == "2 vs 3"
@@ -98,9 +99,9 @@ def test_report_table_statistics(ablation_dir):
     assert single[1] == "1" and single[2] == "25.00 ± n/a"
     better = row(report, "better", "Difference from `base`")
     assert better[1:4] == ["3", "paired", "+13.33 ± 3.33"]
-    lo, hi = 2 / 15 - 4.303 * 0.057735 / math.sqrt(3), 2 / 15 + 4.303 * 0.057735 / math.sqrt(3)
+    lo, hi = 2 / 15 - T2 * 0.057735 / math.sqrt(3), 2 / 15 + T2 * 0.057735 / math.sqrt(3)
     assert better[4] == f"[{100 * lo:.2f}, {100 * hi:.2f}]"
-    assert better[7] == "-1 ± 0"  # halting steps 1.5 vs 2
+    assert better[10] == "-1 ± 0"  # halting steps 1.5 vs 2
     assert row(report, "single", "Difference from `base`")[3].endswith("± n/a")
     trajectory = row(report, "base", "Training loss")
     assert trajectory[2:] == ["2 ± 0", "0.5 ± 0.1", "0.5 ± 0.1", "75.00 ± 5.00"]
@@ -193,7 +194,7 @@ def test_report_states_budget_spent_and_both_weight_sets(tmp_path):
 
 def test_intervals_of_accuracy_differences_stay_within_what_can_occur(tmp_path):
     """Baseline 0.9, 0.95, 1.0 exact; a variant at 0: the paired t-interval
-    -0.95 -+ 4.303 * 0.05 / sqrt(3) reaches below -100 pp and is cut there."""
+    -0.95 -+ T2 * 0.05 / sqrt(3) reaches below -100 pp and is cut there."""
     root = tmp_path / "abl"
     for seed, exact in enumerate([0.9, 0.95, 1.0]):
         make_run(root, "base", seed, exact=exact, loss=0.4)
@@ -201,7 +202,7 @@ def test_intervals_of_accuracy_differences_stay_within_what_can_occur(tmp_path):
     plan = {"name": "synthetic", "baseline": "base", "seeds": [0, 1, 2],
             "budget_text": "30 optimizer steps per run", "variants": {"base": [], "zero": []}}  # fmt: skip
     (root / "ablation.json").write_text(json.dumps(plan))
-    half = 4.303 * 0.05 / math.sqrt(3)
+    half = T2 * 0.05 / math.sqrt(3)
     assert -0.95 - half < -1.0 < -0.95 + half  # the uncut interval does pass -100 pp
     zero = row(write_report(root).read_text(), "zero", "Difference from `base`")
     assert zero[3] == "-95.00 ± 2.89"
@@ -210,7 +211,7 @@ def test_intervals_of_accuracy_differences_stay_within_what_can_occur(tmp_path):
 
 def test_every_pair_reads_exact_first_then_token(tmp_path):
     """Three variants over seeds 0-2. a - b exact: 0.3, 0.2, 0.4 -> mean 0.3, sd 0.1, paired
-    interval 0.3 -+ 4.303 * 0.1 / sqrt(3) (excludes 0: a better). b and c are both 0 exact;
+    interval 0.3 -+ T2 * 0.1 / sqrt(3) (excludes 0: a better). b and c are both 0 exact;
     their token accuracy ((1 + exact) / 2 in make_run) is then equal too, so neither wins."""
     root = tmp_path / "abl"
     for seed, (a, b) in enumerate([(0.3, 0.0), (0.2, 0.0), (0.4, 0.0)]):
@@ -221,16 +222,24 @@ def test_every_pair_reads_exact_first_then_token(tmp_path):
             "budget_text": "30 optimizer steps per run", "variants": {"a": [], "b": [], "c": []}}  # fmt: skip
     (root / "ablation.json").write_text(json.dumps(plan))
     report = write_report(root).read_text()
-    half = 4.303 * 0.1 / math.sqrt(3)
+    half = T2 * 0.1 / math.sqrt(3)
     pairs = report.split("## Every pair")[1].split("\n## ")[0]
     lines = {tuple(c.strip() for c in x.strip("|").split("|")[:2]): x for x in pairs.splitlines()
              if x.startswith("| `")}  # fmt: skip
     ab = [c.strip() for c in lines[("`a`", "`b`")].strip("|").split("|")]
     assert ab[3] == f"+30.00 ± {100 * 0.1 / math.sqrt(3):.2f}"
     assert ab[4] == f"[{100 * (0.3 - half):.2f}, {100 * (0.3 + half):.2f}]"
-    assert ab[-1] == "`a` better (exact)"
+    assert ab[-3] == "`a` better (exact)"  # unadjusted
+    # Holm over the 3 pairs: a-b and a-c have t = 0.3 / (0.1 / sqrt 3) = sqrt 27 on 2 df, whose
+    # two-sided p is 1 - t / sqrt(t^2 + 2) = 1 - sqrt(27 / 29) = 0.035099; b-c: p = 1. Sorted
+    # 0.0351, 0.0351, 1 times 3, 2, 1: 0.1053, 0.0702 -> 0.1053, 1. Token accuracy differs by
+    # half as much with the same t: the same p. After adjustment nothing is decided.
+    p = 3 * (1 - math.sqrt(27 / 29))
+    assert ab[-2] == f"{p:.3f}" == "0.105"
+    assert ab[-1] == "exact: includes 0; token: includes 0"
     bc = [c.strip() for c in lines[("`b`", "`c`")].strip("|").split("|")]
-    assert bc[-1] == "exact: both 0%; token: CI includes 0"
+    assert bc[-3] == "exact: both 0%; token: CI includes 0"
+    assert "Student's t over seeds only" in pairs and "Holm-adjusted across 3 comparisons" in pairs
     assert set(lines) == {("`a`", "`b`"), ("`a`", "`c`"), ("`b`", "`c`")}
 
 
@@ -303,3 +312,105 @@ def test_code_line_names_every_commit_a_grid_was_trained_at(tmp_path):
         (run / "meta.json").write_text(json.dumps({"seed": 0, "git": {"commit": "3" * 40}}))
     report = write_report(root).read_text()
     assert "at 3333333333; torch" in report
+
+
+def with_puzzles(run, exact, step=30):
+    """Per-puzzle outcomes for ``run`` as training writes them (``eval/puzzles.npz``); token
+    accuracy (1 + exact) / 2 per puzzle, so the means are make_run's."""
+    import numpy as np
+    from ponderkit.engine.evaluate import PuzzleOutcomes, write_puzzle_outcomes
+
+    outcomes = PuzzleOutcomes()
+    outcomes.exact = np.asarray(exact, np.uint8)
+    outcomes.token_acc = ((1 + outcomes.exact) / 2).astype(np.float32)
+    outcomes.eval_set = "the same 64 puzzles"
+    write_puzzle_outcomes(run, step, {"": outcomes})
+
+
+@pytest.fixture
+def no_plots(monkeypatch):
+    """Reports without plots (matplotlib takes seconds; plots are tested above)."""
+    monkeypatch.setattr("ponderkit.lab.report_plots.write_plots", lambda groups, out: [])
+
+
+def one_puzzle_ablation(root, step=30):
+    """The issue's case: seeds 0 and 1, the variant solves the baseline's 32 of 64 puzzles
+    and one more, the same one in both seeds (+1.5625 pp in each)."""
+    base = [1] * 32 + [0] * 32
+    more = base.copy()
+    more[40] = 1
+    for seed in range(2):
+        with_puzzles(make_run(root, "base", seed, exact=32 / 64, loss=0.5), base, step)
+        with_puzzles(make_run(root, "more", seed, exact=33 / 64, loss=0.5), more, step)
+    plan = {"name": "one", "baseline": "base", "seeds": [0, 1], "budget_text": "30 steps",
+            "variants": {"base": [], "more": []}}  # fmt: skip
+    (root / "ablation.json").write_text(json.dumps(plan))
+
+
+def test_one_puzzle_in_two_seeds_is_not_a_verdict(tmp_path, no_plots):
+    """Seed-only, the two identical differences give [1.56, 1.56] and "better"; over puzzles
+    the one puzzle is missing from 36.5% of resamples ((63/64)^64), so the interval starts at 0
+    and p is about 2 x 0.365."""
+    root = tmp_path / "abl"
+    one_puzzle_ablation(root)
+    report = write_report(root).read_text()
+    more = row(report, "more", "Difference from `base`")
+    assert more[3].startswith("+1.56 ±") and more[4].startswith("[0.00, ")
+    assert float(more[4].split(", ")[1].rstrip("]")) >= 3.125  # 2 puzzles of 64 or more
+    assert float(more[5]) == pytest.approx(2 * (63 / 64) ** 64, abs=0.05)
+    assert more[7] == "exact: includes 0; token: includes 0"
+    assert (
+        "95% paired bootstrap over seeds and puzzles, B=4000, Holm-adjusted across 1 comparison"
+        in report
+    )
+    # the same run folders without their per-puzzle files: the old seed-only verdict, said so
+    for npz in root.glob("*/seed*/eval/puzzles.npz"):
+        npz.unlink()
+    report = write_report(root).read_text()
+    more = row(report, "more", "Difference from `base`")
+    assert more[4] == "[1.56, 1.56]" and more[7] == "`more` better (exact)"
+    assert "Student's t over seeds only" in report
+
+
+def test_outcomes_of_another_step_are_not_used(tmp_path, no_plots):
+    root = tmp_path / "abl"
+    one_puzzle_ablation(root, step=20)  # the last evaluation logged is step 30
+    problems = []
+    report = write_report(root, warn=problems.append).read_text()
+    assert "Student's t over seeds only" in report
+    assert len(problems) == 4
+    assert "outcomes of step 20, but the last evaluation logged is step 30" in problems[0]
+
+
+def test_results_csv_and_json_hold_every_run_and_metric(tmp_path, no_plots):
+    import csv
+
+    root = tmp_path / "abl"
+    one_puzzle_ablation(root)
+    make_run(root, "more", 2, exact=0.0, loss=9.0, final=False)  # incomplete: listed, so said
+    write_report(root)
+    rows = list(csv.DictReader((root / "results.csv").open()))
+    # what make_run logs, by hand: the last evaluation (exact, token, eval/steps -> halting
+    # steps from halting.json), the loss trajectory (4), parameters (2), time, steps, speed
+    complete = {"exact_acc", "token_acc", "halting_steps", "exact_acc_early_exit", "loss",
+                "initial_loss", "min_loss", "loss_improvement", "parameters",
+                "active_parameters", "wall_s", "steps", "samples_per_s"}  # fmt: skip
+    runs = {(r["variant"], r["seed"], r["status"]) for r in rows}
+    assert runs == {("base", "0", "finished"), ("base", "1", "finished"),
+                    ("more", "0", "finished"), ("more", "1", "finished"),
+                    ("more", "2", "incomplete")}  # fmt: skip
+    for variant, seed, _ in runs - {("more", "2", "incomplete")}:
+        metrics = {r["metric"] for r in rows if (r["variant"], r["seed"]) == (variant, seed)}
+        assert metrics == complete
+    exact = {
+        (r["variant"], r["seed"]): float(r["value"]) for r in rows if r["metric"] == "exact_acc"
+    }
+    assert exact[("base", "0")] == 0.5 and exact[("more", "1")] == 33 / 64
+    assert all(r["steps"] == "30.0" for r in rows)
+    results = json.loads((root / "results.json").read_text())
+    assert results["rows"] == json.loads(json.dumps(results["rows"]))  # plain JSON values
+    assert len(results["rows"]) == len(rows)
+    (diff,) = [d for d in results["differences"] if d["metric"] == "exact_acc"]
+    assert (diff["a"], diff["b"], diff["method"], diff["lo"]) == ("more", "base", "bootstrap", 0)
+    assert diff["difference"] == pytest.approx(1 / 64) and diff["paired_by_puzzle"]
+    assert results["pairs"] == []  # two variants: the difference above is the one pair
