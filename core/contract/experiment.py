@@ -43,6 +43,9 @@ def _seed(instance: Any, attribute: attrs.Attribute, value: int) -> None:
 
 
 def plain_name(instance: Any, attribute: attrs.Attribute, value: str) -> None:
+    if len(value) > 200:  # a path component holds 255 bytes; the time stamp needs some
+        raise ValueError(f"'{attribute.name}' names the run directory: at most 200 "
+                         f"characters, got {len(value)}")  # fmt: skip
     if not RUN_NAME_RE.match(value):
         raise ValueError(
             f"'{attribute.name}' names the run directory (runs/<name>-<time>): use letters, "

@@ -376,8 +376,8 @@ def _set_path(data: Any, path: Path_, value: Any) -> str | None:
             return f"list index {part} out of range (the list has {len(node)} items)"
         if nxt is _MISSING:
             node[part] = nxt = {}
-        elif isinstance(nxt, str) and isinstance(node, dict):  # bare component name
-            node[part] = nxt = {"name": nxt}
+        elif isinstance(nxt, str) and isinstance(node, dict | list):  # bare component name
+            node[part] = nxt = {"name": nxt}  # (a list of them: callbacks.0.decay=0.9)
         if isinstance(nxt, list) and not isinstance(path[i + 1], int):
             return f"{'.'.join(map(str, path[: i + 1]))} is a list; index it with a number"
         if not isinstance(nxt, dict | list):

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .runs import CheckpointDamaged
+from .runs import CheckpointDamaged, check_run_layout
 
 Warn = Callable[[str], None]
 
@@ -45,6 +45,7 @@ def checkpoints_newest_first(run_dir: Path) -> list[Path]:
 def resume(trainer: Any, run_dir: Path, warn: Warn = _stderr) -> Path | None:
     """Restore ``trainer`` from the newest intact checkpoint of ``run_dir``; returns it, or
     None when there is none (then the metrics log restarts empty)."""
+    check_run_layout(run_dir)
     clean_temporaries(run_dir, warn)
     candidates = checkpoints_newest_first(run_dir)
     for i, path in enumerate(candidates):

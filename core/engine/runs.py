@@ -65,6 +65,8 @@ def default_run_dir(name: str, root: str | Path = "runs") -> Path:
 def ensure_new_run_dir(path: str | Path) -> None:
     """Refuse a ``path`` that already exists and holds anything (or is a file)."""
     path = Path(path)
+    if path.is_symlink() and not path.exists():
+        raise RunDirExists(f"--out {path}: a symbolic link to nothing (or a link loop)")
     if not is_empty_run_dir(path):
         raise RunDirExists(
             f"run directory {path} already exists and is not empty; "
@@ -76,8 +78,29 @@ def create_run_dir(path: str | Path) -> Path:
     """Create ``path``; refuse one that already exists and holds anything."""
     path = Path(path)
     ensure_new_run_dir(path)
-    path.mkdir(parents=True, exist_ok=True)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # read-only, a file on the way, a link loop
+        raise InputError(f"--out {path}: cannot create it ({exc.strerror or exc})") from None
     return path
+
+
+# what a run directory holds, and what each must be
+RUN_LAYOUT = {"checkpoints": "folder", "metrics.jsonl": "file", "config.yaml": "file",
+              "meta.json": "file", ".lock": "file"}  # fmt: skip
+
+
+def check_run_layout(run_dir: Path) -> None:
+    """Refuse a run directory whose parts are the wrong kind (``checkpoints`` a file,
+    ``metrics.jsonl`` a folder ...) before anything is trained into it."""
+    for name, kind in RUN_LAYOUT.items():
+        path = Path(run_dir) / name
+        if not os.path.lexists(path):
+            continue
+        if kind == "folder" and not path.is_dir():
+            raise InputError(f"{path} is not a folder; this run directory is damaged (move it)")
+        if kind == "file" and not path.is_file():
+            raise InputError(f"{path} is not a file; this run directory is damaged (move it)")
 
 
 def git_state(cwd: Path | None = None) -> dict[str, Any]:
@@ -236,7 +259,12 @@ class MetricsLog:
         self.path = path
 
     def write(self, record: dict[str, Any]) -> None:
-        line = json.dumps(record) + "\n"
+        try:
+            self._append(json.dumps(record) + "\n")
+        except OSError as exc:
+            raise InputError(f"{self.path}: cannot append to it ({exc.strerror or exc})") from None
+
+    def _append(self, line: str) -> None:
         with self.path.open("a", encoding="utf-8") as f:
             if os.environ.get(KILL_ENV):  # a kill half-way through the line
                 f.write(line[: len(line) // 2])

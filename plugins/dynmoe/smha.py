@@ -35,7 +35,9 @@ class DynSMHAConfig:
 
     experts: int = attrs.field(default=8, validator=attrs.validators.gt(0))
     heads: int = attrs.field(default=4, validator=attrs.validators.gt(0))
-    head_dim: int | None = None
+    head_dim: int | None = attrs.field(
+        default=None, validator=attrs.validators.optional(attrs.validators.gt(0))
+    )
     router: Spec = component("router", default="cosine_threshold")
     causal: bool = False
     grouped_gemm: Literal["auto", "loop"] = "auto"

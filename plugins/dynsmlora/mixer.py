@@ -51,7 +51,9 @@ class DynSMLoRAConfig:
     kv_heads: int | None = attrs.field(
         default=None, validator=attrs.validators.optional(attrs.validators.gt(0))
     )
-    head_dim: int | None = None
+    head_dim: int | None = attrs.field(
+        default=None, validator=attrs.validators.optional(attrs.validators.gt(0))
+    )
     projections: tuple[Projection, ...] = attrs.field(
         default=("q", "k", "v", "o"), validator=_projections
     )

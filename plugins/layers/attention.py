@@ -27,7 +27,9 @@ class AttentionConfig:
     heads / kv_heads query heads."""
 
     heads: int = attrs.field(default=8, validator=attrs.validators.gt(0))
-    head_dim: int | None = None
+    head_dim: int | None = attrs.field(
+        default=None, validator=attrs.validators.optional(attrs.validators.gt(0))
+    )
     causal: bool = False
     kv_heads: int | None = attrs.field(
         default=None, validator=attrs.validators.optional(attrs.validators.gt(0))

@@ -15,7 +15,7 @@ class PostNormConfig:
 
     mixer: Spec = component("mixer", default="attention")
     ffn: Spec = component("ffn", default="swiglu")
-    eps: float = 1e-5
+    eps: float = attrs.field(default=1e-5, validator=attrs.validators.gt(0))
 
 
 @attrs.frozen
@@ -24,7 +24,7 @@ class PreNormConfig:
 
     mixer: Spec = component("mixer", default="attention")
     ffn: Spec = component("ffn", default="swiglu")
-    eps: float = 1e-5
+    eps: float = attrs.field(default=1e-5, validator=attrs.validators.gt(0))
 
 
 class ResidualBlock(nn.Module):

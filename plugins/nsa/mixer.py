@@ -46,7 +46,9 @@ class NsaConfig:
     (:meth:`NativeSparseAttention.decode_step`) whatever the kernel."""
 
     heads: int = attrs.field(default=8, validator=attrs.validators.gt(0))
-    head_dim: int | None = None
+    head_dim: int | None = attrs.field(
+        default=None, validator=attrs.validators.optional(attrs.validators.gt(0))
+    )
     block: int = attrs.field(default=64, validator=attrs.validators.gt(0))
     selected: int = attrs.field(default=16, validator=attrs.validators.gt(0))
     window: int = attrs.field(default=512, validator=attrs.validators.gt(0))

@@ -24,16 +24,18 @@ Every problem is a :class:`DataError` of one line naming the file and the exampl
 from __future__ import annotations
 
 import json
+import os
+import stat
 from pathlib import Path
 
 import attrs
 import numpy as np
-from ponderkit import IGNORE_LABEL, PonderkitError
+from ponderkit import IGNORE_LABEL, InputError
 
 TRM_ARRAYS = ("inputs", "labels", "puzzle_identifiers", "puzzle_indices", "group_indices")
 
 
-class DataError(PonderkitError):
+class DataError(InputError):
     """A data file that cannot be used: the message names the file and what is wrong."""
 
 
@@ -75,25 +77,59 @@ def read_split(path: Path) -> Split:
     raise DataError(f"{path}: unknown data format (use a TRM/HRM directory, .npz or .jsonl)")
 
 
+def _regular(path: Path) -> None:
+    """Refuse what is not a regular file before reading it: a named pipe would block the
+    read forever, a device never end, a link loop fail deep inside numpy."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read it ({exc.strerror or exc})") from None
+    if not stat.S_ISREG(mode):
+        kind = "a named pipe" if stat.S_ISFIFO(mode) else "not a regular file"
+        raise DataError(f"{path}: {kind}; a data file must be a regular file")
+
+
+def _whole_number(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _integer_array(file: Path, name: str, arr: np.ndarray) -> None:
+    """Token ids and offsets are integers: a float array would be truncated silently."""
+    if arr.dtype.kind not in "iu":
+        raise DataError(f"{file}: {name} holds {arr.dtype} values, expected integers")
+
+
 def _read_trm(folder: Path) -> Split:
     meta_path = folder / "dataset.json"
+    _regular(meta_path)
     try:
-        meta = json.loads(meta_path.read_text())
+        meta = json.loads(meta_path.read_bytes().decode("utf-8"))
     except (OSError, ValueError) as exc:
-        raise DataError(f"{meta_path}: cannot read it ({exc})") from None
+        raise DataError(f"{meta_path}: cannot read it ({_short(exc)})") from None
+    if not isinstance(meta, dict):
+        raise DataError(f"{meta_path}: a JSON {type(meta).__name__}, expected an object")
     for key in ("vocab_size", "seq_len"):
-        if not isinstance(meta.get(key), int):
-            raise DataError(f"{meta_path}: needs an integer {key!r}")
+        if not _whole_number(meta.get(key)) or meta[key] < 1:
+            raise DataError(f"{meta_path}: needs a positive integer {key!r}")
     ignore = meta.get("ignore_label_id")
+    if ignore is not None and not _whole_number(ignore):
+        raise DataError(f"{meta_path}: 'ignore_label_id' must be an integer or null")
+    sets = meta.get("sets") or ["all"]
+    if not isinstance(sets, list) or not all(
+        isinstance(n, str) and n and "/" not in n for n in sets
+    ):
+        raise DataError(f"{meta_path}: 'sets' must be a list of set names")
     parts = []
-    for name in meta.get("sets") or ["all"]:
+    for name in sets:
         arrays = {}
         for field in TRM_ARRAYS:
             file = folder / f"{name}__{field}.npy"
+            _regular(file)
             try:
                 arrays[field] = np.load(file, mmap_mode="r")
-            except (OSError, ValueError) as exc:
-                raise DataError(f"{file}: cannot read it ({exc})") from None
+            except Exception as exc:  # noqa: BLE001 -- numpy's many ways to refuse a file
+                raise DataError(f"{file}: cannot read it ({_short(exc)})") from None
+            _integer_array(file, field, arrays[field])
         parts.append(_examples(folder, name, arrays, meta["seq_len"], ignore))
     inputs = np.concatenate([p[0] for p in parts])
     labels = np.concatenate([p[1] for p in parts])
@@ -134,15 +170,19 @@ def _examples(folder: Path, name: str, a: dict, seq_len: int, ignore: int | None
 
 
 def _read_npz(path: Path) -> Split:
+    _regular(path)
     try:
         with np.load(path, allow_pickle=False) as data:
             arrays = {k: data[k] for k in data.files}
-    except (OSError, ValueError) as exc:
+    except Exception as exc:  # noqa: BLE001 -- numpy's many ways to refuse a file
         raise DataError(f"{path}: cannot read it ({exc})") from None
     for key in ("inputs", "labels"):
         if key not in arrays:
             raise DataError(f"{path}: no array {key!r} (has: {', '.join(arrays) or 'none'})")
     x, y = arrays["inputs"], arrays["labels"]
+    for key, arr in arrays.items():
+        if key in ("inputs", "labels", "puzzle_ids"):
+            _integer_array(path, key, arr)
     if x.ndim != 2:
         raise DataError(f"{path}: inputs has shape {x.shape}, expected (examples, seq_len)")
     if y.shape != x.shape:
@@ -155,31 +195,56 @@ def _read_npz(path: Path) -> Split:
 
 def _read_jsonl(path: Path) -> Split:
     xs, ys, ids = [], [], []
+    _regular(path)
     try:
-        lines = path.read_text().splitlines()
+        raw = path.read_bytes()
     except OSError as exc:
-        raise DataError(f"{path}: cannot read it ({exc})") from None
-    for n, line in enumerate(lines, 1):
+        raise DataError(f"{path}: cannot read it ({exc.strerror or exc})") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise DataError(f"{path}:{line}: not UTF-8 text (byte 0x{raw[exc.start]:02x})") from None
+    for n, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         try:
             row = json.loads(line)
-            x, y = row["input"], row["label"]
-        except (ValueError, KeyError, TypeError):
-            raise DataError(f"{path}:{n}: need an object with 'input' and 'label' lists") from None
+        except ValueError as exc:
+            raise DataError(f"{path}:{n}: not JSON ({_short(exc)})") from None
+        if not isinstance(row, dict) or "input" not in row or "label" not in row:
+            raise DataError(f"{path}:{n}: need an object with 'input' and 'label' lists")
+        x, y = row["input"], row["label"]
+        for key, value in (("input", x), ("label", y)):
+            if not isinstance(value, list) or not value:
+                raise DataError(f"{path}:{n}: {key!r} must be a non-empty list of token ids")
+            bad = next((t for t in value if not _whole_number(t) or abs(t) >= 2**62), None)
+            if bad is not None or any(not _whole_number(t) for t in value):
+                raise DataError(f"{path}:{n}: {key!r} holds {_short(bad)}, not a token id")
         if len(x) != len(y) or (xs and len(x) != len(xs[0])):
             want = len(xs[0]) if xs else len(x)
             raise DataError(
                 f"{path}:{n}: input has {len(x)} tokens and label {len(y)}; every line needs {want}"
             )
+        pid = row.get("puzzle_id", 0)
+        if not _whole_number(pid) or not 0 <= pid < 2**62:
+            raise DataError(f"{path}:{n}: 'puzzle_id' must be an integer >= 0, got {_short(pid)}")
         xs.append(x)
         ys.append(y)
-        ids.append(row.get("puzzle_id", 0))
+        ids.append(pid)
     if not xs:
         raise DataError(f"{path}: no examples")
     return Split(
-        np.array(xs, dtype=np.int64), np.array(ys, dtype=np.int64), np.array(ids), str(path)
+        np.array(xs, dtype=np.int64),
+        np.array(ys, dtype=np.int64),
+        np.array(ids, dtype=np.int64),
+        str(path),
     )
+
+
+def _short(value: object, limit: int = 200) -> str:
+    text = str(value) if isinstance(value, BaseException) else repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def check_split(split: Split, vocab_size: int, seq_len: int, num_puzzle_ids: int) -> None:

@@ -13,6 +13,8 @@ from . import maze_gen, sudoku_gen
 from .arrays import ArrayTask
 from .file_formats import DataError, Split, check_split, locate, read_split
 
+_optional_positive = attrs.validators.optional(attrs.validators.gt(0))
+
 
 @attrs.frozen
 class FilesConfig:
@@ -32,9 +34,10 @@ class FilesConfig:
     path: str
     train_split: str | None = "train"
     eval_split: str = "test"
-    vocab_size: int | None = None
+    vocab_size: int | None = attrs.field(default=None, validator=_optional_positive)
     augment: Literal["none", "sudoku", "maze"] = "none"
-    eval_limit: int | None = None
+    # evaluate on the first eval_limit examples (null: all of them)
+    eval_limit: int | None = attrs.field(default=None, validator=_optional_positive)
 
 
 def _read(cfg: FilesConfig) -> dict[str, Split]:

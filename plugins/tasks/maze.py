@@ -27,8 +27,10 @@ class MazeConfig:
     train_size: int = attrs.field(default=1000, validator=attrs.validators.gt(0))
     eval_size: int = attrs.field(default=1000, validator=attrs.validators.gt(0))
     augment: bool = True
-    data_seed: int = 0
-    workers: int | None = None
+    data_seed: int = attrs.field(default=0, validator=attrs.validators.ge(0))
+    workers: int | None = attrs.field(
+        default=None, validator=attrs.validators.optional(attrs.validators.gt(0))
+    )
 
 
 def load_maze(cfg: MazeConfig) -> dict[str, np.ndarray]:
