@@ -105,6 +105,7 @@ def build_parser(plugins: Plugins | None = None) -> argparse.ArgumentParser:
         parents=[common],
         description="Compose recursive, routed and adaptive-depth reasoning models from YAML.",
     )
+    parser.add_argument("--version", action="version", version=f"ponderkit {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     p = sub.add_parser("list", parents=[common], help="list registered components")
@@ -125,14 +126,26 @@ def build_parser(plugins: Plugins | None = None) -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", metavar="key.path=value")
 
     p = sub.add_parser("run", parents=[common], help="train an experiment into a run directory")
-    p.add_argument("file", type=Path)
+    p.add_argument("file", type=Path, nargs="?")
     p.add_argument("overrides", nargs="*", metavar="key.path=value")
     p.add_argument("--out", type=Path, help="run directory (default runs/<name>-<time>)")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.add_argument(
         "--resume",
-        action="store_true",
-        help="continue the run in --out from its latest checkpoint (same config)",
+        nargs="?",
+        const=True,
+        default=False,
+        metavar="RUN_DIR",
+        help="continue RUN_DIR from its latest checkpoint, with the config.yaml it holds "
+        "(or, without RUN_DIR, the run in --out of FILE with the same overrides)",
+    )
+    p.add_argument(
+        "--extend",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="with --resume RUN_DIR: raise the run's budget (train.steps, train.epochs, "
+        "train.flops, train.max_time_s), finished or not (docs/runs-lifecycle.md)",
     )
 
     p = sub.add_parser(
@@ -224,6 +237,16 @@ def build_parser(plugins: Plugins | None = None) -> argparse.ArgumentParser:
     p.add_argument("run_dirs", nargs="+", type=Path)
     add_tool_parsers(sub, common)
     return parser
+
+
+def _version() -> str:
+    """The installed distribution's version (``pyproject.toml``'s)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("ponderkit")
+    except PackageNotFoundError:  # run from a source tree that is not installed
+        return "(not installed)"
 
 
 def launched_rank() -> int:
@@ -518,11 +541,15 @@ def cmd_run(args: argparse.Namespace, plugins: Plugins) -> int:
     from ..contract.experiment import load_experiment
     from ..engine.build import check_buildable
     from ..engine.distributed import init_from_env
+    from ..engine.lifecycle import record_extension, resolve_run
     from ..engine.preflight import check_cache, preflight
     from ..engine.runlock import RunLock, is_empty_run_dir
     from ..engine.runs import create_run_dir, default_run_dir, ensure_new_run_dir
     from ..engine.train import Trainer, resume_or_start
 
+    args.file, args.overrides, args.out, extended = resolve_run(
+        args.file, args.overrides, args.resume, args.out, args.extend, plugins.registry
+    )
     exp = load_experiment(args.file, args.overrides, registry=plugins.registry)
     if args.resume and not args.out:
         raise InputError("--resume needs --out DIR, the run directory to continue")
@@ -544,6 +571,8 @@ def cmd_run(args: argparse.Namespace, plugins: Plugins) -> int:
             if not run_dir.is_dir():
                 raise InputError(f"--out {run_dir} is a file, not a run directory")
             held.enter_context(RunLock(run_dir))
+            if extended:  # its config.yaml says the new budget, which the resume checks
+                record_extension(run_dir, exp.config, extended)
             return True
 
         def create_and_lock() -> None:  # rank 0, once the trainer is built
@@ -552,7 +581,9 @@ def cmd_run(args: argparse.Namespace, plugins: Plugins) -> int:
             ensure_new_run_dir(run_dir)  # another `run --out` may have got there first
 
         if dist.from_main(lock_existing):
-            trainer = resume_or_start(exp.config, run_dir, plugins.registry, quiet=args.quiet)
+            trainer = resume_or_start(
+                exp.config, run_dir, plugins.registry, quiet=args.quiet, extend=bool(extended)
+            )
             if trainer is None:
                 say(f"{run_dir} already finished; nothing to do")
                 return 0

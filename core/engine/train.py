@@ -501,7 +501,11 @@ class Trainer:
 
 
 def resume_or_start(
-    config: ExperimentConfig, run_dir: Path, registry: Any, quiet: bool = False
+    config: ExperimentConfig,
+    run_dir: Path,
+    registry: Any,
+    quiet: bool = False,
+    extend: bool = False,
 ) -> Trainer | None:
     """A trainer continuing ``run_dir`` from its newest intact checkpoint (None when it already
     finished); the caller holds the directory's lock (:class:`~ponderkit.engine.runlock.RunLock`).
@@ -540,7 +544,8 @@ def resume_or_start(
     chosen = dist.from_main(lambda: recovery.resume(trainer, run_dir))
     if not dist.is_main and chosen is not None:
         trainer.restore(chosen)
-    if chosen is not None and Path(chosen).name == "final":
+    # a finished run stays finished, unless ``extend`` raised its budget (run --extend)
+    if chosen is not None and Path(chosen).name == "final" and not extend:
         return None
     if trainer.budget_spent():  # killed inside the final write: finish it, idempotently
         trainer.checkpoint("final")
