@@ -79,7 +79,7 @@ def test_errors_name_file_and_index(tmp_path):
     _trm_split(tmp_path / "test", x, bad, [0], [0, 4], vocab=3)
     with pytest.raises(DataError, match=r"test: example 2 position 5: label token 7 .*\[0, 3\)"):
         FilesTask(FilesConfig(path=str(tmp_path)))
-    np.savez(tmp_path / "short.npz", inputs=np.ones((2, 5)), labels=np.ones((2, 5)))
+    np.savez(tmp_path / "short.npz", inputs=np.ones((2, 5), int), labels=np.ones((2, 5), int))
     with pytest.raises(DataError, match=r"short.npz: sequences of 5 tokens, expected 9"):
         FilesTask(FilesConfig(path=str(tmp_path), eval_split="short"))
     with pytest.raises(DataError, match="no 'valid' split"):
@@ -143,7 +143,7 @@ def test_train_on_trm_layout_and_eval_other_data(tmp_path, write, capsys):
     write_trm_split(tmp_path / "a" / "test", *sorted_set(64), vocab_size=8)
     x, y = sorted_set(32)
     np.savez(tmp_path / "b.npz", inputs=x, labels=y)
-    np.savez(tmp_path / "wide.npz", inputs=np.ones((2, 7)), labels=np.ones((2, 7)))
+    np.savez(tmp_path / "wide.npz", inputs=np.ones((2, 7), int), labels=np.ones((2, 7), int))
     exp = write(
         "exp.yaml",
         f"""
