@@ -108,8 +108,16 @@ def build_parser(plugins: Plugins | None = None) -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"ponderkit {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    p = sub.add_parser("list", parents=[common], help="list registered components")
-    p.add_argument("kind", nargs="?", help=f"only this kind ({', '.join(KINDS)})")
+    p = sub.add_parser(
+        "list", parents=[common], help="list registered components (or the shipped experiments)"
+    )
+    p.add_argument(
+        "kind",
+        nargs="?",
+        metavar="KIND|PATTERN|experiments",
+        help=f"only this kind ({', '.join(KINDS)}), the components whose name matches a "
+        "wildcard PATTERN ('*moe*'), or `experiments`: the shipped experiment files",
+    )
 
     p = sub.add_parser(
         "show", parents=[common], help="a kind's contract (KIND) or one component (KIND/NAME)"
@@ -337,7 +345,13 @@ def _silence_stdout() -> None:
 
 
 def cmd_list(args: argparse.Namespace, plugins: Plugins) -> int:
+    from .cli_tools import list_experiments, list_matching
+
     reg = plugins.registry
+    if args.kind == "experiments":
+        return list_experiments()
+    if args.kind and args.kind not in KINDS and any(c in args.kind for c in "*?["):
+        return list_matching(args.kind, reg)
     if args.kind and args.kind not in KINDS:
         hint = suggestion(args.kind, KINDS)
         raise PonderkitError(
@@ -361,6 +375,7 @@ def cmd_show(args: argparse.Namespace, plugins: Plugins) -> int:
     import attrs
 
     from ..contract.config import DEFAULT_KEY, KIND_KEY, fields_of, type_name
+    from .cli_tools import field_help
 
     if "/" not in args.key:
         return show_kind(args.key, plugins)
@@ -378,6 +393,7 @@ def cmd_show(args: argparse.Namespace, plugins: Plugins) -> int:
         print(f"  {line.strip()}")
     print()
     fields = fields_of(comp.config_cls)
+    helps = field_help(comp.config_cls)
     print("fields:" if fields else "fields: none")
     for f in fields:
         if f.metadata.get(KIND_KEY):
@@ -391,7 +407,7 @@ def cmd_show(args: argparse.Namespace, plugins: Plugins) -> int:
         if isinstance(default, tuple):  # written as a YAML list
             default = list(default)
         shown = "(required)" if default is attrs.NOTHING else f"= {default!r}"
-        help_text = f.metadata.get("help", "")
+        help_text = helps.get(f.name, "")
         print(f"  {f.name}: {tp} {shown}" + (f"  # {help_text}" if help_text else ""))
     if comp.requires:
         print(f"requires: {', '.join(sorted(comp.requires))}")

@@ -187,13 +187,14 @@ def cmd_diff(args: argparse.Namespace, plugins: Plugins) -> int:
     if not keys:
         print(f"no differences between {args.a} and {args.b}")
         return 0
+    # as diff(1) does: 0 when the two are the same, 1 when they differ (2: an error)
     rows = [(k, _shown(a.get(k, _ABSENT)), _shown(b.get(k, _ABSENT))) for k in keys]
     rows.insert(0, ("key", args.a, args.b))
     w0 = max(len(r[0]) for r in rows)
     w1 = max(len(r[1]) for r in rows)
     for key, left, right in rows:
         print(f"{key:<{w0}}  {left:<{w1}}  {right}".rstrip())
-    return 0
+    return 1
 
 
 _ABSENT = object()
@@ -254,6 +255,15 @@ def cmd_predict(args: argparse.Namespace, plugins: Plugins) -> int:
     print(grid_text(task, answer))
     print(f"steps: {int(steps[0])} of {limit} ({how})")
     print(f"valid: {'yes' if valid else 'no'}")
+    count = getattr(task, "count_solutions", None)  # a task with a solver (Sudoku) says more
+    found = count(inputs, 2) if count is not None else 1
+    if found != 1:  # on stderr: stdout keeps its grid, steps and valid lines
+        what = "no solution" if found == 0 else "more than one solution"
+        print(
+            f"note: the puzzle has {what}; `valid` checks the rules and the givens, "
+            "not that this is the puzzle's answer",
+            file=sys.stderr,
+        )
     return 0 if valid else 1
 
 
@@ -315,6 +325,146 @@ def cmd_new_plugin(args: argparse.Namespace, plugins: Plugins) -> int:
         print(f"wrote {path}")
     print(f"next: pip install -e {args.dir} && pytest {args.dir}")
     return 0
+
+
+# -- list PATTERN, list experiments, per-field help of show --------------------------------------
+def list_matching(pattern: str, registry: Any) -> int:
+    """Components whose ``name`` or ``kind/name`` matches the wildcard ``pattern`` (``*moe*``,
+    case-insensitive), by kind; exit 1 when none does."""
+    import fnmatch
+
+    from ..contract.registry import KINDS
+
+    pat = pattern.lower()
+    found = 0
+    for kind in KINDS:
+        names = [
+            n
+            for n in registry.names(kind)
+            if fnmatch.fnmatchcase(n.lower(), pat)
+            or fnmatch.fnmatchcase(f"{kind}/{n}".lower(), pat)
+        ]
+        if not names:
+            continue
+        found += len(names)
+        print(f"{kind}:")
+        width = max(len(n) for n in names)
+        for name in names:
+            print(
+                f"  {name:<{width}}  {registry.summary(kind, name)}  [{registry.origin(kind, name)}]"
+            )
+    if not found:
+        print(f"no component matches {pattern!r}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def experiments_dir() -> Path | None:
+    """The shipped ``experiments/`` folder: in the working directory, else beside the source
+    tree this package was installed from (an editable install)."""
+    here = Path(__file__).resolve().parents[2] / "experiments"
+    for folder in (Path.cwd() / "experiments", here):
+        if folder.is_dir() and any(folder.glob("*.yaml")):
+            return folder
+    return None
+
+
+def experiment_description(path: Path) -> str:
+    """An experiment's ``description:``, else its first comment line; one line."""
+    import yaml
+
+    text = path.read_text("utf-8", errors="replace")
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError:
+        data = None
+    desc = data.get("description") if isinstance(data, dict) else None
+    if not isinstance(desc, str) or not desc.strip():
+        comments = [ln.lstrip("#").strip() for ln in text.splitlines() if ln.startswith("#")]
+        desc = comments[0] if comments else ""
+    desc = " ".join(desc.split())
+    return desc if len(desc) <= 110 else desc[:107].rstrip() + "..."
+
+
+def list_experiments() -> int:
+    """The shipped experiment and ablation files with a line of description each."""
+    folder = experiments_dir()
+    if folder is None:
+        raise InputError("no experiments/ folder here nor beside ponderkit's source tree")
+    files = sorted(folder.glob("*.yaml"))
+    print(f"experiments ({folder}):")
+    width = max(len(p.name) for p in files)
+    for path in files:
+        kind = "ablation" if is_ablation_file(path) else "run"
+        print(f"  {path.name:<{width}}  {kind:<8}  {experiment_description(path)}")
+    return 0
+
+
+def field_help(cls: type) -> dict[str, str]:
+    """Each attrs field's help: its ``help`` metadata, else the comment above the field (or
+    at the end of its line) in the class's source, else the sentence of the class docstring
+    that names it in ````name````. A subclass's word wins over its bases'."""
+    import attrs
+
+    out: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        if not attrs.has(klass):
+            continue
+        comments = _field_comments(klass)
+        doc = " ".join((klass.__doc__ or "").split())
+        for f in attrs.fields(klass):  # inherited fields too: a subclass may say more
+            text = f.metadata.get("help") or comments.get(f.name) or _doc_sentence(doc, f.name)
+            if text:
+                out[f.name] = text
+    return out
+
+
+def _field_comments(klass: type) -> dict[str, str]:
+    """``{field: comment}`` from the class body's source: the ``#`` lines right above a field,
+    or a comment at the end of its line."""
+    import inspect
+    import io
+    import tokenize
+
+    try:
+        source = inspect.cleandoc("\n" + inspect.getsource(klass))
+    except (OSError, TypeError):
+        return {}
+    by_line: dict[int, str] = {}
+    try:
+        for tok in tokenize.generate_tokens(io.StringIO(source).readline):
+            if tok.type == tokenize.COMMENT:
+                by_line[tok.start[0]] = tok.string.lstrip("#:").strip()
+    except (tokenize.TokenError, IndentationError, SyntaxError):
+        return {}
+    lines = source.splitlines()
+    out: dict[str, str] = {}
+    for number, line in enumerate(lines, 1):
+        m = re.match(r"^    (\w+)\s*:", line)  # a field of the class body
+        if not m:
+            continue
+        above = []
+        k = number - 1
+        while k >= 1 and lines[k - 1].strip().startswith("#") and k in by_line:
+            above.insert(0, by_line[k])
+            k -= 1
+        text = " ".join(above) or by_line.get(number, "")
+        if text and not text.startswith(("fmt:", "noqa", "type:")):
+            out[m.group(1)] = text
+    return out
+
+
+def _doc_sentence(doc: str, name: str) -> str:
+    """The sentence of ``doc`` that names ````name````, or ''."""
+    found = [i for i in (doc.find(f"``{name}``"), doc.find(f"``{name}:")) if i >= 0]
+    if not found:
+        return ""
+    at = min(found)
+    start = max(doc.rfind(". ", 0, at), doc.rfind("; ", 0, at))
+    start = 0 if start < 0 else start + 2
+    ends = [i for i in (doc.find(". ", at), doc.find("; ", at)) if i >= 0]
+    end = min(ends) + 1 if ends else len(doc)
+    return doc[start:end].strip()
 
 
 TOOL_COMMANDS = {

@@ -496,6 +496,20 @@ class PaddedGrid(Protocol, metaclass=_StaticCheck):
     def grid_extent(self, tokens: Any) -> tuple[int, int]: ...
 
 
+@runtime_checkable
+class HoldsOutTraining(Protocol):
+    """A :class:`Task` that can set part of its training data aside as a validation split:
+    what an ablation's ``tune:`` needs (each arm picks its learning rate there, never on the
+    evaluation set).
+
+    - ``holdout(fraction) -> Task``: the same problem (vocabulary, shapes, ``score``) whose
+      ``train_batches`` never yield the held-out examples (``fraction`` of the training set,
+      at least one) and whose ``eval_batches`` yield exactly them, in order, unaugmented; the
+      evaluation set is not reachable from it."""
+
+    def holdout(self, fraction: float) -> Task: ...
+
+
 #: The Protocol a builder's result must satisfy, per kind.
 PROTOCOLS: dict[str, type] = {
     "block": Block,
@@ -507,6 +521,7 @@ PROTOCOLS: dict[str, type] = {
     "schedule": Schedule,
     "task": Task,
     "callback": Callback,
+    "optimizer": Optimizer,
 }
 
 #: Kinds whose components are ``torch.nn.Module``s (their parameters join the model).

@@ -62,6 +62,8 @@ BUDGET_KEYS = {
     "flops": ("train", "flops"),
 }
 Where = tuple[str | None, int | None]
+#: ``tune:`` grid name -> the config key it sets
+TUNED_KEYS = {"lr": "optimizer.lr", "warmup": "optimizer.warmup_steps"}
 #: what a ``reference:`` may give per variant: run summary values (see run_analysis)
 REFERENCE_METRICS = (
     "exact_acc",
@@ -113,6 +115,40 @@ class Budget:
         return "none (each variant trains as its config says)"
 
 
+def _grid_of(kind: type) -> Any:
+    """A non-empty list of distinct positive values (a tuning grid)."""
+
+    def check(instance: Any, attribute: Any, value: tuple) -> None:
+        if not all(isinstance(v, kind) and not isinstance(v, bool) and v > 0 for v in value):
+            raise ValueError(f"expected positive {kind.__name__}s, got {list(value)}")
+        if len(set(value)) != len(value):
+            raise ValueError(f"values repeat: {list(value)}")
+
+    return check
+
+
+@attrs.frozen
+class Tune:
+    """``tune:``: before the comparison every arm picks its learning rate (and, with
+    ``warmup``, its warm-up steps) from this grid: one short run per grid point and seed
+    (``budget``, default 200 steps) on the task's training data less a validation split
+    (``split`` of it, never the evaluation set), scored on that split by ``metric``; the arm
+    then runs with the best point (:mod:`~ponderkit.lab.tune`)."""
+
+    lr: tuple[float, ...] = attrs.field(
+        converter=lambda v: tuple(float(x) if isinstance(x, str) else x for x in v),
+        validator=[attrs.validators.min_len(1), _grid_of(float)],
+    )
+    warmup: tuple[int, ...] = attrs.field(default=(), validator=_grid_of(int))
+    budget: Budget = attrs.field(factory=lambda: Budget(steps=200))
+    split: float = attrs.field(
+        default=0.1, validator=[attrs.validators.gt(0.0), attrs.validators.le(0.5)]
+    )
+    metric: Literal["exact_acc", "token_acc"] = "exact_acc"
+    #: tuning seeds (a score is their mean); default: the grid's first seed
+    seeds: tuple[int, ...] = ()
+
+
 @attrs.frozen
 class AblationFile:
     """The schema of an ablation file (see the module docstring)."""
@@ -135,7 +171,7 @@ class AblationFile:
     #: factor ladders between arms (:mod:`~ponderkit.lab.ladder`): derived variants
     ladders: Any = None
     #: a learning-rate grid each arm picks from before the comparison (:mod:`~ponderkit.lab.tune`)
-    tune: Any = None
+    tune: Tune | None = None
     #: values of config keys expanded into variants (:mod:`~ponderkit.lab.sweep`)
     sweep: Any = None
 
@@ -182,6 +218,10 @@ class Ablation:
     ladders: tuple[dict[str, Any], ...] = ()
     #: variants derived by a ladder (not written in ``variants:``): name -> how
     derived: dict[str, str] = attrs.field(factory=dict)
+    tune: Tune | None = None
+    #: after tuning (:func:`~ponderkit.lab.tune.apply_tuning`): the grid, every score, each
+    #: arm's pick (``picks``: variant -> tuned key -> value) and the FLOPs tuning spent
+    tuning: dict[str, Any] = attrs.field(factory=dict)
 
     def variant(self, name: str) -> Variant:
         return next(v for v in self.variants if v.name == name)
@@ -214,14 +254,25 @@ class Ablation:
                 if v.name != self.baseline
             },
             "confounds": {
-                v.name: confounds(self.variant(self.baseline).config, v.config, self.factor)
+                v.name: confounds(
+                    self.variant(self.baseline).config, v.config, (*self.factor, *self.tuned)
+                )
                 for v in self.variants
                 if v.name != self.baseline
             },
             "reference": self.reference,
             "ladders": list(self.ladders),
             "derived": dict(self.derived),
+            "tune": attrs.asdict(self.tune) if self.tune else None,
+            "tuning": self.tuning,
         }
+
+    @property
+    def tuned(self) -> tuple[str, ...]:
+        """The config keys ``tune:`` sets per arm (none without it)."""
+        if self.tune is None:
+            return ()
+        return (TUNED_KEYS["lr"],) + ((TUNED_KEYS["warmup"],) if self.tune.warmup else ())
 
 
 @attrs.frozen
@@ -229,6 +280,9 @@ class Run:
     variant: str
     seed: int
     config: ExperimentConfig
+    #: a tuning run's validation split (:mod:`~ponderkit.lab.tune`): it trains on the rest of
+    #: the training data and evaluates on this share of it, never on the evaluation set
+    holdout: float | None = None
 
     @property
     def key(self) -> str:
@@ -298,9 +352,11 @@ def load_ablation(
     factor = _factor(spec.factor, doc, issues)
     published = _reference(spec.reference, named, baseline, doc, issues)
     reference = next((v for v in variants if v.name == baseline), None)
+    written = [(("overrides",), common)] + [(("variants", n), o) for n, o in named.items()]
+    tuned = _tune_issues(spec.tune, written, variants, registry, build, doc, issues)
     if spec.confounds == "error" and reference is not None:
         for v in variants:
-            found = confounds(reference.config, v.config, factor)
+            found = confounds(reference.config, v.config, (*factor, *tuned))
             if v.name != baseline and found:
                 what = f"outside the factor ({', '.join(factor)})" if factor else "(no factor set)"
                 issues.append(
@@ -328,7 +384,41 @@ def load_ablation(
         reference=published,
         ladders=tuple(ladders),
         derived=derived,
+        tune=spec.tune,
     )
+
+
+def _tune_issues(
+    tune: Tune | None,
+    written: list[tuple[tuple, list[Override]]],
+    variants: list[Variant],
+    registry: Registry,
+    build: bool,
+    doc: Document,
+    issues: list[Issue],
+) -> tuple[str, ...]:
+    """The keys ``tune:`` sets; a variant that sets one itself, or a task that cannot hold out
+    part of its training data, is an issue."""
+    if tune is None:
+        return ()
+    keys = (TUNED_KEYS["lr"],) + ((TUNED_KEYS["warmup"],) if tune.warmup else ())
+    for at, overrides in written:
+        for o in overrides:
+            key = ".".join(map(str, o.path))
+            if any(k == key or k.startswith(key + ".") for k in keys):
+                issues.append(Issue(at, f"{o.text!r} sets what tune: picks for "
+                                    "every arm", file=o.where[0], line=o.where[1]))  # fmt: skip
+    if build and variants:
+        from ..contract.interfaces import HoldsOutTraining
+        from ..engine.build import build_context
+
+        config = variants[0].config
+        task = build_context(config, registry).build(config.task)
+        if not isinstance(task, HoldsOutTraining):
+            issues.append(_at(doc, ("tune",), f"task {config.task.name!r} cannot set part of "
+                              "its training data aside (no holdout(fraction)) to tune on",
+                              "tune on a task that implements ponderkit.HoldsOutTraining"))  # fmt: skip
+    return keys
 
 
 def _ladders(

@@ -104,6 +104,8 @@ def run_state(run: Run, run_dir: Path, registry: Any) -> str:
         )
     if (run_dir / "halting.json").exists():  # written last, from the final checkpoint
         return "done"
+    if run.holdout is not None and (run_dir / "validation.json").exists():  # a tuning run
+        return "done"
     final = (run_dir / "checkpoints" / "final" / "model.safetensors").exists()
     return "analyse" if final else "resume"
 
@@ -131,9 +133,15 @@ def train_run(run: Run, run_dir: Path, registry: Any, time_budget: float | None 
         if state in ("new", "resume"):
             trainer = resume_or_start(run.config, run_dir, registry, quiet=True)
             if trainer is not None:
+                if run.holdout is not None:  # a tuning run: it evaluates on its validation split
+                    trainer.task = trainer.task.holdout(run.holdout)
                 trainer.fit()
             del trainer
-        if dist.is_main:
+        if dist.is_main and run.holdout is not None:
+            from .tune import write_validation
+
+            write_validation(run_dir)  # no analysis: that would read the evaluation set
+        elif dist.is_main:
             analyse_run(run_dir, registry)
 
 

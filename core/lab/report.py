@@ -15,6 +15,7 @@ import attrs
 
 from ..engine.runs import write_json_atomic, write_text_atomic
 from .run_analysis import DENSE, RunSummary, read_json, summarize_run
+from .report_ladder import ladder_and_tune_plots, ladder_and_tune_sections
 from .stats import (
     BOOTSTRAP_B,
     Delta,
@@ -242,6 +243,7 @@ def write_report(
     plan, groups = load_groups(ablation_dir, warn)
     done = {v: [r for r in runs if r.complete] for v, runs in groups.items()}
     plots = write_plots(done, ablation_dir / "plots")
+    plots += ladder_and_tune_plots(plan, done, ablation_dir / "plots", compare)
     if registry is not None and plots:  # plots: matplotlib is here
         from .trace import variant_sheets
 
@@ -373,6 +375,7 @@ def render(
                 "raw and EMA columns give both weight sets, from the same last evaluation.", ""]  # fmt: skip
     out += _spent(done, plan)
     out += _differences(done, base, found["baseline"]) + _pairs(done, found["pairs"])
+    out += ladder_and_tune_sections(plan, done, compare)  # report_ladder
     out += _against_reference(done, plan) + _free_running(done, base)
     out += _trajectory(done) + _halting(done)
     if plots:

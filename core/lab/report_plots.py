@@ -318,3 +318,92 @@ def _expert_shares(runs: Sequence[RunSummary]) -> tuple[list[int], list[list[flo
         [sum(at[s].get(e, [0.0])) / len(at[s].get(e, [0.0])) for e in range(experts)] for s in steps
     ]
     return steps, rows
+
+
+def waterfall(
+    source: str,
+    start: float,
+    steps: Sequence[tuple[str, Any]],
+    target: str,
+    path: Path,
+    metric: str,
+) -> Path | None:
+    """A waterfall of ``metric`` from ``source`` (``start``) through each step's difference
+    (an object with ``mean`` and ``ci95()``, drawn as a bar from the running total with its
+    interval as an error bar) to ``target``; None without matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig, ax = plt.subplots(figsize=(1.2 * (len(steps) + 2) + 2, 4.5))
+    ax.bar(0, 100 * start, color="0.6")
+    level = start
+    for i, (_, delta) in enumerate(steps, start=1):
+        colour = "C2" if delta.mean >= 0 else "C3"
+        ax.bar(i, 100 * delta.mean, bottom=100 * level, color=colour)
+        ci = delta.ci95()
+        if ci is not None:  # the interval of this step, around where the bar ends
+            top = 100 * (level + delta.mean)
+            err = [[100 * (delta.mean - ci[0])], [100 * (ci[1] - delta.mean)]]
+            ax.errorbar(i, top, yerr=err, color="k", capsize=4, lw=1)
+        ax.text(i, 100 * max(level, level + delta.mean) + 1, f"{100 * delta.mean:+.1f}",
+                ha="center", fontsize=8)  # fmt: skip
+        level += delta.mean
+    ax.bar(len(steps) + 1, 100 * level, color="0.3")
+    labels = [source, *(f"+{label}" for label, _ in steps), target]
+    ax.set_xticks(range(len(labels)), labels, rotation=30, ha="right", fontsize=8)
+    ax.set(ylabel=f"{metric} (%)", title=f"{source} → {target}: {metric} by factor group")
+    ax.set_ylim(-5, 105)  # an interval past 0 or 100% says enough at the edge
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def tuning_curves(
+    scores: dict[str, dict[str, dict[str, Any]]],
+    picks: dict[str, dict[str, Any]],
+    metric: str,
+    path: Path,
+) -> Path | None:
+    """Left: each arm's validation ``metric`` at every grid point (its pick circled); right:
+    the validation curves over steps of every tuning run (mean over tuning seeds)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+    column = 1 if metric == "exact_acc" else 2  # in a curve row: [step, exact, token]
+    for i, (arm, cells) in enumerate(scores.items()):
+        labels = list(cells)
+        xs = range(len(labels))
+        left.plot(xs, [100 * cells[k][metric] for k in labels], "o-", color=f"C{i % 10}",
+                  label=arm)  # fmt: skip
+        chosen = labels.index(picks[arm]["point"])
+        left.plot(chosen, 100 * cells[labels[chosen]][metric], "o", ms=12, mfc="none",
+                  color=f"C{i % 10}")  # fmt: skip
+        for j, label in enumerate(labels):
+            curve = cells[label]["seeds"][0]["curve"]
+            if curve:
+                right.plot([c[0] for c in curve], [100 * (c[column] or 0) for c in curve],
+                           color=f"C{i % 10}", alpha=0.4 + 0.6 * j / max(1, len(labels) - 1))  # fmt: skip
+        left.set_xticks(list(xs), labels, rotation=20, fontsize=8)
+    left.set(ylabel=f"validation {metric} (%)", title="tuning: score by grid point")
+    right.set(xlabel="optimizer step", ylabel=f"validation {metric} (%)",
+              title="tuning runs (darker: later grid point)")  # fmt: skip
+    left.legend(fontsize=8)
+    for ax in (left, right):
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -73,3 +73,48 @@ class ArrayTask:
 
     def score(self, predictions: torch.Tensor, batch: Batch) -> dict[str, torch.Tensor]:
         return {}
+
+    def holdout(self, fraction: float) -> HeldOut:
+        """This task with the last ``fraction`` of its training examples set aside as a
+        validation split (``ponderkit.HoldsOutTraining``, what an ablation's ``tune:`` uses)."""
+        return HeldOut(self, fraction)
+
+
+class HeldOut(ArrayTask):
+    """A validation split carved from ``base``'s training arrays: training draws from the
+    first examples only, evaluation reads the last ``fraction`` of them (at least one), in
+    order, unaugmented. ``base``'s evaluation arrays are not carried over, so nothing here can
+    read them; grid views and ``score`` are ``base``'s."""
+
+    def __init__(self, base: ArrayTask, fraction: float):
+        if not 0 < fraction < 1:
+            raise ValueError(f"holdout: fraction must be in (0, 1), got {fraction}")
+        super().__init__(
+            base.vocab_size, base.seq_len, lambda: _split(base.data, fraction), base._augment
+        )
+        self.base = base
+        self.num_puzzle_ids = base.num_puzzle_ids
+
+    def score(self, predictions: torch.Tensor, batch: Batch) -> dict[str, torch.Tensor]:
+        return self.base.score(predictions, batch)
+
+    def __getattr__(self, name: str):  # grid_shape, parse_grid ... of the base task
+        if name == "base" or name.startswith("_"):
+            raise AttributeError(name)
+        return getattr(self.base, name)
+
+
+def _split(data: dict[str, np.ndarray], fraction: float) -> dict[str, np.ndarray]:
+    """Training arrays split into ``train_*`` (the first n - k) and ``eval_*`` (the last k)."""
+    if "train_inputs" not in data:
+        raise ValueError("holdout: this task has no training examples to hold out")
+    n = len(data["train_inputs"])
+    k = max(1, round(fraction * n))
+    if k >= n:
+        raise ValueError(f"holdout: {fraction} of {n} training examples leaves none to train on")
+    out = {}
+    for key, value in data.items():
+        if key.startswith("train_"):
+            out[key] = value[: n - k]
+            out["eval_" + key.removeprefix("train_")] = value[n - k :]
+    return out

@@ -8,7 +8,7 @@ import attrs
 import numpy as np
 from ponderkit import BuildContext, datacache, hookimpl
 
-from . import grid_text, sudoku_canon, sudoku_gen
+from . import grid_text, sudoku_canon, sudoku_gen, sudoku_solver
 from .arrays import ArrayTask
 from .file_formats import DataError
 
@@ -124,6 +124,10 @@ class SudokuTask(ArrayTask):
 
     def check_answer(self, inputs: np.ndarray, prediction: np.ndarray) -> bool:
         return grid_text.is_sudoku_solution(inputs, prediction, self.size)
+
+    def count_solutions(self, inputs: np.ndarray, limit: int = 2) -> int:
+        """Solutions of the puzzle ``inputs`` (tokens), counted up to ``limit`` (``predict``)."""
+        return sudoku_solver.count_solutions(np.asarray(inputs) - 1, self.size, limit)
 
 
 def build_sudoku(cfg: SudokuConfig, ctx: BuildContext) -> SudokuTask:

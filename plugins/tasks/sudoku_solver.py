@@ -253,6 +253,28 @@ def solve(puzzle: np.ndarray, size: int, max_solutions: int = 2) -> SolveResult:
     return SolveResult(len(sols), first, counter[0])
 
 
+def count_solutions(puzzle: np.ndarray, size: int, limit: int = 2) -> int:
+    """Solutions of ``puzzle`` (0 blank, 1..size given), counted up to ``limit``; 0 also for
+    givens that break the rules (two equal digits in a unit), which the search cannot place."""
+    arr = np.asarray(puzzle).reshape(-1)
+    if not _givens_consistent(arr, size):
+        return 0
+    return solve(arr, size, max_solutions=limit).n_solutions
+
+
+def _givens_consistent(arr: np.ndarray, size: int) -> bool:
+    g = np.asarray(arr).reshape(size, size)
+    br, bc = box_shape(size)
+    boxes = [
+        g[r : r + br, c : c + bc].ravel() for r in range(0, size, br) for c in range(0, size, bc)
+    ]
+    for unit in [*g, *g.T, *boxes]:
+        given = unit[unit > 0]
+        if len(set(given.tolist())) < len(given):
+            return False
+    return True
+
+
 def propagation_solves(puzzle: np.ndarray, size: int) -> bool:
     """True if naked and hidden singles alone solve ``puzzle`` (no guessing)."""
     g = geometry(size)
