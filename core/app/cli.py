@@ -725,6 +725,7 @@ def cmd_ablate(args: argparse.Namespace, plugins: Plugins) -> int:
     from ..lab.ablation import load_ablation, preflight_variants
     from ..lab.grid import die_with_parent, prepare, run_grid, select, worker_command, worker_env
     from ..lab.report import write_report
+    from ..lab.tune import apply_tuning, tuning_runs
 
     ablation = load_ablation(args.file, registry=plugins.registry, sweep=args.sweep)
     out = args.out or Path("runs") / ablation.name
@@ -749,7 +750,9 @@ def cmd_ablate(args: argparse.Namespace, plugins: Plugins) -> int:
                 f"--nproc {args.nproc}: variant {variant.name} has train.batch_size="
                 f"{variant.config.train.batch_size}, not divisible by {args.nproc}"
             )
-    select(ablation.runs(), args.only)  # a bad --only fails before anything is measured
+    tuning = tuning_runs(ablation, plugins.registry)  # tune: each arm's short runs, first
+    select([*tuning, *ablation.runs()], args.only)  # a bad --only fails before anything runs
+    tuning_worker = args.worker and any(k.startswith("tune/") for k in args.only or ())
     with contextlib.ExitStack() as held:
         if args.worker:  # its parent checked everything and holds the ablation's lock
             die_with_parent()
@@ -760,31 +763,45 @@ def cmd_ablate(args: argparse.Namespace, plugins: Plugins) -> int:
                 raise InputError(f"--out {out} is a file, not a directory")
             out.mkdir(parents=True, exist_ok=True)
             held.enter_context(RunLock(out))
-        every = prepare(ablation, out)
-        if not args.worker:
-            print(
-                f"ablation {ablation.name}: {len(ablation.variants)} variants x "
-                f"{len(ablation.seeds)} seeds into {out} (budget: {ablation.budget.describe()})",
-                flush=True,
-            )
         modules = getattr(args, "plugin", None) or ()
-        failed = run_grid(
-            ablation,
-            select(every, args.only),
-            out,
-            plugins.registry,
-            jobs=args.jobs,
-            nproc=args.nproc,
-            memory_per_run=args.memory_per_run,
-            child_argv=worker_command(
-                args.file, out, [a for m in modules for a in ("--plugin", m)]
+
+        def grid(ablation: Any, runs: Any, plan_runs: Any) -> list[str]:
+            return run_grid(
+                ablation,
+                runs,
+                out,
+                plugins.registry,
+                jobs=args.jobs,
+                nproc=args.nproc,
+                memory_per_run=args.memory_per_run,
+                child_argv=worker_command(
+                    args.file, out, [a for m in modules for a in ("--plugin", m)]
+                )
+                + [f"--sweep={s}" for s in args.sweep],
+                child_env=worker_env(modules),
+                say=lambda text: print(text, flush=True) if launched_rank() == 0 else None,
+                plan_runs=plan_runs,
+                progress_s=0.0 if args.worker else args.progress,  # the parent says it
             )
-            + [f"--sweep={s}" for s in args.sweep],
-            child_env=worker_env(modules),
-            say=lambda text: print(text, flush=True) if launched_rank() == 0 else None,
-            plan_runs=None if args.worker else every,
-            progress_s=0.0 if args.worker else args.progress,  # the parent says it
-        )
+
+        if tuning and not args.worker:
+            print(f"tuning: {len(tuning)} runs into {out / 'tune'}", flush=True)
+            if failed := grid(ablation, tuning, None):
+                print(f"error: tuning run(s) failed: {', '.join(failed)}", file=sys.stderr)
+                return 1
+        if tuning_worker:
+            failed = grid(ablation, select(tuning, args.only), None)
+        else:
+            ablation = apply_tuning(ablation, out, plugins.registry)  # each arm at its pick
+            every = prepare(ablation, out)
+            if not args.worker:
+                print(
+                    f"ablation {ablation.name}: {len(ablation.variants)} variants x "
+                    f"{len(ablation.seeds)} seeds into {out} (budget: "
+                    f"{ablation.budget.describe()})",
+                    flush=True,
+                )
+            failed = grid(ablation, select(every, args.only), None if args.worker else every)
         if not args.worker:
             print(f"report: {write_report(out, warn=_warn, registry=plugins.registry)}")
     if failed:
