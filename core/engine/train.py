@@ -24,7 +24,7 @@ from . import distributed
 from .build import build_components
 from .callbacks import CallbackRelay
 from .device import autocast, resolve_device, to_device
-from .evaluate import evaluate
+from .evaluate import PuzzleOutcomes, evaluate, write_puzzle_outcomes
 from .flops import count_step_flops
 from .nn import parameter_count
 from .recovery import Interrupted, StopOnSignal, prune
@@ -410,11 +410,14 @@ class Trainer:
         trained weights' and ``<callback>/<key>`` (``ema/exact_acc``) the swapped-in ones, so
         a short run is not judged by how far its average lags alone."""
         swapped = self.hooks.swapping()
+        puzzles = {"": PuzzleOutcomes(), "raw": PuzzleOutcomes()}  # per-puzzle, for reports
         with self.eval_weights():
-            result = self._evaluate(early_exit)
+            result = self._evaluate(early_exit, puzzles[""])
         if not swapped:
+            write_puzzle_outcomes(self.run_dir, self.step, {"": puzzles[""]})
             return result
-        raw = self._evaluate(early_exit)
+        raw = self._evaluate(early_exit, puzzles["raw"])
+        write_puzzle_outcomes(self.run_dir, self.step, puzzles)
         label = "+".join(swapped)
         return {
             **result,
@@ -422,7 +425,7 @@ class Trainer:
             **{f"{label}/{k}": v for k, v in result.items()},
         }
 
-    def _evaluate(self, early_exit: bool) -> dict[str, float]:
+    def _evaluate(self, early_exit: bool, puzzles: PuzzleOutcomes | None = None) -> dict:
         return evaluate(
             self.model,
             self.task,
@@ -431,6 +434,7 @@ class Trainer:
             precision=self.config.train.precision,
             early_exit=early_exit,
             dist=self.dist,
+            puzzles=puzzles,
         )
 
     def eval_weights(self) -> contextlib.AbstractContextManager:

@@ -414,3 +414,31 @@ def test_results_csv_and_json_hold_every_run_and_metric(tmp_path, no_plots):
     assert (diff["a"], diff["b"], diff["method"], diff["lo"]) == ("more", "base", "bootstrap", 0)
     assert diff["difference"] == pytest.approx(1 / 64) and diff["paired_by_puzzle"]
     assert results["pairs"] == []  # two variants: the difference above is the one pair
+
+
+def test_training_saves_each_puzzles_outcome_for_the_report(sort_yaml, tmp_path, registry):
+    """Two short runs of one task seed (another width, one with EMA): eval/puzzles.npz holds
+    40 puzzles (batches of 16, 16, 8) whose means are the logged accuracies, for both weight
+    sets where EMA is evaluated too, and the same eval-set digest, so they pair by puzzle."""
+    from ponderkit.contract.experiment import load_experiment
+    from ponderkit.engine.train import Trainer
+
+    common = ["train.steps=4", "train.log_every=2", "train.eval_every=2", "task.eval_size=40",
+              "train.eval_batch_size=16", "model.d_model=16"]  # fmt: skip
+    runs = {}
+    for name, extra in [("a", "callbacks=[{name: ema, decay: 0.5}]"), ("b", "model.d_model=8")]:
+        cfg = load_experiment(sort_yaml, [*common, extra], registry=registry).config
+        (tmp_path / name).mkdir()
+        Trainer(cfg, registry, tmp_path / name, quiet=True).fit()
+        runs[name] = summarize_run(tmp_path / name)
+    ra, rb = runs["a"], runs["b"]
+    assert set(ra.puzzles) == {"exact_acc", "token_acc", "raw_exact_acc", "raw_token_acc"}
+    assert set(rb.puzzles) == {"exact_acc", "token_acc"}
+    last = [r for r in ra.records if "eval/exact_acc" in r][-1]
+    assert last["step"] == 4
+    for key, logged in [("exact_acc", "eval/exact_acc"), ("token_acc", "eval/token_acc"),
+                        ("raw_token_acc", "eval/raw/token_acc")]:  # fmt: skip
+        assert len(ra.puzzles[key].values) == 40
+        assert ra.puzzles[key].mean == pytest.approx(last[logged], abs=1e-6)
+    assert set(ra.puzzles["exact_acc"].values) <= {0.0, 1.0}
+    assert ra.puzzles["exact_acc"].eval_set == rb.puzzles["exact_acc"].eval_set != ""
