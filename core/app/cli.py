@@ -310,7 +310,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     except OSError as exc:  # the file system refused (full, read-only, a loop): one line
         if launched_rank() == 0:
-            print(f"error: {os_error_line(exc)}", file=sys.stderr)
+            print(f"error: {ConfigError([Issue((), os_error_line(exc))]).lines()[0]}",
+                  file=sys.stderr)  # fmt: skip
         return EXIT_CONFIG
     except KeyboardInterrupt as exc:
         signum = getattr(exc, "signum", 2)

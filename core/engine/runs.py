@@ -172,7 +172,10 @@ def atomic_write(path: Path, write: Callable[[Any], object]) -> None:
     """Write through ``write(binary file)`` to a temp file next to ``path``, flush it to disk,
     then rename it over ``path``: a reader sees the old file or the whole new one. The file
     gets the permissions the user's umask gives (mkstemp alone makes it 0600)."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as exc:
+        raise InputError(f"{path}: cannot write it ({exc.strerror or exc})") from None
     try:
         os.fchmod(fd, 0o666 & ~current_umask())
         with os.fdopen(fd, "wb") as f:
@@ -181,6 +184,10 @@ def atomic_write(path: Path, write: Callable[[Any], object]) -> None:
             os.fsync(f.fileno())
         kill_point("atomic-write", path.name)
         os.replace(tmp, path)
+    except OSError as exc:  # a full disk, a folder where the file goes: the old file stays
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise InputError(f"{path}: cannot write it ({exc.strerror or exc})") from None
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
@@ -410,6 +417,7 @@ def checkpoint_in(run_dir: Path, name: str) -> Path:
     folder = Path(run_dir) / "checkpoints"
     path = folder / name
     plain = name not in ("", ".", "..") and "/" not in name and "\\" not in name
+    plain = plain and len(name.encode()) <= 255  # longer is no file name anywhere
     if plain and path.exists():
         plain = path.resolve().is_relative_to(Path(run_dir).resolve())
     if not plain:
