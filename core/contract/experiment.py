@@ -82,11 +82,16 @@ class ModelConfig:
 class OptimizerConfig:
     """AdamW with linear warmup, then constant or cosine decay, and gradient clipping."""
 
+    #: peak learning rate
     lr: float = attrs.field(default=1e-3, validator=[finite, positive])
     betas: tuple[float, float] = attrs.field(default=(0.9, 0.95), validator=_betas)
+    #: decoupled weight decay (not on the no_decay parameters)
     weight_decay: float = attrs.field(default=0.1, validator=[finite, non_negative])
+    #: steps of linear warmup from lr/warmup_steps to lr
     warmup_steps: int = attrs.field(default=0, validator=non_negative)
+    #: after warmup: constant, or cosine down to min_lr_ratio * lr at the end of the budget
     decay: Literal["constant", "cosine"] = "constant"
+    #: the cosine's floor as a fraction of lr
     min_lr_ratio: float = attrs.field(default=0.1, validator=[non_negative, v.le(1.0)])
     # null turns clipping off; a negative norm would flip every gradient
     grad_clip: float | None = attrs.field(default=1.0, validator=v.optional([finite, positive]))

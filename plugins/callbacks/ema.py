@@ -19,6 +19,7 @@ class EMAConfig:
     with the raw ones. Slices re-initialised during training (an expert reset) restart their
     average at the new values."""
 
+    #: ema = decay * ema + (1 - decay) * w after every step
     decay: float = attrs.field(
         default=0.999, validator=[attrs.validators.ge(0), attrs.validators.lt(1)]
     )

@@ -41,6 +41,7 @@ class PIScoreConfig:
     token); S: pre-clip gradient norm. In (0, 1]; 1 = right, certain and at rest. Adds the
     metrics ``pi_score``, ``pi/eps``, ``pi/tau``, ``pi/surprise`` every step."""
 
+    #: weight of the surprise S in PI = exp(-(eps + tau + surprise_weight * S))
     surprise_weight: float = attrs.field(default=0.1, validator=attrs.validators.ge(0))
 
 

@@ -37,12 +37,16 @@ class DynMoEConfig:
     captured in a CUDA graph, at the price of memory for those rows. ``auto`` (the default)
     is ``static`` on CUDA and ``exact`` elsewhere. All are dropless and give the same result."""
 
+    #: experts (SwiGLU FFNs) the router chooses from
     experts: int = attrs.field(default=8, validator=attrs.validators.gt(0))
+    #: router choosing each token's experts
     router: Spec = component("router", default="cosine_threshold")
     hidden: int | None = attrs.field(
         default=None, validator=attrs.validators.optional(attrs.validators.gt(0))
     )
+    #: each expert's hidden width as a multiple of d_model (when hidden is not set)
     expansion: float = attrs.field(default=1.0, validator=attrs.validators.gt(0))
+    #: auto: one grouped GEMM over the experts where supported (CUDA, bf16), else a loop; loop: always the loop
     grouped_gemm: Literal["auto", "loop"] = "auto"
     dispatch: DispatchMode = "auto"
     #: ``global``: every dynmoe of the model with the same shape shares one expert library

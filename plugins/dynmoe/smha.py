@@ -33,13 +33,17 @@ class DynSMHAConfig:
     call), ``static`` (sized for every pair the router can make: no sync, static shapes, more
     memory), ``auto`` (the default) static on CUDA and exact elsewhere."""
 
+    #: expert heads in the library (each with its own q/k/v/o projections)
     experts: int = attrs.field(default=8, validator=attrs.validators.gt(0))
+    #: attention heads each token's routed projection is split into
     heads: int = attrs.field(default=4, validator=attrs.validators.gt(0))
     head_dim: int | None = attrs.field(
         default=None, validator=attrs.validators.optional(attrs.validators.gt(0))
     )
+    #: router choosing each token's expert heads
     router: Spec = component("router", default="cosine_threshold")
     causal: bool = False
+    #: auto: one grouped GEMM over the experts where supported (CUDA, bf16), else a loop; loop: always the loop
     grouped_gemm: Literal["auto", "loop"] = "auto"
     dispatch: DispatchMode = "auto"
     #: ``global``: every dynsmha of the model with the same shape shares one library of expert

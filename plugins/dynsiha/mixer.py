@@ -48,6 +48,7 @@ class SparseProtoLinear(nn.Module):
 class DynSIHAConfig:
     """DynSIHA attention (ADR-0001): Q, K, V, O each a SparseProtoLinear unit; RoPE on masked q, k."""
 
+    #: attention heads; d_model must divide by it
     heads: int = attrs.field(default=8, validator=attrs.validators.gt(0))
 
 

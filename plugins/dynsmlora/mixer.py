@@ -45,19 +45,23 @@ class DynSMLoRAConfig:
     block input and used for every projection (the o deltas read the attention output of the
     same token). Any router works (``topk_softmax``, ``cosine_threshold``, ``dense``, ...)."""
 
+    #: LoRA deltas per projection, mixed per token by the router
     experts: int = attrs.field(default=16, validator=attrs.validators.gt(0))
     rank: int = attrs.field(default=8, validator=attrs.validators.gt(0))
     heads: int = attrs.field(default=8, validator=attrs.validators.gt(0))
     kv_heads: int | None = attrs.field(
         default=None, validator=attrs.validators.optional(attrs.validators.gt(0))
     )
+    #: width of a head (null: d_model / heads)
     head_dim: int | None = attrs.field(
         default=None, validator=attrs.validators.optional(attrs.validators.gt(0))
     )
     projections: tuple[Projection, ...] = attrs.field(
         default=("q", "k", "v", "o"), validator=_projections
     )
+    #: router weighting each token's LoRA deltas
     router: Spec = component("router", default="topk_softmax")
+    #: mask attention to earlier positions (for autoregressive training)
     causal: bool = False
 
 

@@ -25,6 +25,7 @@ class ACTConfig:
     ``per: position`` halts each position separately (a sample runs until its last position
     halts). ``init_bias`` sets the initial halting probability sigmoid(init_bias)."""
 
+    #: N: the most recursion steps a sample runs
     max_steps: int = attrs.field(default=8, validator=attrs.validators.gt(0))
     per: Literal["sequence", "position"] = "sequence"
     eps: float = attrs.field(

@@ -22,12 +22,17 @@ from torch import Tensor, nn
 class PonderNetConfig:
     """PonderNet halting: p_n = lambda_n prod(1 - lambda_j), loss sum p_n L_n + beta KL to a geometric prior."""
 
+    #: N: the most recursion steps a sample runs
     max_steps: int = attrs.field(default=8, validator=attrs.validators.gt(0))
+    #: lambda_p of the geometric prior the halting distribution is pulled towards
     prior: float = attrs.field(
         default=0.2, validator=[attrs.validators.gt(0), attrs.validators.le(1)]
     )
+    #: weight of KL(p || Geometric(prior)) in the loss
     beta: float = attrs.field(default=0.01, validator=attrs.validators.ge(0))
+    #: at evaluation, halt where the cumulative probability passes 0.5 (threshold) or at a sampled step
     eval: Literal["threshold", "sample"] = "threshold"
+    #: initial bias of the halting unit: lambda starts at sigmoid(init_bias)
     init_bias: float = -1.0
 
 

@@ -20,11 +20,14 @@ class QHeadConfig:
     ``exploration`` a sample must run at least U{2..max_steps} steps. TRM loss: BCE(q_halt,
     exact match of the current prediction). HRM adds BCE(q_continue, bootstrapped target)."""
 
+    #: N_sup: the most supervision steps a sample gets
     max_steps: int = attrs.field(default=16, validator=attrs.validators.gt(0))
     exploration: float = attrs.field(
         default=0.1, validator=[attrs.validators.ge(0), attrs.validators.le(1)]
     )
+    #: trm: q_halt only (BCE against exact match); hrm: also q_continue with a bootstrapped target
     mode: Literal["trm", "hrm"] = "trm"
+    #: weight of the halting loss added to the LM loss
     loss_weight: float = attrs.field(default=0.5, validator=attrs.validators.ge(0))
 
 

@@ -13,8 +13,11 @@ class PostNormConfig:
 
     RMSNorm in float32 without gain; an ffn of ``none`` skips the second sub-layer."""
 
+    #: token mixer: how positions exchange information (attention, mlp_t, dynsmha ...)
     mixer: Spec = component("mixer", default="attention")
+    #: channel mixer applied per position (swiglu, dynmoe, none ...)
     ffn: Spec = component("ffn", default="swiglu")
+    #: RMSNorm epsilon (computed in float32, no gain)
     eps: float = attrs.field(default=1e-5, validator=attrs.validators.gt(0))
 
 
@@ -22,8 +25,11 @@ class PostNormConfig:
 class PreNormConfig:
     """Pre-norm residual block: h = h + mixer(rmsnorm(h)); h = h + ffn(rmsnorm(h))."""
 
+    #: token mixer: how positions exchange information (attention, mlp_t, dynsmha ...)
     mixer: Spec = component("mixer", default="attention")
+    #: channel mixer applied per position (swiglu, dynmoe, none ...)
     ffn: Spec = component("ffn", default="swiglu")
+    #: RMSNorm epsilon (computed in float32, no gain)
     eps: float = attrs.field(default=1e-5, validator=attrs.validators.gt(0))
 
 

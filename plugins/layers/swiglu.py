@@ -14,6 +14,7 @@ class SwiGLUConfig:
 
     Hidden width round(expansion*D*2/3), rounded up to a multiple of 256 (as TRM)."""
 
+    #: hidden width as a multiple of the input width (SwiGLU: round(expansion*D*2/3) up to a multiple of 256)
     expansion: float = attrs.field(default=4.0, validator=attrs.validators.gt(0))
 
 
@@ -37,6 +38,7 @@ class MlpTConfig:
 
     Its width follows the sequence length, so it needs no positional encoding."""
 
+    #: hidden width as a multiple of the input width (SwiGLU: round(expansion*D*2/3) up to a multiple of 256)
     expansion: float = attrs.field(default=4.0, validator=attrs.validators.gt(0))
 
 

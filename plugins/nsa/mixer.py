@@ -45,13 +45,16 @@ class NsaConfig:
     with a KV cache). Decoding one token at a time after a prompt takes its own path
     (:meth:`NativeSparseAttention.decode_step`) whatever the kernel."""
 
+    #: attention heads
     heads: int = attrs.field(default=8, validator=attrs.validators.gt(0))
+    #: width of a head (null: d_model / heads)
     head_dim: int | None = attrs.field(
         default=None, validator=attrs.validators.optional(attrs.validators.gt(0))
     )
     block: int = attrs.field(default=64, validator=attrs.validators.gt(0))
     selected: int = attrs.field(default=16, validator=attrs.validators.gt(0))
     window: int = attrs.field(default=512, validator=attrs.validators.gt(0))
+    #: mask attention to earlier positions (for autoregressive training)
     causal: bool = False
     kernel: Literal["auto", "flex", "masked"] = "auto"
     #: the FlexAttention tile (positions) the block masks are laid out in; None: ``block``.

@@ -13,7 +13,9 @@ class StackedConfig:
 
     Keeps no state between steps (provides no carry)."""
 
+    #: the block each layer is built from
     block: Spec = component("block", default="post_norm")
+    #: distinct blocks applied in order
     layers: int = attrs.field(default=2, validator=attrs.validators.gt(0))
 
 

@@ -17,7 +17,9 @@ class UniversalConfig:
     depend on the number of steps; routed modules built with ``library: global`` share one
     expert library across all blocks and steps."""
 
+    #: the block applied at every iteration
     block: Spec = component("block", default="post_norm")
+    #: distinct blocks applied in order within one iteration
     blocks: int = attrs.field(default=1, validator=attrs.validators.gt(0))
     inject_input: bool = True
 

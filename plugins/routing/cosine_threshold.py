@@ -37,6 +37,7 @@ class CosineThresholdConfig:
     weighting: Literal["mean", "softmax"] = "mean"
     fallback: Literal["topk", "zero"] = "topk"
     min_experts: int = attrs.field(default=1, validator=attrs.validators.gt(0))
+    #: temperature of the gate sigmoid(tau * cos) compared with sigmoid(tau * G)
     tau: float = attrs.field(default=10.0, validator=attrs.validators.gt(0))
     sdl_weight: float = attrs.field(default=0.01, validator=non_negative)
     sparsity_weight: float = attrs.field(default=0.0, validator=non_negative)

@@ -25,6 +25,7 @@ class TopKSoftmaxConfig:
     learns from the task loss. Optional aux losses: Switch load balance E * sum_e f_e P_e (``load_balance_weight``) and
     the ST-MoE z-loss mean logsumexp^2 (``z_loss_weight``)."""
 
+    #: experts per token (softmax over their logits)
     top_k: int = attrs.field(default=2, validator=attrs.validators.gt(0))
     load_balance_weight: float = attrs.field(default=0.0, validator=non_negative)
     z_loss_weight: float = attrs.field(default=0.0, validator=non_negative)

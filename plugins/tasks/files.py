@@ -32,7 +32,9 @@ class FilesConfig:
     batches.  Shapes, vocabulary and identifiers are checked when the experiment is loaded."""
 
     path: str
+    #: folder or file of the training split under path (null: evaluation only)
     train_split: str | None = "train"
+    #: folder or file of the held-out split under path
     eval_split: str = "test"
     vocab_size: int | None = attrs.field(default=None, validator=_optional_positive)
     augment: Literal["none", "sudoku", "maze"] = "none"

@@ -22,12 +22,18 @@ class MazeConfig:
     built and loaded).  Training augments with the 8 dihedral transforms; evaluation also reports ``valid_path``,
     the share of predictions that are a valid start-to-goal path."""
 
+    #: grid side (30: the TRM/HRM maze)
     size: int = attrs.field(default=30, validator=attrs.validators.ge(4))
     min_path_len: int = attrs.field(default=110, validator=attrs.validators.ge(1))
+    #: training mazes generated
     train_size: int = attrs.field(default=1000, validator=attrs.validators.gt(0))
+    #: held-out mazes generated
     eval_size: int = attrs.field(default=1000, validator=attrs.validators.gt(0))
+    #: train on a random one of the 8 dihedral transforms of each maze
     augment: bool = True
+    #: seed of the generated data set (the data, not the model)
     data_seed: int = attrs.field(default=0, validator=attrs.validators.ge(0))
+    #: processes generating the data set (null: the CPU count)
     workers: int | None = attrs.field(
         default=None, validator=attrs.validators.optional(attrs.validators.gt(0))
     )

@@ -18,6 +18,7 @@ class SortConfig:
     ``eval_size`` sequences (seeded separately). Chance exact accuracy is about 0."""
 
     length: int = attrs.field(default=8, validator=attrs.validators.gt(1))
+    #: distinct values a sequence element takes
     values: int = attrs.field(default=10, validator=attrs.validators.gt(1))
     eval_size: int = attrs.field(default=1024, validator=attrs.validators.gt(0))
 

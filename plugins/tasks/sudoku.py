@@ -33,13 +33,20 @@ class SudokuConfig:
     40 minimal puzzles up to augmentation, so a larger 4x4 set is memorisation, not a
     held-out test.  Sets are cached on disk (PONDERKIT_CACHE)."""
 
+    #: grid side (4, 6 with 2x3 boxes, 9 ...)
     size: int = attrs.field(default=9, validator=_valid_size)
+    #: by the solver's search effort: easy needs no guessing, hard/extreme few clues and heavy backtracking
     difficulty: Literal["easy", "medium", "hard", "extreme"] = "hard"
+    #: training puzzles generated
     train_size: int = attrs.field(default=1000, validator=attrs.validators.gt(0))
+    #: held-out puzzles generated
     eval_size: int = attrs.field(default=1000, validator=attrs.validators.gt(0))
+    #: train on random digit permutations, transposes and band/stack shuffles
     augment: bool = True
     leak_check: bool = True
+    #: seed of the generated data set (the data, not the model)
     data_seed: int = attrs.field(default=0, validator=attrs.validators.ge(0))
+    #: processes generating the data set (null: the CPU count)
     workers: int | None = attrs.field(
         default=None, validator=attrs.validators.optional(attrs.validators.gt(0))
     )

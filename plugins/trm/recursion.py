@@ -62,9 +62,13 @@ class TRMConfig:
     are, and the residual stream stays float32), which halves the memory traffic of those
     recursions; the graded recursion is unchanged, and starts from y, z cast back."""
 
+    #: the block each layer of the network is built from
     block: Spec = component("block", default="post_norm")
+    #: blocks in the one network `net` (L_layers in TRM)
     layers: int = attrs.field(default=2, validator=positive)
+    #: T: recursions per supervision step (T-1 without gradients, then one with)
     H_cycles: int = attrs.field(default=3, validator=positive)
+    #: n: latent updates z = net(z + y + x) per recursion before y = net(y + z)
     L_cycles: int = attrs.field(default=6, validator=positive)
     no_grad_precision: Literal["same", "bf16"] = "same"
 
@@ -118,10 +122,15 @@ class HRMConfig:
     One step runs H_cycles x L_cycles updates of z_L = L(z_L + z_H + x), with z_H = H(z_H + z_L)
     after every L_cycles of them; only the final L and H updates carry gradients."""
 
+    #: the block each layer of the network is built from
     block: Spec = component("block", default="post_norm")
+    #: blocks of the slow (high-level) network
     H_layers: int = attrs.field(default=4, validator=positive)
+    #: blocks of the fast (low-level) network
     L_layers: int = attrs.field(default=4, validator=positive)
+    #: high-level updates per supervision step
     H_cycles: int = attrs.field(default=2, validator=positive)
+    #: low-level updates per high-level update
     L_cycles: int = attrs.field(default=2, validator=positive)
 
 

@@ -50,6 +50,17 @@ def test_list_experiments_names_every_shipped_file(capsys, monkeypatch):
     assert " ablation " in row
 
 
+def test_every_field_of_every_built_in_component_has_help(registry):
+    missing = [
+        f"{kind}/{name}.{f.name}"
+        for kind in KINDS
+        for name in registry.names(kind)
+        for f in fields_of(registry.get(kind, name).config_cls)
+        if not field_help(registry.get(kind, name).config_cls).get(f.name, "").strip()
+    ]
+    assert not missing, f"{len(missing)} fields without help: {', '.join(missing)}"
+
+
 def test_show_prints_each_fields_help(capsys):
     assert main(["show", "callback/tensorboard"]) == 0
     out = capsys.readouterr().out
