@@ -113,6 +113,18 @@ def validate_ablation(args: argparse.Namespace, plugins: Plugins) -> int:
         count, table = counts[v.name]
         extra = f" ({count - table} without the puzzle-embedding table)" if table else ""
         print(f"ok: {v.name:<{width}}  {count} parameters{extra}")
+    for ladder in ablation.ladders:  # every rung above was validated and built
+        names = [r["name"] for r in ladder["rungs"]]
+        if ladder["mode"] == "path":
+            print(f"ok: ladder {ladder['from']} -> {' -> '.join(names)}")
+        else:
+            print(f"ok: ladder ({ladder['mode']}) {ladder['from']} / {ladder['to']}: "
+                  f"{', '.join(names)}")  # fmt: skip
+    if ablation.tune is not None:
+        from ..lab.tune import grid_points
+
+        n = len(grid_points(ablation.tune)) * len(ablation.variants)
+        print(f"ok: tune: {n} tuning runs per tuning seed before the comparison (OUT/tune/)")
     print(
         f"ok: ablation {ablation.name}: {len(ablation.variants)} variants x "
         f"{len(ablation.seeds)} seeds, baseline {ablation.baseline}"
