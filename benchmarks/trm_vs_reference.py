@@ -175,33 +175,40 @@ def theirs_first_step(head: Any, batch: dict, device: torch.device) -> tuple:
     return outputs["logits"], outputs["q_halt_logits"], loss / len(batch["inputs"])
 
 
-def equivalence(recipe: str, args: argparse.Namespace, registry: Any, ref: tuple) -> dict:
-    """Float32 logits, q-halt logits and loss of one supervision step, both models."""
+def equivalence(
+    recipe: str, args: argparse.Namespace, registry: Any, ref: tuple, variant: tuple = ()
+) -> dict:
+    """Float32 logits, q-halt logits and loss of one supervision step, both models; with a
+    ``variant`` (ponderkit overrides), both in bf16 instead: ours under autocast with those
+    overrides, theirs with ``forward_dtype: bfloat16`` (reported, not asserted)."""
     model_cls, head_cls = ref
     device = torch.device(args.device_resolved)
+    bf16 = bool(variant)
     tf32 = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
     try:
-        trainer = _trainer(recipe, "eager", "fp32", args, registry)
+        trainer = _trainer(recipe, "eager", "bf16" if bf16 else "fp32", args, registry, variant)
         ours = trainer.model.train()
         with torch.no_grad():  # a puzzle row that is not all zeros, in the authors' width
             d = trainer.config.model.d_model
             ours.puzzle_emb.weight[:, :d].normal_(0, 0.02)
         seq, vocab = trainer.task.seq_len, trainer.task.vocab_size
         mlp_t = trainer.config.model.recursion.config.block.config.mixer.name == "mlp_t"
-        theirs = model_cls(reference_config(trainer.config, 8, seq, vocab, "float32"))
+        dtype = "bfloat16" if bf16 else "float32"
+        theirs = model_cls(reference_config(trainer.config, 8, seq, vocab, dtype))
         theirs = theirs.to(device).train()
         copy_weights(ours, theirs, mlp_t, trainer.config.model.recursion.config.layers)
         batch = next(synthetic_batches(8, seq, vocab, device))
         batch = {**batch, "puzzle_identifiers": torch.zeros(8, dtype=torch.int32, device=device)}
         ours_batch = {**batch, "puzzle_ids": torch.zeros(8, dtype=torch.long, device=device)}
-        a_logits, a_q, a_loss = ours_first_step(ours, ours_batch)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            a_logits, a_q, a_loss = ours_first_step(ours, ours_batch)
         b_logits, b_q, b_loss = theirs_first_step(
             head_cls(theirs, _loss_name(trainer)), batch, device
         )
         scale = b_logits.abs().max().item()
         return {
-            "recipe": recipe,
+            "recipe": recipe + (f" [{' '.join(variant)}] bf16" if bf16 else ""),
             "max_abs_logit_diff": (a_logits.float() - b_logits.float()).abs().max().item(),
             "logit_scale": scale,
             "max_abs_q_halt_diff": (a_q.float() - b_q.float()).abs().max().item(),
@@ -221,7 +228,9 @@ def _loss_name(trainer: Trainer) -> str:
 # -- timing -----------------------------------------------------------------------------------------
 
 
-def _trainer(recipe: str, mode: str, precision: str, args: argparse.Namespace, registry) -> Trainer:
+def _trainer(
+    recipe: str, mode: str, precision: str, args: argparse.Namespace, registry, variant=()
+) -> Trainer:
     overrides = [
         f"train.batch_size={args.batch}",
         f"train.precision={precision}",
@@ -231,18 +240,19 @@ def _trainer(recipe: str, mode: str, precision: str, args: argparse.Namespace, r
         *TASK,
         *(SMOKE if args.smoke else []),
         *args.override,
+        *variant,
     ]
     cfg = load_experiment(REPO / "experiments" / RECIPES[recipe], overrides, registry=registry)
     torch._dynamo.reset()
     return Trainer(cfg.config, registry, quiet=True)
 
 
-def time_ours(recipe: str, mode: str, args: argparse.Namespace, registry) -> dict:
-    trainer = _trainer(recipe, mode, args.precision, args, registry)
+def time_ours(recipe: str, mode: str, args: argparse.Namespace, registry, variant=()) -> dict:
+    trainer = _trainer(recipe, mode, args.precision, args, registry, variant)
     device = trainer.device
     batches = synthetic_batches(args.batch, trainer.task.seq_len, trainer.task.vocab_size, device)
     step = lambda: trainer.schedule.train_step(trainer.model, batches, trainer)  # noqa: E731
-    return _time(step, device, args) | {"impl": "ponderkit"}
+    return _time(step, device, args)
 
 
 class SignSGDRows:
@@ -303,7 +313,7 @@ def time_theirs(recipe: str, mode: str, args: argparse.Namespace, registry, ref:
         sparse.step()
         adamw.zero_grad(set_to_none=True)
 
-    return _time(step, device, args) | {"impl": "authors"}
+    return _time(step, device, args)
 
 
 def _config(recipe: str, args: argparse.Namespace, registry) -> Any:
@@ -357,6 +367,14 @@ def main() -> None:
     parser.add_argument("--tolerance", type=float, default=1e-4, help="float32 agreement")
     parser.add_argument("--floor-ms", action="append", default=[], metavar="RECIPE=MS")
     parser.add_argument("--override", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument(
+        "--ours-variant",
+        action="append",
+        default=[],
+        metavar="LABEL:KEY=VALUE[,KEY=VALUE]",
+        help="an extra ponderkit row per mode with these overrides, and its bf16 agreement with "
+        "the authors' bf16 model, e.g. bf16-stream:model.recursion.precision=bf16",
+    )
     add_device_options(parser, "a tiny TRM on the CPU, both models")
     args = parser.parse_args()
     if args.smoke:
@@ -370,6 +388,10 @@ def main() -> None:
     out = args.out or REPO / "benchmarks/results" / (
         "trm_vs_reference_smoke.json" if args.smoke else "trm_vs_reference.json"
     )
+    variants = {}
+    for text in args.ours_variant:
+        label, _, overrides = text.partition(":")
+        variants[label] = tuple(o for o in overrides.split(",") if o)
     checks, rows = [], []
     for recipe in args.recipes.split(","):
         check = equivalence(recipe, args, registry, ref)
@@ -381,19 +403,24 @@ def main() -> None:
         )
         print(json.dumps(check), flush=True)
         checks.append(check)
+        for variant in variants.values():  # the same work in bf16, reported only
+            extra = equivalence(recipe, args, registry, ref, variant) | {"ok": True}
+            print(json.dumps(extra), flush=True)
+            checks.append(extra)
         _free()
         for mode in args.modes.split(","):
-            impls = ["ours"] if mode == "block" else ["theirs", "ours"]
-            for impl in impls:
+            impls = [("ponderkit", ())] + [(f"ponderkit {k}", v) for k, v in variants.items()]
+            if mode != "block":
+                impls.insert(0, ("authors", ()))
+            for impl, variant in impls:
                 try:
-                    if impl == "ours":
-                        row = time_ours(recipe, mode, args, registry)
-                    else:
+                    if impl == "authors":
                         row = time_theirs(recipe, mode, args, registry, ref)
+                    else:
+                        row = time_ours(recipe, mode, args, registry, variant)
                 except Exception as exc:  # a mode that fails here: say so, keep the rest
-                    name = "ponderkit" if impl == "ours" else "authors"
-                    row = {"impl": name, "error": f"{type(exc).__name__}: {str(exc)[:300]}"}
-                row |= {"recipe": recipe, "mode": mode}
+                    row = {"error": f"{type(exc).__name__}: {str(exc)[:300]}"}
+                row |= {"impl": impl, "recipe": recipe, "mode": mode}
                 print(json.dumps(row), flush=True)
                 rows.append(row)
                 _free()
@@ -434,8 +461,15 @@ def render(result: dict, floors: dict[str, float]) -> str:
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     by = {(r["recipe"], r["mode"], r["impl"]): r for r in result["rows"]}
-    for recipe, mode in dict.fromkeys((r["recipe"], r["mode"]) for r in result["rows"]):
-        a, b = by.get((recipe, mode, "authors"), {}), by.get((recipe, mode, "ponderkit"), {})
+    ours = dict.fromkeys(r["impl"] for r in result["rows"] if r["impl"] != "authors")
+    for recipe, mode, impl in (
+        (recipe, mode, impl)
+        for recipe, mode in dict.fromkeys((r["recipe"], r["mode"]) for r in result["rows"])
+        for impl in ours
+        if (recipe, mode, impl) in by
+    ):
+        a, b = by.get((recipe, mode, "authors"), {}), by[(recipe, mode, impl)]
+        mode = mode if impl == "ponderkit" else f"{mode}, {impl.removeprefix('ponderkit ')}"
         ratio = (
             f"{b['samples_per_s'] / a['samples_per_s']:.3f}x"
             if "samples_per_s" in a and "samples_per_s" in b

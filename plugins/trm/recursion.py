@@ -60,7 +60,14 @@ class TRMConfig:
     ``no_grad_precision: bf16`` runs the T-1 recursions without gradients in bfloat16
     throughout: the states x, y, z as well (under ``train.precision: bf16`` only the matmuls
     are, and the residual stream stays float32), which halves the memory traffic of those
-    recursions; the graded recursion is unchanged, and starts from y, z cast back."""
+    recursions; the graded recursion is unchanged, and starts from y, z cast back.
+
+    ``precision: bf16`` goes further, as the TRM authors' ``forward_dtype: bfloat16`` does: every
+    recursion, the graded one included, runs its states in bfloat16 (norms still compute in
+    float32 and cast back), the carry is kept in bfloat16, and the output y is bfloat16; the
+    weights stay float32 for the optimizer. It halves the bytes of every residual add, norm and
+    cast of the step (the part of a compiled step above its GEMMs), at the cost of gradients
+    through a bfloat16 residual stream, which is what the authors train with."""
 
     #: the block each layer of the network is built from
     block: Spec = component("block", default="post_norm")
@@ -71,6 +78,7 @@ class TRMConfig:
     #: n: latent updates z = net(z + y + x) per recursion before y = net(y + z)
     L_cycles: int = attrs.field(default=6, validator=positive)
     no_grad_precision: Literal["same", "bf16"] = "same"
+    precision: Literal["same", "bf16"] = "same"
 
 
 class TRMRecursion(nn.Module):
@@ -78,11 +86,12 @@ class TRMRecursion(nn.Module):
         super().__init__()
         self.H_cycles, self.L_cycles = cfg.H_cycles, cfg.L_cycles
         self.no_grad_precision = cfg.no_grad_precision
+        self.precision = cfg.precision
         self.net = Net([ctx.build(cfg.block) for _ in range(cfg.layers)])
         self.init = StateInit(ctx.d_model, ("y", "z"), ctx.seed)
 
     def initial_carry(self, x: Tensor) -> Carry:
-        return self.init.carry(x)
+        return self.init.carry(x.bfloat16() if self.precision == "bf16" else x)
 
     def latent_recursion(self, x: Tensor, y: Tensor, z: Tensor, ctx: ForwardContext):
         injection = y + x  # y does not change while z is updated: added once, not n times
@@ -93,7 +102,13 @@ class TRMRecursion(nn.Module):
 
     def forward(self, carry: Carry, x: Tensor, ctx: ForwardContext) -> tuple[Carry, Tensor]:
         """One deep recursion (one supervision step)."""
-        y, z = carry["y"], carry["z"]
+        if self.precision == "bf16":
+            with torch.autocast(x.device.type, dtype=torch.bfloat16):
+                return self._deep_recursion(carry, x.bfloat16(), ctx)
+        return self._deep_recursion(carry, x, ctx)
+
+    def _deep_recursion(self, carry: Carry, x: Tensor, ctx: ForwardContext) -> tuple[Carry, Tensor]:
+        y, z = carry["y"].to(x.dtype), carry["z"].to(x.dtype)
         with torch.no_grad(), self._no_grad_autocast(x):
             xs, dtype = x, y.dtype
             if self.no_grad_precision == "bf16":

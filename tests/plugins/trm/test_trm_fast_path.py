@@ -109,6 +109,60 @@ def test_no_grad_bf16_recursions_err_as_much_as_bf16_autocast_does(registry, mix
     assert all(v.dtype == torch.float32 for v in carry.values())
 
 
+@pytest.mark.parametrize("mixer", ["mlp_t", "attention"])
+def test_bf16_stream_errs_like_bf16_and_keeps_its_states_in_bf16(registry, mixer):
+    """``precision: bf16`` (the authors' ``forward_dtype``): against a float64 run it errs as
+    bf16 rounding does (more than the float32 path, within a few percent), with or without
+    autocast; the states, the carry and the output are bfloat16; gradients reach every weight,
+    in float32."""
+    plain = trainer_for(registry, mixer=mixer).model
+    stream = trainer_for(registry, ["model.recursion.precision=bf16"], mixer=mixer).model
+    stream.load_state_dict(plain.state_dict())
+    reference = trainer_for(registry, mixer=mixer).model.double()
+    reference.load_state_dict(plain.state_dict())
+    batch = next(batches(trainer_for(registry)))
+
+    def run(model, bf16: bool):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            ctx = model.context()
+            x = model.embed(batch)
+            return model.step(model.initial_carry(x), x, ctx)
+
+    want = run(reference, False)[1].detach()
+
+    def err(logits) -> float:
+        return float((logits.detach().double() - want).norm() / want.norm())
+
+    autocast_err = err(run(plain, True)[1])  # bf16 matmuls, float32 residual stream
+    for bf16 in (False, True):
+        carry, logits, _ = run(stream, bf16)
+        assert 1e-3 < err(logits) < 0.25, err(logits)
+        assert err(logits) < 2 * autocast_err, (err(logits), autocast_err)
+        assert all(v.dtype == torch.bfloat16 for v in carry.values())
+        assert logits.dtype == torch.bfloat16
+        weights = [p for p in stream.parameters() if p.requires_grad]
+        grads = torch.autograd.grad(logits.float().square().mean(), weights, allow_unused=True)
+        named = dict(zip([n for n, p in stream.named_parameters() if p.requires_grad], grads))
+        for name, g in named.items():
+            if name.startswith(("recursion.", "token_emb", "head")):
+                assert g is not None and g.dtype == torch.float32, name
+                assert torch.isfinite(g).all() and g.abs().sum() > 0, name
+
+
+def test_bf16_stream_trains_like_the_plain_step(registry):
+    """One deep-supervision optimizer step from the same weights: loss and gradient norm agree
+    within bf16 rounding, and differ (it did run in bf16)."""
+    results = []
+    for extra in ([], ["model.recursion.precision=bf16"]):
+        trainer = trainer_for(registry, extra)
+        metrics = trainer.schedule.train_step(trainer.model, batches(trainer), trainer)
+        results.append((float(metrics["loss"]), float(metrics["grad_norm"])))
+    (loss, norm), (bf_loss, bf_norm) = results
+    assert abs(bf_loss - loss) < 2e-2 * loss, results
+    assert abs(bf_norm - norm) < 1e-1 * norm, results
+    assert bf_loss != loss
+
+
 def test_no_grad_bf16_training_step_matches_the_plain_step(registry):
     """One deep-supervision optimizer step each from the same weights: loss and gradient norm
     agree within bf16 rounding (later steps start from carries that went through it, and a
