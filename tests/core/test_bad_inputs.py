@@ -543,7 +543,7 @@ RUN_DIR_CASES = [
     (
         "resume_other_config",
         None,
-        ["run", "exp.yaml", "--out", "{run}", "--resume", "train.steps=9"],
+        ["run", "exp.yaml", "train.steps=9", "--out", "{run}", "--resume"],
         "holds a run of a different config",
     ),
     ("resume_no_out", None, ["run", "exp.yaml", "--resume"], "--resume needs --out"),

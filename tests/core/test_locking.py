@@ -48,7 +48,7 @@ def test_a_second_writer_is_refused_with_the_holders_pid(sort_yaml, tmp_path, ca
     (tmp_path / "abl.yaml").write_text(f"base: {sort_yaml.name}\nbudget: {{steps: 4}}\n")
     holder = hold_lock(run)
     try:
-        argv = ["run", str(sort_yaml), "--out", str(run), "--resume", "train.steps=4"]
+        argv = ["run", str(sort_yaml), "train.steps=4", "--out", str(run), "--resume"]
         assert main(argv) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and f"{run} is in use by pid {holder.pid}" in err[0]
@@ -67,7 +67,7 @@ def test_a_second_writer_is_refused_with_the_holders_pid(sort_yaml, tmp_path, ca
         holder.kill()  # like kill -9: no clean release
         holder.wait()
     # its lock is stale now: the next writer takes it over and says from whom
-    assert main(["run", str(sort_yaml), "--out", str(run), "--resume", "train.steps=4"]) == 0
+    assert main(["run", str(sort_yaml), "train.steps=4", "--out", str(run), "--resume"]) == 0
     captured = capsys.readouterr()
     assert f"taking over the lock of pid {holder.pid} (since " in captured.err
     assert "which is no longer running" in captured.err
