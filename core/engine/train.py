@@ -553,9 +553,9 @@ def resume_or_start(
         return None
     if trainer.budget_spent():  # killed inside the final write: finish it, idempotently
         trainer.checkpoint("final")
-        if dist.is_main and not quiet:
-            print(f"{run_dir}: training had finished; wrote its missing final checkpoint "
-                  f"from {Path(chosen).name}", file=sys.stderr, flush=True)  # fmt: skip
+        if dist.is_main:  # a repair: said even with --quiet
+            print(f"warning: {run_dir}: training had finished; wrote its missing final "
+                  f"checkpoint from {Path(chosen).name}", file=sys.stderr, flush=True)  # fmt: skip
         return None
     return trainer
 

@@ -106,7 +106,10 @@ def run_state(run: Run, run_dir: Path, registry: Any) -> str:
         return "done"
     if run.holdout is not None and (run_dir / "validation.json").exists():  # a tuning run
         return "done"
-    final = (run_dir / "checkpoints" / "final" / "model.safetensors").exists()
+    from ..engine.runs import checkpoint_problem
+
+    # a damaged final is resumed: the resume sets it aside and writes it again
+    final = checkpoint_problem(run_dir / "checkpoints" / "final") is None
     return "analyse" if final else "resume"
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 from pathlib import Path
 
@@ -130,7 +131,7 @@ def reference_ablation(root):
     return out
 
 
-def assert_bit_identical(run: Path, reference: Path) -> None:
+def assert_bit_identical(run: Path, reference: Path, allow: set[str] = frozenset()) -> None:
     for name in ("model.safetensors",):
         want = load_file(str(reference / "checkpoints/final" / name))
         got = load_file(str(run / "checkpoints/final" / name))
@@ -140,7 +141,8 @@ def assert_bit_identical(run: Path, reference: Path) -> None:
     steps = [json.loads(x)["step"] for x in (run / "metrics.jsonl").read_text().splitlines()]
     ref = [json.loads(x)["step"] for x in (reference / "metrics.jsonl").read_text().splitlines()]
     assert steps == ref  # nothing lost, nothing logged twice
-    leftovers = [p.name for p in (run / "checkpoints").iterdir() if p.name.startswith(".")]
+    folder = run / "checkpoints"
+    leftovers = [p.name for p in folder.iterdir() if p.name.startswith(".") and p.name not in allow]
     assert not leftovers, leftovers
 
 
@@ -175,3 +177,28 @@ def test_ablate_killed_resumes_bit_identical(root, reference_ablation, tmp_path,
 def test_kill_point_count():
     total = len(RUN_POINTS) + 2 * len(TWICE) + len(ABLATE_POINTS)
     assert total >= 40, total
+
+
+@pytest.mark.parametrize("file", ["model.safetensors", "trainer.pt"])
+def test_a_damaged_final_is_written_again(root, reference_run, reference_ablation, tmp_path, file,
+                                          capsys):  # fmt: skip
+    """``final`` truncated after the run finished: ``run --resume`` and ``ablate`` set it
+    aside and write it again from the last step checkpoint."""
+    run = tmp_path / "run"
+    shutil.copytree(reference_run, run)
+    truncate(run / "checkpoints/final" / file)
+    assert main([*run_argv(root, run), "--resume"]) == 0
+    assert "wrote its missing final checkpoint from step_0000012" in capsys.readouterr().err
+    assert_bit_identical(run, reference_run, allow={".damaged-final"})
+    abl = tmp_path / "abl"
+    shutil.copytree(reference_ablation, abl)
+    (abl / "b" / "seed0" / "halting.json").unlink()
+    truncate(abl / "b" / "seed0" / "checkpoints/final" / file)
+    assert main(ablate_argv(root, abl)) == 0
+    assert_bit_identical(abl / "b" / "seed0", reference_ablation / "b" / "seed0",
+                         allow={".damaged-final"})  # fmt: skip
+
+
+def truncate(path: Path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
