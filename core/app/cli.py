@@ -532,6 +532,7 @@ def cmd_validate(args: argparse.Namespace, plugins: Plugins) -> int:
     from ..contract.experiment import load_experiment
     from ..engine.build import check_buildable
     from ..engine.preflight import check_cache, memory_issues, preflight
+    from ..engine.smoke import smoke_step
     from .cli_tools import is_ablation_file, validate_ablation
 
     if is_ablation_file(args.file):
@@ -545,8 +546,10 @@ def cmd_validate(args: argparse.Namespace, plugins: Plugins) -> int:
     issues = memory_issues(exp.config, plugins.registry, count)
     if issues:
         raise ConfigError([exp.document.locate(i) for i in issues])
+    stepped = smoke_step(exp, plugins.registry, count)  # a plugin's runtime mistake ends here
     extra = f" ({count - table} without the puzzle-embedding table)" if table else ""
-    print(f"ok: {count} parameters{extra}")
+    skipped = "" if stepped else " (too large for the one-step CPU check)"
+    print(f"ok: {count} parameters{extra}{skipped}")
     return 0
 
 
@@ -562,6 +565,7 @@ def cmd_run(args: argparse.Namespace, plugins: Plugins) -> int:
     from ..engine.preflight import check_cache, preflight
     from ..engine.runlock import RunLock, is_empty_run_dir
     from ..engine.runs import create_run_dir, default_run_dir, ensure_new_run_dir
+    from ..engine.smoke import smoke_step
     from ..engine.train import Trainer, resume_or_start
 
     args.file, args.overrides, args.out, extended = resolve_run(
@@ -571,7 +575,9 @@ def cmd_run(args: argparse.Namespace, plugins: Plugins) -> int:
     if args.resume and not args.out:
         raise InputError("--resume needs --out DIR, the run directory to continue")
     check_cache()
-    check_buildable(exp, plugins.registry)  # builder mistakes end here, before any directory
+    count, _ = check_buildable(exp, plugins.registry)  # builder mistakes end here, before
+    if _launched_world() == 1:  # any directory; and runtime ones (each rank would step alike)
+        smoke_step(exp, plugins.registry, count)
     issues = preflight(exp.config, plugins.registry)
     if issues:
         raise ConfigError([exp.document.locate(i) for i in issues])
@@ -723,7 +729,8 @@ def cmd_ablate(args: argparse.Namespace, plugins: Plugins) -> int:
 
     from ..engine.preflight import check_cache
     from ..engine.runlock import RunLock
-    from ..lab.ablation import load_ablation, preflight_variants
+    from ..engine.smoke import smoke_variants
+    from ..lab.ablation import _name_variants, load_ablation, preflight_variants
     from ..lab.grid import die_with_parent, prepare, run_grid, select, worker_command, worker_env
     from ..lab.report import write_report
     from ..lab.tune import apply_tuning, tuning_runs
@@ -760,6 +767,9 @@ def cmd_ablate(args: argparse.Namespace, plugins: Plugins) -> int:
         else:
             check_cache()
             preflight_variants(ablation, plugins.registry)
+            failed = smoke_variants(ablation.variants, plugins.registry)  # one step each
+            if failed:
+                raise ConfigError(_name_variants(failed))
             if out.exists() and not out.is_dir():
                 raise InputError(f"--out {out} is a file, not a directory")
             out.mkdir(parents=True, exist_ok=True)

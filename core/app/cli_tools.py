@@ -86,6 +86,7 @@ def validate_ablation(args: argparse.Namespace, plugins: Plugins) -> int:
     from ..contract.experiment import Experiment
     from ..engine.build import check_buildable
     from ..engine.preflight import check_cache, memory_issues, preflight
+    from ..engine.smoke import smoke_step
     from ..lab.ablation import _name_variants, load_ablation
 
     if args.overrides:
@@ -106,6 +107,11 @@ def validate_ablation(args: argparse.Namespace, plugins: Plugins) -> int:
             issues = memory_issues(v.config, registry, counts[v.name][0])
         if issues:
             per_variant[v.name] = [exp.document.locate(i) for i in issues]
+            continue
+        try:  # one training step: a plugin's runtime mistake (issues already located)
+            smoke_step(exp, registry, counts[v.name][0])
+        except ConfigError as exc:
+            per_variant[v.name] = list(exc.issues)
     if per_variant:
         raise ConfigError(_name_variants(per_variant))
     width = max(len(v.name) for v in ablation.variants)

@@ -33,6 +33,8 @@ class Components:
     schedule: Any
     callbacks: list[Any]
     blocks: list[Any] = attrs.field(factory=list)  # every block of the model, as built
+    #: every component, as built: (object, kind, key, plugin, config path)
+    built: list[tuple] = attrs.field(factory=list)
 
 
 def build_context(config: ExperimentConfig, registry: Any) -> BuildContext:
@@ -55,10 +57,10 @@ def build_components(
     task = ctx.build(config.task)
     model = build_model(config, task, ctx)
     if not training:
-        return Components(task, model, None, [], ctx.blocks)
+        return Components(task, model, None, [], ctx.blocks, ctx.built)
     schedule = ctx.build(config.schedule)
     callbacks = [ctx.build(spec) for spec in config.callbacks]
-    return Components(task, model, schedule, callbacks, ctx.blocks)
+    return Components(task, model, schedule, callbacks, ctx.blocks, ctx.built)
 
 
 def check_buildable(exp: Experiment, registry: Any) -> tuple[int, int]:

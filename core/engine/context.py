@@ -150,6 +150,8 @@ class BuildContext:
     shared: dict[str, Any] = attrs.field(factory=dict)
     paths: dict[int, tuple] = attrs.field(factory=dict, eq=False, repr=False)
     blocks: list[Any] = attrs.field(factory=list, eq=False, repr=False)
+    #: every component built through the context: (object, kind, key, plugin, config path)
+    built: list[tuple] = attrs.field(factory=list, eq=False, repr=False)
 
     def build(self, spec: Spec | None, **kwargs: Any) -> Any:
         """Build the component ``spec`` names, passing this context along, and check the
@@ -180,6 +182,9 @@ class BuildContext:
             )
         if spec.kind == "block":
             self.blocks.append(built)
+        self.built.append(
+            (built, spec.kind, comp.key, comp.origin.plugin, self.paths.get(id(spec), ()))
+        )
         return built
 
     def _error(self, spec: Spec, message: str) -> ConfigError:

@@ -106,6 +106,7 @@ class Trainer:
         seed_everything(config.seed)
         with self.dist.main_first():  # rank 0 generates (and caches) the data, then the rest
             built = build_components(config, registry)
+        self.components = built  # as built (the smoke step checks each one's outputs)
         self.task, self.schedule, self.callbacks = built.task, built.schedule, built.callbacks
         # the callbacks' hooks, dispatched by pluggy (checked when each callback was built)
         self.hooks = CallbackRelay(self.callbacks, [spec.name for spec in config.callbacks])
