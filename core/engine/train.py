@@ -174,17 +174,23 @@ class Trainer:
         (bad,) = self.dist.agree(int(not bool(finite)))
         if not bad:
             return True
+        what = "loss" if not bool(torch.isfinite(loss.detach()).all()) else "gradient norm"
+        value = float(loss.detach().float().sum() if what == "loss" else norm)
         if self.config.train.nonfinite == "skip":
+            if not self.nonfinite_skipped and not self.quiet:
+                print(f"warning: non-finite {what} ({value}) at step {self.step + 1}: step "
+                      "skipped (train.nonfinite: skip; counted as nonfinite_skipped)",
+                      file=sys.stderr, flush=True)  # fmt: skip
             self.nonfinite_skipped += 1
             return False
         from ..contract.errors import NonFinite
+        from .recovery import checkpoints_newest_first
 
-        what = "loss" if not bool(torch.isfinite(loss.detach()).all()) else "gradient norm"
-        value = float(loss.detach().float().sum() if what == "loss" else norm)
+        saved = checkpoints_newest_first(self.run_dir) if self.run_dir else []
+        kept = f"its last checkpoint, {saved[0].name}, is kept" if saved else "no checkpoint"
         raise NonFinite(
             f"non-finite {what} ({value}) at step {self.step + 1}: the run stopped before "
-            "updating the weights; the checkpoints written before it are kept "
-            "(train.nonfinite: skip skips such steps instead)"
+            f"updating the weights; {kept} (train.nonfinite: skip skips such steps instead)"
         )
 
     def _sample_limit(self) -> int | None:

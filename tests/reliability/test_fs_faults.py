@@ -440,7 +440,9 @@ def _poison(monkeypatch, at_step: int, how: str):
 def test_non_finite_stops_the_run_keeping_the_finite_checkpoints(here, fails, monkeypatch, how,
                                                                  what):  # fmt: skip
     _poison(monkeypatch, 3, how)
-    fails(RUN, f"non-finite {what}", status=3, creates=True)
+    line = fails(RUN, f"non-finite {what}", status=3, creates=True)
+    assert "at step 3: the run stopped before updating the weights; its last checkpoint, " \
+        "step_0000002, is kept" in line  # fmt: skip
     folder = here / "r" / "checkpoints"
     assert sorted(p.name for p in folder.iterdir()) == ["step_0000002"]
     weights, _ = load_checkpoint(folder / "step_0000002")
