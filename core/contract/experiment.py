@@ -78,13 +78,22 @@ class ModelConfig:
     loss: Literal["softmax", "stablemax"] = "softmax"
 
 
+#: Parameter categories an optimizer can keep out of weight decay (``no_decay``).
+NoDecay = Literal["vectors", "norms", "biases", "embeddings"]
+
+
 @attrs.frozen
 class OptimizerConfig:
-    """AdamW with linear warmup, then constant or cosine decay, and gradient clipping."""
+    """What every ``optimizer`` plugin's config extends: the learning rate and its schedule
+    (linear warmup, then constant or cosine decay), weight decay and which parameters it
+    spares, and gradient clipping. The update rule's own fields live in the plugin's subclass.
+
+    ``no_decay``: ``vectors`` (every parameter of fewer than 2 dimensions), ``norms``
+    (normalisation layers' parameters), ``biases``, ``embeddings`` (``nn.Embedding`` tables).
+    The default, ``[vectors]``, is what ponderkit did before optimizers were plugins."""
 
     #: peak learning rate
     lr: float = attrs.field(default=1e-3, validator=[finite, positive])
-    betas: tuple[float, float] = attrs.field(default=(0.9, 0.95), validator=_betas)
     #: decoupled weight decay (not on the no_decay parameters)
     weight_decay: float = attrs.field(default=0.1, validator=[finite, non_negative])
     #: steps of linear warmup from lr/warmup_steps to lr
@@ -95,6 +104,18 @@ class OptimizerConfig:
     min_lr_ratio: float = attrs.field(default=0.1, validator=[non_negative, v.le(1.0)])
     # null turns clipping off; a negative norm would flip every gradient
     grad_clip: float | None = attrs.field(default=1.0, validator=v.optional([finite, positive]))
+    #: parameters spared weight decay: vectors, norms, biases, embeddings
+    no_decay: tuple[NoDecay, ...] = ("vectors",)
+
+
+def betas_in_range(instance: Any, attribute: attrs.Attribute, value: tuple[float, ...]) -> None:
+    """Validator for an optimizer's ``betas``: each in [0, 1)."""
+    _betas(instance, attribute, value)
+
+
+#: The optimizer of an ``optimizer:`` mapping written without ``name:`` (before optimizers
+#: were a kind of component, AdamW was the only one).
+DEFAULT_OPTIMIZER = "adamw"
 
 
 @attrs.frozen
@@ -171,7 +192,9 @@ class ExperimentConfig:
     task: Spec = component("task", help="data, vocabulary, augmentation and metrics")
     model: ModelConfig = attrs.field(factory=ModelConfig)
     schedule: Spec = component("schedule", default="supervised")
-    optimizer: OptimizerConfig = attrs.field(factory=OptimizerConfig)
+    optimizer: Spec = component(
+        "optimizer", default=DEFAULT_OPTIMIZER, help="parameter groups and the update rule"
+    )
     train: TrainConfig = attrs.field(factory=TrainConfig)
     callbacks: tuple[Spec, ...] = components("callback")
     seed: int = attrs.field(default=0, validator=_seed)
@@ -245,10 +268,19 @@ def load_experiment(
 
 def experiment_from_document(doc: Document, registry: Registry) -> Experiment:
     structurer = Structurer(registry)
-    config = structurer.structure_class(ExperimentConfig, doc.data, ())
+    config = structurer.structure_class(ExperimentConfig, _named_optimizer(doc.data), ())
     issues = list(structurer.issues)
     if config is not None:
         issues += check_experiment(config, registry)
     if issues:
         raise ConfigError([doc.locate(i) for i in issues])
     return Experiment(config, doc)
+
+
+def _named_optimizer(data: Any) -> Any:
+    """``optimizer: {lr: ...}`` without ``name:`` is AdamW, as in files written before
+    optimizers were plugins."""
+    opt = data.get("optimizer") if isinstance(data, dict) else None
+    if isinstance(opt, dict) and "name" not in opt:
+        return {**data, "optimizer": {"name": DEFAULT_OPTIMIZER, **opt}}
+    return data

@@ -26,6 +26,7 @@ KINDS: tuple[str, ...] = (
     "schedule",
     "task",
     "callback",
+    "optimizer",
 )
 
 

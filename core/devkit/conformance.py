@@ -16,6 +16,7 @@ without Hypothesis, for a test that draws its own cases.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from typing import Any
 
@@ -42,6 +43,7 @@ __all__ = [
     "check_recursion",
     "check_halting",
     "check_task",
+    "check_optimizer",
     "routing_invariants",
     "token_layer_invariants",
 ]
@@ -398,3 +400,79 @@ def _check_batch(task: Any, batch: dict[str, Tensor]) -> None:
     if "puzzle_ids" in batch:
         ids = batch["puzzle_ids"]
         assert ids.min() >= 0 and ids.max() < max(task.num_puzzle_ids, 1), "puzzle id range"
+
+
+OptimizerFactory = Callable[[nn.Module, frozenset], Any]
+
+
+class _OptimizerProbe(nn.Module):
+    """A small model with one parameter of each sort an optimizer groups: an embedding table,
+    a tall and a wide matrix with biases, a norm's gain and bias, an output head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(5, 4)
+        self.up = nn.Linear(4, 8)
+        self.down = nn.Linear(8, 4)
+        self.norm = nn.LayerNorm(4)
+        self.head = nn.Linear(4, 3, bias=False)
+        self.frozen = nn.Parameter(torch.ones(2), requires_grad=False)
+        self.owned = nn.Parameter(torch.zeros(3))  # a callback's (``exclude``)
+
+    def forward(self, ids: Tensor) -> Tensor:
+        h = self.emb(ids)
+        h = self.norm(h + self.down(torch.tanh(self.up(h))))
+        return self.head(h) + self.owned
+
+
+def check_optimizer(factory: OptimizerFactory, steps: int = 30) -> None:
+    """An optimizer keeps the contract: ``factory(model, exclude)`` (``exclude``: ids of
+    parameters a callback owns) returns a :class:`~ponderkit.Optimizer` whose groups hold every
+    trainable parameter once and no excluded or frozen one; a parameter without a gradient is
+    left alone; ``steps`` steps on a small regression lower its loss; and a copy restored
+    from ``state_dict`` takes the same next step, bit for bit."""
+    torch.manual_seed(0)
+    model = _OptimizerProbe()
+    exclude = frozenset({id(model.owned)})
+    opt = factory(model, exclude)
+    _contract("optimizer", opt)
+    held = [id(p) for g in opt.param_groups for p in g["params"]]
+    trainable = [id(p) for p in model.parameters() if p.requires_grad and id(p) not in exclude]
+    assert len(held) == len(set(held)), "a parameter sits in two groups"
+    assert set(held) == set(trainable), (
+        "the groups must hold every trainable parameter except the excluded ones, once"
+    )
+    ids = torch.randint(0, 5, (16, 6))
+    target = torch.randn(16, 6, 3)
+
+    def loss_of(m: nn.Module) -> Tensor:
+        return ((m(ids) - target) ** 2).mean()
+
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    loss_of(model).backward()
+    model.up.weight.grad = None  # no gradient this step: must stay as it is
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    after = dict(model.named_parameters())
+    assert torch.equal(after["up.weight"], before["up.weight"]), (
+        "a parameter without a gradient must not move (weight decay included)"
+    )
+    for name in ("owned", "frozen"):
+        assert torch.equal(after[name], before[name]), f"the {name} parameter moved"
+    assert not torch.equal(after["down.weight"], before["down.weight"]), "a step moved nothing"
+    first = float(loss_of(model).detach())
+    for _ in range(steps):
+        loss_of(model).backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    last = float(loss_of(model).detach())
+    assert last < first, f"{steps} steps did not lower a regression loss ({first} -> {last})"
+    twin = copy.deepcopy(model)
+    restored = factory(twin, frozenset({id(twin.owned)}))
+    restored.load_state_dict(copy.deepcopy(opt.state_dict()))
+    for m, o in ((model, opt), (twin, restored)):
+        loss_of(m).backward()
+        o.step()
+        o.zero_grad(set_to_none=True)
+    for (name, p), q in zip(model.named_parameters(), twin.parameters(), strict=True):
+        assert torch.equal(p, q), f"{name}: the restored optimizer stepped differently"

@@ -16,13 +16,14 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..contract.config import iter_specs, unstructure
+from ..contract.config import Spec, iter_specs, unstructure
 from ..contract.experiment import ExperimentConfig, OptimizerConfig
 from ..contract.interfaces import Batch, FixedTrainingSet
 from ..contract.yamlio import dump
 from . import distributed
 from .build import build_components
 from .callbacks import CallbackRelay
+from .context import BuildContext
 from .device import autocast, resolve_device, to_device
 from .evaluate import PuzzleOutcomes, evaluate, write_puzzle_outcomes
 from .flops import count_step_flops
@@ -38,26 +39,13 @@ def seed_everything(seed: int) -> None:
 
 
 def build_optimizer(
-    model: nn.Module, cfg: OptimizerConfig, exclude: frozenset[int] = frozenset()
+    model: nn.Module, spec: Spec, registry: Any, exclude: frozenset[int] = frozenset()
 ) -> torch.optim.Optimizer:
-    """AdamW; matrices decay, vectors (norm gains, biases) do not. Parameters whose ``id`` is
-    in ``exclude`` are left out (a callback that updates them itself owns them)."""
-    params = [p for p in model.parameters() if p.requires_grad and id(p) not in exclude]
-    decay = [p for p in params if p.ndim >= 2]
-    no_decay = [p for p in params if p.ndim < 2]
-    groups = [
-        {"params": decay, "weight_decay": cfg.weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
-    # on CUDA the fused kernel (one launch for every tensor); on CPU the default, whose
-    # results the CPU tests pin bit for bit
-    fused = bool(params) and all(p.is_cuda and p.is_floating_point() for p in params)
-    return torch.optim.AdamW(
-        [g for g in groups if g["params"]],
-        lr=cfg.lr,
-        betas=tuple(cfg.betas),
-        fused=True if fused else None,
-    )
+    """The ``optimizer`` plugin ``spec`` names, over ``model``'s parameters; the plugin
+    declares the parameter groups. Parameters whose ``id`` is in ``exclude`` are left out (a
+    callback that updates them itself owns them)."""
+    ctx = BuildContext(registry, paths={id(spec): ("optimizer",)})
+    return ctx.build(spec, model=model, exclude=exclude)
 
 
 def lr_factor(
@@ -115,7 +103,9 @@ class Trainer:
         # parameters a callback updates itself (e.g. sign-SGD on the puzzle table) stay out
         # of the optimizer
         owned = self.hooks.owned_parameters(self)
-        self.optimizer = build_optimizer(self.model, config.optimizer, frozenset(map(id, owned)))
+        self.optimizer = build_optimizer(
+            self.model, config.optimizer, registry, frozenset(map(id, owned))
+        )
         mode = None if train.compile_mode == "default" else train.compile_mode
         if train.compile == "block":  # in place: parameter names stay the same
             for block in dict.fromkeys(built.blocks):  # a shared block once
@@ -150,7 +140,7 @@ class Trainer:
         """Backward, clip, step, zero the gradients; returns the pre-clip gradient norm."""
         loss.backward()
         self.dist.average_gradients(list(self.model.parameters()))
-        clip = self.config.optimizer.grad_clip
+        clip = self.config.optimizer.config.grad_clip
         # only the optimizer's own parameters: a callback-owned one keeps its gradient for it
         groups = self.optimizer.param_groups
         params = [p for g in groups for p in g["params"] if p.grad is not None]
@@ -231,9 +221,9 @@ class Trainer:
     def _set_lr(self) -> None:
         steps = self.config.train.steps
         done = None if steps is not None else self.progress()
-        factor = lr_factor(self.step, steps, self.config.optimizer, done)
+        factor = lr_factor(self.step, steps, self.config.optimizer.config, done)
         for group in self.optimizer.param_groups:
-            group["lr"] = self.config.optimizer.lr * factor
+            group["lr"] = self.config.optimizer.config.lr * factor
 
     # -- the loop --------------------------------------------------------------------------
     def fit(self) -> dict[str, float]:

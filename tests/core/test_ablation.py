@@ -54,7 +54,7 @@ def test_grid_expands_variants_times_seeds_with_overrides(grid, registry):
     assert by_key["base/seed1"].model.recursion.config.layers == 2
     assert by_key["one_layer/seed2"].model.recursion.config.layers == 1
     assert by_key["heads/seed0"].model.recursion.config.block.config.mixer.config.heads == 2
-    assert by_key["heads/seed0"].optimizer.lr == 0.01
+    assert by_key["heads/seed0"].optimizer.config.lr == 0.01
     assert by_key["swapped/seed0"].model.recursion.config.block.config.ffn.name == "none"
     assert by_key["one_layer/seed2"].seed == 2
 

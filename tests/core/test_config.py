@@ -20,7 +20,8 @@ def test_valid_experiment_structures_components(sort_yaml, registry):
     assert block.config.mixer.config.heads == 4
     assert exp.schedule.name == "supervised"  # default component
     assert exp.model.halting.config.steps == 1  # bare-string reference gets the defaults
-    assert exp.optimizer.lr == pytest.approx(3e-3)
+    assert exp.optimizer.name == "adamw"  # an optimizer mapping without name
+    assert exp.optimizer.config.lr == pytest.approx(3e-3)
 
 
 def test_misspelled_key_has_path_line_and_suggestion(write, registry):
@@ -143,7 +144,7 @@ def test_overrides_apply_and_unknown_override_keys_fail(sort_yaml, registry):
         ["train.steps=5", "model.halting.steps=1", "optimizer.lr=1e-4"],
         registry=registry,
     ).config
-    assert exp.train.steps == 5 and exp.optimizer.lr == pytest.approx(1e-4)
+    assert exp.train.steps == 5 and exp.optimizer.config.lr == pytest.approx(1e-4)
     (issue,) = issues_of(sort_yaml, registry, ["train.stpes=5"])
     assert issue.path == ("train", "stpes") and issue.file == "<command line>"
     assert "'steps'" in issue.hint

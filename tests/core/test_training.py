@@ -87,7 +87,7 @@ def test_lr_schedule_warmup_then_decay(sort_yaml, registry, decay):
         [f"optimizer.decay={decay}", "optimizer.warmup_steps=10", "optimizer.min_lr_ratio=0.1"],
         registry=registry,
     ).config
-    opt = cfg.optimizer
+    opt = cfg.optimizer.config
     assert lr_factor(0, 100, opt) == pytest.approx(0.1)
     assert lr_factor(9, 100, opt) == pytest.approx(1.0)
     if decay == "constant":
