@@ -136,7 +136,7 @@ def test_config_of_an_ablation_variant(registry, sort_yaml, write, tmp_path, cap
 
 def test_diff_finds_the_planted_difference_and_nothing_else(sort_yaml, write, capsys):
     other = write("other.yaml", sort_yaml.read_text().replace("batch_size: 64", "batch_size: 48"))
-    assert main(["diff", str(sort_yaml), str(other)]) == 0
+    assert main(["diff", str(sort_yaml), str(other)]) == 1  # they differ, as diff(1) says
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 2
     assert lines[0].split() == ["key", str(sort_yaml), str(other)]
@@ -153,7 +153,7 @@ def test_diff_of_a_run_directory_and_an_ablation_variant(sudoku_run, write, caps
         variants: {{deeper: {{model.recursion.L_cycles: 3}}}}
         """,
     )
-    assert main(["diff", str(sudoku_run), f"{abl}:deeper"]) == 0
+    assert main(["diff", str(sudoku_run), f"{abl}:deeper"]) == 1
     rows = capsys.readouterr().out.strip().splitlines()[1:]
     assert [r.split() for r in rows] == [["model.recursion.L_cycles", "2", "3"]]
 
