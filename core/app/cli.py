@@ -770,6 +770,8 @@ def cmd_ablate(args: argparse.Namespace, plugins: Plugins) -> int:
             failed = smoke_variants(ablation.variants, plugins.registry)  # one step each
             if failed:
                 raise ConfigError(_name_variants(failed))
+            if out.is_symlink() and not out.exists():
+                raise InputError(f"--out {out}: a symbolic link to nothing (or a link loop)")
             if out.exists() and not out.is_dir():
                 raise InputError(f"--out {out} is a file, not a directory")
             out.mkdir(parents=True, exist_ok=True)

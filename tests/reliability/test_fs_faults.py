@@ -312,7 +312,7 @@ OUT_CASES = [
         "ablate_out_loop",
         lambda r: ((r / "a.yaml").write_text("base: exp.yaml\n"), (r / "o").symlink_to("o")),
         ["ablate", "a.yaml", "--out", "o"],
-        "o: File exists",
+        "--out o: a symbolic link to nothing (or a link loop)",
     ),
 ]
 
