@@ -204,7 +204,9 @@ def test_tensorboard_logs_config_and_histograms(sort_yaml, tmp_path, capsys):
             "callbacks=[{name: tensorboard, halting_samples: 64}]"]  # fmt: skip
     assert main(args) == 0
     capsys.readouterr()
-    events = EventAccumulator(str(run / "tensorboard"), size_guidance={"tensors": 0, "histograms": 0})
+    events = EventAccumulator(
+        str(run / "tensorboard"), size_guidance={"tensors": 0, "histograms": 0}
+    )
     events.Reload()
     text = events.Tensors("config/text_summary")[0].tensor_proto.string_val[0].decode()
     assert "name: sort" in text and "steps: 4" in text
@@ -215,3 +217,29 @@ def test_tensorboard_logs_config_and_histograms(sort_yaml, tmp_path, capsys):
     h = hists[-1].histogram_value
     assert h.num == 64 and h.min == 1 and h.max == limit
     assert list(h.bucket)[-1] == 64 and sum(h.bucket) == 64
+
+
+def test_tensorboard_histograms_expert_usage_by_router(sort_yaml, tmp_path, capsys):
+    """A dynmoe FFN's router: one histogram per router, one bucket per expert, holding the
+    router's activation counts (summed they are the (token, expert) pairs it activated)."""
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run = tmp_path / "run"
+    args = ["run", str(sort_yaml), "--out", str(run), "--quiet", "train.steps=2",
+            "train.eval_every=2", "train.log_every=2", "train.threads=1", "train.flops_every=0",
+            "model.recursion.block.ffn={name: dynmoe, experts: 4, router: {name: topk_softmax, top_k: 2}}",
+            "callbacks=[{name: tensorboard, halting_samples: 0}]"]  # fmt: skip
+    assert main(args) == 0
+    capsys.readouterr()
+    events = EventAccumulator(str(run / "tensorboard"), size_guidance={"histograms": 0})
+    events.Reload()
+    tags = [t for t in events.Tags()["histograms"] if t.startswith("experts/")]
+    assert len(tags) == 2  # two layers, a router each
+    for tag in tags:
+        (h,) = events.Histograms(tag)
+        buckets = list(h.histogram_value.bucket)
+        assert len(buckets) == 4 and (h.histogram_value.min, h.histogram_value.max) == (0, 3)
+        # top-2 of 4: every routed token activates exactly 2 experts
+        assert sum(buckets) == h.histogram_value.num and sum(buckets) % 2 == 0 and sum(buckets) > 0
+    assert "halting/steps" not in events.Tags()["histograms"]
