@@ -18,7 +18,6 @@ from collections.abc import Mapping, Sequence
 
 import attrs
 import numpy as np
-from scipy import stats as scipy_stats
 
 #: bootstrap replicates of a report; at B = 4000 the interval's ends move by about 1% of its
 #: width between RNG seeds (sd over 30 seeds, 3 seeds x 200 puzzles)
@@ -31,7 +30,9 @@ _CHUNK_CELLS = 4_000_000
 
 def t_quantile(q: float, df: float) -> float:
     """Student's t quantile (``scipy.stats.t.ppf``)."""
-    return float(scipy_stats.t.ppf(q, df))
+    from scipy import stats  # imported when used: scipy.stats takes a second to import
+
+    return float(stats.t.ppf(q, df))
 
 
 @attrs.frozen
@@ -69,7 +70,9 @@ class Delta:
             return None
         if self.se == 0:
             return 1.0 if self.mean == 0 else 0.0
-        return float(2 * scipy_stats.t.sf(abs(self.mean) / self.se, self.df))
+        from scipy import stats
+
+        return float(2 * stats.t.sf(abs(self.mean) / self.se, self.df))
 
 
 def describe(values: Sequence[float]) -> Stat | None:
