@@ -262,6 +262,7 @@ def _subprocesses(
                 handle, slot_env = got
                 run, state = pending.pop(i)
                 logfile = out / "logs" / f"{run.variant}-seed{run.seed}.log"
+                logfile.parent.mkdir(parents=True, exist_ok=True)  # tune/<arm>/ for tuning runs
                 env = {**os.environ, **child_env, **slot_env, PARENT_ENV: str(os.getpid())}
                 with logfile.open("a") as f:
                     cmd = [*child_argv, "--only", run.key]
