@@ -135,6 +135,9 @@ def resolve_run(
     file or overrides of its own), True (``--resume`` with ``FILE --out DIR``) or False."""
     from ..contract.experiment import load_experiment
 
+    if isinstance(resume, str) and "=" in resume and not Path(resume).exists():
+        # `run FILE --out DIR --resume key=value`: an override argparse gave --resume
+        overrides, resume = [resume, *overrides], True
     if isinstance(resume, str) and Path(resume).is_file():  # `run --resume FILE --out DIR`
         given = ([str(file)] if file is not None else []) + list(overrides)
         return Path(resume), given, out, _no_extension(extends)

@@ -243,3 +243,16 @@ def test_tensorboard_histograms_expert_usage_by_router(sort_yaml, tmp_path, caps
         # top-2 of 4: every routed token activates exactly 2 experts
         assert sum(buckets) == h.histogram_value.num and sum(buckets) % 2 == 0 and sum(buckets) > 0
     assert "halting/steps" not in events.Tags()["histograms"]
+
+
+def test_the_older_resume_form_keeps_an_override_after_resume(short_run, sort_yaml, capsys):
+    """`run FILE --out DIR --resume key=value`: argparse hands key=value to --resume; it is an
+    override (here the run's own, so the finished run has nothing to do)."""
+    overrides = ["train.log_every=1", "train.eval_every=0", "train.threads=1",
+                 "optimizer.decay=cosine", "optimizer.warmup_steps=0", "train.flops_every=0"]  # fmt: skip
+    argv = ["run", str(sort_yaml), "--out", str(short_run), "--resume", "train.steps=6", *overrides]
+    assert main(argv) == 0
+    assert "nothing to do" in capsys.readouterr().out
+    argv[argv.index("train.steps=6")] = "train.steps=7"
+    assert main(argv) == 2  # a different config is refused
+    assert "holds a run of a different config" in capsys.readouterr().err
