@@ -14,8 +14,8 @@ from typing import Any
 import attrs
 
 from ..engine.runs import write_json_atomic, write_text_atomic
-from .run_analysis import DENSE, RunSummary, read_json, summarize_run
 from .report_ladder import ladder_and_tune_plots, ladder_and_tune_sections
+from .run_analysis import DENSE, RunSummary, read_json, summarize_run
 from .stats import (
     BOOTSTRAP_B,
     Delta,
@@ -623,12 +623,12 @@ def pair_verdict(
     if _decides(exact, ci, p_exact, adjusted):
         return f"`{a if exact.mean > 0 else b}` better (exact)"
     both_zero = exact is not None and exact.mean == 0 and ci == (0.0, 0.0)
-    head = "exact: both 0%" if both_zero else "exact: includes 0" if adjusted else (
-        "exact: CI includes 0")  # fmt: skip
+    undecided = "p (Holm) >= 0.05" if adjusted else "CI includes 0"
+    head = "exact: both 0%" if both_zero else f"exact: {undecided}"
     tci = token.ci95() if token else None
     if tci and _decides(token, tci, p_token, adjusted):
         return f"{head}; `{a if token.mean > 0 else b}` higher token acc"
-    return f"{head}; token: includes 0" if adjusted else f"{head}; token: CI includes 0"
+    return f"{head}; token: {undecided}"
 
 
 def _decides(d: Any, ci: tuple[float, float], p: float | None, adjusted: bool) -> bool:

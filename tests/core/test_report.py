@@ -236,7 +236,7 @@ def test_every_pair_reads_exact_first_then_token(tmp_path):
     # half as much with the same t: the same p. After adjustment nothing is decided.
     p = 3 * (1 - math.sqrt(27 / 29))
     assert ab[-2] == f"{p:.3f}" == "0.105"
-    assert ab[-1] == "exact: includes 0; token: includes 0"
+    assert ab[-1] == "exact: p (Holm) >= 0.05; token: p (Holm) >= 0.05"
     bc = [c.strip() for c in lines[("`b`", "`c`")].strip("|").split("|")]
     assert bc[-3] == "exact: both 0%; token: CI includes 0"
     assert "Student's t over seeds only" in pairs and "Holm-adjusted across 3 comparisons" in pairs
@@ -358,7 +358,7 @@ def test_one_puzzle_in_two_seeds_is_not_a_verdict(tmp_path, no_plots):
     assert more[3].startswith("+1.56 ±") and more[4].startswith("[0.00, ")
     assert float(more[4].split(", ")[1].rstrip("]")) >= 3.125  # 2 puzzles of 64 or more
     assert float(more[5]) == pytest.approx(2 * (63 / 64) ** 64, abs=0.05)
-    assert more[7] == "exact: includes 0; token: includes 0"
+    assert more[7] == "exact: p (Holm) >= 0.05; token: p (Holm) >= 0.05"
     assert (
         "95% paired bootstrap over seeds and puzzles, B=4000, Holm-adjusted across 1 comparison"
         in report
