@@ -90,7 +90,8 @@ class TensorBoardLogger:
 
 def halting_steps(trainer: Any, samples: int) -> Any:
     """The step at which each of the first ``samples`` held-out samples halts (early exit:
-    where its halting policy says), as a 1-D tensor; None when the task has no held-out set."""
+    where its halting policy says) under the weights being trained (not an EMA copy), as a
+    1-D tensor; None when the task has no held-out set."""
     import torch
 
     model, got = trainer.model, []
