@@ -142,7 +142,8 @@ def test_bf16_stream_errs_like_bf16_and_keeps_its_states_in_bf16(registry, mixer
         assert logits.dtype == torch.bfloat16
         weights = [p for p in stream.parameters() if p.requires_grad]
         grads = torch.autograd.grad(logits.float().square().mean(), weights, allow_unused=True)
-        named = dict(zip([n for n, p in stream.named_parameters() if p.requires_grad], grads))
+        names = [n for n, p in stream.named_parameters() if p.requires_grad]
+        named = dict(zip(names, grads, strict=True))
         for name, g in named.items():
             if name.startswith(("recursion.", "token_emb", "head")):
                 assert g is not None and g.dtype == torch.float32, name
