@@ -245,6 +245,7 @@ def _experts(groups, colours, path: Path) -> Path | None:
     for key, title in (
         ("experts_per_token", "experts per token (mean over routed layers)"),
         ("dead_experts", "dead experts"),
+        ("router/fallback_rate", "tokens where no expert fired (cosine_threshold fallback)"),
     ):
         if any(_logged(r, key) for runs in routed.values() for r in runs):
             panels.append(("curve", (key, title)))

@@ -294,7 +294,7 @@ def route_stats(counts: Tensor, enabled: Tensor, n: int) -> dict[str, Tensor]:
         "expert_counts": counts[:e],
         "experts_per_token": out[0],
         "dead_experts": out[1],
-        "fallback_tokens": out[2],
+        "fallback_rate": out[2],
     }
 
 

@@ -26,7 +26,11 @@ non_negative = attrs.validators.ge(0)
 class CosineThresholdConfig:
     """DynMoE top-any gating: expert e is active for token x iff cos(x, w_e) > G_e.
 
-    Prototypes W (D x E) start orthogonal, thresholds G at 0. The hard mask trains through a
+    Prototypes W (D x E) start orthogonal, thresholds G at 0. With ``bound_thresholds``
+    (default) G = tanh(theta), theta the trained parameter ``threshold``: G stays inside
+    (-1, 1), the range of a cosine (unbounded, G climbed to 1.33 in the ADR grid: no token could
+    fire, 85% went through the fallback); near 0 it trains as G itself. The share of tokens
+    where nothing fired is the stat ``fallback_rate``. The hard mask trains through a
     straight-through estimator, sigmoid(tau * (cos - G)), so W and G learn from the task loss.
     Active experts share a token equally (``weighting: mean``, 1/K) or by a softmax over
     tau * cos (``softmax``). A token that fires no expert gets its ``min_experts`` best experts
@@ -42,6 +46,8 @@ class CosineThresholdConfig:
     sdl_weight: float = attrs.field(default=0.01, validator=non_negative)
     sparsity_weight: float = attrs.field(default=0.0, validator=non_negative)
     sparsity_target: float = attrs.field(default=2.0, validator=non_negative)
+    #: G = tanh(theta) in (-1, 1); false: G = theta, unbounded (before issue 31)
+    bound_thresholds: bool = True
 
 
 class CosineThresholdRouter(RouterBase):
@@ -51,8 +57,12 @@ class CosineThresholdRouter(RouterBase):
         super().__init__(num_experts)
         self.cfg = cfg
         self.weight = nn.Parameter(torch.empty(d_model, num_experts))  # prototypes (D, E)
-        self.threshold = nn.Parameter(torch.zeros(num_experts))  # G (E,)
+        self.threshold = nn.Parameter(torch.zeros(num_experts))  # theta (E,): G = tanh(theta)
         nn.init.orthogonal_(self.weight)
+
+    def gate_thresholds(self) -> Tensor:
+        """G (E,): what each expert's cosine must exceed (tanh of ``threshold`` when bounded)."""
+        return torch.tanh(self.threshold) if self.cfg.bound_thresholds else self.threshold
 
     def cosine(self, x: Tensor) -> Tensor:
         """cos(x_n, w_e) (N, E) in the dtype of ``x``."""
@@ -68,7 +78,7 @@ class CosineThresholdRouter(RouterBase):
         topk = cfg.fallback == "topk"
         softmax = cfg.weighting == "softmax"
         weights, active, cos, per_token, counts, sdl = CosineRoute.apply(
-            x, self.weight, self.threshold, self.enabled, cfg.tau, cfg.min_experts, topk,
+            x, self.weight, self.gate_thresholds(), self.enabled, cfg.tau, cfg.min_experts, topk,
             softmax, cfg.sdl_weight,
         )  # fmt: skip
         aux = {"sdl": sdl} if cfg.sdl_weight else {}
@@ -88,7 +98,7 @@ class CosineThresholdRouter(RouterBase):
     def route(self, x: Tensor) -> RouteResult:
         cfg = self.cfg
         cos = self.cosine(x)  # (N, E)
-        gap = cos - self.threshold.to(cos.dtype)
+        gap = cos - self.gate_thresholds().to(cos.dtype)
         fired = (gap > 0) & self.enabled
         active = fired
         if cfg.fallback == "topk":
@@ -108,8 +118,10 @@ class CosineThresholdRouter(RouterBase):
             aux["sparsity"] = cfg.sparsity_weight * sparsity_loss(
                 per_token, cfg.sparsity_target, self.token_weights
             )
-        unfired = (~fired.any(-1)).sum() / max(x.shape[0], 1)  # the fallback's share
-        return weights, active, cos, aux, {"fallback_tokens": unfired}
+        # the share of tokens where no expert fired: the fallback's (or, with ``zero``, the
+        # tokens the layer passes through unchanged)
+        unfired = (~fired.any(-1)).sum() / max(x.shape[0], 1)
+        return weights, active, cos, aux, {"fallback_rate": unfired}
 
     @torch.no_grad()
     def reset_experts(self, experts: Tensor) -> list[tuple[nn.Parameter, int]]:
@@ -117,7 +129,7 @@ class CosineThresholdRouter(RouterBase):
         keep[experts] = False
         fresh = orthogonal_columns(self.weight[:, keep], len(experts))
         self.weight[:, experts] = fresh * self.weight[:, keep].norm(dim=0).mean().nan_to_num(1.0)
-        self.threshold[experts] = 0.0
+        self.threshold[experts] = 0.0  # G = 0 bounded or not
         return [(self.weight, 1), (self.threshold, 0)]
 
 

@@ -64,7 +64,7 @@ def set_state(router: torch.nn.Module, state: str, gen: torch.Generator) -> None
         router.threshold.copy_(torch.rand(e, generator=gen) * 1.2 - 0.6)
     elif state == "none_fire":
         if hasattr(router, "threshold"):
-            router.threshold.fill_(1.5)  # cos <= 1 < G: no expert can fire
+            router.threshold.fill_(20.0)  # G = tanh(20) = 1 >= cos: no expert can fire
         elif hasattr(router, "gate"):  # spl: all match - mas(gate) <= 0 for typical inputs
             router.prototypes.zero_()
     elif state == "masked":
@@ -250,7 +250,7 @@ def check_routing(router: torch.nn.Module, x: torch.Tensor, name: str, overrides
 def check_cosine_count(router, x, mask, overrides) -> None:
     """K == #{e enabled: cos(x, w_e) > G_e}; when that is 0, the documented fallback."""
     cos = cosine_reference(x, router.weight.detach())
-    gap = cos - router.threshold.detach().double()
+    gap = cos - router.gate_thresholds().detach().double()
     enabled = router.enabled
     clear = (gap.abs() > 1e-5).all(-1)  # skip tokens on a decision boundary
     fired = (gap > 0) & enabled

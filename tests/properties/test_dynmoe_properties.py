@@ -135,7 +135,7 @@ def test_expert_reset_leaves_live_experts_unchanged(shape, weighting, dead, rese
     router_cfg = {"weighting": weighting, "fallback": "zero"}
     layer = dynmoe("cosine_threshold", router_cfg, d, h, e).double().train()
     with torch.no_grad():
-        layer.router.threshold.copy_(torch.where(forced, 2.0, torch.rand(e) * 0.6 - 0.3))
+        layer.router.threshold.copy_(torch.where(forced, 20.0, torch.rand(e) * 0.6 - 0.3))
     optimizer = torch.optim.AdamW(layer.parameters(), lr=1e-2)
     x = torch.randn(shape["b"], max(shape["t"], 1), d, dtype=torch.float64)
     layer(x, None).square().sum().backward()

@@ -122,7 +122,7 @@ def test_expert_reset_revives_dead_experts_during_training(registry, sort_yaml):
     routers = [b.ffn.router for b in trainer.model.recursion.blocks]
     with torch.no_grad():
         for router in routers:
-            router.threshold[0] = 5.0  # cos <= 1: expert 0 can never fire
+            router.threshold[0] = 20.0  # G = tanh(20) = 1 >= cos: expert 0 can never fire
             router.cfg = type(router.cfg)(fallback="zero")  # nor be a fallback
     records = []
     trainer._log = records.append
