@@ -4,7 +4,8 @@ From Python 3.12, ``isinstance(obj, SomeRuntimeProtocol)`` looks members up with
 ``inspect.getattr_static``, which never sees an ``nn.Module``'s buffers or submodules. The GPU
 machines run 3.12: ``isinstance(router, ResettableRouter)`` was False for every router, so the
 callback reset nothing and logged no ``dead_experts`` / ``experts_reset`` in the ADR grid, while
-the same code logged on the CPU's Python 3.11. The fixture below gives 3.11 the 3.12 check."""
+the same code logged on the CPU's Python 3.11. The fixture below gives 3.11 the 3.12 check
+(for typing's own Protocols; a capability Protocol with a metaclass of its own keeps it)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,6 @@ import typing
 
 import pytest
 import torch
-from ponderkit import ResettableRouter
 from ponderkit.contract.experiment import load_experiment
 from ponderkit.engine.train import Trainer
 
@@ -48,12 +48,6 @@ def _trainer(registry, sort_yaml):
     return Trainer(cfg, registry, quiet=True)
 
 
-def test_the_emulated_check_misses_module_buffers(static_protocol_check, registry, sort_yaml):
-    # the premise: a real router fails the 3.12-style isinstance (buffers are not found)
-    router = _trainer(registry, sort_yaml).model.recursion.blocks[0].ffn.router
-    assert not isinstance(router, ResettableRouter)
-
-
 def test_expert_reset_resets_and_logs_under_the_static_check(
     static_protocol_check, registry, sort_yaml
 ):
@@ -61,7 +55,7 @@ def test_expert_reset_resets_and_logs_under_the_static_check(
     routers = [b.ffn.router for b in trainer.model.recursion.blocks]
     with torch.no_grad():
         for router in routers:
-            router.threshold[0] = 5.0  # above any cosine: expert 0 never fires
+            router.threshold[0] = 20.0  # G = tanh(20) = 1 >= any cosine: expert 0 never fires
             router.cfg = type(router.cfg)(fallback="zero")  # nor is it a fallback
     records = []
     trainer._log = records.append
