@@ -43,7 +43,9 @@ class ArcConfig:
     canvas: int = attrs.field(default=30, validator=[v.ge(2), v.le(30)])
     translate: bool = True
     eval_demos_in_training: bool = True
-    eval_views: int | None = None
+    eval_views: int | None = attrs.field(
+        default=None, validator=attrs.validators.optional(attrs.validators.gt(0))
+    )
     eval_puzzle_ids: Literal["own", "blank", "random"] = "own"
     #: rank each test input's candidates by how many views predicted them or by their summed halting confidence
     vote: Literal["count", "confidence"] = "count"
@@ -54,9 +56,11 @@ class ArcConfig:
     train_tasks: tuple[Any, ...] = ()
     eval_tasks: tuple[Any, ...] = ()
     #: seed of the augmentations drawn (the data set, not the model)
-    data_seed: int = 0
+    data_seed: int = attrs.field(default=0, validator=attrs.validators.ge(0))
     #: processes generating the data set (null: the CPU count)
-    workers: int | None = None
+    workers: int | None = attrs.field(
+        default=None, validator=attrs.validators.optional(attrs.validators.gt(0))
+    )
 
 
 class ArcTask:
