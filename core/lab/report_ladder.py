@@ -62,8 +62,8 @@ def ladder_section(
         "",
         "Each rung changes one factor group of the arm it is compared with (`parent`; merged "
         "groups had to move together, see `why merged`). Δ: rung - parent, in percentage "
-        "points, with its 95% interval (the same method as the differences table). A path's Δs "
-        "add up to its target - its source.",
+        "points, with its 95% interval (the same method as the differences table, cut to "
+        "[-100, 100] pp). A path's Δs add up to its target - its source.",
         "",
     ]
     for ladder in ladders:
@@ -128,6 +128,8 @@ def _delta(delta: Any) -> str:
     if delta is None:
         return "–"
     ci = delta.ci95()
+    if ci:  # cut to what a difference of accuracies can be, as the differences table does
+        ci = (max(ci[0], -1.0), min(ci[1], 1.0))
     interval = f" [{_pp(ci[0])}, {_pp(ci[1])}]" if ci else " (one seed: no interval)"
     return _pp(delta.mean) + interval
 

@@ -153,3 +153,44 @@ def test_bad_ladder_entries_name_the_key(ladder_file, registry):
     text = str(exc.value)
     assert "ladders.0.order: unknown group(s) ['mixr']" in text
     assert "ladders.1: no variant named 'targt'" in text and "target" in text
+
+
+def _runs(exact: dict[int, float], token: float = 0.9) -> list:
+    from ponderkit.lab.run_analysis import RunSummary
+
+    return [
+        RunSummary(
+            path=None,
+            status="finished",
+            step=1,
+            records=[],
+            halting={},
+            params={},
+            values={"exact_acc": e, "token_acc": token},
+            meta={"seed": s},
+        )  # fmt: skip
+        for s, e in exact.items()
+    ]
+
+
+def test_the_report_attributes_the_difference_rung_by_rung(tmp_path):
+    from ponderkit.lab.report_ladder import ladder_and_tune_plots, ladder_section
+
+    plan = {"ladders": [{"from": "a", "to": "b", "mode": "path", "rungs": [
+        {"name": "a+mixer", "parent": "a", "step": "mixer", "merged": ""},
+        {"name": "b", "parent": "a+mixer", "step": "halting_and_schedule",
+         "merged": "halting alone: no carry"},
+    ]}]}  # fmt: skip
+    done = {
+        "a": _runs({0: 0.2, 1: 0.3}),
+        "a+mixer": _runs({0: 0.5, 1: 0.7}),
+        "b": _runs({0: 0.4, 1: 0.4}),
+    }
+    text = "\n".join(ladder_section(plan, done))
+    # hand: mean of per-seed differences (0.3, 0.4) = +35 pp, then (-0.1, -0.3) = -20 pp
+    assert "| `a+mixer` | `a` | mixer | 60.00% | +35.00 pp [" in text
+    assert "| `b` | `a+mixer` | halting + schedule | 40.00% | -20.00 pp [" in text
+    assert "halting alone: no carry" in text
+    assert "Sum of the Δ exact acc: +15.00 pp (`b` - `a`)" in text
+    (png,) = ladder_and_tune_plots(plan, done, tmp_path)
+    assert png.name == "ladder_a_to_b.png" and png.stat().st_size > 1000

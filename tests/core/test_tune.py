@@ -97,7 +97,8 @@ def test_each_arm_runs_with_the_argmax_of_its_validation_scores(tuned, registry,
                        if x]  # fmt: skip
             evals = [r for r in records if "eval/exact_acc" in r]
             by_lr[float(run_dir.parent.name[3:])] = (
-                evals[-1]["eval/exact_acc"], evals[-1]["eval/token_acc"]
+                evals[-1]["eval/exact_acc"],
+                evals[-1]["eval/token_acc"],
             )
         assert set(by_lr) == {1e-6, 3e-3}
         best = max(by_lr, key=lambda lr: by_lr[lr])  # exact, then token accuracy
