@@ -136,6 +136,8 @@ def test_wandb_offline_logs_the_records(sort_yaml, tmp_path, capsys, monkeypatch
     """With the real wandb package, offline: the W&B run's history holds metrics.jsonl's."""
     wandb = pytest.importorskip("wandb")
     monkeypatch.setenv("WANDB_SILENT", "true")
+    for name in ("WANDB_CONFIG_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR"):  # nothing in ~
+        monkeypatch.setenv(name, str(tmp_path / name.lower()))
     run = tmp_path / "run"
     args = ["run", str(sort_yaml), "--out", str(run), "--quiet", "train.steps=4",
             "train.log_every=2", "train.eval_every=0", "train.threads=1", "train.flops_every=0",
