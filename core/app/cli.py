@@ -24,6 +24,7 @@ from ..contract.errors import (
 from ..contract.loading import Plugins
 from ..contract.registry import KINDS, split_key
 from .cli_tools import TOOL_COMMANDS, add_tool_parsers
+from .importer import add_import_parser, cmd_import
 
 EXIT_CONFIG = 2
 
@@ -244,6 +245,7 @@ def build_parser(plugins: Plugins | None = None) -> argparse.ArgumentParser:
     p = sub.add_parser("compare", parents=[common], help="a table of any run directories")
     p.add_argument("run_dirs", nargs="+", type=Path)
     add_tool_parsers(sub, common)
+    add_import_parser(sub, common)
     return parser
 
 
@@ -467,6 +469,7 @@ def show_kind(kind: str, plugins: Plugins) -> int:
     kit = {"ffn": "check_ffn", "mixer": "check_mixer", "block": "check_block"}.get(kind)
     kit = kit or {"router": "check_router", "recursion": "check_recursion"}.get(kind)
     kit = kit or {"halting": "check_halting", "task": "check_task"}.get(kind)
+    kit = kit or {"optimizer": "check_optimizer"}.get(kind)
     if kit:
         print()
         print(
@@ -863,6 +866,7 @@ COMMANDS = {
     "report": cmd_report,
     "compare": cmd_compare,
     **TOOL_COMMANDS,
+    "import": cmd_import,
 }
 
 
