@@ -42,14 +42,15 @@ def _grouped_mm_flop(a: Any, b: Any, *args: Any, out_shape: Any = None, **kwargs
 
 class Replica:
     """The trainer services a schedule sees while its step is counted: everything the real
-    trainer offers, except that ``optimize`` only back-propagates (no clipping, no update) and
-    re-initialisations are not announced."""
+    trainer offers, except that ``model`` is the replica being counted, ``optimize`` only
+    back-propagates (no clipping, no update) and re-initialisations are not announced."""
 
-    def __init__(self, trainer: Any):
+    def __init__(self, trainer: Any, model: Any):
         self._trainer = trainer
+        self.model = model
 
     def __getattr__(self, name: str) -> Any:
-        return getattr(self._trainer, name)
+        return getattr(self._trainer, name)  # a proxy: every other service is the trainer's
 
     def optimize(self, loss: Any) -> Any:
         loss.backward()
@@ -57,6 +58,20 @@ class Replica:
 
     def parameters_reset(self, touched: list, index: Any) -> None:
         pass
+
+
+def replica(model: Any) -> Any:
+    """A deep copy of ``model`` to count a step on: its parameters, buffers and every Python
+    attribute of every module (a plugin's counters, caches, lists) are its own, so the replay
+    changes nothing of the model that trains. Compiled calls and forward hooks are dropped:
+    the count runs eagerly, and a hook attached from outside (a callback's) would otherwise
+    observe a step that is never taken."""
+    twin = copy.deepcopy(model)
+    for module in twin.modules():
+        module._compiled_call_impl = None  # nn.Module.compile's: it calls the original module
+        module._forward_hooks.clear()
+        module._forward_pre_hooks.clear()
+    return twin
 
 
 def eagerly() -> Any:
@@ -75,33 +90,25 @@ def count_step_flops(trainer: Any, batches: Iterator[Any]) -> tuple[float, Itera
     """FLOPs (forward + backward, FlopCounterMode) of the optimizer step ``trainer`` is about
     to take, and the batch stream to take it from.
 
-    The step is replayed on the side and thrown away: the schedule is copied, the next batch
-    is peeked and handed back, and gradients, buffers (routing counters) and random number
-    generators are restored, so that counting leaves training bit for bit as it was (a step
-    run under the counting mode itself rounds a few gradients differently). The optimizer
-    update is not counted."""
-    import torch
+    The step is replayed on a deep copy of the model and schedule (:func:`replica`) and
+    thrown away: the next batch is peeked and handed back and the random number generators are
+    restored, so that counting leaves training, every plugin's state included, bit for bit as
+    it was. The optimizer update is not counted."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    model = trainer.model
     peeked = next(batches)
-    grads = [p.grad for p in model.parameters()]
-    buffers = [b.detach().clone() for b in model.buffers()]
     rng = _rng_state()
+    model = replica(trainer.model)
     schedule = copy.deepcopy(trainer.schedule)
     try:
         with (
             eagerly(),
             FlopCounterMode(display=False, custom_mapping=extra_flop_formulas()) as counter,
         ):
-            schedule.train_step(model, itertools.repeat(peeked), Replica(trainer))
+            schedule.train_step(model, itertools.repeat(peeked), Replica(trainer, model))
         flops = float(counter.get_total_flops())
     finally:
-        with torch.no_grad():
-            for p, g in zip(model.parameters(), grads, strict=True):
-                p.grad = g
-            for b, saved in zip(model.buffers(), buffers, strict=True):
-                b.copy_(saved)
+        del model, schedule
         _set_rng_state(rng)
     return flops, itertools.chain([peeked], batches)
 

@@ -44,35 +44,6 @@ def write_plan(ablation: Ablation, runs: Sequence[Run], out: Path) -> None:
     write_json_atomic(out / "ablation.json", ablation.plan())
 
 
-def measure_step_flops(config: Any, registry: Any) -> float:
-    """FLOPs of one optimizer step (forward + backward) as counted by torch's FlopCounterMode,
-    with formulas added for CPU attention and grouped GEMMs, which it does not count."""
-    import torch
-    from torch.utils.flop_counter import FlopCounterMode
-
-    from ..engine.flops import eagerly, extra_flop_formulas
-    from ..engine.train import Trainer
-
-    trainer = Trainer(config, registry, run_dir=None, quiet=True)
-    batches = (
-        trainer.to_device(b)
-        for b in trainer.task.train_batches(config.train.batch_size, config.seed)
-    )
-    trainer.model.train()
-    # a schedule of stages (``staged``) costs the share-weighted mean of its stages' steps
-    stages = getattr(trainer.schedule, "stages", None)
-    shares = trainer.schedule.shares(config.train.steps) if stages else [1.0]
-    flops = 0.0
-    for schedule, share in zip(stages or [trainer.schedule], shares, strict=True):
-        with eagerly(), FlopCounterMode(display=False, custom_mapping=extra_flop_formulas()) as c:
-            schedule.train_step(trainer.model, batches, trainer)
-        flops += share * float(c.get_total_flops())
-    del trainer
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-    return flops
-
-
 def select(runs: list[Run], only: Sequence[str] | None) -> list[Run]:
     """The runs named by ``--only`` (a variant or a ``variant/seedK``), all without it."""
     if not only:
