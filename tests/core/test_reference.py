@@ -61,7 +61,7 @@ def test_a_misspelt_variant_gets_a_suggestion(grid, registry):
 def test_verdicts_against_a_hand_computed_interval():
     # paired over 3 seeds: differences 0.10, 0.12, 0.14 -> mean 0.12, sd 0.02, se 0.02/sqrt(3)
     ours = difference({0: 1.10, 1: 1.22, 2: 1.34}, {0: 1.0, 1: 1.1, 2: 1.2})
-    half = 4.303 * 0.02 / math.sqrt(3)  # t(0.975, 2)
+    half = 4.302653 * 0.02 / math.sqrt(3)  # t(0.975, 2), scipy.stats.t.ppf
     ci, verdict = reference_verdict(ours, +0.05)
     assert ci == pytest.approx((0.12 - half, 0.12 + half))
     assert verdict == "agrees"
@@ -120,7 +120,7 @@ def test_the_report_reads_each_variant_beside_the_source(grid, registry, tmp_pat
     for variant, theirs in (("narrow", +0.5), ("slow", -0.5)):
         diffs = [final_loss(variant, s) - final_loss("base", s) for s in (0, 1)]
         mean = statistics.fmean(diffs)
-        half = 12.706 * statistics.stdev(diffs) / math.sqrt(2)  # t(0.975, 1)
+        half = 12.706205 * statistics.stdev(diffs) / math.sqrt(2)  # t(0.975, 1), scipy
         cells = rows[(f"`{variant}`", "final loss")]
         assert cells[3] == ("+" if theirs > 0 else "-") + "0.5"
         lo, hi = map(float, re.findall(r"-?\d+\.?\d*(?:e-?\d+)?", cells[6]))
