@@ -142,12 +142,15 @@ class Halting(Protocol):
 
     - ``max_steps``: the most steps a sample may take (N_sup for TRM).
     - ``forward(y (B,T,D), ctx) -> dict`` of halting signals for this step (e.g. ``q_halt``
-      (B,)); ``{}`` for a policy without parameters.
+      (B,)); ``{}`` for a policy without parameters. ``ctx.logits`` is this step's output
+      (B,T,V), ``ctx.previous_logits`` the previous step's (detached; None at the first step
+      and under one-step-a-context schedules): a policy may halt on the prediction itself.
     - ``should_halt(signals, steps (B,) long, training) -> (B,) bool``: whether each sample
       stops after this step; must be True wherever ``steps >= max_steps``.
     - ``loss(signals, correct (B,) bool, next_signals=None, steps=None) -> (loss, metrics)``:
       the weighted halting loss for this step given whether each sample's current prediction
-      is exactly right.
+      is exactly right (``deep_supervision`` calls it each step; ``full_unroll`` at every
+      unrolled step, averaged).
     Optional: :class:`WeighsSteps` (ACT, PonderNet), :class:`NextStepTarget` (HRM's
     bootstrapped q_continue).
     """

@@ -309,7 +309,9 @@ def check_halting(factory: LayerFactory, max_examples: int = 30) -> None:
         signals_steps, logits_steps = [], []
         for step in range(1, n + 1):
             y = torch.randn(b, t, 8)
-            signals = policy(y, ForwardContext())
+            logits = torch.randn(b, t, 5)  # what the model hands a policy: the step's output
+            previous = logits_steps[-1] if logits_steps else None
+            signals = policy(y, ForwardContext(logits=logits, previous_logits=previous))
             assert isinstance(signals, dict), "forward must return a dict of signals"
             for k, v in signals.items():
                 assert v.shape[0] == b, f"signal {k!r} must have the batch first"
@@ -323,7 +325,7 @@ def check_halting(factory: LayerFactory, max_examples: int = 30) -> None:
             assert loss.ndim == 0 and torch.isfinite(loss), "loss must be a finite scalar"
             assert isinstance(metrics, dict), "loss must return (loss, metrics dict)"
             signals_steps.append(signals)
-            logits_steps.append(torch.randn(b, t, 5))
+            logits_steps.append(logits)
             del step
         if isinstance(policy, WeighsSteps):
             logits, used = policy.combine(logits_steps, signals_steps)

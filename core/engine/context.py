@@ -32,11 +32,19 @@ class ForwardContext:
 
     ``running`` (B,) bool, when set by a schedule, marks the samples whose current step counts
     (not yet halted); routers weigh their token-dependent terms by it
-    (:meth:`tokens_running`)."""
+    (:meth:`tokens_running`).
+
+    What a halting policy may read in ``forward(y, ctx)``: ``logits`` (B, T, V), this step's
+    output (with gradient: detach it unless the policy means to train the trunk through it),
+    set only while the policy runs; ``previous_logits`` (B, T, V), the previous step's output,
+    detached, or None at the first step and wherever a schedule runs one step per context
+    (``deep_supervision``)."""
 
     positions: str = "rope"
     rope_theta: float = 10000.0
     running: Tensor | None = None
+    logits: Tensor | None = None
+    previous_logits: Tensor | None = None
     _plain: dict[str, Tensor] = attrs.field(factory=dict)
     _routed: dict[tuple[int, str], list] = attrs.field(factory=dict)
     _once: dict[tuple[int, str], Tensor] = attrs.field(factory=dict)

@@ -86,9 +86,17 @@ class ReasoningModel(nn.Module):
     def step(
         self, carry: Carry, x: Tensor, ctx: ForwardContext
     ) -> tuple[Carry, Tensor, dict[str, Tensor]]:
-        """One recursion step: (carry, logits (B,T,V), halting signals)."""
+        """One recursion step: (carry, logits (B,T,V), halting signals). The halting policy
+        sees this step's logits as ``ctx.logits`` (and the previous step's, detached, as
+        ``ctx.previous_logits`` when :meth:`unroll` runs the steps)."""
         carry, y = self.recursion(carry, x, ctx)
-        return carry, self.output(y), self.halting(y, ctx)
+        logits = self.output(y)
+        ctx.logits = logits
+        try:
+            signals = self.halting(y, ctx)
+        finally:
+            ctx.logits = None  # this step's only: a later module never reads a stale one
+        return carry, logits, signals
 
     def start(self, batch: Batch) -> tuple[Carry, Tensor, ForwardContext]:
         """Where :meth:`unroll` begins for ``batch``: (initial carry, embedded x, context)."""
@@ -100,10 +108,14 @@ class ReasoningModel(nn.Module):
     ) -> Iterator[tuple[Carry, Tensor, dict[str, Tensor]]]:
         """The step loop: up to ``steps`` recursion steps from ``carry``, yielding (carry,
         logits, halting signals) after each. Inference and every unrolling schedule run this
-        loop; ``step`` replaces :meth:`step` (e.g. with an activation-checkpointed one)."""
+        loop; ``step`` replaces :meth:`step` (e.g. with an activation-checkpointed one).
+        After each step ``ctx.previous_logits`` holds its logits (detached) for the next step's
+        halting policy; a consumer that stops iterating runs no further step (full_unroll
+        stops once every sample has halted where later steps weigh nothing)."""
         step = step or self.step
         for _ in range(steps):
             carry, logits, signals = step(carry, x, ctx)
+            ctx.previous_logits = logits.detach()
             yield carry, logits, signals
 
     @torch.no_grad()
