@@ -145,7 +145,10 @@ def tune_section(plan: dict[str, Any]) -> list[str]:
     if not tuning:
         return []
     metric = tune.get("metric", "exact_acc")
-    budget = {k: v for k, v in (tune.get("budget") or {}).items() if v is not None}
+    units = {"steps": "steps", "epochs": "epochs", "time_s": "s", "flops": "FLOPs"}
+    budget = ", ".join(
+        f"{v:g} {units.get(k, k)}" for k, v in (tune.get("budget") or {}).items() if v is not None
+    )
     seeds = tune.get("seeds") or (plan.get("seeds") or [0])[:1]
     out = [
         "## Tuned arms",
