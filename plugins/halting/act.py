@@ -24,6 +24,9 @@ How it trains (``training``):
   reaches the unit again (issue 31: mean h 0.27 -> 0.94 by step 120). ``ponder_warmup`` ramps
   the ponder weight linearly from 0 over that many optimizer steps (counted by the unit, kept
   in checkpoints) and ``min_steps`` sets h_n = 0 before step ``min_steps`` (a depth floor).
+  Measured on tests/plugins/test_act_depth.py's probe (labels no step predicts, 100 updates):
+  expected depth 1.07 as published, 1.12 with a 100-step warm-up (the task loss of the mixed
+  output also pushes h up there), 3.02 with ``min_steps: 3``, 3.95 under ``training: fixed``.
   Steps after every sample halted get weight 0, so ``schedule: full_unroll`` stops there.
 """
 
