@@ -32,19 +32,6 @@ class ExpertResetConfig:
     reset_optimizer_state: bool = True
 
 
-def provides(obj: object, protocol: type) -> bool:
-    """Whether ``obj`` has every member of the runtime ``protocol``, looked up as attribute
-    access does. Not ``isinstance(obj, protocol)``: from Python 3.12 that looks members up
-    statically (``inspect.getattr_static``), which never sees an ``nn.Module``'s buffers and
-    submodules (they live in ``_buffers`` / ``_modules``, reached through ``__getattr__``).
-    On the GPU machines' Python 3.12 every router failed ``isinstance(r, ResettableRouter)``,
-    so this callback found no router: it reset nothing and logged no ``dead_experts`` /
-    ``experts_reset`` (the ADR grid of 2026-12-07), while Python 3.11 (CPU) passed."""
-    members = [*vars(protocol).get("__annotations__", {})]
-    members += [n for n, v in vars(protocol).items() if callable(v) and not n.startswith("_")]
-    return all(hasattr(obj, name) for name in members)
-
-
 Touched = list[tuple[nn.Parameter, int]]
 Routed = tuple[nn.Module, nn.Module | None]
 
@@ -58,16 +45,20 @@ class ExpertReset:
 
     @staticmethod
     def routed(model: nn.Module) -> list[Routed]:
-        """(router, the layer that owns it or None) for every counting router in ``model``."""
+        """(router, the layer that owns it or None) for every counting router in ``model``.
+        The capability checks find an ``nn.Module``'s buffers and submodules on every Python:
+        a plain runtime Protocol on Python 3.12 looks members up statically and missed them,
+        so on the GPU machines (3.12) this callback found no router, reset nothing and
+        logged no ``dead_experts`` / ``experts_reset`` (the ADR grid of 2026-12-07)."""
         owners = {
             id(m.router): m
             for m in model.modules()
-            if provides(m, RoutedLayer) and isinstance(m.router, nn.Module)
+            if isinstance(m, RoutedLayer) and isinstance(m.router, nn.Module)
         }
         return [
             (m, owners.get(id(m)))
             for m in model.modules()
-            if provides(m, ResettableRouter) and isinstance(m.activation_counts, Tensor)
+            if isinstance(m, ResettableRouter) and isinstance(m.activation_counts, Tensor)
         ]
 
     @staticmethod
