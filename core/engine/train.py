@@ -28,6 +28,7 @@ from .device import autocast, resolve_device, to_device
 from .evaluate import PuzzleOutcomes, evaluate, write_puzzle_outcomes
 from .flops import count_step_flops
 from .nn import parameter_count
+from .provenance import plugin_sources
 from .recovery import Interrupted, StopOnSignal, prune
 from .runs import MetricsLog, kill_point, save_checkpoint, write_meta, write_text_atomic
 
@@ -454,6 +455,8 @@ class Trainer:
             plugins=plugins,
             extra={
                 "parameters": parameter_count(self.model),
+                # the plugin code trained with: `ablate` refuses a run whose plugin changed since
+                "plugin_sources": plugin_sources(self.config, self.registry),
                 **({"world_size": self.dist.world_size} if self.dist.active else {}),
             },
         )

@@ -73,6 +73,7 @@ def run_state(run: Run, run_dir: Path, registry: Any) -> str:
             f"{run.key}: {run_dir} holds a run of a different config (the ablation or base "
             "file changed since it ran); move it away or choose another --out"
         )
+    _refuse_stale(run, run_dir, registry)
     if (run_dir / "halting.json").exists():  # written last, from the final checkpoint
         return "done"
     if run.holdout is not None and (run_dir / "validation.json").exists():  # a tuning run
@@ -82,6 +83,25 @@ def run_state(run: Run, run_dir: Path, registry: Any) -> str:
     # a damaged final is resumed: the resume sets it aside and writes it again
     final = checkpoint_problem(run_dir / "checkpoints" / "final") is None
     return "analyse" if final else "resume"
+
+
+def _refuse_stale(run: Run, run_dir: Path, registry: Any) -> None:
+    """Refuse a run trained with a plugin whose source changed since (an editable install
+    edited): its results would be counted as the edited code's."""
+    import json
+
+    from ..engine.provenance import plugin_sources, stale_plugins
+
+    try:
+        recorded = json.loads((run_dir / "meta.json").read_text()).get("plugin_sources", {})
+    except (OSError, ValueError):
+        return  # not started far enough to say (resumed or retrained as before)
+    stale = stale_plugins(recorded, plugin_sources(run.config, registry))
+    if stale:
+        raise InputError(
+            f"{run.key}: {run_dir} was trained with plugin {stale[0]} as it was before its "
+            "source changed; move the run away to train it again with the plugin as it is now"
+        )
 
 
 def train_run(run: Run, run_dir: Path, registry: Any, time_budget: float | None = None) -> None:

@@ -145,7 +145,9 @@ def test_skip_finished_and_resume_interrupted_runs(grid, monkeypatch, capsys):
     calls = {"n": 0}
 
     def dying(self, *args):
-        if isinstance(args[-1], Replica):  # the FLOPs count's replay of a step
+        # the FLOPs count's replay of a step, or the one-step check before anything starts
+        # (a trainer without a run directory)
+        if isinstance(args[-1], Replica) or args[-1].run_dir is None:
             return real(self, *args)
         calls["n"] += 1
         if calls["n"] == 20 + 20 + 16:  # the third run, during step 16
@@ -163,7 +165,7 @@ def test_skip_finished_and_resume_interrupted_runs(grid, monkeypatch, capsys):
     calls["n"] = 0
 
     def counting(self, *args):
-        calls["n"] += not isinstance(args[-1], Replica)
+        calls["n"] += not isinstance(args[-1], Replica) and args[-1].run_dir is not None
         return real(self, *args)
 
     monkeypatch.setattr(Supervised, "train_step", counting)
@@ -177,7 +179,11 @@ def test_skip_finished_and_resume_interrupted_runs(grid, monkeypatch, capsys):
         assert (out / run / "halting.json").exists()
     assert (out / "report.md").exists()
 
-    monkeypatch.setattr(Supervised, "train_step", None)  # a third run must train nothing
+    def untrained(self, *args):  # only the one-step check, which has no run directory
+        assert args[-1].run_dir is None, "a third ablate trained a finished run again"
+        return real(self, *args)
+
+    monkeypatch.setattr(Supervised, "train_step", untrained)  # a third run trains nothing
     assert main(["ablate", str(path), "--out", str(out)]) == 0
     assert capsys.readouterr().out.count("skip ") == 4
 

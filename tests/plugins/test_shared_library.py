@@ -12,6 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from ponderkit import ForwardContext
 from ponderkit.contract.experiment import load_experiment
+from ponderkit.engine.callbacks import CallbackRelay
 from ponderkit.engine.train import Trainer
 from ponderkit.plugins.callbacks.ema import EMA
 from ponderkit.plugins.dynmoe.expert_reset import ExpertReset, ExpertResetConfig
@@ -102,7 +103,9 @@ def test_an_expert_is_reset_only_when_every_router_left_it_unused(used_attn, use
     before = {n: p.detach().clone() for n, p in net.named_parameters()}
     moments = {n: optimizer.state[p]["exp_avg"].clone() for n, p in net.named_parameters()}
     ema = EMA(decay=0.9)
-    trainer = SimpleNamespace(model=net, callbacks=[ema], optimizer=optimizer)
+    trainer = SimpleNamespace(
+        model=net, callbacks=[ema], hooks=CallbackRelay([ema], ["ema"]), optimizer=optimizer
+    )
     trainer.parameters_reset = lambda *args: Trainer.parameters_reset(trainer, *args)
     ema.on_train_start(trainer)
 

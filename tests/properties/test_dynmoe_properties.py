@@ -11,6 +11,7 @@ import torch
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from ponderkit import ForwardContext
+from ponderkit.engine.callbacks import CallbackRelay
 from ponderkit.engine.train import Trainer
 from ponderkit.plugins.callbacks.ema import EMA
 from ponderkit.plugins.dynmoe.expert_reset import ExpertReset, ExpertResetConfig
@@ -150,7 +151,7 @@ def test_expert_reset_leaves_live_experts_unchanged(shape, weighting, dead, rese
     assert (dead | ~forced).all()
     # an EMA of the weights (made distinguishable from them) must follow the reset slices
     ema = EMA(decay=0.9)
-    trainer = SimpleNamespace(model=layer, callbacks=[ema])
+    trainer = SimpleNamespace(model=layer, callbacks=[ema], hooks=CallbackRelay([ema], ["ema"]))
     trainer.parameters_reset = lambda *args: Trainer.parameters_reset(trainer, *args)
     ema.on_train_start(trainer)
     torch._foreach_add_(ema.shadow, 1.0)
