@@ -316,7 +316,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                   file=sys.stderr)  # fmt: skip
         return EXIT_CONFIG
     except KeyboardInterrupt as exc:
-        signum = getattr(exc, "signum", 2)
+        signum = getattr(exc, "signum", 2)  # recovery.Interrupted's (not a plugin's)
         if signum == 2 and not str(exc):
             print("interrupted", file=sys.stderr)
         return 128 + signum
@@ -779,7 +779,7 @@ def cmd_ablate(args: argparse.Namespace, plugins: Plugins) -> int:
                 raise InputError(f"--out {out} is a file, not a directory")
             out.mkdir(parents=True, exist_ok=True)
             held.enter_context(RunLock(out))
-        modules = getattr(args, "plugin", None) or ()
+        modules = getattr(args, "plugin", None) or ()  # argparse SUPPRESSes it when absent
 
         def grid(ablation: Any, runs: Any, plan_runs: Any) -> list[str]:
             return run_grid(

@@ -257,6 +257,7 @@ def grid_text(task: Any, tokens: Any) -> str:
 def cmd_predict(args: argparse.Namespace, plugins: Plugins) -> int:
     import torch
 
+    from ..contract.interfaces import CountsSolutions
     from ..engine.evaluate import load_model
     from ..lab.trace import grid_task
 
@@ -273,8 +274,8 @@ def cmd_predict(args: argparse.Namespace, plugins: Plugins) -> int:
     print(grid_text(task, answer))
     print(f"steps: {int(steps[0])} of {limit} ({how})")
     print(f"valid: {'yes' if valid else 'no'}")
-    count = getattr(task, "count_solutions", None)  # a task with a solver (Sudoku) says more
-    found = count(inputs, 2) if count is not None else 1
+    # a task with a solver (Sudoku) says more
+    found = task.count_solutions(inputs, 2) if isinstance(task, CountsSolutions) else 1
     if found != 1:  # on stderr: stdout keeps its grid, steps and valid lines
         what = "no solution" if found == 0 else "more than one solution"
         print(

@@ -364,6 +364,15 @@ class CountsActivations(Protocol, metaclass=_StaticCheck):
 
 
 @runtime_checkable
+class CountsSolutions(Protocol, metaclass=_StaticCheck):
+    """A :class:`GridPuzzle` with a solver: ``count_solutions(inputs, limit) -> int``, the
+    puzzle's solutions counted up to ``limit`` (``predict`` notes a puzzle with none or with
+    several, where ``valid`` says less than "the answer")."""
+
+    def count_solutions(self, inputs: Any, limit: int = 2) -> int: ...
+
+
+@runtime_checkable
 class ReportsActiveParameters(Protocol, metaclass=_StaticCheck):
     """A module that reports the parameters one token uses on average, itself:
     ``active_parameters() -> float`` (the run summary's ``active_parameters``)."""
@@ -536,7 +545,15 @@ CAPABILITIES: dict[str, tuple[type, ...]] = {
     "ffn": (RoutedLayer,),
     "router": (ResettableRouter, CountsActivations),
     "halting": (WeighsSteps, NextStepTarget),
-    "task": (FixedTrainingSet, EvaluatesPuzzles, GridView, GridPuzzle, ColouredGrid, PaddedGrid),
+    "task": (
+        FixedTrainingSet,
+        EvaluatesPuzzles,
+        GridView,
+        GridPuzzle,
+        CountsSolutions,
+        ColouredGrid,
+        PaddedGrid,
+    ),
     "schedule": (Staged,),
     "callback": (Stateful,),
 }

@@ -268,7 +268,7 @@ def _subprocesses(
                 watcher.watch(run.key, run.directory(out), run.config.train, time_budget)
                 where = " ".join(f"{k}={v}" for k, v in slot_env.items())
                 if isinstance(handle, tuple):  # a GPU: (id, bytes needed)
-                    basis = getattr(placer, "basis", "measured")
+                    basis = getattr(placer, "basis", "measured")  # the GPU packer's, not a plugin's
                     where += f", needs {handle[1] / 2**30:.2f} GiB ({basis})"
                 log(f"{_started(state, run, run.directory(out))} ({where}; log {logfile})")
             time.sleep(0.2)
