@@ -30,7 +30,7 @@ class MuonConfig(OptimizerConfig):
     B = mu B + (1-mu) G; U = (1-mu) G + mu B when ``nesterov`` else B;
     O = NS(U / ||U||_F), ``ns_steps`` of X = a X + (b A + c A^2) X with A = X X^T
     (on the wider orientation); W = W (1 - lr wd) - lr s O, where s = 0.2 sqrt(max(rows, cols))
-    (``scale: adamw_rms``: the update's RMS matches AdamW's, so one ``lr`` and weight decay
+    (``scale: adamw_rms``: the update's RMS matches AdamW's, so one lr and weight decay
     serve both parts) or s = sqrt(max(1, rows / cols)) (``scale: shape``, Jordan's, with lr
     ~0.02 in mind). Every other parameter (embeddings, the output and halting heads, vectors)
     takes AdamW with ``betas`` and ``eps``."""
