@@ -275,18 +275,17 @@ def _launched_world() -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    # overrides may come after options (`run X --out D a.b=1`): collect them from the leftovers
-    args, extra = parser.parse_known_args(argv)
-    if args.command in PLUGIN_OPTION_COMMANDS:  # parse again with the plugins' options
+    loaded = None
+    if _command(argv) in PLUGIN_OPTION_COMMANDS:  # its parser (and --help) has plugin options
         try:
-            plugins = _load_plugins(args)
+            loaded = _load_plugins(_plugin_options().parse_known_args(argv)[0])
         except PonderkitError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return exc.exit_code
-        parser = build_parser(plugins)
-        args, extra = parser.parse_known_args(argv)
-        args.loaded_plugins = plugins
+    parser = build_parser(loaded)
+    # overrides may come after options (`run X --out D a.b=1`): collect them from the leftovers
+    args, extra = parser.parse_known_args(argv)
+    args.loaded_plugins = loaded
     stray = [e for e in extra if e.startswith("-") or "=" not in e]
     if stray or (extra and not hasattr(args, "overrides")):
         parser.error(f"unrecognized arguments: {' '.join(stray or extra)}")
@@ -320,6 +319,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         if signum == 2 and not str(exc):
             print("interrupted", file=sys.stderr)
         return 128 + signum
+
+
+def _command(argv: Sequence[str] | None) -> str | None:
+    """The command word of ``argv`` (the first word that is not an option or a --plugin's
+    value), before the full parser exists."""
+    words = list(sys.argv[1:] if argv is None else argv)
+    for i, word in enumerate(words):
+        if not word.startswith("-") and (i == 0 or words[i - 1] != "--plugin"):
+            return word
+    return None
 
 
 def _load_plugins(args: argparse.Namespace) -> Plugins:
