@@ -647,10 +647,9 @@ def cmd_eval(args: argparse.Namespace, plugins: Plugins) -> int:
 
     from ..contract.interfaces import EvaluatesPuzzles
     from ..engine.evaluate import load_model
-    from ..engine.runs import checkpoint_in, write_json_atomic
+    from ..engine.runs import write_json_atomic
     from .cli_tools import overrides_suffix
 
-    checkpoint_in(args.run_dir, args.checkpoint)  # a name inside the run, nothing outside it
     run = load_model(args.run_dir, plugins.registry, args.checkpoint, overrides=args.overrides)
     if args.data is not None:
         run = attrs.evolve(run, task=_data_task(args.data, run, plugins.registry))

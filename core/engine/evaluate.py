@@ -29,7 +29,7 @@ from .distributed import Distributed
 from .generate import SequenceTask, free_running_metrics
 from .losses import accuracy
 from .model import ReasoningModel
-from .runs import atomic_write
+from .runs import atomic_write, checkpoint_in
 
 #: where a run keeps its latest evaluation's per-puzzle outcomes (read by reports)
 PUZZLES_FILE = "eval/puzzles.npz"
@@ -219,7 +219,7 @@ def load_model(
     from .runs import load_checkpoint
 
     run_dir = Path(run_dir)
-    ckpt = run_dir / "checkpoints" / checkpoint
+    ckpt = checkpoint_in(run_dir, checkpoint)  # a name inside the run, nothing outside it
     if not (run_dir / "config.yaml").exists():
         raise InputError(f"{run_dir} is not a run directory (no config.yaml)")
     if not (ckpt / "model.safetensors").exists():
