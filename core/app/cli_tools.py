@@ -64,7 +64,11 @@ def add_tool_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
         help="write an installable plugin package with a component, its test and an example",
     )
     p.add_argument("dir", type=Path)
-    p.add_argument("--kind", required=True, help="the kind of component")
+    p.add_argument(
+        "--kind",
+        required=True,
+        help="the kind of component: ffn, mixer, halting, router, recursion or callback",
+    )
     p.add_argument("--name", help="component name (default: from DIR)")
 
 
