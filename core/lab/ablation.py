@@ -468,6 +468,9 @@ def _ladders(
             name = same or rung.name
             if same is None and name in arms:  # the name is taken by another config
                 name = f"{rung.name}@{spec.target}"
+                n = 2
+                while name in arms:  # two ladders to one target
+                    name, n = f"{rung.name}@{spec.target}.{n}", n + 1
             if same is None:
                 parent = renamed.get(rung.parent, rung.parent)
                 text = f"{label}: {rung.step} of {spec.target} onto {parent}"

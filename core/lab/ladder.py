@@ -212,6 +212,8 @@ def _path(spec, todo, a, b, build, src_name, dst_name) -> list[Rung]:
     rungs, current, name = [], a, src_name
     while todo:
         config, taken, why = _first_buildable(todo, 0, current, b, build, spec, name, "+")
+        if flat_config(config) == current:  # cannot happen by the owner rule; never loop on it
+            raise RungError(f"rung {name}+{'_and_'.join(taken)} changes nothing")
         current = flat_config(config)
         todo = _ordered(spec.order, differing_flat(current, b))
         rung_name = dst_name if not todo else f"{name}+{'_and_'.join(taken)}"
