@@ -123,3 +123,26 @@ def test_confounds_error_accepts_tuned_keys_only(tuned, registry):
     assert "'optimizer.lr=0.01' sets what tune: picks for every arm" in str(exc.value)
     ok = TUNED.replace("narrow: {model.d_model: 16}", "narrow: {model.recursion.layers: 1}")
     load_ablation(tuned("confounds: error\nfactor: [model]\n" + ok), registry=registry)
+
+
+def test_tune_on_a_task_without_a_validation_split_is_refused_in_one_line(write, capsys):
+    # seq2seq wraps another task and has no holdout(fraction)
+    path = write(
+        "seq.yaml",
+        """
+        task: {name: seq2seq, task: {name: sort, length: 4, values: 4, eval_size: 16}}
+        model:
+          d_model: 16
+          recursion:
+            name: stacked
+            layers: 1
+            block: {name: pre_norm, mixer: {name: attention, heads: 2, causal: true}}
+          halting: fixed
+        schedule: teacher_forcing
+        train: {steps: 2, batch_size: 8}
+        """,
+    )
+    ablation = write("abl.yaml", f"base: {path.name}\ntune: {{lr: [1.0e-3]}}\n")
+    assert main(["validate", str(ablation)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "abl.yaml:2: tune: task 'seq2seq' cannot set part" in err[0], err
