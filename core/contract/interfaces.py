@@ -553,6 +553,7 @@ CAPABILITIES: dict[str, tuple[type, ...]] = {
         CountsSolutions,
         ColouredGrid,
         PaddedGrid,
+        HoldsOutTraining,
     ),
     "schedule": (Staged,),
     "callback": (Stateful,),
