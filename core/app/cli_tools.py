@@ -67,7 +67,8 @@ def add_tool_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--kind",
         required=True,
-        help="the kind of component: ffn, mixer, halting, router, recursion or callback",
+        help="the kind of component: ffn, mixer, halting, router, recursion, schedule, "
+        "callback or task",
     )
     p.add_argument("--name", help="component name (default: from DIR)")
 

@@ -351,7 +351,9 @@ def test_new_plugin_installs_into_a_venv_and_passes_its_own_test(tmp_path, capsy
     assert "1 passed" in result.stdout and "\nok: " in result.stdout
 
 
-@pytest.mark.parametrize("kind", ["ffn", "mixer", "halting", "router", "recursion", "callback"])
+@pytest.mark.parametrize(
+    "kind", ["ffn", "mixer", "halting", "router", "recursion", "schedule", "callback", "task"]
+)
 def test_new_plugin_component_passes_its_test_and_trains(tmp_path, monkeypatch, capsys, kind):
     import importlib
 
