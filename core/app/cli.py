@@ -771,7 +771,9 @@ def cmd_ablate(args: argparse.Namespace, plugins: Plugins) -> int:
             )
     tuning = tuning_runs(ablation, plugins.registry)  # tune: each arm's short runs, first
     select([*tuning, *ablation.runs()], args.only)  # a bad --only fails before anything runs
-    tuning_worker = args.worker and any(k.startswith("tune/") for k in args.only or ())
+    tune_only = [k for k in args.only or () if k.startswith("tune/")]  # tuning runs named
+    only = [k for k in args.only or () if not k.startswith("tune/")]
+    compare = not tune_only or bool(only)  # --only naming tuning runs alone runs just those
     with contextlib.ExitStack() as held:
         if args.worker:  # its parent checked everything and holds the ablation's lock
             die_with_parent()
@@ -808,14 +810,15 @@ def cmd_ablate(args: argparse.Namespace, plugins: Plugins) -> int:
                 progress_s=0.0 if args.worker else args.progress,  # the parent says it
             )
 
-        if tuning and not args.worker:
-            print(f"tuning: {len(tuning)} runs into {out / 'tune'}", flush=True)
-            if failed := grid(ablation, tuning, None):
+        failed = []
+        if tuning and (tune_only or not args.worker):  # a worker runs the one it is given
+            todo = select(tuning, tune_only) if tune_only else tuning
+            if not args.worker:
+                print(f"tuning: {len(todo)} runs into {out / 'tune'}", flush=True)
+            if (failed := grid(ablation, todo, None)) and not args.worker:
                 print(f"error: tuning run(s) failed: {', '.join(failed)}", file=sys.stderr)
                 return 1
-        if tuning_worker:
-            failed = grid(ablation, select(tuning, args.only), None)
-        else:
+        if compare:
             ablation = apply_tuning(ablation, out, plugins.registry)  # each arm at its pick
             every = prepare(ablation, out)
             if not args.worker:
@@ -825,8 +828,8 @@ def cmd_ablate(args: argparse.Namespace, plugins: Plugins) -> int:
                     f"{ablation.budget.describe()})",
                     flush=True,
                 )
-            failed = grid(ablation, select(every, args.only), None if args.worker else every)
-        if not args.worker:
+            failed = grid(ablation, select(every, only), None if args.worker else every)
+        if not args.worker and compare:
             print(f"report: {write_report(out, warn=_warn, registry=plugins.registry)}")
     if failed:
         print(f"error: {len(failed)} run(s) failed: {', '.join(failed)}", file=sys.stderr)
