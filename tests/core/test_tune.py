@@ -146,3 +146,11 @@ def test_tune_on_a_task_without_a_validation_split_is_refused_in_one_line(write,
     assert main(["validate", str(ablation)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "abl.yaml:2: tune: task 'seq2seq' cannot set part" in err[0], err
+
+
+def test_only_a_tuning_run(tuned, tmp_path):
+    out = tmp_path / "out"
+    assert main(["ablate", str(tuned()), "--out", str(out), "--only", "tune/base/lr=1e-06"]) == 0
+    assert (out / "tune" / "base" / "lr=1e-06" / "seed0" / "validation.json").exists()
+    assert not (out / "tune" / "base" / "lr=0.003").exists()
+    assert not (out / "base").exists()  # no comparison run without every arm's pick
