@@ -248,5 +248,6 @@ def test_files_follow_the_umask(sort_yaml, tmp_path):
     run = tmp_path / "run"
     for path, mode in [("config.yaml", 0o640), ("meta.json", 0o640), ("metrics.jsonl", 0o640),
                        ("checkpoints/final", 0o750), ("checkpoints/final/trainer.pt", 0o640),
+                       ("checkpoints/final/model.safetensors", 0o640),  # safetensors: 0600
                        ("checkpoints/step_0000004", 0o750)]:  # fmt: skip
         assert (run / path).stat().st_mode & 0o777 == mode, path
