@@ -482,7 +482,7 @@ def show_kind(kind: str, plugins: Plugins) -> int:
     if kit:
         print()
         print(
-            f"conformance test: ponderkit.devkit.conformance.{kit}(factory) (README: The plugin contract)"
+            f"conformance test: ponderkit.devkit.conformance.{kit}(factory) (docs/plugins.md: The plugin contract)"
         )
     caps = CAPABILITIES.get(kind, ())
     reg = plugins.registry

@@ -26,8 +26,9 @@ ID_FILE = "wandb_id.txt"
 
 @attrs.frozen
 class WandbConfig:
-    """Log every metric to Weights & Biases (the run's config as W&B config). Needs
-    ``ponderkit[wandb]``; ``mode: offline`` needs no account or network."""
+    """Log every metric to Weights & Biases (the run's config as W&B config).
+
+    Needs ``ponderkit[wandb]``; ``mode: offline`` needs no account or network."""
 
     project: str = attrs.field(default="ponderkit", metadata={"help": "W&B project"})
     entity: str | None = attrs.field(
