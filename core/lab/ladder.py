@@ -7,6 +7,10 @@ An ablation file may ask for them (see :mod:`~ponderkit.lab.ablation`)::
       - {from: trm_att, to: adr0004_dynmoe, order: [mixer, ffn, recursion], merge: false}
       - {from: trm_att, to: adr0005_dyntrm, mode: add_one_in}  # from + one group of `to`
       - {from: trm_att, to: adr0005_dyntrm, mode: leave_one_out}  # `to` less one group
+      - {from: trm, to: adr0005_dyntrm, order: [[ffn, router, library], [recursion, halting]]}
+
+An entry of ``order`` may be a list of groups: a *bundle* that moves in one rung (named
+``..+ffn_and_router_and_library``), for a short ladder whose rungs are coarser than one group.
 
 A resolved config's keys fall into factor groups (:data:`GROUP_PATTERNS`; ``other`` takes the
 rest). A key that exists on one side only (a dynsmha mixer's router, absent from an attention
@@ -156,7 +160,7 @@ class LadderSpec:
     source: str  # ``from:``
     target: str  # ``to:``
     mode: Literal["path", "add_one_in", "leave_one_out"] = "path"
-    order: tuple[str, ...] = DEFAULT_ORDER
+    order: tuple[str | tuple[str, ...], ...] = DEFAULT_ORDER  # a tuple: a bundle of groups
     merge: bool = True
 
 
@@ -200,9 +204,9 @@ def derive(spec: LadderSpec, source: ExperimentConfig, target: ExperimentConfig,
         b, a, dst_name, "-")  # fmt: skip
     i = 0
     while i < len(todo):
-        config, taken, why = _first_buildable(todo, i, start, goal, build, spec, parent, sign)
+        config, taken, why, used = _first_buildable(todo, i, start, goal, build, spec, parent, sign)
         rungs.append(Rung(f"{parent}{sign}{'_and_'.join(taken)}", parent, taken, config, why))
-        i += len(taken)
+        i += used
     return rungs
 
 
@@ -211,7 +215,7 @@ def _path(spec, todo, a, b, build, src_name, dst_name) -> list[Rung]:
     component a rung brings in may come with defaults that differ from the target's."""
     rungs, current, name = [], a, src_name
     while todo:
-        config, taken, why = _first_buildable(todo, 0, current, b, build, spec, name, "+")
+        config, taken, why, _ = _first_buildable(todo, 0, current, b, build, spec, name, "+")
         if flat_config(config) == current:  # cannot happen by the owner rule; never loop on it
             raise RungError(f"rung {name}+{'_and_'.join(taken)} changes nothing")
         current = flat_config(config)
@@ -222,30 +226,39 @@ def _path(spec, todo, a, b, build, src_name, dst_name) -> list[Rung]:
     return rungs
 
 
-def _ordered(order: Sequence[str], differing: dict[str, list[str]]) -> list[str]:
-    """The groups of ``differing`` in ``order`` (those it leaves out in the default order)."""
-    todo = [g for g in order if g in differing]
-    return todo + [g for g in DEFAULT_ORDER if g in differing and g not in todo]
+def _bundle(entry: str | Sequence[str]) -> tuple[str, ...]:
+    return (entry,) if isinstance(entry, str) else tuple(entry)
+
+
+def _ordered(order: Sequence[Any], differing: dict[str, list[str]]) -> list[tuple[str, ...]]:
+    """The bundles of ``order`` (a group alone is a bundle of one), each cut to the groups of
+    ``differing``, empty ones dropped; groups ``order`` leaves out follow alone, in the default
+    order."""
+    todo = [tuple(g for g in _bundle(e) if g in differing) for e in order]
+    todo = [b for b in todo if b]
+    named = {g for b in todo for g in b}
+    return todo + [(g,) for g in DEFAULT_ORDER if g in differing and g not in named]
 
 
 def _first_buildable(todo, i, current, goal, build, spec, name, sign):
-    """(config, groups, why merged) for the rung that moves ``todo[i]`` (and the groups after
-    it that it must move with, where merging is allowed)."""
-    taken, first_error = [todo[i]], ""
+    """(config, groups, why merged, bundles used) for the rung that moves the bundle
+    ``todo[i]`` (and the bundles after it that it must move with, where merging is allowed)."""
+    used, first_error = 1, ""
     while True:
+        taken = [g for bundle in todo[i : i + used] for g in bundle]
         try:
-            return build(move(current, goal, set(taken))), tuple(taken), first_error
+            return build(move(current, goal, set(taken))), tuple(taken), first_error, used
         except ConfigError as exc:
             reason = _one_line(exc)
-            first_error = first_error or f"{todo[i]} alone: {reason}"
-            if not spec.merge or i + len(taken) >= len(todo):
+            first_error = first_error or f"{'_and_'.join(todo[i])} alone: {reason}"
+            if not spec.merge or i + used >= len(todo):
                 rung = f"{name}{sign}{'_and_'.join(taken)}"
                 hint = _suggest(todo, current, goal, build) if sign == "+" else None
                 advice = (
                     f"try order: [{', '.join(hint)}]" if hint else "allow merge: true"
                 )  # fmt: skip
                 raise RungError(f"rung {rung} cannot be built ({reason}); {advice}") from None
-            taken.append(todo[i + len(taken)])
+            used += 1
 
 
 def _suggest(todo, current, goal, build) -> list[str] | None:
@@ -254,10 +267,10 @@ def _suggest(todo, current, goal, build) -> list[str] | None:
     while left:
         for g in left:
             try:
-                config = build(move(current, goal, {g}))
+                config = build(move(current, goal, set(g)))
             except ConfigError:
                 continue
-            order.append(g)
+            order.append(g[0] if len(g) == 1 else f"[{', '.join(g)}]")
             left.remove(g)
             current = flat_config(config)
             break
@@ -276,12 +289,16 @@ def _one_line(exc: ConfigError) -> str:
 
 
 def check_order(order: Sequence[Any]) -> str | None:
-    """Why ``order`` is not a list of distinct known groups, or None."""
-    bad = [g for g in order if g not in GROUPS]
+    """Why ``order`` is not a list of distinct known groups (or lists of them, bundles), or
+    None."""
+    if any(not isinstance(e, str) and not (isinstance(e, list | tuple) and e) for e in order):
+        return "expected a list of groups, or of lists of groups (bundles moved in one rung)"
+    flat = [g for e in order for g in _bundle(e)]
+    bad = [g for g in flat if not isinstance(g, str) or g not in GROUPS]
     if bad:
         return f"unknown group(s) {bad}; groups: {', '.join(GROUPS)}"
-    if len(set(order)) != len(order):
-        return f"groups repeat: {list(order)}"
+    if len(set(flat)) != len(flat):
+        return f"groups repeat: {list(flat)}"
     return None
 
 
@@ -315,5 +332,6 @@ def parse_specs(value: Any) -> tuple[list[tuple[int, LadderSpec]], list[tuple[tu
             problems.append(((*at, "merge"), f"expected true or false, got {merge!r}"))
         if extra or mode not in MODES or bad or not isinstance(merge, bool):
             continue
-        specs.append((i, LadderSpec(str(item["from"]), str(item["to"]), mode, tuple(order), merge)))
+        order = tuple(e if isinstance(e, str) else tuple(e) for e in order)
+        specs.append((i, LadderSpec(str(item["from"]), str(item["to"]), mode, order, merge)))
     return specs, problems

@@ -144,6 +144,38 @@ def test_add_one_in_and_leave_one_out(ladder_file, registry):
     }
 
 
+def test_a_bundle_of_groups_moves_in_one_rung(ladder_file, registry):
+    """``order: [[positions, mixer], ...]``: a bundle moves in one rung (the groups it names that
+    differ), groups the order leaves out follow alone; each rung still differs from its parent
+    in exactly the groups it names."""
+    path = ladder_file("ladders: [{from: base, to: target, order: [[positions, mixer], [ffn]]}]")
+    ablation = load_ablation(path, registry=registry, build=False)
+    rungs = ablation.ladders[0]["rungs"]
+    # the mixer arrives with its default router, so the router follows as a rung of its own
+    assert [r["step"] for r in rungs] == ["positions_and_mixer", "ffn", "router", "recursion"]
+    assert rungs[0]["name"] == "base+positions_and_mixer"
+    for rung in rungs:
+        diff = config_differences(
+            ablation.variant(rung["parent"]).config, ablation.variant(rung["name"]).config
+        )
+        assert {group_of(k, diff) for k in diff} == set(rung["step"].split("_and_")), rung
+
+
+@pytest.mark.parametrize(
+    ("order", "message"),
+    [
+        ("[[mixer, mixr]]", "unknown group(s) ['mixr']"),
+        ("[[mixer], mixer]", "groups repeat"),
+        ("[[]]", "expected a list of groups, or of lists of groups"),
+    ],
+)
+def test_a_bad_bundle_is_refused_where_it_is_written(ladder_file, registry, order, message):
+    path = ladder_file(f"ladders: [{{from: base, to: target, order: {order}}}]")
+    with pytest.raises(ConfigError) as exc:
+        load_ablation(path, registry=registry, build=False)
+    assert f"ladders.0.order: {message}" in str(exc.value)
+
+
 def test_bad_ladder_entries_name_the_key(ladder_file, registry):
     path = ladder_file(
         "ladders: [{from: base, to: target, order: [mixer, mixr]}, {from: base, to: targt}]"
