@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -36,17 +37,16 @@ def replace_ids(task: Any, pairs: np.ndarray, mode: str, seed: int = 0) -> np.nd
 def final_step(model: Any, batch: Batch) -> tuple[Tensor, Tensor]:
     """Logits (B,T,V) after every step (as TRM evaluates) and a confidence (B,) in [0, 1]:
     sigmoid(q_halt) of the last step, 1 when the halting policy has no q_halt. ``infer``
-    returns no halting signals, hence this loop; a policy that weighs its steps (ACT,
-    PonderNet) goes through ``infer``, with confidence 1."""
+    returns no halting signals, so this walks the model's one step loop (``start`` then
+    ``unroll``, as ``infer`` does) to read the last step's; a policy that weighs its steps
+    (ACT, PonderNet) goes through ``infer``, with confidence 1."""
     b = batch["inputs"].shape[0]
     ones = torch.ones(b, device=batch["inputs"].device)
     if hasattr(model.halting, "combine"):
         return model.infer(batch)[0], ones
-    ctx = model.context()
-    x = model.embed(batch)
-    carry = model.initial_carry(x)
-    for _ in range(model.halting.max_steps):
-        carry, logits, signals = model.step(carry, x, ctx)
+    carry, x, ctx = model.start(batch)
+    steps = model.unroll(carry, x, ctx, model.halting.max_steps)
+    (_, logits, signals) = deque(steps, maxlen=1)[0]  # the last step's (runs every step)
     q = signals.get("q_halt")
     return logits, torch.sigmoid(q.float()) if q is not None else ones
 
