@@ -1,4 +1,5 @@
-"""Building blocks shared by plugins: initialisation, RMSNorm, RoPE, SwiGLU width."""
+"""Building blocks shared by plugins: initialisation, RMSNorm, RoPE, SwiGLU width, attention
+(with the key/value cache of generation)."""
 
 from __future__ import annotations
 
@@ -63,17 +64,57 @@ def parameter_count(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-def attend(q: Tensor, k: Tensor, v: Tensor, ctx: Any, causal: bool = False) -> Tensor:
-    """Scaled dot-product attention of q (B, H, T, Dh) over k, v (B, Hkv, T, Dh) -> (B, H, T,
-    Dh), with rotary embeddings on q and k when the model uses RoPE (``ctx.positions``); H a
-    multiple of Hkv (grouped-query attention: each key/value head serves H/Hkv query heads)."""
-    if ctx is not None and ctx.positions == "rope":
-        cos, sin = ctx.rope(q.shape[-2], q.shape[-1], q.device)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-    if k.shape[1] != q.shape[1]:
-        group = q.shape[1] // k.shape[1]
+def rope_span(x: Tensor, ctx: Any, offset: int = 0) -> Tensor:
+    """RoPE on x (..., t, Dh) whose tokens sit at positions ``offset..offset+t`` when the model
+    uses RoPE (``ctx.positions``); queries and keys stacked on a leading dim take one call."""
+    if ctx is None or ctx.positions != "rope":
+        return x
+    t = x.shape[-2]
+    cos, sin = ctx.rope(offset + t, x.shape[-1], x.device)
+    if offset:
+        cos, sin = cos[offset:], sin[offset:]
+    return apply_rope(x, cos, sin)
+
+
+def cache_slot(ctx: Any, causal: bool) -> dict[str, Tensor] | None:
+    """This call site's slot of ``ctx.cache`` (None without a cache); a non-causal mixer cannot
+    decode incrementally."""
+    if ctx is None or getattr(ctx, "cache", None) is None:
+        return None
+    if not causal:
+        raise RuntimeError("a non-causal mixer cannot decode incrementally; set causal: true")
+    return ctx.cache.slot()
+
+
+def attend(
+    q: Tensor, k: Tensor, v: Tensor, ctx: Any, causal: bool = False, merge_heads: bool = False
+) -> Tensor:
+    """Scaled dot-product attention of q (B, H, t, Dh) over k, v (B, Hkv, t, Dh) -> (B, H, t,
+    Dh), or (B, t, H*Dh) with ``merge_heads``; the one place a mixer computes attention.
+
+    Rotary embeddings go on q and k when the model uses RoPE (``ctx.positions``); H is a
+    multiple of Hkv (grouped-query attention: each key/value head serves H/Hkv query heads).
+    During generation (``ctx.cache`` set; causal only) q, k, v are the newest t tokens, at
+    positions ``ctx.cache.offset..``: their keys and values join those of earlier tokens in
+    this call site's cache slot and each query sees the keys up to its own position."""
+    b, heads, t, head_dim = q.shape
+    slot = cache_slot(ctx, causal)
+    offset = ctx.cache.offset if slot is not None else 0
+    q, k = rope_span(q, ctx, offset), rope_span(k, ctx, offset)
+    if slot is not None:
+        k, v = ctx.cache.extend(slot, "k", k), ctx.cache.extend(slot, "v", v)
+    if k.shape[1] != heads:
+        group = heads // k.shape[1]
         k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
-    return F.scaled_dot_product_attention(q, k, v, is_causal=causal)
+    if offset == 0:
+        o = F.scaled_dot_product_attention(q, k, v, is_causal=causal)
+    else:  # query i sits at offset + i and sees keys 0..offset+i
+        pos_q = torch.arange(offset, offset + t, device=q.device)
+        mask = torch.arange(k.shape[2], device=q.device)[None, :] <= pos_q[:, None]
+        o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    if merge_heads:
+        return o.transpose(1, 2).reshape(b, t, heads * head_dim)
+    return o
 
 
 def counting_flops() -> bool:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Literal
 
 import attrs
-from ponderkit import BuildContext, ForwardContext, Spec, component, hookimpl
+from ponderkit import BuildContext, ForwardContext, Spec, attend, component, hookimpl
 from ponderkit.plugins.dynmoe.dispatch import (
     DispatchMode,
     capacity_for,
@@ -15,7 +15,7 @@ from ponderkit.plugins.dynmoe.dispatch import (
     plan_dispatch,
 )
 from ponderkit.plugins.dynmoe.experts import expert_weight, library_weights, reinit_experts
-from ponderkit.plugins.layers.attention import attend, check_attention, split_heads
+from ponderkit.plugins.layers.attention import check_attention, split_heads
 from torch import Tensor, nn
 
 
@@ -73,7 +73,9 @@ class DynSMHA(nn.Module):
         plan = plan_dispatch(routing.weights, routing.mask, capacity)  # shared by qkv and out
         qkv = combine(grouped_linear(gather(x, plan), self.qkv, plan, self.mode), plan)
         q, k, v = (split_heads(z, b, t, self.heads, self.head_dim) for z in qkv.chunk(3, -1))
-        o = attend(q, k, v, ctx, self.causal).reshape(b * t, self.heads * self.head_dim)
+        o = attend(q, k, v, ctx, self.causal, merge_heads=True).reshape(
+            b * t, self.heads * self.head_dim
+        )
         y = combine(grouped_linear(gather(o, plan), self.out, plan, self.mode), plan)
         return y.view(b, t, d)
 

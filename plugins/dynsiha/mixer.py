@@ -13,8 +13,8 @@ import math
 
 import attrs
 import torch
-from ponderkit import BuildContext, ForwardContext, hookimpl, trunc_normal_
-from ponderkit.plugins.layers.attention import attend, split_heads
+from ponderkit import BuildContext, ForwardContext, attend, hookimpl, trunc_normal_
+from ponderkit.plugins.layers.attention import split_heads
 from ponderkit.plugins.routing.spl import mas_normalize
 from torch import Tensor, nn
 from torch.nn import functional as F
@@ -65,7 +65,7 @@ class DynSIHA(nn.Module):
     def forward(self, h: Tensor, ctx: ForwardContext) -> Tensor:
         b, t, d = h.shape
         q, k, v = (split_heads(p(h, ctx), b, t, self.heads, self.head_dim) for p in self.qkv)
-        return self.o(attend(q, k, v, ctx, causal=False), ctx)
+        return self.o(attend(q, k, v, ctx, causal=False, merge_heads=True), ctx)
 
 
 def build_dynsiha(cfg: DynSIHAConfig, ctx: BuildContext) -> DynSIHA:

@@ -10,11 +10,13 @@ from ponderkit import (
     BuildContext,
     ForwardContext,
     Linear,
+    cache_slot,
     counting_flops,
     hookimpl,
+    rope_span,
     trunc_normal_,
 )
-from ponderkit.plugins.layers.attention import cache_slot, check_attention, rope_span
+from ponderkit.plugins.layers.attention import check_attention
 from ponderkit.plugins.nsa import branches, flex
 from torch import Tensor, nn
 from torch.nn import functional as F
