@@ -10,7 +10,6 @@ then one token at a time; every causal mixer keeps its keys and values in the
 
 from __future__ import annotations
 
-import math
 from typing import Any, Protocol, runtime_checkable
 
 import torch
@@ -81,17 +80,10 @@ class KVCache:
 def embed_tokens(
     model: Any, tokens: Tensor | None, offset: int = 0, probs: Tensor | None = None
 ) -> Tensor:
-    """Embed ``tokens`` (B,t) sitting at positions ``offset..offset+t`` -> (B,t,D).
-
-    With ``probs`` (B,t,V) instead, each position gets the expected embedding ``probs @ E``
-    (a soft token, used by EAVI's ``feed: soft``). Mirrors ``ReasoningModel.embed`` for a
-    model without a puzzle prefix (serialized tasks refuse one)."""
-    weight = model.token_emb.weight
-    x = probs.to(weight.dtype) @ weight if probs is not None else model.token_emb(tokens)
-    if model.pos_emb is not None:
-        t = x.shape[1]
-        x = (x + model.pos_emb.weight[offset : offset + t]) / math.sqrt(2.0)
-    return x * model.embed_scale
+    """Embed ``tokens`` (B,t) sitting at positions ``offset..offset+t`` -> (B,t,D), or soft
+    tokens ``probs`` (B,t,V) as their expected embeddings: ``model.embed_tokens``, the same
+    computation ``ReasoningModel.embed`` runs (serialized tasks refuse a puzzle prefix)."""
+    return model.embed_tokens(tokens, offset, probs)
 
 
 def forward_logits(

@@ -61,9 +61,27 @@ class ReasoningModel(nn.Module):
 
     def embed(self, batch: Batch) -> Tensor:
         """Inputs (B,T) -> x (B, prefix+T, D)."""
-        x = self.token_emb(batch["inputs"])
-        if self.puzzle_emb is not None:
-            ids = batch.get("puzzle_ids")
+        return self.embed_tokens(batch["inputs"], puzzle_ids=batch.get("puzzle_ids"))
+
+    def embed_tokens(
+        self,
+        tokens: Tensor | None,
+        offset: int = 0,
+        probs: Tensor | None = None,
+        puzzle_ids: Tensor | None = None,
+    ) -> Tensor:
+        """The one token embedding: ``tokens`` (B,t) -> x (B, rows, D), where the embedded rows
+        sit at positions ``offset..`` of the model's sequence (the puzzle prefix included).
+
+        At ``offset`` 0 the puzzle prefix (when the model has one; ``puzzle_ids`` picks its
+        rows, row 0 without them) comes first, so rows = prefix + t; a later ``offset`` (a
+        generation step continuing a KV-cached prefix) embeds the t tokens alone. With
+        ``probs`` (B,t,V) instead of ``tokens``, each position gets the expected embedding
+        ``probs @ E`` (a soft token, used by EAVI's ``feed: soft``)."""
+        weight = self.token_emb.weight
+        x = probs.to(weight.dtype) @ weight if probs is not None else self.token_emb(tokens)
+        if self.puzzle_emb is not None and offset == 0:
+            ids = puzzle_ids
             if ids is None:
                 ids = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
             prefix = self.puzzle_emb(ids)  # (B, width)
@@ -73,7 +91,7 @@ class ReasoningModel(nn.Module):
             prefix = prefix.view(x.shape[0], self.prefix_len, -1)  # (B,P,D)
             x = torch.cat([prefix, x], dim=1)
         if self.pos_emb is not None:
-            x = (x + self.pos_emb.weight) / math.sqrt(2.0)
+            x = (x + self.pos_emb.weight[offset : offset + x.shape[1]]) / math.sqrt(2.0)
         return x * self.embed_scale
 
     def output(self, y: Tensor) -> Tensor:
