@@ -33,7 +33,7 @@ def _fewest_steps(train, task, schedule: str) -> int | None:
 
 
 def _is_ablation(path: Path) -> bool:
-    return any(line.startswith("variants:") for line in path.read_text().splitlines())
+    return any(line.startswith(("variants:", "base:")) for line in path.read_text().splitlines())
 
 
 @pytest.mark.parametrize("path", sorted(EXPERIMENTS.glob("*.yaml")), ids=lambda p: p.name)
