@@ -13,6 +13,7 @@ import torch
 from ponderkit import BuildContext, OptimizerConfig, betas_in_range, hookimpl
 from torch import nn
 
+from .elementwise import ElementwiseOptimizer, adam_moments
 from .groups import decay_groups
 
 
@@ -37,7 +38,7 @@ class AdamATan2Config(OptimizerConfig):
     b: float = attrs.field(default=1.0, validator=attrs.validators.gt(0))
 
 
-class AdamATan2(torch.optim.Optimizer):
+class AdamATan2(ElementwiseOptimizer):
     """The update rule of :class:`AdamATan2Config` (decoupled weight decay first)."""
 
     def __init__(
@@ -52,32 +53,11 @@ class AdamATan2(torch.optim.Optimizer):
         defaults = {"lr": lr, "betas": betas, "weight_decay": weight_decay, "a": a, "b": b}
         super().__init__(params, defaults)
 
-    @torch.no_grad()
-    def step(self, closure: Any = None) -> Any:
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            b1, b2 = group["betas"]
-            lr, wd, a, b = group["lr"], group["weight_decay"], group["a"], group["b"]
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                state = self.state[p]
-                if not state:
-                    state["step"] = torch.tensor(0.0)
-                    state["exp_avg"] = torch.zeros_like(p)
-                    state["exp_avg_sq"] = torch.zeros_like(p)
-                state["step"] += 1
-                t = float(state["step"])
-                m, v, g = state["exp_avg"], state["exp_avg_sq"], p.grad
-                p.mul_(1 - lr * wd)
-                m.lerp_(g, 1 - b1)
-                v.mul_(b2).addcmul_(g, g, value=1 - b2)
-                denom = v.sqrt().mul_(b / math.sqrt(1 - b2**t))
-                p.add_(torch.atan2(m, denom), alpha=-a * lr / (1 - b1**t))
-        return loss
+    def update(self, p: torch.Tensor, group: dict[str, Any], state: dict[str, Any]) -> None:
+        b1, b2 = group["betas"]
+        m, v, t = adam_moments(state, p.grad, (b1, b2))
+        denom = v.sqrt().mul_(group["b"] / math.sqrt(1 - b2**t))
+        p.add_(torch.atan2(m, denom), alpha=-group["a"] * group["lr"] / (1 - b1**t))
 
 
 def build_adam_atan2(

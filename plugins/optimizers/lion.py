@@ -11,6 +11,7 @@ import torch
 from ponderkit import BuildContext, OptimizerConfig, betas_in_range, hookimpl
 from torch import nn
 
+from .elementwise import ElementwiseOptimizer
 from .groups import decay_groups
 
 
@@ -24,30 +25,17 @@ class LionConfig(OptimizerConfig):
     betas: tuple[float, float] = attrs.field(default=(0.9, 0.99), validator=betas_in_range)
 
 
-class Lion(torch.optim.Optimizer):
+class Lion(ElementwiseOptimizer):
     def __init__(self, params: Any, lr: float, betas: tuple[float, float], weight_decay: float):
         super().__init__(params, {"lr": lr, "betas": betas, "weight_decay": weight_decay})
 
-    @torch.no_grad()
-    def step(self, closure: Any = None) -> Any:
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            b1, b2 = group["betas"]
-            lr, wd = group["lr"], group["weight_decay"]
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                state = self.state[p]
-                if not state:
-                    state["exp_avg"] = torch.zeros_like(p)
-                m, g = state["exp_avg"], p.grad
-                update = torch.sign(m * b1 + g * (1 - b1))
-                p.mul_(1 - lr * wd).add_(update, alpha=-lr)
-                m.lerp_(g, 1 - b2)
-        return loss
+    def update(self, p: torch.Tensor, group: dict[str, Any], state: dict[str, Any]) -> None:
+        b1, b2 = group["betas"]
+        if not state:
+            state["exp_avg"] = torch.zeros_like(p)
+        m, g = state["exp_avg"], p.grad
+        p.add_(torch.sign(m * b1 + g * (1 - b1)), alpha=-group["lr"])
+        m.lerp_(g, 1 - b2)
 
 
 def build_lion(

@@ -13,6 +13,7 @@ import torch
 from ponderkit import BuildContext, OptimizerConfig, betas_in_range, hookimpl
 from torch import Tensor, nn
 
+from .elementwise import ElementwiseOptimizer, adam_moments
 from .groups import category, named_trainable
 
 # the quintic iteration's coefficients (Jordan et al.): they push every singular value of a
@@ -72,24 +73,14 @@ def update_scale(rows: int, cols: int, scale: str) -> float:
     return max(1.0, rows / cols) ** 0.5
 
 
-class Muon(torch.optim.Optimizer):
+class Muon(ElementwiseOptimizer):
     """Groups with ``muon: True`` take the orthogonalised update, the others AdamW."""
 
     def __init__(self, groups: list[dict], defaults: dict[str, Any]):
         super().__init__(groups, defaults)
 
-    @torch.no_grad()
-    def step(self, closure: Any = None) -> Any:
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            for p in group["params"]:
-                if p.grad is not None:
-                    p.mul_(1 - group["lr"] * group["weight_decay"])
-                    (self._muon if group["muon"] else self._adamw)(p, group)
-        return loss
+    def update(self, p: Tensor, group: dict[str, Any], state: dict[str, Any]) -> None:
+        (self._muon if group["muon"] else self._adamw)(p, group)
 
     def _muon(self, p: Tensor, group: dict) -> None:
         state, mu = self.state[p], group["momentum"]
@@ -104,17 +95,8 @@ class Muon(torch.optim.Optimizer):
         p.add_(o.reshape(p.shape), alpha=-group["lr"] * s)
 
     def _adamw(self, p: Tensor, group: dict) -> None:
-        state, g = self.state[p], p.grad
         b1, b2 = group["betas"]
-        if not state:
-            state["step"] = torch.tensor(0.0)
-            state["exp_avg"] = torch.zeros_like(p)
-            state["exp_avg_sq"] = torch.zeros_like(p)
-        state["step"] += 1
-        t = float(state["step"])
-        m, v = state["exp_avg"], state["exp_avg_sq"]
-        m.lerp_(g, 1 - b1)
-        v.mul_(b2).addcmul_(g, g, value=1 - b2)
+        m, v, t = adam_moments(self.state[p], p.grad, (b1, b2))
         denom = (v / (1 - b2**t)).sqrt_().add_(group["eps"])
         p.addcdiv_(m, denom, value=-group["lr"] / (1 - b1**t))
 
