@@ -12,27 +12,11 @@ from ponderkit.engine.train import Trainer
 
 HERE = Path(__file__).resolve().parent
 
-EXPERIMENT = """
-name: stateful
-task: {name: sort, length: 4, values: 5, eval_size: 16}
-model:
-  d_model: 16
-  recursion:
-    name: stacked
-    layers: 1
-    block:
-      name: post_norm
-      mixer: {name: attention, heads: 2}
-      ffn: counting
-  halting: fixed
-train: {steps: 4, batch_size: 8, log_every: 4, eval_every: 0, threads: 1}
-"""
 
-
-def trained(tmp_path: Path, flops_every: int) -> tuple[dict, int, float]:
+def trained(tmp_path: Path, text: str, flops_every: int) -> tuple[dict, int, float]:
     plugins = Plugins(["stateful_plugin"])
     file = tmp_path / "stateful.yaml"
-    file.write_text(EXPERIMENT.lstrip("\n"))
+    file.write_text(text)
     exp = load_experiment(file, [f"train.flops_every={flops_every}"], registry=plugins.registry)
     trainer = Trainer(exp.config, plugins.registry, quiet=True)
     trainer.fit()
@@ -41,11 +25,14 @@ def trained(tmp_path: Path, flops_every: int) -> tuple[dict, int, float]:
 
 
 def test_a_stateful_plugin_trains_bit_identically_with_and_without_flops_counting(
-    tmp_path, monkeypatch
+    tmp_path, monkeypatch, tiny_sort
 ):
     monkeypatch.syspath_prepend(str(HERE))
-    plain, plain_calls, _ = trained(tmp_path, 0)
-    counted, counted_calls, flops = trained(tmp_path, 1)  # every step counted
+    text = tiny_sort(
+        "stateful", "counting", "{steps: 4, batch_size: 8, log_every: 4, eval_every: 0, threads: 1}"
+    )
+    plain, plain_calls, _ = trained(tmp_path, text, 0)
+    counted, counted_calls, flops = trained(tmp_path, text, 1)  # every step counted
     assert flops > 0
     assert counted_calls == plain_calls == 4  # one training call per step, none from counting
     assert plain.keys() == counted.keys()

@@ -10,29 +10,15 @@ from ponderkit.app.cli import main
 
 HERE = Path(__file__).resolve().parent
 
-EXPERIMENT = """
-name: top1
-task: {name: sort, length: 4, values: 5, eval_size: 16}
-model:
-  d_model: 16
-  recursion:
-    name: stacked
-    layers: 1
-    block:
-      name: post_norm
-      mixer: {name: attention, heads: 2}
-      ffn: {name: dynmoe, experts: 4, hidden: 8, router: top1_no_counts}
-  halting: fixed
-train: {steps: 1, batch_size: 8, log_every: 1, eval_every: 1, threads: 1}
-"""
-
 
 def test_a_router_without_counts_is_reported_by_its_real_active_parameters(
-    tmp_path, monkeypatch, registry
+    tmp_path, monkeypatch, registry, tiny_sort
 ):
     monkeypatch.syspath_prepend(str(HERE))
     file = tmp_path / "top1.yaml"
-    file.write_text(EXPERIMENT.lstrip("\n"))
+    ffn = "{name: dynmoe, experts: 4, hidden: 8, router: top1_no_counts}"
+    train = "{steps: 1, batch_size: 8, log_every: 1, eval_every: 1, threads: 1}"
+    file.write_text(tiny_sort("top1", ffn, train))
     run = tmp_path / "run"
     assert (
         main(["run", str(file), "--out", str(run), "--quiet", "--plugin", "third_party_router"])

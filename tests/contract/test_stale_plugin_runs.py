@@ -11,28 +11,15 @@ from ponderkit.app.cli import main
 
 HERE = Path(__file__).resolve().parent
 
-BASE = """
-name: base
-task: {name: sort, length: 4, values: 5, eval_size: 16}
-model:
-  d_model: 16
-  recursion:
-    name: stacked
-    layers: 1
-    block:
-      name: post_norm
-      mixer: {name: attention, heads: 2}
-      ffn: {name: dynmoe, experts: 4, hidden: 8, router: top1_no_counts}
-  halting: fixed
-train: {steps: 1, batch_size: 8, log_every: 1, eval_every: 1, threads: 1}
-"""
 ABLATION = "name: abl\nbase: base.yaml\nvariants:\n  only: {}\nseeds: 1\nbudget: {steps: 1}\n"
 
 
-def test_ablate_refuses_a_run_whose_plugin_was_edited(tmp_path, monkeypatch, capsys):
+def test_ablate_refuses_a_run_whose_plugin_was_edited(tmp_path, monkeypatch, capsys, tiny_sort):
     plugin = tmp_path / "plugin_under_edit.py"  # a plugin module the user is working on
     shutil.copy(HERE / "third_party_router.py", plugin)
-    (tmp_path / "base.yaml").write_text(BASE.lstrip("\n"))
+    ffn = "{name: dynmoe, experts: 4, hidden: 8, router: top1_no_counts}"
+    train = "{steps: 1, batch_size: 8, log_every: 1, eval_every: 1, threads: 1}"
+    (tmp_path / "base.yaml").write_text(tiny_sort("base", ffn, train))
     (tmp_path / "abl.yaml").write_text(ABLATION)
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.setenv("PONDERKIT_DISABLE_PLUGIN_AUTOLOAD", "1")
