@@ -174,6 +174,9 @@ class AblationFile:
     tune: Tune | None = None
     #: values of config keys expanded into variants (:mod:`~ponderkit.lab.sweep`)
     sweep: Any = None
+    #: ``{variant: sibling}``: the arm each variant is read against besides the baseline (its
+    #: nearest dense sibling); the report gives both differences side by side
+    nearest: Any = None
 
 
 @attrs.frozen
@@ -222,6 +225,8 @@ class Ablation:
     #: after tuning (:func:`~ponderkit.lab.tune.apply_tuning`): the grid, every score, each
     #: arm's pick (``picks``: variant -> tuned key -> value) and the FLOPs tuning spent
     tuning: dict[str, Any] = attrs.field(factory=dict)
+    #: variant -> its nearest sibling (``nearest:``), read beside the baseline in the report
+    nearest: dict[str, str] = attrs.field(factory=dict)
 
     def variant(self, name: str) -> Variant:
         return next(v for v in self.variants if v.name == name)
@@ -262,6 +267,7 @@ class Ablation:
             },
             "reference": self.reference,
             "ladders": list(self.ladders),
+            "nearest": dict(self.nearest),
             "derived": dict(self.derived),
             "tune": attrs.asdict(self.tune) if self.tune else None,
             "tuning": self.tuning,
@@ -351,6 +357,7 @@ def load_ablation(
         derived = {r.name: str(r.overrides[0].text) for r in rungs}
     factor = _factor(spec.factor, doc, issues)
     published = _reference(spec.reference, named, baseline, doc, issues)
+    nearest = _nearest(spec.nearest, [v.name for v in variants], doc, issues)
     reference = next((v for v in variants if v.name == baseline), None)
     written = [(("overrides",), common)] + [(("variants", n), o) for n, o in named.items()]
     tuned = _tune_issues(spec.tune, written, variants, registry, build, doc, issues)
@@ -385,6 +392,7 @@ def load_ablation(
         ladders=tuple(ladders),
         derived=derived,
         tune=spec.tune,
+        nearest=nearest,
     )
 
 
@@ -556,6 +564,29 @@ def _factor(value: Any, doc: Document, issues: list[Issue]) -> list[str]:
         issues.append(_at(doc, ("factor",), "expected a dotted config path or a list of them"))
         return []
     return list(items)
+
+
+def _nearest(value: Any, names: list[str], doc: Document, issues: list[Issue]) -> dict[str, str]:
+    """``nearest: {VARIANT: SIBLING}``, checked: both are arms of the grid (rungs included),
+    and an arm is not its own sibling."""
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        issues.append(_at(doc, ("nearest",), "expected {VARIANT: SIBLING}"))
+        return {}
+    out = {}
+    for variant, sibling in value.items():
+        for name, at in ((variant, ("nearest",)), (sibling, ("nearest", variant))):
+            if not isinstance(name, str) or name not in names:
+                hint = suggestion(str(name), names) or f"variants: {', '.join(names)}"
+                issues.append(_at(doc, at, f"no variant named {name!r}", hint))
+                break
+        else:
+            if variant == sibling:
+                issues.append(_at(doc, ("nearest", variant), "an arm is not its own sibling"))
+            else:
+                out[variant] = sibling
+    return out
 
 
 def _reference(

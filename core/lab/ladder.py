@@ -146,8 +146,8 @@ def move(current: dict[str, Any], target: dict[str, Any], groups: set[str]) -> d
             out[key] = value
         elif key in target and classify(key) in groups:
             out[key] = target[key]
-    for key, value in target.items():
-        if key not in current and classify(key) in groups:  # a router before its mixer fails
+    for key, value in target.items():  # brought in: of a moved group, by a moved component
+        if key not in current and {classify(key), owner(key, current, target)} <= groups:
             out[key] = value
     return out
 
@@ -231,13 +231,26 @@ def _bundle(entry: str | Sequence[str]) -> tuple[str, ...]:
 
 
 def _ordered(order: Sequence[Any], differing: dict[str, list[str]]) -> list[tuple[str, ...]]:
-    """The bundles of ``order`` (a group alone is a bundle of one), each cut to the groups of
-    ``differing``, empty ones dropped; groups ``order`` leaves out follow alone, in the default
-    order."""
-    todo = [tuple(g for g in _bundle(e) if g in differing) for e in order]
-    todo = [b for b in todo if b]
-    named = {g for b in todo for g in b}
+    """The bundles of ``order`` (a group alone is a bundle of one) that ``differing`` touches;
+    groups ``order`` leaves out follow alone, in the default order.
+
+    A bundle stays whole while any of its groups differs: a component it brings in (a dynsmha
+    mixer) may bring keys of its other groups (the mixer's router) that differ only after it
+    arrives, and they move in the same rung."""
+    named = {g for e in order for g in _bundle(e)}
+    todo = [b for b in map(_bundle, order) if (len(b) > 1 and any(g in differing for g in b))
+            or (len(b) == 1 and b[0] in differing)]  # fmt: skip
     return todo + [(g,) for g in DEFAULT_ORDER if g in differing and g not in named]
+
+
+def _moved(before: dict[str, Any], after: dict[str, Any], groups: Sequence[str]) -> tuple:
+    """The groups of ``groups`` (in their order) that a rung from ``before`` to ``after``
+    changed, by the changed keys' own groups and their owners: the rung's name."""
+    changed = set()
+    for key in before.keys() | after.keys():
+        if key not in IGNORED and before.get(key, _MISSING) != after.get(key, _MISSING):
+            changed |= {classify(key), owner(key, before, after)}
+    return tuple(g for g in groups if g in changed) or tuple(groups)
 
 
 def _first_buildable(todo, i, current, goal, build, spec, name, sign):
@@ -247,7 +260,8 @@ def _first_buildable(todo, i, current, goal, build, spec, name, sign):
     while True:
         taken = [g for bundle in todo[i : i + used] for g in bundle]
         try:
-            return build(move(current, goal, set(taken))), tuple(taken), first_error, used
+            config = build(move(current, goal, set(taken)))
+            return config, _moved(current, flat_config(config), taken), first_error, used
         except ConfigError as exc:
             reason = _one_line(exc)
             first_error = first_error or f"{'_and_'.join(todo[i])} alone: {reason}"

@@ -161,6 +161,24 @@ def test_a_bundle_of_groups_moves_in_one_rung(ladder_file, registry):
         assert {group_of(k, diff) for k in diff} == set(rung["step"].split("_and_")), rung
 
 
+def test_a_bundle_moves_the_keys_its_component_brings(ladder_file, registry):
+    """``[mixer, router]`` in one bundle: the dynsmha mixer arrives with the target's router
+    settings in the same rung (its router keys belong to the mixer until it exists), so no
+    router rung follows; the rung differs from its parent in mixer and router keys only."""
+    path = ladder_file("ladders: [{from: base, to: target, order: [[positions, mixer, router]]}]")
+    ablation = load_ablation(path, registry=registry, build=False)
+    rungs = ablation.ladders[0]["rungs"]
+    assert [r["step"] for r in rungs] == ["positions_and_mixer_and_router", "ffn", "recursion"]
+    from ponderkit.lab.ladder import flat_config
+
+    def mixer(name: str) -> dict:
+        flat = flat_config(ablation.variant(name).config)
+        return {k: v for k, v in flat.items() if k.startswith("model.recursion.block.mixer")}
+
+    assert any(".router." in k for k in mixer("target"))
+    assert mixer(rungs[0]["name"]) == mixer("target")
+
+
 @pytest.mark.parametrize(
     ("order", "message"),
     [
