@@ -174,8 +174,8 @@ class AblationFile:
     tune: Tune | None = None
     #: values of config keys expanded into variants (:mod:`~ponderkit.lab.sweep`)
     sweep: Any = None
-    #: ``{variant: sibling}``: the arm each variant is read against besides the baseline (its
-    #: nearest dense sibling); the report gives both differences side by side
+    #: ``{variant: sibling or [siblings]}``: the arms each variant is read against besides the
+    #: baseline (its nearest dense sibling, say); the report gives them one table
     nearest: Any = None
 
 
@@ -225,8 +225,9 @@ class Ablation:
     #: after tuning (:func:`~ponderkit.lab.tune.apply_tuning`): the grid, every score, each
     #: arm's pick (``picks``: variant -> tuned key -> value) and the FLOPs tuning spent
     tuning: dict[str, Any] = attrs.field(factory=dict)
-    #: variant -> its nearest sibling (``nearest:``), read beside the baseline in the report
-    nearest: dict[str, str] = attrs.field(factory=dict)
+    #: variant -> the arms it is read against besides the baseline (``nearest:``: its nearest
+    #: siblings), one table of the report
+    nearest: dict[str, list[str]] = attrs.field(factory=dict)
 
     def variant(self, name: str) -> Variant:
         return next(v for v in self.variants if v.name == name)
@@ -566,26 +567,33 @@ def _factor(value: Any, doc: Document, issues: list[Issue]) -> list[str]:
     return list(items)
 
 
-def _nearest(value: Any, names: list[str], doc: Document, issues: list[Issue]) -> dict[str, str]:
-    """``nearest: {VARIANT: SIBLING}``, checked: both are arms of the grid (rungs included),
-    and an arm is not its own sibling."""
+def _nearest(
+    value: Any, names: list[str], doc: Document, issues: list[Issue]
+) -> dict[str, list[str]]:
+    """``nearest: {VARIANT: SIBLING or [SIBLING, ...]}``, checked: every name is an arm of the
+    grid (rungs included), and an arm is not its own sibling."""
     if value is None:
         return {}
     if not isinstance(value, Mapping):
-        issues.append(_at(doc, ("nearest",), "expected {VARIANT: SIBLING}"))
+        issues.append(_at(doc, ("nearest",), "expected {VARIANT: SIBLING or [SIBLING, ...]}"))
         return {}
-    out = {}
-    for variant, sibling in value.items():
-        for name, at in ((variant, ("nearest",)), (sibling, ("nearest", variant))):
+    out: dict[str, list[str]] = {}
+    for variant, siblings in value.items():
+        listed = siblings if isinstance(siblings, list) else [siblings]
+        ok = True
+        for i, (name, at) in enumerate([(variant, ("nearest",))] + [
+            (s, ("nearest", variant, j) if isinstance(siblings, list) else ("nearest", variant))
+            for j, s in enumerate(listed)
+        ]):  # fmt: skip
             if not isinstance(name, str) or name not in names:
                 hint = suggestion(str(name), names) or f"variants: {', '.join(names)}"
                 issues.append(_at(doc, at, f"no variant named {name!r}", hint))
-                break
-        else:
-            if variant == sibling:
-                issues.append(_at(doc, ("nearest", variant), "an arm is not its own sibling"))
-            else:
-                out[variant] = sibling
+                ok = False
+            elif i and name == variant:
+                issues.append(_at(doc, at, "an arm is not its own sibling"))
+                ok = False
+        if ok and listed:
+            out[variant] = list(dict.fromkeys(listed))
     return out
 
 

@@ -248,7 +248,7 @@ def write_report(
         from .trace import variant_sheets
 
         plots += variant_sheets(done, registry, ablation_dir / "plots", warn)
-    found = all_comparisons(done, plan.get("baseline", ""))
+    found = all_comparisons(done, plan.get("baseline", ""), plan.get("nearest"))
     text = render(plan, groups, [p.relative_to(ablation_dir) for p in plots], found)
     path = ablation_dir / "report.md"
     write_text_atomic(path, text)
@@ -257,15 +257,23 @@ def write_report(
 
 
 def all_comparisons(
-    done: dict[str, list[RunSummary]], base: str
+    done: dict[str, list[RunSummary]], base: str, nearest: dict[str, Any] | None = None
 ) -> dict[str, dict[tuple[str, str, str], Comparison]]:
-    """The differences from the baseline and every pair, computed once for the report and
+    """The differences from the baseline, from each arm's ``nearest`` siblings (the ablation
+    file's ``nearest:``, one Holm family) and every pair, computed once for the report and
     ``results.json``."""
     names = [v for v, runs in done.items() if runs]
     with_base = [(v, base) for v in names if v != base] if done.get(base) else []
     pairs = [(a, b) for i, a in enumerate(names) for b in names[i + 1 :]]
+    siblings = [
+        (v, s)
+        for v, listed in (nearest or {}).items()
+        for s in ([listed] if isinstance(listed, str) else listed)
+        if done.get(v) and done.get(s)
+    ]
     return {
         "baseline": comparisons(with_base, done),
+        "nearest": comparisons(siblings, done),
         "pairs": comparisons(pairs, done) if len(names) >= 3 else {},
     }
 
@@ -303,9 +311,11 @@ def write_results(
         "seeds": plan.get("seeds", []),
         "rows": rows,
         "differences": [c.as_dict() for c in found["baseline"].values()],
+        "nearest": [c.as_dict() for c in found.get("nearest", {}).values()],
         "pairs": [c.as_dict() for c in found["pairs"].values()],
         "method": {
             "differences": method_line(list(found["baseline"].values())),
+            "nearest": method_line(list(found.get("nearest", {}).values())),
             "pairs": method_line(list(found["pairs"].values())),
         },
     }
@@ -333,7 +343,7 @@ def render(
 ) -> str:
     done = {v: [r for r in runs if r.complete] for v, runs in groups.items()}
     base = plan.get("baseline", "")
-    found = found if found is not None else all_comparisons(done, base)
+    found = found if found is not None else all_comparisons(done, base, plan.get("nearest"))
     seeds = plan.get("seeds") or sorted(
         {int(r.meta.get("seed", 0)) for g in done.values() for r in g}
     )
@@ -374,7 +384,8 @@ def render(
         out += ["exact acc is the evaluation weights' (EMA's where a run averages them); the "
                 "raw and EMA columns give both weight sets, from the same last evaluation.", ""]  # fmt: skip
     out += _spent(done, plan)
-    out += _differences(done, base, found["baseline"]) + _pairs(done, found["pairs"])
+    out += _differences(done, base, found["baseline"])
+    out += _nearest(done, found.get("nearest", {})) + _pairs(done, found["pairs"])
     out += ladder_and_tune_sections(plan, done, compare)  # report_ladder
     out += _against_reference(done, plan) + _free_running(done, base)
     out += _trajectory(done) + _halting(done)
@@ -597,6 +608,44 @@ def _differences(
         table(headers, rows) if rows else "(no other variant finished)",
         "",
     ]
+
+
+def _nearest(
+    done: dict[str, list[RunSummary]], found: dict[tuple[str, str, str], Comparison]
+) -> list[str]:
+    """``nearest:``: each arm against the siblings named for it, one Holm family."""
+    pairs = list(dict.fromkeys((a, b) for a, b, _ in found))
+    if not pairs:
+        return []
+    rows = []
+    for a, b in pairs:
+        exact, token = found[(a, b, "exact_acc")], found[(a, b, "token_acc")]
+        iv = exact.interval
+        ci = _possible(iv.ci95()) if iv else None
+        rows.append([
+            f"`{a}`", f"`{b}`", iv.seeds if iv else "0", pct(_mean(done[a])), pct(_mean(done[b])),
+            fmt_delta(iv, pct), f"[{pct(ci[0])}, {pct(ci[1])}]" if ci else "n/a",
+            _p(exact.p_holm), verdict(a, b, exact, token, adjusted=True),
+            fmt_delta(token.interval, pct),
+        ])  # fmt: skip
+    headers = ["arm", "against", "n", "arm exact (%)", "against exact (%)", "Δ exact acc (pp)",
+               "95% CI", "p (Holm)", "verdict (Holm)", "Δ token acc (pp)"]  # fmt: skip
+    return [
+        "## Against the nearest arms",
+        "",
+        f"Each arm against the arms the ablation file names for it (`nearest:`, its nearest "
+        f"dense sibling first). Intervals: {method_line(list(found.values()))}. Δ = arm − "
+        "against; the verdict reads the Holm-adjusted p (< 0.05) of exact accuracy, then of "
+        "token accuracy.",
+        "",
+        table(headers, rows),
+        "",
+    ]
+
+
+def _mean(runs: Sequence[RunSummary]) -> float:
+    s = stat(runs, "exact_acc")
+    return s.mean if s is not None else float("nan")
 
 
 def _p(p: float | None) -> str:

@@ -274,3 +274,25 @@ def test_the_report_lists_the_arms_and_flags_confounds(grid, registry, tmp_path,
     assert "## Fair arms" in report and "**1 confound(s)**" in report
     assert "| `deeper_lr` | `optimizer.lr` | `0.003` | `0.01` | **confound** |" in report
     assert "| `deeper_lr` | `model.recursion.layers` | `2` | `3` | factor |" in report
+
+
+def test_nearest_names_arms_of_the_grid(grid, registry):
+    """``nearest:`` accepts a name or a list; unknown names and an arm named as its own sibling
+    are refused where they are written."""
+    head = """
+        variants:
+          wide: {model.d_model: 16}
+          narrow: {model.d_model: 8}
+        budget: {steps: 2}
+        """
+    ok = load_ablation(grid(head + "nearest: {wide: narrow, narrow: [wide, base]}\n"),
+                       registry=registry, build=False)  # fmt: skip
+    assert ok.nearest == {"wide": ["narrow"], "narrow": ["wide", "base"]}
+    assert ok.plan()["nearest"] == ok.nearest
+    bad = grid(head + "nearest: {wide: narow, narrow: [narrow], wdie: base}\n", name="bad.yaml")
+    with pytest.raises(ConfigError) as exc:
+        load_ablation(bad, registry=registry, build=False)
+    text = str(exc.value)
+    assert "nearest.wide: no variant named 'narow' (did you mean 'narrow'?)" in text
+    assert "nearest.narrow.0: an arm is not its own sibling" in text
+    assert "nearest: no variant named 'wdie'" in text

@@ -442,3 +442,36 @@ def test_training_saves_each_puzzles_outcome_for_the_report(sort_yaml, tmp_path,
         assert ra.puzzles[key].mean == pytest.approx(last[logged], abs=1e-6)
     assert set(ra.puzzles["exact_acc"].values) <= {0.0, 1.0}
     assert ra.puzzles["exact_acc"].eval_set == rb.puzzles["exact_acc"].eval_set != ""
+
+
+def test_nearest_arms_table_is_its_own_holm_family(tmp_path, no_plots):
+    """``nearest: {arm: [sibling, base]}``: the arm against each, paired over seeds (no
+    per-puzzle files here), p from scipy's paired t-test, Holm across the two by hand."""
+    from scipy import stats as sps
+
+    root = tmp_path / "abl"
+    exact = {"base": [0.2, 0.3, 0.4], "arm": [0.5, 0.7, 0.6], "sibling": [0.45, 0.6, 0.62]}
+    for variant, values in exact.items():
+        for seed, e in enumerate(values):
+            make_run(root, variant, seed, exact=e, loss=0.5)
+    plan = {"name": "near", "baseline": "base", "seeds": [0, 1, 2], "budget_text": "30 steps",
+            "variants": {v: [] for v in exact}, "nearest": {"arm": ["sibling", "base"]}}  # fmt: skip
+    (root / "ablation.json").write_text(json.dumps(plan))
+    report = write_report(root).read_text()
+    part = report.split("## Against the nearest arms")[1].split("\n## ")[0]
+    rows = [
+        [c.strip() for c in line.strip("|").split("|")]
+        for line in part.splitlines()
+        if line.startswith("| `arm` |")
+    ]
+    assert [r[1] for r in rows] == ["`sibling`", "`base`"]
+    p = [sps.ttest_rel(exact["arm"], exact[b]).pvalue for b in ("sibling", "base")]
+    lo, hi = sorted(p)
+    holm = {lo: min(1.0, 2 * lo), hi: max(min(1.0, 2 * lo), hi)}
+    for r, raw, other in zip(rows, p, ("sibling", "base"), strict=True):
+        mean = 100 * (sum(exact["arm"]) - sum(exact[other])) / 3
+        assert r[5].startswith(f"{mean:+.2f} ±")
+        assert float(r[7]) == pytest.approx(holm[raw], abs=0.0015)
+    results = json.loads((root / "results.json").read_text())
+    near = [d for d in results["nearest"] if d["metric"] == "exact_acc"]
+    assert [d["p_holm"] for d in near] == pytest.approx([holm[x] for x in p])
