@@ -71,7 +71,15 @@ class Trainer:
     """Owns device, model, optimizer, LR schedule, callbacks and the run directory.
 
     Under ``torchrun`` every rank builds one (same arguments); rank 0 alone writes the run
-    directory, the others train their shard of each batch (:mod:`.distributed`)."""
+    directory, the others train their shard of each batch (:mod:`.distributed`).
+
+    Non-finite steps (``train.nonfinite``): with an optimizer that skips a step on device
+    (torch's fused AdamW, which the ``adamw`` plugin builds on CUDA) the check costs no host
+    sync a step: the optimizer is handed the step's flag as ``found_inf`` and the trainer
+    counts on device (:class:`NonFiniteTally`), reading the count where it syncs anyway (each
+    logged step, evaluation, checkpoint, the end), and stops or warns there, naming the first
+    such step; under ``stop`` every step after it is skipped too and nothing is written after
+    it. Other optimizers check each step on the host (:meth:`_finite_update`)."""
 
     def __init__(
         self,
@@ -119,6 +127,11 @@ class Trainer:
         self.flops = 0.0  # training FLOPs spent, see _train_step
         self.flops_per_step = 0.0  # the latest measurement
         self.nonfinite_skipped = 0  # steps skipped for a nan/inf loss (train.nonfinite: skip)
+        # an optimizer that skips a step on device counts the non-finite ones there, read
+        # where the loop syncs anyway; None: the per-step check (one host sync a step)
+        self.nonfinite_tally = (
+            NonFiniteTally(self.device) if defers_nonfinite(self.optimizer, owned) else None
+        )
         self.sample_limit = self._sample_limit()
         self.elapsed_before = 0.0  # training seconds spent before a resume
         self._t0: float | None = None
@@ -149,6 +162,10 @@ class Trainer:
             norm = torch.nn.utils.clip_grad_norm_(params, clip)
         else:
             norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params]))
+        if self.nonfinite_tally is not None:  # no host sync: the optimizer skips on device
+            self._step_unless_nonfinite(loss, norm)
+            self.optimizer.zero_grad(set_to_none=True)
+            return norm.detach()
         if not self._finite_update(loss, norm):  # no update: the weights stay finite
             self.model.zero_grad(set_to_none=True)
             return norm.detach()
@@ -160,27 +177,76 @@ class Trainer:
         """Whether this step's loss and gradient norm are finite; if not, stop the run with
         :class:`~ponderkit.contract.errors.NonFinite` (``train.nonfinite: stop``) or count the
         step as skipped (``skip``). One host sync a step: a NaN step must not reach the
-        weights, and every rank decides alike."""
+        weights, and every rank decides alike. (The per-step path; an optimizer that skips a
+        step on device takes :meth:`_step_unless_nonfinite` instead.)"""
         finite = torch.isfinite(loss.detach()).all() & torch.isfinite(norm.detach())
         (bad,) = self.dist.agree(int(not bool(finite)))
         if not bad:
             return True
         what = "loss" if not bool(torch.isfinite(loss.detach()).all()) else "gradient norm"
         value = float(loss.detach().float().sum() if what == "loss" else norm)
+        self._met_nonfinite(what, value, self.step + 1)
+        return False
+
+    def _step_unless_nonfinite(self, loss: Tensor, norm: Tensor) -> None:
+        """The optimizer step, skipped on device when this step's loss or gradient norm is
+        non-finite: no host sync (the deferred path, see :class:`NonFiniteTally`).
+
+        The optimizer reads ``found_inf`` as torch's GradScaler hands it over: at 1 its
+        fused kernel leaves parameters and moments alone and takes back the step count. Under
+        ``train.nonfinite: stop`` every later step is skipped too, so the weights stay those
+        of the step before until the loop reads the tally and stops."""
+        tally = self.nonfinite_tally
+        assert tally is not None
+        loss_bad = ~torch.isfinite(loss.detach()).all()
+        norm_bad = ~torch.isfinite(norm.detach())
+        bad = loss_bad | norm_bad
+        if self.dist.active:  # every rank skips alike: a device all-reduce, no host sync
+            import torch.distributed as dist
+
+            flag = bad.to(torch.float32)
+            dist.all_reduce(flag, dist.ReduceOp.MAX)
+            bad = flag > 0
+        value = torch.where(loss_bad, loss.detach().float().sum(), norm.detach().float())
+        tally.record(bad, self.step + 1, loss_bad, value)
+        stop = self.config.train.nonfinite == "stop"
+        skip = tally.count > 0 if stop else bad
+        self.optimizer.found_inf = skip.to(torch.float32)  # type: ignore[attr-defined]
+        try:
+            self.optimizer.step()
+        finally:
+            vars(self.optimizer).pop("found_inf", None)
+
+    def _settle_nonfinite(self) -> None:
+        """Read the device tally of non-finite steps (the deferred path; one host sync, where
+        the loop syncs anyway): stop the run or count the skipped steps, as
+        :meth:`_finite_update` would have at each of them. Called before anything is logged,
+        evaluated or checkpointed, so nothing is written after a non-finite step under
+        ``train.nonfinite: stop``."""
+        if self.nonfinite_tally is None:
+            return
+        read = self.nonfinite_tally.read()
+        if read is not None:
+            count, step, what, value = read
+            self._met_nonfinite(what, value, step, count)
+
+    def _met_nonfinite(self, what: str, value: float, step: int, count: int = 1) -> None:
+        """``count`` non-finite steps, the first at ``step`` (its ``what``, ``value``): warned
+        about once and counted (``skip``) or the run stops with NonFinite (``stop``)."""
         if self.config.train.nonfinite == "skip":
             if not self.nonfinite_skipped and not self.quiet:
-                print(f"warning: non-finite {what} ({value}) at step {self.step + 1}: step "
+                print(f"warning: non-finite {what} ({value}) at step {step}: step "
                       "skipped (train.nonfinite: skip; counted as nonfinite_skipped)",
                       file=sys.stderr, flush=True)  # fmt: skip
-            self.nonfinite_skipped += 1
-            return False
+            self.nonfinite_skipped += count
+            return
         from ..contract.errors import NonFinite
         from .recovery import checkpoints_newest_first
 
         saved = checkpoints_newest_first(self.run_dir) if self.run_dir else []
         kept = f"its last checkpoint, {saved[0].name}, is kept" if saved else "no checkpoint"
         raise NonFinite(
-            f"non-finite {what} ({value}) at step {self.step + 1}: the run stopped before "
+            f"non-finite {what} ({value}) at step {step}: the run stopped before "
             f"updating the weights; {kept} (train.nonfinite: skip skips such steps instead)"
         )
 
@@ -262,6 +328,7 @@ class Trainer:
             if signum:
                 self._stop_on_signal(signum)
             if late:
+                self._settle_nonfinite()
                 if not self.quiet:
                     print(f"time limit of {cfg.max_time_s:.0f} s reached at step {self.step}")
                 last_eval = self.evaluate()
@@ -284,6 +351,7 @@ class Trainer:
             self.hooks.hook.on_step_end(trainer=self, step=self.step, metrics=metrics)
             self._set_lr()
             if self.step % cfg.log_every == 0 or stopped:
+                self._settle_nonfinite()
                 now = time.perf_counter()
                 record = {
                     "step": self.step,
@@ -310,6 +378,7 @@ class Trainer:
                 self.checkpoint(f"step_{self.step:07d}")
                 last_checkpoint_t = time.perf_counter()
         progress.close()
+        self._settle_nonfinite()
         if self.keeps_run:
             self.checkpoint("final")
         return last_eval
@@ -472,6 +541,7 @@ class Trainer:
         state holds the global batch, the data position counts global samples."""
         if not self.keeps_run:
             return None
+        self._settle_nonfinite()  # never a checkpoint after a non-finite step it stops at
         batch = self.config.train.batch_size
         schedule, per_sample = self.dist.gather_samples(
             self.schedule.state_dict(), batch // self.dist.world_size
@@ -502,6 +572,51 @@ class Trainer:
         path = save_checkpoint(self.run_dir, name, weights, state)
         prune(self.run_dir, self.config.train.keep_checkpoints)
         return path
+
+
+def defers_nonfinite(optimizer: torch.optim.Optimizer, owned: list[Any]) -> bool:
+    """Whether the trainer leaves the non-finite check of each step on the device
+    (:class:`NonFiniteTally`): ``optimizer`` skips a step itself when handed a ``found_inf``
+    of 1, as torch's fused Adam/AdamW (and SGD, Adagrad) do for GradScaler (they say so with
+    ``_step_supports_amp_scaling``), and no callback updates parameters of its own (``owned``:
+    such an update would apply the non-finite gradient outside the optimizer). Every other
+    optimizer (the hand-written ones, AdamW on CPU) keeps the per-step host check."""
+    return bool(getattr(optimizer, "_step_supports_amp_scaling", False)) and not owned
+
+
+class NonFiniteTally:
+    """Non-finite steps counted on the device, for an optimizer that skips a step itself.
+
+    Each step :meth:`record` adds the step's flag (no host sync) and keeps the first
+    non-finite step since the last read: its number, whether the loss (else the gradient norm)
+    was non-finite, and that value. :meth:`read` fetches them (one host sync) and starts
+    counting afresh; the trainer reads only where it syncs anyway: logging every
+    ``train.log_every`` steps, evaluating, checkpointing, at the end of the run."""
+
+    def __init__(self, device: torch.device):
+        self.count = torch.zeros((), dtype=torch.int64, device=device)
+        self.first_step = torch.zeros((), dtype=torch.int64, device=device)
+        self.first_loss = torch.zeros((), dtype=torch.bool, device=device)
+        self.first_value = torch.zeros((), dtype=torch.float32, device=device)
+
+    def record(self, bad: Tensor, step: int, loss_bad: Tensor, value: Tensor) -> None:
+        """Step ``step`` was non-finite where ``bad``; ``loss_bad``: its loss was."""
+        first = bad & (self.count == 0)
+        number = torch.full((), step, dtype=torch.int64, device=self.count.device)
+        self.first_step = torch.where(first, number, self.first_step)
+        self.first_loss = torch.where(first, loss_bad, self.first_loss)
+        self.first_value = torch.where(first, value.to(torch.float32), self.first_value)
+        self.count += bad
+
+    def read(self) -> tuple[int, int, str, float] | None:
+        """(steps, first step, "loss" or "gradient norm", its value) since the last read, or
+        None when every step was finite; the count starts again at 0."""
+        count = int(self.count)
+        if not count:
+            return None
+        self.count.zero_()
+        what = "loss" if bool(self.first_loss) else "gradient norm"
+        return count, int(self.first_step), what, float(self.first_value)
 
 
 def resume_or_start(

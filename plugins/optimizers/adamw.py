@@ -26,20 +26,25 @@ class AdamWConfig(OptimizerConfig):
     eps: float = attrs.field(default=1e-8, validator=attrs.validators.gt(0))
 
 
+def fused_kernel(params: list[nn.Parameter]) -> bool:
+    """Whether AdamW takes torch's fused kernel over ``params``: on CUDA (one launch for every
+    tensor; it also skips a step on device when a non-finite one is flagged, so the trainer
+    checks for those without a host sync each step, see ``ponderkit.engine.train``). On CPU
+    the default, whose results the CPU tests pin bit for bit."""
+    return bool(params) and all(p.is_cuda and p.is_floating_point() for p in params)
+
+
 def build_adamw(
     cfg: AdamWConfig, ctx: BuildContext, *, model: nn.Module, exclude: Iterable[int] = ()
 ) -> torch.optim.AdamW:
     groups = decay_groups(model, cfg, exclude)
     params = [p for g in groups for p in g["params"]]
-    # on CUDA the fused kernel (one launch for every tensor); on CPU the default, whose
-    # results the CPU tests pin bit for bit
-    fused = bool(params) and all(p.is_cuda and p.is_floating_point() for p in params)
     return torch.optim.AdamW(
         groups,
         lr=cfg.lr,
         betas=tuple(cfg.betas),
         eps=cfg.eps,
-        fused=True if fused else None,
+        fused=True if fused_kernel(params) else None,
     )
 
 
