@@ -144,9 +144,14 @@ def test_tiny_trm_learns_4x4_sudoku_and_eval_early_exit(tmp_path, capsys):
         "--out",
         str(out),
         "--quiet",
-        "train.steps=220",
+        # 150 steps at lr 6e-3 (short warmup) and an EMA horizon of ~20 steps to match: seeds
+        # 0-3 reach 0.93-0.98 exact (220 steps at the file's lr and EMA 0.99: 0.96)
+        "train.steps=150",
         "train.batch_size=96",
-        "train.eval_every=220",
+        "train.eval_every=150",
+        "optimizer.lr=6.0e-3",
+        "optimizer.warmup_steps=20",
+        "callbacks=[{name: ema, decay: 0.95}]",
         "task.train_size=1500",
         "task.eval_size=300",
     ]
