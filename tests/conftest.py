@@ -7,7 +7,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from hypothesis import settings
+from hypothesis import Phase, settings
 from ponderkit.contract.loading import Plugins
 
 REPO = Path(__file__).resolve().parent.parent
@@ -26,6 +26,20 @@ if os.environ.get("CI"):
 def _isolate_env(monkeypatch, tmp_path):
     monkeypatch.delenv("PONDERKIT_PLUGINS", raising=False)
     monkeypatch.setenv("PONDERKIT_CACHE", str(tmp_path / "cache"))
+
+
+@pytest.fixture
+def no_shrink():
+    """For a test that expects a property check to fail (the check's teeth): Hypothesis
+    reports the first failing example as found instead of shrinking it, which took seconds a
+    test and proves nothing more; the check must still fail, with the same message. The
+    current profile (ci or default) is restored afterwards."""
+    before = settings.get_current_profile_name()
+    phases = tuple(p for p in settings.default.phases if p is not Phase.shrink)
+    settings.register_profile("no_shrink", settings(settings.default, phases=phases))
+    settings.load_profile("no_shrink")
+    yield
+    settings.load_profile(before)
 
 
 @pytest.fixture

@@ -161,6 +161,7 @@ class NoNumExperts(nn.Module):
         (lambda d, e: NoNumExperts(), "without num_experts, max_active"),
     ],
 )
+@pytest.mark.usefixtures("no_shrink")
 def test_check_router_catches_broken_routers(factory, message):
     with pytest.raises(AssertionError, match=message):
         check_router(factory, max_examples=10)
@@ -173,6 +174,7 @@ class LeakyFfn(nn.Module):
         return h + h.mean(1, keepdim=True)
 
 
+@pytest.mark.usefixtures("no_shrink")
 def test_check_ffn_catches_a_layer_that_mixes_positions():
     with pytest.raises(AssertionError, match="position"):
         check_ffn(lambda d: LeakyFfn(), max_examples=10)
@@ -191,6 +193,7 @@ class NeverHalts(nn.Module):
         return torch.zeros(()), {}
 
 
+@pytest.mark.usefixtures("no_shrink")
 def test_check_halting_catches_a_policy_that_runs_past_max_steps():
     with pytest.raises(AssertionError, match="steps >= max_steps"):
         check_halting(lambda d: NeverHalts(), max_examples=10)
