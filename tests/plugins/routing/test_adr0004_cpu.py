@@ -13,7 +13,10 @@ REPO = Path(__file__).resolve().parents[3]
 def test_adr0004_learns_to_sort_on_cpu(registry):
     cfg = load_experiment(
         REPO / "experiments" / "adr0004_cpu.yaml",
-        ["train.steps=200", "train.eval_every=200", "train.log_every=50"],
+        # 150 steps at lr 5e-3 after a 20-step warmup (the file: 3e-3, 50 warmup steps; 200
+        # steps here before): seeds 0-3 reach 0.94-0.98 token and 0.59-0.87 exact accuracy
+        ["train.steps=150", "train.eval_every=150", "train.log_every=50"]
+        + ["optimizer.lr=5.0e-3", "optimizer.warmup_steps=20"],
         registry=registry,
     ).config
     trainer = Trainer(cfg, registry, quiet=True)
