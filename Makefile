@@ -25,8 +25,13 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/ponderkit ablate experiments/quickstart.yaml --out runs/quickstart --jobs 2
 
+# Two pytest-xdist workers, one test file each at a time (a module's shared fixtures built once);
+# tests/conftest.py gives each worker one intra-op thread. `make test TEST_WORKERS=0` runs
+# them in one process.
+TEST_WORKERS ?= 2
+
 test: $(STAMP)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 lint: $(STAMP)
 	$(BIN)/ruff check core plugins tests benchmarks

@@ -22,6 +22,20 @@ if os.environ.get("CI"):
     settings.load_profile("ci")
 
 
+# Under pytest-xdist (`make test` runs `-n 2`) the workers share the machine's cores, so each
+# takes one intra-op thread: train.threads (a speed setting; no test asserts on it) is capped
+# at 1 in the worker, and processes it starts default to OMP_NUM_THREADS=1. Two OpenMP
+# threads with another busy process on the machine ran 3-10x slower than one thread here
+# (their barriers wait on a descheduled thread).
+if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
+    import torch
+
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    _set_num_threads = torch.set_num_threads
+    torch.set_num_threads = lambda n: _set_num_threads(min(n, 1))
+    torch.set_num_threads(1)
+
+
 @pytest.fixture(autouse=True)
 def _isolate_env(monkeypatch, tmp_path):
     monkeypatch.delenv("PONDERKIT_PLUGINS", raising=False)
