@@ -2,7 +2,9 @@
 
 :func:`ponderkit.attend` (RoPE on q and k, the cache during generation, SDPA, heads merged
 back with ``merge_heads``) is the one place a mixer computes attention; ``attention``,
-``dynsmha``, ``dynsiha`` and ``dynsmlora`` call it with their own projections.
+``dynsmha``, ``dynsiha`` and ``dynsmlora`` call it with their own projections. With a
+static decoding cache (``ponderkit.StaticKVCache``, ``ctx.cache.attends``) the cache computes
+the attention of this mixer (and of ``dynsmlora``, through :meth:`Attention.mix`) itself.
 """
 
 from __future__ import annotations
@@ -57,6 +59,9 @@ class Attention(nn.Module):
         q = split_heads(q, b, t, self.heads, self.head_dim)
         k = split_heads(k, b, t, self.kv_heads, self.head_dim)
         v = split_heads(v, b, t, self.kv_heads, self.head_dim)
+        cache = getattr(ctx, "cache", None)
+        if getattr(cache, "attends", False):  # a static decoding cache (StaticKVCache)
+            return cache.attend(q, k, v, ctx, self.causal, merge_heads=True)
         return attend(q, k, v, ctx, self.causal, merge_heads=True)
 
     def forward(self, h: Tensor, ctx: ForwardContext) -> Tensor:

@@ -1,12 +1,13 @@
 """``eavi`` (seed 003, stage 2): Excursion-Alignment Variational Inference.
 
-Per batch: (1) under no_grad, generate the whole output autoregressively (KV cache) from the
-prompt [x, sep]; (2) one parallel forward of the generated sequence, a global alignment loss
+Per batch: (1) under no_grad, generate the whole output autoregressively (KV cache, decode
+mode ``decode``) from the prompt [x, sep]; (2) one parallel forward of the generated sequence, a global alignment loss
 against the ground truth on the pre-softmax logits, one backward, one optimizer step.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator
 from typing import Any, Literal
 
@@ -16,11 +17,12 @@ from ponderkit import (
     IGNORE_LABEL,
     Batch,
     BuildContext,
+    Decoder,
     SequenceTask,
+    StaticCacheUnsupported,
     accuracy,
     embed_tokens,
     forward_logits,
-    generate,
     hookimpl,
     sequence_loss,
     step_metrics,
@@ -56,17 +58,48 @@ class EaviConfig:
       from the first generated mistake on (before it the generated prefix equals the true one,
       which is teacher forcing already; a sample generated exactly contributes nothing).
 
+    ``decode``, how step (1) decodes (``ponderkit.Decoder``): ``eager`` is the dynamic KV cache
+    (shapes grow by a token per step; every cache-aware mixer); ``static`` preallocates the
+    cache and gives every decode step the same shapes and no host sync; ``graph`` replays one
+    captured decode step from a CUDA graph per token (CUDA only; elsewhere it is ``static``).
+    ``static`` and ``graph`` need mixers that let the cache attend (``attention``,
+    ``dynsmlora``); with another (``nsa``) the schedule decodes ``eager`` after one warning.
+    They compute the same terms as ``eager`` (summed over a longer masked row): tokens and
+    loss agree up to float rounding (a near-tie of two logits can break the other way).
+    ``auto`` (default): ``graph`` on CUDA, ``static`` elsewhere, ``eager`` without a warning
+    where the mixers do not support them. A failed capture warns once and decodes
+    ``static``.
+
     Metrics add ``gen_exact_acc`` and ``gen_token_acc`` (the batch's generated outputs)."""
 
     feed: Literal["tokens", "soft"] = "tokens"
     positions: Literal["all", "from_first_error"] = "all"
     temperature: float = attrs.field(default=0.0, validator=attrs.validators.ge(0))
+    decode: Literal["auto", "eager", "static", "graph"] = "auto"
 
 
 class Eavi:
     def __init__(self, cfg: EaviConfig, seed: int):
         self.cfg = cfg
         self.generator = torch.Generator().manual_seed(seed + 7919)  # sampling only
+        self.decoder: Decoder | None = None  # made at the first step (its mode needs the device)
+
+    def generate(self, model: Any, prompt: torch.Tensor, length: int, generator) -> tuple:
+        """Step (1): the generated tokens (B, length) and their logits (B, length, V)."""
+        if self.decoder is None:
+            mode = self.cfg.decode
+            if mode == "auto":
+                mode = "graph" if prompt.device.type == "cuda" else "static"
+            self.decoder = Decoder("dynamic" if mode == "eager" else mode)
+        try:
+            return self.decoder(model, prompt, length, self.cfg.temperature, generator)
+        except StaticCacheUnsupported as err:
+            if self.cfg.decode != "auto":
+                warnings.warn(
+                    f"eavi decode: {self.cfg.decode}: {err}", RuntimeWarning, stacklevel=2
+                )
+            self.decoder = Decoder("dynamic")
+            return self.decoder(model, prompt, length, self.cfg.temperature, generator)
 
     def train_step(self, model: Any, batches: Iterator[Batch], trainer: Any) -> dict[str, Any]:
         task = trainer.task
@@ -79,9 +112,7 @@ class Eavi:
         prompt = inputs[:, :p]  # (B, p): [x, sep]
         generator = self.generator if inputs.device.type == "cpu" else None
         with torch.no_grad(), trainer.autocast():
-            tokens, gen_logits = generate(
-                model, prompt, truth.shape[1], self.cfg.temperature, generator
-            )
+            tokens, gen_logits = self.generate(model, prompt, truth.shape[1], generator)
         gen_correct, gen_exact, gen_valid = accuracy(gen_logits, truth)
         target = labels
         if self.cfg.positions == "from_first_error":
