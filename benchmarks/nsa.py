@@ -8,12 +8,19 @@ CPU with --tiny as a smoke test).
 2. One optimizer step of ``eavi`` (greedy generation of the whole output with the KV cache
    under no_grad, then one parallel pass and one backward) against one ``teacher_forcing``
    step, with the model of experiments/seed003_nsa_dynmoe.yaml on serialized sorting whose
-   output is as long as an ARC grid (900 tokens).
+   output is as long as an ARC grid (900 tokens), once per decode mode of ``--eavi-decode``
+   (eavi's ``decode`` field: eager = the dynamic KV cache, static = preallocated cache with
+   static shapes, graph = one decode step captured in a CUDA graph). ``--eavi-model dense``
+   swaps the mixer for causal ``attention`` and the DynMoE for a dense ``swiglu`` (same width
+   and depth): NSA reads the dynamic cache and DynMoE's dispatch syncs with the host, so with
+   the seed003 model ``static``/``graph`` fall back (``ran`` in the JSON says which mode ran).
 
     python benchmarks/nsa.py                       # GPU: both parts
-    python benchmarks/nsa.py --tiny                # CPU smoke test
+    python benchmarks/nsa.py --skip-attention --eavi-model dense --eavi-decode eager,static,graph
+    python benchmarks/nsa.py --tiny                # CPU smoke test (also --smoke)
 
-Writes benchmarks/results/nsa.json (nsa_tiny.json with --tiny).
+Writes benchmarks/results/nsa.json (nsa_tiny.json with --tiny; ``_dense`` added with
+--eavi-model dense).
 """
 
 from __future__ import annotations
@@ -94,28 +101,47 @@ def schedule_steps(args, registry, device) -> dict:
         "callbacks=[]",
         *args.model_overrides,
     ]
-    result = {"output_len": out_len, "batch": args.eavi_batch}
-    for name in ("teacher_forcing", "eavi"):
+    if args.eavi_model == "dense":
+        overrides += [
+            f"model.recursion.block.mixer={{name: attention, heads: {args.heads}, causal: true}}",
+            "model.recursion.block.ffn={name: swiglu, expansion: 4}",
+        ]
+    result = {"output_len": out_len, "batch": args.eavi_batch, "model": args.eavi_model}
+    decode = {}
+    schedules = [("teacher_forcing", None)] + [
+        (f"{{name: eavi, decode: {mode}}}", mode) for mode in args.eavi_decode
+    ]
+    for schedule, mode in schedules:
         cfg = load_experiment(
             REPO / "experiments" / "seed003_nsa_dynmoe.yaml",
-            [*overrides, f"schedule={name}"],
+            [*overrides, f"schedule={schedule}"],
             registry=registry,
         ).config
         trainer = Trainer(cfg, registry, quiet=True)
         batches = trainer._batches()
         step = lambda t=trainer, bs=batches: t.schedule.train_step(t.model, bs, t)  # noqa: E731
-        result[f"{name}_s"] = timed(step, device, args.warmup, max(2, args.reps // 4))
+        seconds = timed(step, device, args.warmup, max(2, args.reps // 4))
+        if mode is None:
+            result["teacher_forcing_s"] = seconds
+        else:
+            ran = trainer.schedule.decoder.mode  # after any fallback; graph needs CUDA
+            ran = "eager" if ran == "dynamic" else "static" if device.type != "cuda" else ran
+            ratio = seconds / result["teacher_forcing_s"]
+            decode[mode] = {"eavi_s": seconds, "ratio": ratio, "ran": ran}
+            print(f"output {out_len} tokens, batch {args.eavi_batch}: teacher forcing "
+                  f"{result['teacher_forcing_s']:.3f} s/step, eavi decode {mode} (ran {ran}) "
+                  f"{seconds:.3f} s/step (generation included), eavi/tf {ratio:.2f}",
+                  flush=True)  # fmt: skip
         del trainer
-    result["ratio"] = result["eavi_s"] / result["teacher_forcing_s"]
-    print(f"output {out_len} tokens, batch {args.eavi_batch}: teacher forcing "
-          f"{result['teacher_forcing_s']:.3f} s/step, eavi {result['eavi_s']:.3f} s/step "
-          f"(generation included), eavi/tf {result['ratio']:.2f}", flush=True)  # fmt: skip
+    first = decode[args.eavi_decode[0]]
+    result["eavi_s"], result["ratio"] = first["eavi_s"], first["ratio"]  # the first mode's
+    result["decode"] = decode
     return result
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--tiny", action="store_true", help="CPU smoke test sizes")
+    p.add_argument("--tiny", "--smoke", action="store_true", help="CPU smoke test sizes")
     p.add_argument("--d-model", type=int, default=512)
     p.add_argument("--heads", type=int, default=8)
     p.add_argument("--block", type=int, default=64)
@@ -129,7 +155,23 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--reps", type=int, default=20)
     p.add_argument("--skip-eavi", action="store_true")
+    p.add_argument("--skip-attention", action="store_true", help="only the eavi/tf part")
+    p.add_argument(
+        "--eavi-decode",
+        type=lambda s: [m.strip() for m in s.split(",") if m.strip()],
+        default=["eager", "static", "graph"],
+        help="eavi decode modes to time, comma-separated (eager,static,graph,auto)",
+    )
+    p.add_argument(
+        "--eavi-model",
+        choices=["seed003", "dense"],
+        default="seed003",
+        help="seed003: nsa + dynmoe as configured; dense: causal attention + swiglu",
+    )
     args = p.parse_args()
+    bad = set(args.eavi_decode) - {"eager", "static", "graph", "auto"}
+    if bad or not args.eavi_decode:
+        p.error(f"--eavi-decode takes eager, static, graph, auto; got {args.eavi_decode}")
     args.model_overrides = []
     if args.tiny:
         args.d_model, args.heads, args.block, args.selected, args.window = 32, 2, 8, 2, 16
@@ -149,7 +191,7 @@ def main() -> None:
     # dynamo's default limit of 8 it falls back to the unfused kernel (seen at T=16k on the H200)
     torch._dynamo.config.recompile_limit = 64
     print(f"device {torch.cuda.get_device_name() if device.type == 'cuda' else platform.machine()}")
-    rows = attention_table(args, registry, device)
+    rows = [] if args.skip_attention else attention_table(args, registry, device)
     faster = [r["T"] for r in rows if r["ratio"] <= 1.0]
     crossover = min(faster) if faster else None
     print(f"crossover: {'T=' + str(crossover) if crossover else 'none in the lengths measured'}")
@@ -162,7 +204,8 @@ def main() -> None:
         "crossover_T": crossover,
         "eavi_vs_teacher_forcing": steps,
     }
-    out = REPO / "benchmarks" / "results" / ("nsa_tiny.json" if args.tiny else "nsa.json")
+    name = "nsa" + ("_tiny" if args.tiny else "") + ("_dense" if args.eavi_model == "dense" else "")
+    out = REPO / "benchmarks" / "results" / f"{name}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2) + "\n")
     print(f"wrote {out.relative_to(REPO)}")
